@@ -1,0 +1,203 @@
+"""``Agent``: a long-lived consumer whose handlers are typed by the message they take."""
+
+from __future__ import annotations
+
+import inspect
+import re
+import typing
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Generic, TypeVar
+
+import structlog
+from nats.aio.msg import Msg
+
+from swarmbus.bus import (
+    Bus,
+    ConsumerSettings,
+    Envelope,
+    PublishResult,
+    Reject,
+    decode,
+    output_msg_id,
+)
+from swarmbus.protocols import ConfigError, Message, check_topic, registry
+
+__all__ = ["Agent", "Context", "handles"]
+
+M = TypeVar("M", bound=Message)
+F = TypeVar("F", bound=Callable[..., Awaitable[None]])
+
+_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def handles(*topics: str) -> Callable[[F], F]:
+    """Mark an ``async def on_x(self, msg: SomeMessage, ctx: Context[SomeMessage])``
+    method as the handler of ``topics``. The message annotation is the contract:
+    a message of another type on that topic is dead-lettered, never passed in."""
+    for t in topics:
+        check_topic(t)
+    if not topics:
+        raise ConfigError("@handles needs at least one topic")
+
+    def deco(fn: F) -> F:
+        fn._swarm_topics = topics  # type: ignore[attr-defined]
+        return fn
+
+    return deco
+
+
+@dataclass(slots=True)
+class Context(Generic[M]):
+    """What a handler gets besides its message: where it came from, a bound
+    logger, and ``publish`` with deterministic message ids."""
+
+    envelope: Envelope[M]
+    agent: str
+    bus: Bus
+    log: Any
+    _index: int = field(default=0)
+
+    @property
+    def workflow_id(self) -> str:
+        return self.envelope.workflow_id
+
+    @property
+    def namespace(self) -> str:
+        return self.bus.namespace
+
+    @property
+    def round(self) -> int:
+        return self.envelope.round
+
+    async def publish(
+        self,
+        message: Message,
+        *,
+        topic: str | None = None,
+        workflow_id: str | None = None,
+        round: int | None = None,
+        model: str | None = None,
+    ) -> PublishResult:
+        """Publish an output (to this workflow unless ``workflow_id`` is given).
+
+        Its ``Nats-Msg-Id`` derives from the input's id, this agent and the
+        output's index, so a handler that runs twice publishes each output once.
+        ``topic`` defaults to the message type's first default topic.
+        """
+        if topic is None:
+            if not message.default_topics:
+                raise ConfigError(f"{message.swarm_type} has no default topic: pass topic=")
+            topic = message.default_topics[0]
+        msg_id = output_msg_id(self.envelope.msg_id, self.agent, self._index)
+        self._index += 1
+        return await self.bus.publish(
+            workflow_id or self.workflow_id,
+            topic,
+            message,
+            msg_id=msg_id,
+            causation_id=self.envelope.msg_id,
+            sender=self.agent,
+            round=self.round if round is None else round,
+            model=model,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    topic: str
+    message_type: type[Message]
+    method: Callable[[Message, Context[Any]], Awaitable[None]]
+
+
+class Agent:
+    """Base class of every agent. Subclasses declare handlers with ``@handles``.
+
+    ``name`` is the agent *type*: replicas with the same name share one durable
+    consumer (work is load-balanced); different names each get every message.
+    ``consumer`` tunes concurrency, ack wait, max deliveries and retries.
+    """
+
+    name: ClassVar[str] = ""
+    version: ClassVar[str] = ""
+    consumer: ClassVar[ConsumerSettings] = ConsumerSettings()
+
+    def __init__(self, *, name: str | None = None, consumer: ConsumerSettings | None = None):
+        self.name = name or type(self).name or _snake(type(self).__name__)  # type: ignore[misc]
+        if not _NAME.match(self.name):
+            raise ConfigError(f"agent name {self.name!r}: use letters, digits, '_' and '-'")
+        if consumer is not None:
+            self.consumer = consumer  # type: ignore[misc]
+        self._routes = self._collect_routes()
+
+    @property
+    def topics(self) -> list[str]:
+        return sorted(self._routes)
+
+    @property
+    def model_name(self) -> str:
+        """The model(s) this agent uses, for announcements (empty if none)."""
+        return ""
+
+    async def setup(self, bus: Bus) -> None:
+        """Called once before consuming (e.g. open clients, key-value buckets)."""
+
+    async def aclose(self) -> None:
+        """Called once after consuming stopped."""
+
+    def _collect_routes(self) -> dict[str, _Route]:
+        routes: dict[str, _Route] = {}
+        for attr in dir(type(self)):
+            fn = getattr(type(self), attr, None)
+            topics = getattr(fn, "_swarm_topics", None)
+            if not topics or fn is None:
+                continue
+            mtype = _message_param(type(self), fn)
+            for topic in topics:
+                if topic in routes:
+                    raise ConfigError(f"{type(self).__name__}: two handlers for topic {topic!r}")
+                routes[topic] = _Route(topic, mtype, getattr(self, attr))
+        if not routes:
+            raise ConfigError(f"{type(self).__name__} has no @handles methods")
+        return routes
+
+    async def _dispatch(self, bus: Bus, msg: Msg, max_bytes: int) -> None:
+        md = msg.metadata
+        seq = md.sequence.stream if md.sequence else 0
+        env = decode(
+            msg.subject, msg.data, msg.headers, max_bytes=max_bytes,
+            fallback_id=f"{bus.stream_name}-{seq}",
+        )
+        route = self._routes.get(env.topic)
+        if route is None:
+            raise Reject(f"{self.name} has no handler for topic {env.topic!r}")
+        if not isinstance(env.message, route.message_type):
+            raise Reject(
+                f"{self.name} takes {route.message_type.swarm_type} on {env.topic!r}, "
+                f"got {env.message.swarm_type}",
+                reason="invalid",
+            )
+        log = structlog.get_logger("swarmbus.agent").bind(
+            agent=self.name, workflow_id=env.workflow_id, topic=env.topic, msg_id=env.msg_id
+        )
+        await route.method(env.message, Context(env, self.name, bus, log))
+
+
+def _message_param(owner: type, fn: Callable[..., Any]) -> type[Message]:
+    try:
+        hints = typing.get_type_hints(fn)
+    except NameError as e:
+        raise ConfigError(f"{owner.__name__}.{fn.__name__}: cannot resolve annotations: {e}") from e
+    params = [p for p in inspect.signature(fn).parameters if p != "self"]
+    if not params or params[0] not in hints:
+        raise ConfigError(f"{owner.__name__}.{fn.__name__}: annotate the message parameter")
+    mtype = hints[params[0]]
+    if not (isinstance(mtype, type) and issubclass(mtype, Message)):
+        raise ConfigError(f"{owner.__name__}.{fn.__name__}: {mtype!r} is not a Message type")
+    if mtype not in registry:
+        raise ConfigError(f"{mtype.__qualname__} is not registered: decorate it @message_type")
+    return mtype
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()

@@ -1,0 +1,201 @@
+"""``Swarm``: several agents in one process, under one anyio task group."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from types import TracebackType
+
+import anyio
+import structlog
+from anyio.abc import TaskGroup, TaskStatus
+from nats.aio.msg import Msg
+
+from swarmbus.bus import (
+    Bus,
+    ConsumerStats,
+    NatsSettings,
+    PullConsumer,
+    RawHandler,
+    StreamSettings,
+    dead_letter_worker,
+)
+from swarmbus.protocols import AgentAnnouncement
+
+from ._agent import Agent
+
+__all__ = ["AGENTS_BUCKET", "Swarm"]
+
+log = structlog.get_logger("swarmbus.swarm")
+
+AGENTS_BUCKET = "agents"
+_ANNOUNCE_EVERY_S = 5.0
+_ANNOUNCE_TTL_S = 20.0
+
+
+class Swarm:
+    """Runs ``agents`` against one namespace until stopped.
+
+    ``async with Swarm([...], nats="nats://...") as swarm:`` starts every agent
+    (consumers created, subscriptions live) before the body runs; leaving the
+    block stops fetching, lets in-flight handlers finish within ``grace_s``,
+    naks the rest and drains the connection. ``serve()`` does the same until
+    SIGTERM or SIGINT. Pass ``bus=`` to share a connection you own.
+    """
+
+    def __init__(
+        self,
+        agents: Sequence[Agent],
+        *,
+        nats: NatsSettings | str | None = None,
+        bus: Bus | None = None,
+        namespace: str = "default",
+        stream: StreamSettings | None = None,
+        grace_s: float = 30.0,
+        dead_letters: bool = True,
+        announce: bool = True,
+    ) -> None:
+        names = [a.name for a in agents]
+        if len(set(names)) != len(names):
+            raise ValueError(f"agent names must be unique in one swarm: {names}")
+        self.agents = list(agents)
+        self.namespace = bus.namespace if bus else namespace
+        self.grace_s = grace_s
+        self.instance = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._nats = nats
+        self._stream = stream
+        self._bus = bus
+        self._owns_bus = bus is None
+        self._dead_letters = dead_letters
+        self._announce = announce
+        self._consumers: dict[str, PullConsumer] = {}
+        self._stop = anyio.Event()
+        self._tg: TaskGroup | None = None
+        self._started_at = datetime.now(UTC)
+
+    @property
+    def bus(self) -> Bus:
+        if self._bus is None:
+            raise RuntimeError("swarm not started")
+        return self._bus
+
+    def stats(self) -> dict[str, ConsumerStats]:
+        return {name: c.stats for name, c in self._consumers.items()}
+
+    def stop(self) -> None:
+        """Stop fetching; ``run`` returns once in-flight work is settled."""
+        self._stop.set()
+        for c in self._consumers.values():
+            c.stop()
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run until ``stop()``. Signals readiness when every agent consumes."""
+        if self._bus is None:
+            self._bus = await Bus.connect(self._nats, namespace=self.namespace, stream=self._stream)
+        bus = self._bus
+        try:
+            for agent in self.agents:
+                await agent.setup(bus)
+            async with anyio.create_task_group() as tg:
+                for agent in self.agents:
+                    consumer = PullConsumer(
+                        bus, agent.name, _raw_handler(agent, bus), topics=agent.topics,
+                        settings=agent.consumer,
+                    )
+                    self._consumers[agent.name] = consumer
+                    await tg.start(self._run_consumer, consumer)
+                if self._dead_letters:
+                    dlw = dead_letter_worker(bus)
+                    self._consumers[dlw.durable] = dlw
+                    await tg.start(self._run_consumer, dlw)
+                if self._announce:
+                    tg.start_soon(self._announce_loop)
+                log.info("swarm running", namespace=self.namespace, instance=self.instance,
+                         agents=[a.name for a in self.agents])
+                task_status.started()
+                await self._stop.wait()
+                for c in self._consumers.values():
+                    c.stop()
+        finally:
+            with anyio.CancelScope(shield=True):
+                for agent in self.agents:
+                    await agent.aclose()
+                if self._owns_bus:
+                    await bus.aclose()
+            log.info("swarm stopped", instance=self.instance)
+
+    async def _run_consumer(
+        self, consumer: PullConsumer, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        await consumer.run(grace_s=self.grace_s, task_status=task_status)
+
+    async def serve(self) -> None:
+        """Run in the foreground until SIGTERM/SIGINT (what process managers expect)."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._watch_signals)
+            await self.run()
+            tg.cancel_scope.cancel()
+
+    async def _watch_signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.info("signal received, stopping", signal=signal.Signals(signum).name)
+                self.stop()
+
+    async def _announce_loop(self) -> None:
+        store = await self.bus.key_value(AGENTS_BUCKET, ttl_s=_ANNOUNCE_TTL_S)
+        keys = {a.name: f"{a.name}.{self.instance}" for a in self.agents}
+        try:
+            while not self._stop.is_set():
+                for agent in self.agents:
+                    stats = self._consumers[agent.name].stats
+                    ann = AgentAnnouncement(
+                        agent=agent.name, instance=self.instance, topics=agent.topics,
+                        namespace=self.namespace, model=agent.model_name,
+                        version=agent.version, host=socket.gethostname(), pid=os.getpid(),
+                        started_at=self._started_at, concurrency=agent.consumer.concurrency,
+                        in_flight=stats.in_flight, handled=stats.handled, failed=stats.retried,
+                        dead_lettered=stats.dead_lettered,
+                    )
+                    try:
+                        await store.put(keys[agent.name], ann.model_dump_json().encode())
+                    except Exception as e:  # liveness is best effort; work goes on
+                        log.debug("announce failed", error=repr(e))
+                with anyio.move_on_after(_ANNOUNCE_EVERY_S):
+                    await self._stop.wait()
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                for key in keys.values():
+                    try:
+                        await store.delete(key)
+                    except Exception:
+                        break
+
+    async def __aenter__(self) -> Swarm:
+        self._cm_tg = anyio.create_task_group()
+        await self._cm_tg.__aenter__()
+        try:
+            await self._cm_tg.start(self.run)
+        except BaseException:
+            await self._cm_tg.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        self.stop()
+        return await self._cm_tg.__aexit__(et, e, tb)
+
+
+def _raw_handler(agent: Agent, bus: Bus) -> RawHandler:
+    max_bytes = agent.consumer.max_body_bytes
+
+    async def handle(msg: Msg) -> None:
+        await agent._dispatch(bus, msg, max_bytes)
+
+    return handle

@@ -1,0 +1,95 @@
+"""The one seam between role agents and LLMs: ``Model.complete``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from swarmbus.protocols import Provenance, Usage
+
+__all__ = [
+    "ChatMessage",
+    "Model",
+    "ModelRequest",
+    "ModelResponse",
+    "ModelSettings",
+]
+
+T = TypeVar("T", bound=BaseModel)
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    role: Literal["user", "assistant"]
+    content: str
+
+
+class ModelSettings(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    temperature: float | None = None
+    max_tokens: int = Field(8192, gt=0)
+    timeout_s: float = Field(120.0, gt=0)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRequest(Generic[T]):
+    """What a role asks of a model: prompts plus the pydantic type the answer must fit."""
+
+    system: str
+    messages: tuple[ChatMessage, ...]
+    output_type: type[T]
+    settings: ModelSettings = ModelSettings()
+
+    def request_hash(self, model_name: str) -> str:
+        """Stable hash of (model, request): the response-cache key and replay key."""
+        payload = {
+            "model": model_name,
+            "system": self.system,
+            "messages": [m.model_dump() for m in self.messages],
+            "output_schema": self.output_type.model_json_schema(),
+            "settings": self.settings.model_dump(),
+        }
+        blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class ModelResponse(Generic[T]):
+    """A validated output plus its provenance (provider, model, tokens, cost, latency, hash)."""
+
+    output: T
+    provenance: Provenance
+
+    @property
+    def usage(self) -> Usage:
+        return self.provenance.usage()
+
+
+class Model(ABC):
+    """A model answering typed requests.
+
+    ``name`` is the ``provider:model`` string used in config. Implementations
+    raise ``ModelError`` subclasses (see ``swarmbus.agents.models``) and close
+    only the SDK clients they created, in ``aclose``.
+    """
+
+    name: str
+
+    @abstractmethod
+    async def complete(self, request: ModelRequest[T]) -> ModelResponse[T]: ...
+
+    async def aclose(self) -> None:
+        return None
+
+    async def __aenter__(self) -> Model:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

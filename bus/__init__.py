@@ -1,0 +1,40 @@
+"""NATS for swarmbus: connection, streams, codec, publish/consume, key-value,
+the embedded server. Never imports ``swarmbus.agents``."""
+
+from ._bus import Bus, ConsumerSettings, PublishResult, StoredMessage, StreamSettings
+from ._codec import DecodeError, Envelope, decode, encode, output_msg_id
+from ._connect import BusUnavailableError, NatsSettings, connect
+from ._consumer import ConsumerStats, PullConsumer, RawHandler, dead_letter_worker
+from ._control import DeadLetterReason, Reject, Retry
+from ._deadletter import dead_letter
+from ._embedded import EmbeddedServer, NatsServerNotFoundError, find_nats_server, free_port
+from ._kv import KeyValueStore
+
+__all__ = (
+    "Bus",
+    "BusUnavailableError",
+    "ConsumerSettings",
+    "ConsumerStats",
+    "DeadLetterReason",
+    "DecodeError",
+    "EmbeddedServer",
+    "Envelope",
+    "KeyValueStore",
+    "NatsServerNotFoundError",
+    "NatsSettings",
+    "PublishResult",
+    "PullConsumer",
+    "RawHandler",
+    "Reject",
+    "Retry",
+    "StoredMessage",
+    "StreamSettings",
+    "connect",
+    "dead_letter",
+    "dead_letter_worker",
+    "decode",
+    "encode",
+    "find_nats_server",
+    "free_port",
+    "output_msg_id",
+)

@@ -1,0 +1,352 @@
+"""The connection to one namespace: stream set-up, publish, key-value, stream reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import anyio
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext, api
+from pydantic import BaseModel, ConfigDict, Field
+from swarmbus.protocols import (
+    ExternalError,
+    Message,
+    advisory_stream_name,
+    check_namespace,
+    namespace_filter,
+    stream_name,
+    subject,
+    topic_filter,
+    workflow_filter,
+)
+
+from ._codec import DecodeError, Envelope, decode, encode
+from ._connect import NatsSettings, connect
+from ._kv import KeyValueStore
+
+__all__ = ["Bus", "ConsumerSettings", "PublishResult", "StoredMessage", "StreamSettings"]
+
+log = structlog.get_logger("swarmbus.bus")
+
+
+class StreamSettings(BaseModel):
+    """The namespace's stream (the work queue and the audit trail)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    replicas: int = Field(1, ge=1, le=5, description="3 in a cluster.")
+    max_age_s: float = Field(30 * 24 * 3600, ge=0, description="0 keeps messages forever.")
+    max_msg_bytes: int = Field(1024 * 1024, gt=0)
+    duplicate_window_s: float = Field(
+        600, gt=0, description="De-duplication window for Nats-Msg-Id; covers redeliveries."
+    )
+    storage: Literal["file", "memory"] = "file"
+
+
+class ConsumerSettings(BaseModel):
+    """One agent type's durable consumer, and how a replica pulls from it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ack_wait_s: float = Field(30, gt=0)
+    max_deliver: int = Field(5, ge=1)
+    max_ack_pending: int = Field(1000, ge=1)
+    concurrency: int = Field(16, ge=1, description="Handlers in flight per replica.")
+    batch: int = Field(100, ge=1, description="Largest pull request.")
+    retry_delay_s: float = Field(1.0, ge=0, description="First nak delay; doubles per delivery.")
+    max_retry_delay_s: float = Field(60.0, ge=0)
+    max_body_bytes: int = Field(512 * 1024, gt=0, description="Larger bodies are dead-lettered.")
+
+
+@dataclass(frozen=True, slots=True)
+class PublishResult:
+    seq: int
+    duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """A message read back from the stream (for trails and late readers)."""
+
+    seq: int
+    subject: str
+    data: bytes
+    headers: dict[str, str]
+    time: str | None = None
+
+    def decode(self) -> Envelope[Message]:
+        return decode(self.subject, self.data, self.headers, fallback_id=f"seq-{self.seq}")
+
+    def try_decode(self) -> Envelope[Message] | None:
+        try:
+            return self.decode()
+        except DecodeError:
+            return None
+
+
+class Bus:
+    """NATS + JetStream for one namespace.
+
+    Build with ``await Bus.connect(settings, namespace=...)`` (which also sets
+    up the stream), use as an async context manager, close with ``aclose``.
+    """
+
+    def __init__(
+        self,
+        nc: NATS,
+        *,
+        namespace: str = "default",
+        stream: StreamSettings | None = None,
+        owns_connection: bool = True,
+    ) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream(timeout=10.0)
+        self.namespace = check_namespace(namespace)
+        self.stream = stream or StreamSettings()
+        self.stream_name = stream_name(namespace)
+        self.advisory_stream = advisory_stream_name(namespace)
+        self._owns = owns_connection
+        self.reconnects = 0
+        self._kv: dict[str, KeyValueStore] = {}
+
+    @classmethod
+    async def connect(
+        cls,
+        settings: NatsSettings | str | None = None,
+        *,
+        namespace: str = "default",
+        stream: StreamSettings | None = None,
+        setup: bool = True,
+    ) -> Bus:
+        """Connect and (by default) create or update the namespace's streams.
+
+        Raises ``BusUnavailableError`` when NATS cannot be reached in time.
+        """
+        if isinstance(settings, str):
+            settings = NatsSettings(servers=[settings])
+        holder: list[Bus] = []
+
+        async def reconnected() -> None:
+            if holder:
+                holder[0].reconnects += 1
+            log.info("nats reconnected")
+
+        async def disconnected() -> None:
+            log.warning("nats disconnected")
+
+        nc = await connect(settings, reconnected_cb=reconnected, disconnected_cb=disconnected)
+        bus = cls(nc, namespace=namespace, stream=stream)
+        holder.append(bus)
+        if setup:
+            try:
+                await bus.setup()
+            except BaseException:
+                await bus.aclose()
+                raise
+        return bus
+
+    async def setup(self) -> None:
+        """Create or update the stream and the advisory stream (idempotent)."""
+        s = self.stream
+        storage = api.StorageType.FILE if s.storage == "file" else api.StorageType.MEMORY
+        await self._ensure_stream(
+            api.StreamConfig(
+                name=self.stream_name,
+                subjects=[namespace_filter(self.namespace)],
+                retention=api.RetentionPolicy.LIMITS,
+                storage=storage,
+                num_replicas=s.replicas,
+                max_age=s.max_age_s or None,
+                max_msg_size=s.max_msg_bytes,
+                duplicate_window=s.duplicate_window_s,
+                allow_direct=True,
+            )
+        )
+        await self._ensure_stream(
+            api.StreamConfig(
+                name=self.advisory_stream,
+                subjects=[
+                    f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self.stream_name}.*",
+                ],
+                max_msg_size=64 * 1024,
+                duplicate_window=120,
+                retention=api.RetentionPolicy.LIMITS,
+                storage=storage,
+                num_replicas=s.replicas,
+                max_age=7 * 24 * 3600,
+            )
+        )
+
+    async def _ensure_stream(self, config: api.StreamConfig) -> None:
+        assert config.name is not None
+        try:
+            info = await self.js.stream_info(config.name)
+        except nats.js.errors.NotFoundError:
+            try:
+                await self.js.add_stream(config)
+                return
+            except nats.js.errors.BadRequestError:
+                info = await self.js.stream_info(config.name)  # created concurrently
+        cur = info.config
+        if (
+            cur.subjects != config.subjects
+            or cur.num_replicas != config.num_replicas
+            or cur.max_msg_size != config.max_msg_size
+            or (config.max_age is not None and cur.max_age != config.max_age)
+            or cur.duplicate_window != config.duplicate_window
+        ):
+            await self.js.update_stream(config)
+
+    async def ensure_consumer(
+        self,
+        durable: str,
+        topics: list[str],
+        settings: ConsumerSettings | None = None,
+        *,
+        stream: str | None = None,
+        filters: list[str] | None = None,
+        deliver_all: bool = False,
+    ) -> None:
+        """Create (from "now", or from the start with ``deliver_all``) or update the
+        durable pull consumer for ``topics``."""
+        s = settings or ConsumerSettings()
+        want = filters or sorted(topic_filter(self.namespace, t) for t in topics)
+        config = api.ConsumerConfig(
+            name=durable,
+            durable_name=durable,
+            deliver_policy=api.DeliverPolicy.ALL if deliver_all else api.DeliverPolicy.NEW,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            ack_wait=s.ack_wait_s,
+            max_deliver=s.max_deliver,
+            max_ack_pending=s.max_ack_pending,
+            filter_subjects=want if len(want) > 1 else None,
+            filter_subject=want[0] if len(want) == 1 else None,
+            num_replicas=self.stream.replicas,
+        )
+        stream = stream or self.stream_name
+        try:
+            info = await self.js.consumer_info(stream, durable)
+        except nats.js.errors.NotFoundError:
+            await self.js.add_consumer(stream, config)
+            return
+        cur = info.config
+        have = sorted(cur.filter_subjects or ([cur.filter_subject] if cur.filter_subject else []))
+        if (
+            have != want
+            or cur.ack_wait != s.ack_wait_s
+            or cur.max_deliver != s.max_deliver
+            or cur.max_ack_pending != s.max_ack_pending
+        ):
+            config.deliver_policy = cur.deliver_policy
+            config.opt_start_seq = cur.opt_start_seq
+            config.opt_start_time = cur.opt_start_time
+            await self.js.add_consumer(stream, config)
+
+    async def publish(
+        self,
+        workflow_id: str,
+        topic: str,
+        message: Message,
+        *,
+        msg_id: str,
+        causation_id: str | None = None,
+        sender: str | None = None,
+        round: int = 0,
+        model: str | None = None,
+    ) -> PublishResult:
+        """Publish through JetStream, awaiting the stream's ack.
+
+        ``msg_id`` becomes ``Nats-Msg-Id``: a repeat within the duplicate window is
+        stored once. Raises ``ExternalError`` if the stream does not confirm.
+        """
+        body, hdrs = encode(
+            message, msg_id=msg_id, causation_id=causation_id, sender=sender, round=round,
+            model=model,
+        )
+        return await self.publish_raw(subject(self.namespace, workflow_id, topic), body, hdrs)
+
+    async def publish_raw(
+        self, subj: str, body: bytes, headers: dict[str, str] | None = None
+    ) -> PublishResult:
+        try:
+            ack = await self.js.publish(subj, body, headers=headers, timeout=10.0)
+        except (nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError) as e:
+            raise ExternalError(f"JetStream did not confirm publish to {subj}: {e!r}") from e
+        return PublishResult(seq=ack.seq, duplicate=bool(ack.duplicate))
+
+    async def key_value(
+        self, name: str, *, ttl_s: float | None = None, history: int = 1
+    ) -> KeyValueStore:
+        """Get or create the namespace's bucket ``name`` (same replicas as the stream)."""
+        bucket = f"swarm_{self.namespace}_{name}".replace("-", "_")
+        store = self._kv.get(bucket)
+        if store is None:
+            try:
+                kv = await self.js.key_value(bucket)
+            except nats.js.errors.BucketNotFoundError:
+                kv = await self.js.create_key_value(
+                    bucket=bucket, ttl=ttl_s, history=history, replicas=self.stream.replicas
+                )
+            store = KeyValueStore(kv)
+            self._kv[bucket] = store
+        return store
+
+    async def get(self, seq: int, *, stream: str | None = None) -> StoredMessage | None:
+        try:
+            raw = await self.js.get_msg(stream or self.stream_name, seq=seq)
+        except nats.js.errors.NotFoundError:
+            return None
+        return _stored(raw)
+
+    async def last(self, workflow_id: str, topic: str) -> StoredMessage | None:
+        """The newest message of one workflow on one topic, or None."""
+        try:
+            raw = await self.js.get_msg(
+                self.stream_name, subject=subject(self.namespace, workflow_id, topic)
+            )
+        except nats.js.errors.NotFoundError:
+            return None
+        return _stored(raw)
+
+    async def history(self, workflow_id: str, *, after_seq: int = 0) -> list[StoredMessage]:
+        """Every stored message of one workflow, oldest first."""
+        out: list[StoredMessage] = []
+        seq = after_seq + 1
+        filt = workflow_filter(self.namespace, workflow_id)
+        while True:
+            try:
+                raw = await self.js.get_msg(self.stream_name, seq=seq, subject=filt, next=True)
+            except nats.js.errors.NotFoundError:
+                return out
+            msg = _stored(raw)
+            out.append(msg)
+            seq = msg.seq + 1
+
+    async def aclose(self) -> None:
+        """Drain and close the connection if this bus opened it."""
+        if self._owns and not self.nc.is_closed:
+            try:
+                with anyio.move_on_after(5):
+                    await self.nc.drain()
+            except (nats.errors.Error, OSError):
+                pass
+            if not self.nc.is_closed:
+                await self.nc.close()
+
+    async def __aenter__(self) -> Bus:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+def _stored(raw: Any) -> StoredMessage:
+    hdrs = {str(k): str(v) for k, v in (raw.headers or {}).items()}
+    return StoredMessage(
+        seq=int(raw.seq), subject=str(raw.subject), data=raw.data or b"", headers=hdrs,
+        time=getattr(raw, "time", None),
+    )

@@ -1,0 +1,150 @@
+"""Connecting to NATS with the options real deployments need."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+from typing import Any
+
+import anyio
+import nats
+import structlog
+from nats.aio.client import Client as NATS
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from swarmbus.protocols import ConfigError, ExternalError
+
+__all__ = ["BusUnavailableError", "NatsSettings", "connect"]
+
+log = structlog.get_logger("swarmbus.bus")
+
+DEFAULT_URL = "nats://127.0.0.1:4222"
+
+
+class BusUnavailableError(ExternalError, ConnectionError):
+    """NATS could not be reached (or refused us) within the start-up timeout."""
+
+
+class NatsSettings(BaseModel):
+    """How to reach NATS. Secrets are ``SecretStr`` (never printed) or file paths."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    servers: list[str] = Field(default_factory=lambda: [DEFAULT_URL])
+    name: str = "swarmbus"
+    user: str | None = None
+    password: SecretStr | None = None
+    token: SecretStr | None = None
+    creds_file: Path | None = Field(None, description="A .creds file (JWT + nkey seed).")
+    nkey_seed_file: Path | None = Field(None, description="A file holding an nkey seed.")
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    connect_timeout_s: float = Field(5.0, gt=0, description="Give up at start after this long.")
+    reconnect_wait_s: float = Field(1.0, gt=0)
+
+    @field_validator("servers", mode="before")
+    @classmethod
+    def _split(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return [s.strip() for s in v.split(",") if s.strip()]
+        return v
+
+    @field_validator("servers")
+    @classmethod
+    def _non_empty(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("at least one NATS server URL is needed")
+        return v
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        if not (self.tls_ca_file or self.tls_cert_file):
+            if any(s.startswith("tls://") for s in self.servers):
+                return ssl.create_default_context()
+            return None
+        ctx = ssl.create_default_context(
+            cafile=str(self.tls_ca_file) if self.tls_ca_file else None
+        )
+        if self.tls_cert_file:
+            ctx.load_cert_chain(
+                str(self.tls_cert_file), str(self.tls_key_file) if self.tls_key_file else None
+            )
+        return ctx
+
+
+async def connect(settings: NatsSettings | None = None, **callbacks: Any) -> NATS:
+    """Connect, failing with ``BusUnavailableError`` after ``connect_timeout_s``.
+
+    Once connected, the client reconnects forever (every ``reconnect_wait_s``),
+    so a server restart is survived. ``callbacks`` pass through to nats-py
+    (``reconnected_cb``, ``disconnected_cb``...).
+    """
+    s = settings or NatsSettings()
+    for path in (s.creds_file, s.nkey_seed_file, s.tls_ca_file, s.tls_cert_file):
+        if path is not None and not path.is_file():
+            raise ConfigError(f"NATS credential file not found: {path}")
+    opts: dict[str, Any] = {
+        "servers": s.servers,
+        "name": s.name,
+        "connect_timeout": max(1, int(s.connect_timeout_s)),
+        "reconnect_time_wait": s.reconnect_wait_s,
+        "max_reconnect_attempts": -1,
+        "allow_reconnect": True,
+        "error_cb": _on_error,
+    }
+    if s.user is not None:
+        opts["user"] = s.user
+        opts["password"] = s.password.get_secret_value() if s.password else ""
+    if s.token is not None:
+        opts["token"] = s.token.get_secret_value()
+    if s.creds_file is not None:
+        opts["user_credentials"] = str(s.creds_file)
+    if s.nkey_seed_file is not None:
+        opts["nkeys_seed"] = str(s.nkey_seed_file)
+    tls = s.tls_context()
+    if tls is not None:
+        opts["tls"] = tls
+    opts.update(callbacks)
+
+    nc = NATS()
+    errors: list[BaseException] = []
+    user_error_cb = opts["error_cb"]
+
+    async def on_error(e: Exception) -> None:
+        if not nc.is_connected and not errors_done:
+            errors.append(e)  # start-up: reported once, in BusUnavailableError
+        else:
+            await user_error_cb(e)
+
+    errors_done = False
+    opts["error_cb"] = on_error
+    try:
+        with anyio.fail_after(s.connect_timeout_s):
+            await nc.connect(**opts)
+    except (TimeoutError, OSError, nats.errors.Error) as e:
+        await _quiet_close(nc)
+        last = errors[-1] if errors else e
+        raise BusUnavailableError(
+            f"cannot reach NATS at {', '.join(s.servers)} within {s.connect_timeout_s:g}s: "
+            f"{_describe(last)}. Is a server running? `swarmbus nats` starts one locally."
+        ) from e
+    errors_done = True
+    return nc
+
+
+def _describe(e: BaseException) -> str:
+    text = str(e) or type(e).__name__
+    if "authorization" in text.lower():
+        return f"authorization violation ({text}): check user/password, token or credentials"
+    return text
+
+
+async def _on_error(e: Exception) -> None:
+    log.warning("nats error", error=_describe(e))
+
+
+async def _quiet_close(nc: NATS) -> None:
+    try:
+        with anyio.move_on_after(1):
+            await nc.close()
+    except Exception:  # closing a half-open client may fail in many ways
+        pass

@@ -1,0 +1,320 @@
+"""The supervised pull-consume loop of one agent type (one replica of it).
+
+Pull requests are issued by us (not ``PullSubscription.fetch``, which can hold
+a batch open for its whole timeout when fewer messages than asked arrive):
+credit is kept at most equal to free handler slots, so every delivered
+message starts at once and nothing queues unbounded in this process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import nats.errors
+import nats.js.errors
+import structlog
+from anyio.abc import TaskGroup, TaskStatus
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from ._bus import Bus, ConsumerSettings
+from ._control import Reject, Retry
+from ._deadletter import (
+    ADVISORY_DURABLE,
+    dead_letter,
+    handle_max_deliveries_advisory,
+    max_deliveries_filter,
+)
+
+__all__ = ["ConsumerStats", "PullConsumer", "RawHandler", "dead_letter_worker"]
+
+RawHandler = Callable[[Msg], Awaitable[None]]
+
+log = structlog.get_logger("swarmbus.consumer")
+
+_EXPIRES_S = 10.0
+_HEARTBEAT_S = 2.0
+
+
+@dataclass(slots=True)
+class ConsumerStats:
+    """Counts of one replica's consumer (observable, all bounded by settings)."""
+
+    in_flight: int = 0
+    handled: int = 0
+    retried: int = 0
+    redelivered: int = 0
+    dead_lettered: int = 0
+    resubscribed: int = 0
+
+
+class PullConsumer:
+    """Pulls from a durable consumer and runs ``handler`` on each message.
+
+    Outcome of the handler: return -> ack; ``Reject`` -> dead-letter + term;
+    ``Retry`` or any other exception -> nak with a delay (doubling per
+    delivery); after ``max_deliver`` JetStream's advisory dead-letters it.
+    Long handlers are kept alive with in-progress acks.
+    """
+
+    def __init__(
+        self,
+        bus: Bus,
+        durable: str,
+        handler: RawHandler,
+        *,
+        topics: list[str] | None = None,
+        filters: list[str] | None = None,
+        stream: str | None = None,
+        settings: ConsumerSettings | None = None,
+        dead_letter_on_reject: bool = True,
+        deliver_all: bool = False,
+    ) -> None:
+        self.bus = bus
+        self.durable = durable
+        self.handler = handler
+        self.topics = topics or []
+        self.filters = filters
+        self.stream = stream or bus.stream_name
+        self.settings = settings or ConsumerSettings()
+        self.stats = ConsumerStats()
+        self._dead_letter_on_reject = dead_letter_on_reject
+        self._deliver_all = deliver_all
+        self._in_flight: dict[int, tuple[Msg, float]] = {}
+        self._credit = 0
+        self._last_activity = 0.0
+        self._want_pull = anyio.Event()
+        self._idle = anyio.Event()
+        self._idle.set()
+        self._stopping = anyio.Event()
+        self._handlers: TaskGroup | None = None
+        self._sub: Subscription | None = None
+        self._seen_reconnects = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop pulling; in-flight handlers go on (see ``run``'s grace period)."""
+        self._stopping.set()
+        self._want_pull.set()
+
+    async def run(
+        self, *, grace_s: float = 30.0, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Consume until ``stop()``; then let in-flight work finish within ``grace_s``,
+        nak what is left, and return. Signals readiness once subscribed."""
+        async with anyio.create_task_group() as handlers:
+            self._handlers = handlers
+            handlers.start_soon(self._keepalive)
+            await self._supervise(task_status)
+            with anyio.move_on_after(grace_s):
+                await self._idle.wait()
+            if self._in_flight:
+                log.warning("grace period over, nak in-flight", n=len(self._in_flight))
+                with anyio.CancelScope(shield=True):
+                    for msg, _ in list(self._in_flight.values()):
+                        await _quietly(msg.nak())
+            handlers.cancel_scope.cancel()
+
+    async def _supervise(self, task_status: TaskStatus[None]) -> None:
+        started = False
+        backoff = 0.1
+        while not self._stopping.is_set():
+            try:
+                await self.bus.ensure_consumer(
+                    self.durable, self.topics, self.settings, stream=self.stream,
+                    filters=self.filters, deliver_all=self._deliver_all,
+                )
+                await self._subscribe()
+                if not started:
+                    started = True
+                    task_status.started()
+                backoff = 0.1
+                await self._request_loop()
+            except (nats.errors.Error, nats.js.errors.Error, OSError, TimeoutError) as e:
+                if not self.bus.nc.is_connected or isinstance(e, nats.errors.ConnectionClosedError):
+                    log.info("waiting for NATS", consumer=self.durable, error=repr(e))
+                else:
+                    log.warning("consumer loop error, re-subscribing", error=repr(e))
+                if self.bus.nc.is_closed:
+                    raise
+                with anyio.move_on_after(backoff):
+                    await self._stopping.wait()
+                backoff = min(backoff * 2, 2.0)
+            finally:
+                await self._unsubscribe()
+        if not started:
+            task_status.started()
+
+    async def _subscribe(self) -> None:
+        inbox = self.bus.nc.new_inbox()
+        self._credit = 0
+        self._seen_reconnects = self.bus.reconnects
+        self._sub = await self.bus.nc.subscribe(inbox, cb=self._on_msg, pending_msgs_limit=-1)
+        self.stats.resubscribed += 1
+
+    async def _unsubscribe(self) -> None:
+        sub, self._sub = self._sub, None
+        self._credit = 0
+        if sub is not None and not self.bus.nc.is_closed:
+            with anyio.CancelScope(shield=True):
+                await _quietly(sub.unsubscribe())
+
+    # -- pulling -----------------------------------------------------------------------------
+
+    def _free(self) -> int:
+        return self.settings.concurrency - len(self._in_flight) - self._credit
+
+    async def _request_loop(self) -> None:
+        cap = self.settings.concurrency
+        threshold = max(1, min(self.settings.batch, cap) // 2)
+        api = f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self.durable}"
+        sub = self._sub
+        assert sub is not None
+        while not self._stopping.is_set():
+            if self.bus.reconnects != self._seen_reconnects:
+                raise nats.errors.Error("reconnected: pull requests on the server are gone")
+            now = time.monotonic()
+            if self._credit > 0 and now - self._last_activity > 3 * _HEARTBEAT_S:
+                raise nats.errors.Error("no heartbeat from the consumer: re-subscribing")
+            free = self._free()
+            if free >= threshold or (free > 0 and self._credit == 0):
+                n = min(free, self.settings.batch)
+                req = {
+                    "batch": n,
+                    "expires": int(_EXPIRES_S * 1e9),
+                    "idle_heartbeat": int(_HEARTBEAT_S * 1e9),
+                }
+                self._credit += n
+                self._last_activity = now
+                await self.bus.nc.publish(api, json.dumps(req).encode(), reply=sub.subject)
+                continue
+            self._want_pull = anyio.Event()
+            with anyio.move_on_after(_HEARTBEAT_S):
+                await self._want_pull.wait()
+
+    async def _on_msg(self, msg: Msg) -> None:
+        # Runs on nats-py's subscription task: bookkeeping only, the work is a child task.
+        self._last_activity = time.monotonic()
+        hdrs = msg.headers
+        if hdrs and "Status" in hdrs and not msg.data:
+            status = hdrs.get("Status", "")
+            if status == "100":
+                return  # idle heartbeat
+            pending = hdrs.get("Nats-Pending-Messages")
+            if pending is not None:
+                self._credit = max(0, self._credit - int(pending))
+            elif status in ("404", "408", "409"):
+                self._credit = 0
+            if status == "409" and "deleted" in hdrs.get("Description", "").lower():
+                self._credit = 0
+            self._want_pull.set()
+            return
+        self._credit = max(0, self._credit - 1)
+        if self._handlers is None or self._stopping.is_set():
+            await _quietly(msg.nak())
+            return
+        key = id(msg)
+        self._in_flight[key] = (msg, time.monotonic())
+        self._idle = anyio.Event() if self._idle.is_set() else self._idle
+        self._handlers.start_soon(self._handle, key, msg)
+
+    # -- handling ----------------------------------------------------------------------------
+
+    async def _handle(self, key: int, msg: Msg) -> None:
+        self.stats.in_flight = len(self._in_flight)
+        try:
+            delivered = _num_delivered(msg)
+            if delivered > 1:
+                self.stats.redelivered += 1
+            try:
+                await self.handler(msg)
+            except Reject as e:
+                await self._reject(msg, e, delivered)
+            except Retry as e:
+                self.stats.retried += 1
+                await msg.nak(delay=e.delay_s if e.delay_s is not None else self._delay(delivered))
+            except Exception as e:
+                self.stats.retried += 1
+                log.error("handler failed, will retry", consumer=self.durable, error=repr(e),
+                          delivered=delivered, exc_info=True)
+                await msg.nak(delay=self._delay(delivered))
+            else:
+                self.stats.handled += 1
+                await msg.ack()
+        except (nats.errors.Error, OSError) as e:
+            log.warning("could not settle message; JetStream will redeliver", error=repr(e))
+        finally:
+            self._in_flight.pop(key, None)
+            self.stats.in_flight = len(self._in_flight)
+            if not self._in_flight:
+                self._idle.set()
+            if self._free() >= 1:
+                self._want_pull.set()
+
+    async def _reject(self, msg: Msg, e: Reject, delivered: int) -> None:
+        if self._dead_letter_on_reject:
+            try:
+                md = msg.metadata
+                await dead_letter(
+                    self.bus, msg.subject, msg.data, dict(msg.headers or {}), reason=e.reason,
+                    error=e.detail, agent=self.durable, deliveries=delivered,
+                    stream_seq=md.sequence.stream if md.sequence else None,
+                )
+            except Exception as err:  # dead-letter publish failed: try again later
+                log.warning("dead-letter failed, retrying later", error=repr(err))
+                await msg.nak(delay=self._delay(delivered))
+                return
+        self.stats.dead_lettered += 1
+        log.warning("message dead-lettered", consumer=self.durable, reason=e.reason,
+                    detail=e.detail[:300], subject=msg.subject)
+        await msg.term()
+
+    def _delay(self, delivered: int) -> float:
+        base = self.settings.retry_delay_s * math.pow(2, max(0, delivered - 1))
+        return min(base, self.settings.max_retry_delay_s)
+
+    async def _keepalive(self) -> None:
+        period = self.settings.ack_wait_s / 3
+        while True:
+            await anyio.sleep(period)
+            cutoff = time.monotonic() - period
+            for msg, started in list(self._in_flight.values()):
+                if started < cutoff:
+                    await _quietly(msg.in_progress())
+
+
+def _num_delivered(msg: Msg) -> int:
+    try:
+        return int(msg.metadata.num_delivered or 1)
+    except Exception:
+        return 1
+
+
+async def _quietly(aw: Awaitable[Any]) -> None:
+    with contextlib.suppress(nats.errors.Error, OSError):
+        await aw
+
+
+def dead_letter_worker(bus: Bus, *, settings: ConsumerSettings | None = None) -> PullConsumer:
+    """The consumer that turns max-deliveries advisories into dead letters.
+
+    Advisories are captured in a stream (see ``Bus.setup``), so one raised while
+    no process was listening is still handled once any swarm process runs.
+    """
+
+    async def handle(msg: Msg) -> None:
+        await handle_max_deliveries_advisory(bus, msg)
+
+    return PullConsumer(
+        bus, ADVISORY_DURABLE, handle, filters=[max_deliveries_filter(bus)],
+        stream=bus.advisory_stream, settings=settings or ConsumerSettings(concurrency=4),
+        dead_letter_on_reject=False, deliver_all=True,
+    )

@@ -1,0 +1,97 @@
+"""Dead-lettering: rejected messages, and those JetStream gave up on (max deliveries)."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+import nats.aio.msg
+import structlog
+from swarmbus.protocols import DeadLetter, Subject, SubjectError, headers
+
+from ._control import DeadLetterReason, Reject
+
+if TYPE_CHECKING:
+    from ._bus import Bus
+
+__all__ = [
+    "ADVISORY_DURABLE", "DEADLETTER_TOPIC", "dead_letter", "handle_max_deliveries_advisory",
+    "max_deliveries_filter",
+]
+
+log = structlog.get_logger("swarmbus.deadletter")
+
+ADVISORY_DURABLE = "swarmbus_deadletter"
+DEADLETTER_TOPIC = "deadletter"
+_MAX_BODY = 16 * 1024
+_UNROUTED = "_unrouted"
+
+
+async def dead_letter(
+    bus: Bus,
+    original_subject: str,
+    body: bytes,
+    hdrs: dict[str, str],
+    *,
+    reason: DeadLetterReason,
+    error: str,
+    agent: str = "",
+    deliveries: int = 0,
+    stream_seq: int | None = None,
+) -> None:
+    """Publish a ``DeadLetter`` for a message on ``swarm.<ns>.<workflow>.deadletter``.
+
+    The id is derived from the stream sequence, so replicas racing to dead-letter
+    the same message store it once. Dead letters are never dead-lettered again.
+    """
+    try:
+        parsed: Subject | None = Subject.parse(original_subject)
+    except SubjectError:
+        parsed = None
+    if parsed is not None and parsed.topic == DEADLETTER_TOPIC:
+        log.error("a dead letter could not be handled; dropped", subject=original_subject)
+        return
+    workflow = parsed.workflow_id if parsed and parsed.namespace == bus.namespace else _UNROUTED
+    letter = DeadLetter(
+        subject=original_subject,
+        headers={str(k): str(v)[:1024] for k, v in list(hdrs.items())[:64]},
+        body=body[:_MAX_BODY].decode("utf-8", errors="replace"),
+        body_size=len(body),
+        body_truncated=len(body) > _MAX_BODY,
+        error=error[:4000],
+        reason=reason,
+        agent=agent,
+        deliveries=deliveries,
+        stream_seq=stream_seq,
+    )
+    ident = f"dl-{bus.stream_name}-{stream_seq}" if stream_seq else None
+    msg_id = ident or f"dl-{hdrs.get(headers.MSG_ID, '')}-{agent}"
+    await bus.publish(
+        workflow, DEADLETTER_TOPIC, letter, msg_id=msg_id,
+        causation_id=hdrs.get(headers.MSG_ID), sender=agent or "swarmbus",
+    )
+
+
+async def handle_max_deliveries_advisory(bus: Bus, msg: nats.aio.msg.Msg) -> None:
+    """Dead-letter the stream message a MAX_DELIVERIES advisory points at."""
+    try:
+        advisory = json.loads(msg.data)
+        seq = int(advisory["stream_seq"])
+        consumer = str(advisory.get("consumer", ""))
+        deliveries = int(advisory.get("deliveries", 0))
+    except (ValueError, KeyError, TypeError) as e:
+        raise Reject(f"malformed advisory: {e!r}") from None
+    stored = await bus.get(seq)
+    if stored is None:
+        log.warning("max-deliveries message already gone from the stream", seq=seq)
+        return
+    await dead_letter(
+        bus, stored.subject, stored.data, stored.headers, reason="max_deliveries",
+        error=f"not acknowledged after {deliveries} deliveries to {consumer}",
+        agent=consumer, deliveries=deliveries, stream_seq=seq,
+    )
+    log.warning("message dead-lettered after max deliveries", seq=seq, consumer=consumer)
+
+
+def max_deliveries_filter(bus: Bus) -> str:
+    return f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{bus.stream_name}.*"

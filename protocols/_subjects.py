@@ -1,0 +1,105 @@
+"""Subject names: ``swarm.<namespace>.<workflow_id>.<topic>``."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ._errors import ConfigError
+
+__all__ = [
+    "Subject",
+    "SubjectError",
+    "advisory_stream_name",
+    "check_namespace",
+    "check_topic",
+    "check_workflow_id",
+    "namespace_filter",
+    "stream_name",
+    "subject",
+    "topic_filter",
+    "workflow_filter",
+]
+
+PREFIX = "swarm"
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+_NAMESPACE = re.compile(r"^[a-z0-9_-]{1,32}$")
+_TOPIC = re.compile(r"^[A-Za-z0-9_-]{1,64}(\.[A-Za-z0-9_-]{1,64}){0,7}$")
+
+
+class SubjectError(ConfigError):
+    """A namespace, workflow id, topic or subject that does not fit the scheme."""
+
+
+def _check(kind: str, value: str, pattern: re.Pattern[str]) -> str:
+    if not pattern.match(value):
+        raise SubjectError(
+            f"invalid {kind} {value!r}: use letters, digits, '_' and '-'"
+            + (" (lower case, at most 32)" if kind == "namespace" else "")
+            + (" (tokens joined by '.')" if kind == "topic" else "")
+        )
+    return value
+
+
+def check_namespace(namespace: str) -> str:
+    return _check("namespace", namespace, _NAMESPACE)
+
+
+def check_workflow_id(workflow_id: str) -> str:
+    return _check("workflow id", workflow_id, _TOKEN)
+
+
+def check_topic(topic: str) -> str:
+    return _check("topic", topic, _TOPIC)
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    namespace: str
+    workflow_id: str
+    topic: str
+
+    def __str__(self) -> str:
+        return f"{PREFIX}.{self.namespace}.{self.workflow_id}.{self.topic}"
+
+    @classmethod
+    def parse(cls, value: str) -> Subject:
+        """Split a concrete subject; raises ``SubjectError`` if it is not ours."""
+        parts = value.split(".")
+        if len(parts) < 4 or parts[0] != PREFIX:
+            raise SubjectError(f"not a swarm subject: {value!r}")
+        return cls(
+            check_namespace(parts[1]), check_workflow_id(parts[2]), check_topic(".".join(parts[3:]))
+        )
+
+
+def subject(namespace: str, workflow_id: str, topic: str) -> str:
+    """The concrete subject for one topic of one workflow."""
+    check_namespace(namespace)
+    check_workflow_id(workflow_id)
+    check_topic(topic)
+    return f"{PREFIX}.{namespace}.{workflow_id}.{topic}"
+
+
+def topic_filter(namespace: str, topic: str) -> str:
+    """Every workflow's messages on one topic: ``swarm.<ns>.*.<topic>``."""
+    return f"{PREFIX}.{check_namespace(namespace)}.*.{check_topic(topic)}"
+
+
+def workflow_filter(namespace: str, workflow_id: str) -> str:
+    """One workflow's whole history: ``swarm.<ns>.<id>.>``."""
+    return f"{PREFIX}.{check_namespace(namespace)}.{check_workflow_id(workflow_id)}.>"
+
+
+def namespace_filter(namespace: str) -> str:
+    return f"{PREFIX}.{check_namespace(namespace)}.>"
+
+
+def stream_name(namespace: str) -> str:
+    """The JetStream stream that holds a namespace: ``SWARM_<NAMESPACE>``."""
+    return "SWARM_" + check_namespace(namespace).upper()
+
+
+def advisory_stream_name(namespace: str) -> str:
+    """Stream capturing the namespace's max-deliveries advisories (for dead-lettering)."""
+    return stream_name(namespace) + "_ADVISORIES"
