@@ -11,7 +11,6 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 import structlog
 from nats.aio.msg import Msg
-
 from swarmbus.bus import (
     Bus,
     ConsumerSettings,
@@ -56,6 +55,8 @@ class Context(Generic[M]):
     agent: str
     bus: Bus
     log: Any
+    deliveries: int = 1
+    """How often this message has been delivered (1 on the first attempt)."""
     _index: int = field(default=0)
 
     @property
@@ -121,13 +122,24 @@ class Agent:
     name: ClassVar[str] = ""
     version: ClassVar[str] = ""
     consumer: ClassVar[ConsumerSettings] = ConsumerSettings()
+    replicas: int = 1
+    """Pull loops on the shared consumer in this process (more processes scale further)."""
 
-    def __init__(self, *, name: str | None = None, consumer: ConsumerSettings | None = None):
+    def __init__(
+        self,
+        *,
+        name: str | None = None,
+        consumer: ConsumerSettings | None = None,
+        replicas: int = 1,
+    ):
         self.name = name or type(self).name or _snake(type(self).__name__)  # type: ignore[misc]
         if not _NAME.match(self.name):
             raise ConfigError(f"agent name {self.name!r}: use letters, digits, '_' and '-'")
         if consumer is not None:
             self.consumer = consumer  # type: ignore[misc]
+        if replicas < 1:
+            raise ConfigError(f"replicas must be >= 1, got {replicas}")
+        self.replicas = replicas
         self._routes = self._collect_routes()
 
     @property
@@ -180,7 +192,8 @@ class Agent:
         log = structlog.get_logger("swarmbus.agent").bind(
             agent=self.name, workflow_id=env.workflow_id, topic=env.topic, msg_id=env.msg_id
         )
-        await route.method(env.message, Context(env, self.name, bus, log))
+        delivered = int(md.num_delivered or 1)
+        await route.method(env.message, Context(env, self.name, bus, log, delivered))
 
 
 def _message_param(owner: type, fn: Callable[..., Any]) -> type[Message]:

@@ -14,7 +14,6 @@ import anyio
 import structlog
 from anyio.abc import TaskGroup, TaskStatus
 from nats.aio.msg import Msg
-
 from swarmbus.bus import (
     Bus,
     ConsumerStats,
@@ -72,7 +71,7 @@ class Swarm:
         self._owns_bus = bus is None
         self._dead_letters = dead_letters
         self._announce = announce
-        self._consumers: dict[str, PullConsumer] = {}
+        self._consumers: dict[str, list[PullConsumer]] = {}
         self._stop = anyio.Event()
         self._tg: TaskGroup | None = None
         self._started_at = datetime.now(UTC)
@@ -83,14 +82,16 @@ class Swarm:
             raise RuntimeError("swarm not started")
         return self._bus
 
-    def stats(self) -> dict[str, ConsumerStats]:
-        return {name: c.stats for name, c in self._consumers.items()}
+    def stats(self) -> dict[str, list[ConsumerStats]]:
+        """Counts per agent, one entry per replica (pull loop)."""
+        return {name: [c.stats for c in cs] for name, cs in self._consumers.items()}
 
     def stop(self) -> None:
         """Stop fetching; ``run`` returns once in-flight work is settled."""
         self._stop.set()
-        for c in self._consumers.values():
-            c.stop()
+        for cs in self._consumers.values():
+            for c in cs:
+                c.stop()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run until ``stop()``. Signals readiness when every agent consumes."""
@@ -102,15 +103,16 @@ class Swarm:
                 await agent.setup(bus)
             async with anyio.create_task_group() as tg:
                 for agent in self.agents:
-                    consumer = PullConsumer(
-                        bus, agent.name, _raw_handler(agent, bus), topics=agent.topics,
-                        settings=agent.consumer,
-                    )
-                    self._consumers[agent.name] = consumer
-                    await tg.start(self._run_consumer, consumer)
+                    handler = _raw_handler(agent, bus)
+                    for _ in range(agent.replicas):
+                        consumer = PullConsumer(
+                            bus, agent.name, handler, topics=agent.topics, settings=agent.consumer
+                        )
+                        self._consumers.setdefault(agent.name, []).append(consumer)
+                        await tg.start(self._run_consumer, consumer)
                 if self._dead_letters:
                     dlw = dead_letter_worker(bus)
-                    self._consumers[dlw.durable] = dlw
+                    self._consumers[dlw.durable] = [dlw]
                     await tg.start(self._run_consumer, dlw)
                 if self._announce:
                     tg.start_soon(self._announce_loop)
@@ -118,8 +120,7 @@ class Swarm:
                          agents=[a.name for a in self.agents])
                 task_status.started()
                 await self._stop.wait()
-                for c in self._consumers.values():
-                    c.stop()
+                self.stop()
         finally:
             with anyio.CancelScope(shield=True):
                 for agent in self.agents:
@@ -152,12 +153,19 @@ class Swarm:
         try:
             while not self._stop.is_set():
                 for agent in self.agents:
-                    stats = self._consumers[agent.name].stats
+                    all_stats = [c.stats for c in self._consumers[agent.name]]
+                    stats = ConsumerStats(
+                        in_flight=sum(s.in_flight for s in all_stats),
+                        handled=sum(s.handled for s in all_stats),
+                        retried=sum(s.retried for s in all_stats),
+                        dead_lettered=sum(s.dead_lettered for s in all_stats),
+                    )
                     ann = AgentAnnouncement(
                         agent=agent.name, instance=self.instance, topics=agent.topics,
                         namespace=self.namespace, model=agent.model_name,
                         version=agent.version, host=socket.gethostname(), pid=os.getpid(),
-                        started_at=self._started_at, concurrency=agent.consumer.concurrency,
+                        started_at=self._started_at,
+                        concurrency=agent.consumer.concurrency * agent.replicas,
                         in_flight=stats.in_flight, handled=stats.handled, failed=stats.retried,
                         dead_lettered=stats.dead_lettered,
                     )

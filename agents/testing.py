@@ -16,7 +16,6 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-
 from swarmbus.bus import EmbeddedServer
 
 __all__ = ("namespace", "nats_server", "nats_url")

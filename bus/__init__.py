@@ -2,6 +2,7 @@
 the embedded server. Never imports ``swarmbus.agents``."""
 
 from ._bus import Bus, ConsumerSettings, PublishResult, StoredMessage, StreamSettings
+from ._client import CANCEL_BUCKET, WORKING, SwarmClient, WorkflowStatus, apply_event
 from ._codec import DecodeError, Envelope, decode, encode, output_msg_id
 from ._connect import BusUnavailableError, NatsSettings, connect
 from ._consumer import ConsumerStats, PullConsumer, RawHandler, dead_letter_worker
@@ -11,6 +12,8 @@ from ._embedded import EmbeddedServer, NatsServerNotFoundError, find_nats_server
 from ._kv import KeyValueStore
 
 __all__ = (
+    "CANCEL_BUCKET",
+    "WORKING",
     "Bus",
     "BusUnavailableError",
     "ConsumerSettings",
@@ -29,6 +32,9 @@ __all__ = (
     "Retry",
     "StoredMessage",
     "StreamSettings",
+    "SwarmClient",
+    "WorkflowStatus",
+    "apply_event",
     "connect",
     "dead_letter",
     "dead_letter_worker",

@@ -111,6 +111,7 @@ class Bus:
         self.advisory_stream = advisory_stream_name(namespace)
         self._owns = owns_connection
         self.reconnects = 0
+        self._closing = False
         self._kv: dict[str, KeyValueStore] = {}
 
     @classmethod
@@ -136,7 +137,8 @@ class Bus:
             log.info("nats reconnected")
 
         async def disconnected() -> None:
-            log.warning("nats disconnected")
+            if not (holder and holder[0]._closing):
+                log.warning("nats disconnected")
 
         nc = await connect(settings, reconnected_cb=reconnected, disconnected_cb=disconnected)
         bus = cls(nc, namespace=namespace, stream=stream)
@@ -210,9 +212,10 @@ class Bus:
         stream: str | None = None,
         filters: list[str] | None = None,
         deliver_all: bool = False,
+        update: bool = True,
     ) -> None:
         """Create (from "now", or from the start with ``deliver_all``) or update the
-        durable pull consumer for ``topics``."""
+        durable pull consumer for ``topics``. ``update=False`` leaves an existing one."""
         s = settings or ConsumerSettings()
         want = filters or sorted(topic_filter(self.namespace, t) for t in topics)
         config = api.ConsumerConfig(
@@ -232,6 +235,8 @@ class Bus:
             info = await self.js.consumer_info(stream, durable)
         except nats.js.errors.NotFoundError:
             await self.js.add_consumer(stream, config)
+            return
+        if not update:
             return
         cur = info.config
         have = sorted(cur.filter_subjects or ([cur.filter_subject] if cur.filter_subject else []))
@@ -329,6 +334,7 @@ class Bus:
     async def aclose(self) -> None:
         """Drain and close the connection if this bus opened it."""
         if self._owns and not self.nc.is_closed:
+            self._closing = True
             try:
                 with anyio.move_on_after(5):
                     await self.nc.drain()

@@ -7,7 +7,14 @@ from typing import TYPE_CHECKING
 
 import nats.aio.msg
 import structlog
-from swarmbus.protocols import DeadLetter, Subject, SubjectError, headers
+from swarmbus.protocols import (
+    ROLE_TOPICS,
+    DeadLetter,
+    Subject,
+    SubjectError,
+    TaskResult,
+    headers,
+)
 
 from ._control import DeadLetterReason, Reject
 
@@ -25,6 +32,7 @@ ADVISORY_DURABLE = "swarmbus_deadletter"
 DEADLETTER_TOPIC = "deadletter"
 _MAX_BODY = 16 * 1024
 _UNROUTED = "_unrouted"
+_WORK_TOPICS = frozenset(t for topics in ROLE_TOPICS.values() for t in topics)
 
 
 async def dead_letter(
@@ -70,6 +78,13 @@ async def dead_letter(
         workflow, DEADLETTER_TOPIC, letter, msg_id=msg_id,
         causation_id=hdrs.get(headers.MSG_ID), sender=agent or "swarmbus",
     )
+    if parsed is not None and workflow != _UNROUTED and parsed.topic in _WORK_TOPICS:
+        # The workflow cannot go on: say so where every client waits for it.
+        failed = TaskResult(status="failed", reason=f"dead-lettered ({reason}): {error[:1000]}")
+        await bus.publish(
+            workflow, "result", failed, msg_id=msg_id + "-result",
+            causation_id=hdrs.get(headers.MSG_ID), sender=agent or "swarmbus",
+        )
 
 
 async def handle_max_deliveries_advisory(bus: Bus, msg: nats.aio.msg.Msg) -> None:

@@ -28,6 +28,7 @@ from ._messages import (
 )
 from ._registry import Message, TypeRegistry, UnknownTypeError, message_type, registry
 from ._subjects import (
+    ROLE_TOPICS,
     Subject,
     SubjectError,
     advisory_stream_name,
@@ -42,6 +43,7 @@ from ._subjects import (
 )
 
 __all__ = (
+    "ROLE_TOPICS",
     "AgentAnnouncement",
     "Code",
     "CodeSubmission",

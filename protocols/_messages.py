@@ -39,7 +39,9 @@ __all__ = [
     "WorkState",
 ]
 
-TaskStatus = Literal["approved", "rounds_exhausted", "budget_exceeded", "failed", "cancelled"]
+TaskStatus = Literal[
+    "approved", "rounds_exhausted", "budget_exceeded", "deadline_exceeded", "failed", "cancelled"
+]
 Severity = Literal["info", "minor", "major", "critical"]
 Target = Literal["coder", "architect"]
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
-
 from swarmbus.protocols import Provenance, Usage
 
 __all__ = [
@@ -45,7 +44,7 @@ class ModelRequest(Generic[T]):
     system: str
     messages: tuple[ChatMessage, ...]
     output_type: type[T]
-    settings: ModelSettings = ModelSettings()
+    settings: ModelSettings = field(default_factory=ModelSettings)
 
     def request_hash(self, model_name: str) -> str:
         """Stable hash of (model, request): the response-cache key and replay key."""

@@ -9,12 +9,11 @@ from dataclasses import replace
 from typing import Protocol, runtime_checkable
 
 from pydantic import ValidationError
-
 from swarmbus.protocols import Provenance
 
 from ._base import Model, ModelRequest, ModelResponse, T
 
-__all__ = ["CachedModel", "KeyValueStore", "MemoryStore"]
+__all__ = ["CachedModel", "MemoryStore", "ResponseStore"]
 
 log = logging.getLogger("swarmbus.models")
 
@@ -22,7 +21,7 @@ _FORMAT = 1
 
 
 @runtime_checkable
-class KeyValueStore(Protocol):
+class ResponseStore(Protocol):
     """What the cache needs of a store; ``swarmbus.bus``'s key-value buckets satisfy it."""
 
     async def get(self, key: str) -> bytes | None: ...
@@ -31,7 +30,7 @@ class KeyValueStore(Protocol):
 
 
 class MemoryStore:
-    """An in-process ``KeyValueStore`` (a dict), for tests and single-process runs."""
+    """An in-process ``ResponseStore`` (a dict), for tests and single-process runs."""
 
     def __init__(self) -> None:
         self.data: dict[str, bytes] = {}
@@ -56,7 +55,7 @@ class CachedModel(Model):
     ``aclose`` closes the wrapped model; the store is borrowed.
     """
 
-    def __init__(self, model: Model, store: KeyValueStore, *, ttl_s: float | None = None) -> None:
+    def __init__(self, model: Model, store: ResponseStore, *, ttl_s: float | None = None) -> None:
         self.inner = model
         self.name = model.name
         self.store = store

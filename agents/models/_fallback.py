@@ -63,7 +63,8 @@ class FallbackModel(Model):
     def cooling_down(self) -> list[str]:
         """Names of the models currently skipped."""
         now = self._clock()
-        return [m.name for m, h in zip(self.models, self._health, strict=True) if h.cooled_until > now]
+        pairs = zip(self.models, self._health, strict=True)
+        return [m.name for m, h in pairs if h.cooled_until > now]
 
     def _order(self) -> list[int]:
         now = self._clock()

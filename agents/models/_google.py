@@ -10,13 +10,18 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types as genai_types
 from pydantic import BaseModel
-
 from swarmbus.protocols import ConfigError
 
 from ._base import ChatMessage, ModelRequest
 from ._errors import ModelError, ProviderError, ProviderTimeoutError
 from ._prices import Price
-from ._provider import DEFAULT_MAX_RETRIES, ProviderModel, RawReply, error_for_status, resolve_api_key
+from ._provider import (
+    DEFAULT_MAX_RETRIES,
+    ProviderModel,
+    RawReply,
+    error_for_status,
+    resolve_api_key,
+)
 
 __all__ = ["GoogleModel", "gemini_schema"]
 

@@ -44,7 +44,7 @@ def block_real_models(blocked: bool = True) -> Iterator[None]:
 
 
 def check_real_call_allowed(model: str) -> None:
-    """Raise ``RealModelCallBlocked`` if real calls are blocked. Providers call it before every call."""
+    """Raise ``RealModelCallBlocked`` if real calls are blocked; checked before every call."""
     if real_models_blocked():
         raise RealModelCallBlocked(
             f"real model call to {model!r} blocked (set {BLOCK_ENV}=0 or leave "

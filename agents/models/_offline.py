@@ -12,7 +12,6 @@ from typing import Any, TypeAlias
 
 import anyio
 from pydantic import BaseModel, ValidationError
-
 from swarmbus.protocols import ConfigError, Provenance
 
 from ._base import ChatMessage, Model, ModelRequest, ModelResponse, T
@@ -53,7 +52,7 @@ def _as_text(reply: Reply) -> str:
 
 
 class _OfflineModel(Model):
-    """Validates replies like a real provider: one repair attempt, then ``OutputValidationError``."""
+    """Validates replies like a real provider: one repair, then ``OutputValidationError``."""
 
     def __init__(self, name: str, *, latency_s: float) -> None:
         self.provider, self.model = _split(name)

@@ -55,8 +55,8 @@ class OpenAIModel(ProviderModel):
     ) -> None:
         super().__init__(provider, model, price=price, timeout_s=timeout_s)
         self.base_url = base_url
-        # OpenAI itself rejects max_tokens on newer models; most local servers only know it.
-        self._native = provider == "openai" and base_url is None
+        # OpenAI rejects max_tokens on newer models; many local servers only know max_tokens.
+        self._native = provider == "openai"
         if client is not None:
             self._client, self._owns_client = client, False
             return

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, SecretStr, ValidationError
-
 from swarmbus.protocols import Provenance
 
 from ._base import ChatMessage, Model, ModelRequest, ModelResponse, T
@@ -34,8 +33,8 @@ __all__ = [
     "ProviderModel",
     "RawReply",
     "error_for_status",
-    "repair_prompt",
     "forbid_extra",
+    "repair_prompt",
     "resolve_api_key",
     "schema_name",
     "validate_output",

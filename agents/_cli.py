@@ -1,0 +1,293 @@
+"""The ``swarmbus`` command: up, submit, status, trail, cancel, agents, schema, demo, nats."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+from swarmbus.bus import (
+    BusUnavailableError,
+    EmbeddedServer,
+    SwarmClient,
+    WorkflowStatus,
+    apply_event,
+)
+from swarmbus.protocols import (
+    AgentAnnouncement,
+    Limits,
+    SwarmbusError,
+    TaskRequest,
+    TaskResult,
+    registry,
+)
+
+from ._config import SwarmConfig, load_config
+from ._logging import configure_logging
+from ._render import progress_line, render_result, render_status, render_trail, trail_json
+from ._swarm import AGENTS_BUCKET, Swarm
+
+__all__ = ["main"]
+
+
+def _client_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--nats", help="NATS URL(s), comma-separated (default nats://127.0.0.1:4222)")
+    p.add_argument("--namespace", help="swarm namespace (default: default)")
+    p.add_argument("-c", "--config", help="swarm.yaml (for NATS settings and namespace)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="swarmbus", description=__doc__)
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("up", help="run a swarm in the foreground")
+    _client_args(p)
+    p.add_argument("--offline", action="store_true", help="scripted models, no keys")
+    p.add_argument("--data-dir", help="embedded NATS data directory (default .swarmbus)")
+    p.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
+
+    p = sub.add_parser("submit", help="submit a task and follow it")
+    _client_args(p)
+    p.add_argument("goal")
+    p.add_argument("--constraint", action="append", default=[], help="repeatable")
+    p.add_argument("--id", help="workflow id (default: random)")
+    p.add_argument("--budget", type=float, help="USD across all roles")
+    p.add_argument("--max-code-revisions", type=int)
+    p.add_argument("--max-design-revisions", type=int)
+    p.add_argument("--timeout", type=float, help="deadline in seconds from now")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--no-wait", action="store_true", help="print the workflow id and exit")
+
+    for name, help_ in (("status", "where a workflow stands"), ("trail", "a workflow's history"),
+                        ("cancel", "cancel a workflow")):
+        p = sub.add_parser(name, help=help_)
+        _client_args(p)
+        p.add_argument("workflow_id")
+        if name != "cancel":
+            p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("agents", help="list the live agents")
+    _client_args(p)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("schema", help="write the JSON Schema of every message type")
+    p.add_argument("-o", "--out", help="directory (default: print one JSON document)")
+
+    p = sub.add_parser("demo", help="offline demo: embedded NATS, scripted models, two tasks")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+
+    p = sub.add_parser("nats", help="run the embedded nats-server alone (local development)")
+    p.add_argument("--port", type=int, default=4222)
+    p.add_argument("--data-dir", default=".swarmbus/nats")
+    return ap
+
+
+def _config(args: argparse.Namespace, **extra: Any) -> SwarmConfig:
+    over: dict[str, Any] = dict(extra)
+    if getattr(args, "namespace", None):
+        over["namespace"] = args.namespace
+    if getattr(args, "nats", None):
+        over["nats"] = {"servers": args.nats}
+    return load_config(getattr(args, "config", None), **over)
+
+
+async def _client(cfg: SwarmConfig) -> SwarmClient:
+    return await SwarmClient.connect(cfg.nats, namespace=cfg.namespace, stream=cfg.stream)
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+
+async def cmd_up(args: argparse.Namespace) -> int:
+    from ._team import build_agents
+
+    configure_logging(args.log_format)
+    cfg = _config(args, offline=True if args.offline else None,
+                  data_dir=args.data_dir or None)
+    agents = build_agents(cfg)
+    server: EmbeddedServer | None = None
+    if cfg.embedded and "servers" not in cfg.nats.model_fields_set:
+        server = EmbeddedServer(port=4222, data_dir=cfg.data_dir / "nats")
+        await server.start()
+        print(f"embedded nats-server on {server.url} (data in {server.data_dir})",
+              file=sys.stderr)
+    try:
+        swarm = Swarm(agents, nats=server.url if server else cfg.nats, namespace=cfg.namespace,
+                      stream=cfg.stream, grace_s=cfg.grace_s)
+        await swarm.serve()
+    finally:
+        if server is not None:
+            await server.stop()
+    return 0
+
+
+async def follow(client: SwarmClient, wf: str, *, quiet: bool = False) -> TaskResult:
+    """Print a progress line per step until the result arrives."""
+    st = WorkflowStatus(wf, known=False)
+    async for env in client.events(wf):
+        apply_event(st, env)
+        if not quiet:
+            print(progress_line(st), file=sys.stderr, flush=True)
+        if st.result is not None:
+            return st.result
+    raise RuntimeError("event stream ended")  # pragma: no cover
+
+
+async def cmd_submit(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    limits = Limits.model_validate({k: v for k, v in {
+        "budget_usd": args.budget, "max_code_revisions": args.max_code_revisions,
+        "max_design_revisions": args.max_design_revisions, "timeout_s": args.timeout,
+    }.items() if v is not None})
+    task = TaskRequest(goal=args.goal, constraints=args.constraint, limits=limits)
+    async with await _client(cfg) as client:
+        wf = await client.submit(task, workflow_id=args.id)
+        if args.no_wait:
+            print(wf)
+            return 0
+        print(f"submitted {wf}", file=sys.stderr)
+        result = await follow(client, wf, quiet=args.json)
+    if args.json:
+        print(json.dumps({"workflow_id": wf, **result.model_dump(mode="json")}, indent=2))
+    else:
+        print(render_result(wf, result))
+    return 0 if result.status == "approved" else 1
+
+
+async def cmd_status(args: argparse.Namespace) -> int:
+    async with await _client(_config(args)) as client:
+        st = await client.status(args.workflow_id)
+    if args.json:
+        print(json.dumps({
+            "workflow_id": st.workflow_id, "known": st.known, "working": st.working,
+            "round": st.round, "steps": st.steps, "spent_usd": st.spent_usd,
+            "result": st.result.model_dump(mode="json") if st.result else None,
+        }, indent=2))
+    else:
+        print(render_status(st))
+    return 0 if st.known else 1
+
+
+async def cmd_trail(args: argparse.Namespace) -> int:
+    async with await _client(_config(args)) as client:
+        trail = await client.trail(args.workflow_id)
+    if args.json:
+        print(json.dumps(trail_json(trail), indent=2))
+    else:
+        print(render_trail(args.workflow_id, trail))
+    return 0 if trail else 1
+
+
+async def cmd_cancel(args: argparse.Namespace) -> int:
+    async with await _client(_config(args)) as client:
+        await client.cancel(args.workflow_id)
+    print(f"cancel requested for {args.workflow_id}: it ends before its next model call")
+    return 0
+
+
+async def cmd_agents(args: argparse.Namespace) -> int:
+    async with await _client(_config(args)) as client:
+        store = await client.bus.key_value(AGENTS_BUCKET, ttl_s=20.0)
+        anns = []
+        for key in await store.keys():
+            raw = await store.get(key)
+            if raw:
+                anns.append(AgentAnnouncement.model_validate_json(raw))
+    anns.sort(key=lambda a: (a.agent, a.instance))
+    if args.json:
+        print(json.dumps([a.model_dump(mode="json") for a in anns], indent=2))
+        return 0
+    if not anns:
+        print("no live agents in this namespace")
+        return 0
+    print(f"{'agent':<12} {'instance':<34} {'topics':<24} {'model':<24} in-flight handled")
+    for a in anns:
+        print(f"{a.agent:<12} {a.instance:<34} {','.join(a.topics):<24} {a.model or '-':<24} "
+              f"{a.in_flight:>9} {a.handled:>7}")
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    schemas = registry.json_schemas()
+    if not args.out:
+        print(json.dumps(schemas, indent=2))
+        return 0
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, schema in schemas.items():
+        (out / (name.replace("/", ".v") + ".json")).write_text(json.dumps(schema, indent=2))
+    print(f"wrote {len(schemas)} schemas to {out}")
+    return 0
+
+
+async def cmd_demo(args: argparse.Namespace) -> int:
+    from ._demo import DEMO_TASKS
+    from ._team import build_agents
+
+    configure_logging("console", level="WARNING")
+    with tempfile.TemporaryDirectory(prefix="swarmbus-demo-") as tmp:
+        async with EmbeddedServer(data_dir=tmp) as server:
+            print(f"embedded nats-server on {server.url}; scripted models (offline)\n")
+            cfg = load_config(None, environ={}, offline=True, namespace="demo")
+            async with Swarm(build_agents(cfg), nats=server.url, namespace="demo", grace_s=5):
+                client = await SwarmClient.connect(server.url, namespace="demo")
+                async with client:
+                    results: dict[str, TaskResult] = {}
+
+                    async def run(wf: str, goal: str, constraints: list[str]) -> None:
+                        await client.submit(TaskRequest(goal=goal, constraints=constraints),
+                                            workflow_id=wf)
+                        results[wf] = await follow(client, wf, quiet=args.json)
+
+                    with anyio.fail_after(120):
+                        async with anyio.create_task_group() as tg:
+                            for wf, goal, constraints in DEMO_TASKS:
+                                tg.start_soon(run, wf, goal, constraints)
+                    trails = {wf: await client.trail(wf) for wf, _, _ in DEMO_TASKS}
+    if args.json:
+        print(json.dumps({wf: r.model_dump(mode="json") for wf, r in results.items()}, indent=2))
+    else:
+        for wf, _, _ in DEMO_TASKS:
+            print()
+            print(render_trail(wf, trails[wf]))
+            print(render_result(wf, results[wf]))
+    ok = all(r.status == "approved" for r in results.values())
+    print("\ndemo " + ("passed: both tasks approved" if ok else "FAILED"), file=sys.stderr)
+    return 0 if ok else 1
+
+
+async def cmd_nats(args: argparse.Namespace) -> int:
+    async with EmbeddedServer(port=args.port, data_dir=args.data_dir) as server:
+        print(f"nats-server with JetStream on {server.url} (data in {server.data_dir}); "
+              "Ctrl-C stops it", file=sys.stderr)
+        await anyio.sleep_forever()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "schema":
+        return cmd_schema(args)
+    commands = {
+        "up": cmd_up, "submit": cmd_submit, "status": cmd_status, "trail": cmd_trail,
+        "cancel": cmd_cancel, "agents": cmd_agents, "demo": cmd_demo, "nats": cmd_nats,
+    }
+    try:
+        return anyio.run(commands[args.command], args)
+    except KeyboardInterrupt:
+        return 130
+    except BusUnavailableError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except SwarmbusError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

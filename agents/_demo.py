@@ -1,0 +1,193 @@
+"""The offline team: scripted models that play architect, coder and reviewer.
+
+They read the request like a real model would (goal, findings, test report)
+and answer from a small script, so the demo shows both send-back routes:
+
+- ``fizzbuzz``: the coder's first code fails its own tests in the sandbox;
+  the reviewer sends it back to the coder, the fix is approved.
+- ``slugify``: the first design ignores a constraint (non-ASCII titles);
+  the reviewer sends the design back to the architect, then approves.
+
+Any other goal gets a small generic solution that passes its tests, so
+``swarmbus up --offline`` answers kick-offs from any service without keys.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from swarmbus.protocols import Code, Component, Design, Finding, SourceFile, Verdict
+
+from .models import FunctionModel, Model, ModelRequest
+
+__all__ = ["DEMO_TASKS", "offline_models"]
+
+DEMO_TASKS = [
+    (
+        "demo-fizzbuzz",
+        "Write fizzbuzz(n) returning the FizzBuzz strings for 1..n",
+        ["pure function, no printing"],
+    ),
+    (
+        "demo-slugify",
+        "Write slugify(title) that turns an article title into a URL slug",
+        ["non-ASCII titles must be transliterated: 'Crème Brûlée!' -> 'creme-brulee'"],
+    ),
+]
+
+_FIZZ_BUGGY = '''def fizzbuzz(n: int) -> list[str]:
+    out = []
+    for i in range(1, n):  # off by one: n itself is missing
+        out.append("FizzBuzz" if i % 15 == 0 else "Fizz" if i % 3 == 0
+                   else "Buzz" if i % 5 == 0 else str(i))
+    return out
+'''
+_FIZZ_FIXED = _FIZZ_BUGGY.replace("range(1, n):  # off by one: n itself is missing",
+                                  "range(1, n + 1):")
+_FIZZ_TEST = '''from fizzbuzz import fizzbuzz
+
+
+def test_first_fifteen():
+    got = fizzbuzz(15)
+    assert len(got) == 15
+    assert got[2] == "Fizz" and got[4] == "Buzz" and got[14] == "FizzBuzz"
+
+
+def test_empty():
+    assert fizzbuzz(0) == []
+'''
+_SLUG_ASCII = '''import re
+
+
+def slugify(title: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
+'''
+_SLUG_UNICODE = '''import re
+import unicodedata
+
+
+def slugify(title: str) -> str:
+    ascii_title = unicodedata.normalize("NFKD", title).encode("ascii", "ignore").decode()
+    return re.sub(r"[^a-z0-9]+", "-", ascii_title.lower()).strip("-")
+'''
+_SLUG_TEST = '''from slugify import slugify
+
+
+def test_spaces_and_punctuation():
+    assert slugify("Hello, World!") == "hello-world"
+'''
+_SLUG_TEST_UNICODE = _SLUG_TEST + '''
+
+def test_non_ascii_is_transliterated():
+    assert slugify("Crème Brûlée!") == "creme-brulee"
+'''
+
+
+_GENERIC_TEST = "from solution import solve\n\n\ndef test_solve():\n    assert solve()\n"
+
+
+def _prompt(request: ModelRequest[Any]) -> str:
+    return "\n".join(m.content for m in request.messages)
+
+
+def _has_findings(prompt: str) -> bool:
+    return "## Findings from the reviewer" in prompt
+
+
+def _architect(request: ModelRequest[Any]) -> Design:
+    prompt = _prompt(request)
+    goal = prompt.split("## Goal", 1)[-1].split("##", 1)[0].strip()
+    if "slugify" in goal:
+        if _has_findings(prompt):
+            return Design(
+                summary="slugify(title): NFKD-normalise, drop non-ASCII marks, lower-case, "
+                "join alphanumeric runs with '-'. Revised: transliterates non-ASCII titles.",
+                components=[Component(name="slugify", responsibility="title -> slug")],
+                interfaces=["slugify(title: str) -> str"],
+                files=["slugify.py", "test_slugify.py"],
+                acceptance_criteria=["'Hello, World!' -> 'hello-world'",
+                                     "'Crème Brûlée!' -> 'creme-brulee'"],
+            )
+        return Design(
+            summary="slugify(title): lower-case and join alphanumeric runs with '-'.",
+            components=[Component(name="slugify", responsibility="title -> slug")],
+            interfaces=["slugify(title: str) -> str"],
+            files=["slugify.py", "test_slugify.py"],
+            acceptance_criteria=["'Hello, World!' -> 'hello-world'"],
+        )
+    if "fizzbuzz" in goal:
+        return Design(
+            summary="fizzbuzz(n) returns ['1', '2', 'Fizz', ...] for 1..n inclusive.",
+            components=[Component(name="fizzbuzz", responsibility="n -> list of strings")],
+            interfaces=["fizzbuzz(n: int) -> list[str]"],
+            files=["fizzbuzz.py", "test_fizzbuzz.py"],
+            acceptance_criteria=["len(fizzbuzz(15)) == 15", "fizzbuzz(15)[14] == 'FizzBuzz'",
+                                 "fizzbuzz(0) == []"],
+        )
+    return Design(
+        summary=f"A module `solution` with solve() describing the goal: {goal[:200]}",
+        components=[Component(name="solve", responsibility="answers the goal")],
+        interfaces=["solve() -> str"],
+        files=["solution.py", "test_solution.py"],
+        acceptance_criteria=["solve() returns a non-empty string"],
+    )
+
+
+def _coder(request: ModelRequest[Any]) -> Code:
+    prompt = _prompt(request)
+    if "slugify(title: str)" in prompt:
+        if "transliterates" in prompt:
+            files = [SourceFile(path="slugify.py", content=_SLUG_UNICODE),
+                     SourceFile(path="test_slugify.py", content=_SLUG_TEST_UNICODE)]
+        else:
+            files = [SourceFile(path="slugify.py", content=_SLUG_ASCII),
+                     SourceFile(path="test_slugify.py", content=_SLUG_TEST)]
+        return Code(files=files, notes="slugify with its tests")
+    if "fizzbuzz(n: int)" in prompt:
+        source = _FIZZ_FIXED if _has_findings(prompt) else _FIZZ_BUGGY
+        return Code(files=[SourceFile(path="fizzbuzz.py", content=source),
+                           SourceFile(path="test_fizzbuzz.py", content=_FIZZ_TEST)],
+                    notes="fixed the range" if _has_findings(prompt) else "first version")
+    goal = prompt.split("## Goal", 1)[-1].split("##", 1)[0].strip()
+    text = re.sub(r"[^\w .,-]", "", goal)[:200] or "done"
+    return Code(files=[
+        SourceFile(path="solution.py", content=f"def solve() -> str:\n    return {text!r}\n"),
+        SourceFile(path="test_solution.py", content=_GENERIC_TEST),
+    ])
+
+
+def _reviewer(request: ModelRequest[Any]) -> Verdict:
+    prompt = _prompt(request)
+    report = prompt.split("## Test report", 1)[-1]
+    passed = re.search(r"exit code 0, passed \d+, failed 0, errors 0", report) is not None
+    if "slugify(title: str)" in prompt and "Crème" not in prompt.split("## Current design")[-1]:
+        return Verdict(
+            decision="revise_design",
+            summary="the design ignores the constraint on non-ASCII titles",
+            findings=[Finding(
+                severity="major", location="design: acceptance_criteria",
+                explanation="constraint says 'Crème Brûlée!' -> 'creme-brulee'; the design "
+                "has no transliteration step and no criterion for it", target="architect")],
+        )
+    if not passed:
+        failing = re.findall(r"^- (\S+)$", report, flags=re.M)
+        return Verdict(
+            decision="revise_code",
+            summary="the submitted tests fail",
+            findings=[Finding(severity="critical", location=name,
+                              explanation="this test fails; fix the code", target="coder")
+                      for name in failing] or [Finding(
+                severity="critical", location="tests", explanation="tests fail",
+                target="coder")],
+        )
+    return Verdict(decision="approve", summary="implements the design; tests pass")
+
+
+def offline_models(*, latency_s: float = 0.0) -> dict[str, Model]:
+    """Scripted models for the three roles (no keys, no network)."""
+    return {
+        "architect": FunctionModel(_architect, name="scripted:architect", latency_s=latency_s),
+        "coder": FunctionModel(_coder, name="scripted:coder", latency_s=latency_s),
+        "reviewer": FunctionModel(_reviewer, name="scripted:reviewer", latency_s=latency_s),
+    }

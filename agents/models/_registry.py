@@ -1,0 +1,235 @@
+"""Models from config: ``"openai:gpt-4o"``, a ``ModelSpec``, or a fallback chain of them."""
+
+from __future__ import annotations
+
+import difflib
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal, TypeAlias
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ._anthropic import AnthropicModel
+from ._base import Model
+from ._cache import CachedModel, ResponseStore
+from ._errors import UnknownModelError
+from ._fallback import FallbackModel
+from ._google import GoogleModel
+from ._openai import OpenAIModel
+from ._prices import Price
+
+__all__ = [
+    "FallbackSpec",
+    "ModelConfig",
+    "ModelSpec",
+    "ProviderFactory",
+    "build_model",
+    "known_providers",
+    "register_provider",
+]
+
+
+class ModelSpec(BaseModel):
+    """One model, as a swarm.yaml holds it. Only ``name`` is required.
+
+    Keys are never written here: ``api_key_env`` names the environment
+    variable that holds the key, ``api_key_file`` a file that contains it
+    (e.g. a mounted secret). Defaults: each provider's usual variable.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(description="'provider:model', e.g. 'openai:gpt-4o' or 'ollama:llama3.1'.")
+    base_url: str | None = Field(None, description="Server URL, for local or proxy servers.")
+    api_key_env: str | None = Field(None, description="Environment variable holding the key.")
+    api_key_file: Path | None = Field(None, description="File holding the key.")
+    timeout_s: float | None = Field(
+        None, gt=0, description="Per-call timeout; overrides the request's when set."
+    )
+    max_retries: int = Field(
+        1, ge=0, le=10, description="SDK retries of 429 / 5xx / timeouts before giving up."
+    )
+    price: Price | None = Field(None, description="Overrides the price table for this model.")
+    structured_output: Literal["auto", "native", "tool"] = Field(
+        "auto", description="Anthropic only: structured outputs or a forced tool."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _provider_model(cls, value: str) -> str:
+        provider, sep, model = value.partition(":")
+        if not sep or not provider or not model:
+            raise ValueError(
+                f"model names are 'provider:model' (e.g. 'openai:gpt-4o'), got {value!r}"
+            )
+        return value
+
+    @property
+    def provider(self) -> str:
+        return self.name.partition(":")[0]
+
+    @property
+    def model(self) -> str:
+        return self.name.partition(":")[2]
+
+
+class FallbackSpec(BaseModel):
+    """A fallback chain: ``models`` in order, with cool-down of failing ones."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    fallback: list[str | ModelSpec] = Field(min_length=1)
+    cooldown_s: float = Field(60.0, ge=0)
+    failures_before_cooldown: int = Field(2, ge=1)
+
+
+ModelConfig: TypeAlias = str | ModelSpec | FallbackSpec | list[str | ModelSpec]
+"""What a role's ``model:`` can be in config: a name, a spec, or a fallback chain."""
+
+ProviderFactory: TypeAlias = Callable[[ModelSpec], Model]
+
+# OpenAI-compatible local servers: provider -> default base URL.
+_LOCAL_SERVERS = {
+    "ollama": "http://localhost:11434/v1",
+    "vllm": "http://localhost:8000/v1",
+    "llamacpp": "http://localhost:8080/v1",
+    "lmstudio": "http://localhost:1234/v1",
+}
+
+
+def _openai(spec: ModelSpec) -> Model:
+    return OpenAIModel(
+        spec.model,
+        base_url=spec.base_url,
+        api_key_env=spec.api_key_env,
+        api_key_file=spec.api_key_file,
+        timeout_s=spec.timeout_s,
+        max_retries=spec.max_retries,
+        price=spec.price,
+    )
+
+
+def _compatible(spec: ModelSpec) -> Model:
+    base_url = spec.base_url or _LOCAL_SERVERS.get(spec.provider)
+    if base_url is None:
+        raise UnknownModelError(
+            f"{spec.name!r} needs a base_url: "
+            f"ModelSpec(name={spec.name!r}, base_url='http://host:port/v1')"
+        )
+    return OpenAIModel(
+        spec.model,
+        provider=spec.provider,
+        base_url=base_url,
+        api_key_env=spec.api_key_env,
+        api_key_file=spec.api_key_file,
+        require_key=False,
+        timeout_s=spec.timeout_s,
+        max_retries=spec.max_retries,
+        price=spec.price,
+    )
+
+
+def _anthropic(spec: ModelSpec) -> Model:
+    return AnthropicModel(
+        spec.model,
+        base_url=spec.base_url,
+        api_key_env=spec.api_key_env,
+        api_key_file=spec.api_key_file,
+        timeout_s=spec.timeout_s,
+        max_retries=spec.max_retries,
+        price=spec.price,
+        structured_output=spec.structured_output,
+    )
+
+
+def _google(spec: ModelSpec) -> Model:
+    return GoogleModel(
+        spec.model,
+        base_url=spec.base_url,
+        api_key_env=spec.api_key_env,
+        api_key_file=spec.api_key_file,
+        timeout_s=spec.timeout_s,
+        max_retries=spec.max_retries,
+        price=spec.price,
+    )
+
+
+_lock = threading.Lock()
+_providers: dict[str, ProviderFactory] = {
+    "openai": _openai,
+    "anthropic": _anthropic,
+    "google": _google,
+    "gemini": _google,
+    "openai-compatible": _compatible,
+    **dict.fromkeys(_LOCAL_SERVERS, _compatible),
+}
+
+
+def register_provider(name: str, factory: ProviderFactory) -> None:
+    """Make ``name:...`` model names build with ``factory(spec)`` (adds or replaces)."""
+    if not name or ":" in name:
+        raise ValueError(f"provider names are non-empty and have no ':', got {name!r}")
+    with _lock:
+        _providers[name] = factory
+
+
+def known_providers() -> list[str]:
+    with _lock:
+        return sorted(_providers)
+
+
+def _build_one(spec: str | ModelSpec) -> Model:
+    if isinstance(spec, str):
+        try:
+            spec = ModelSpec(name=spec)
+        except ValueError as exc:
+            raise UnknownModelError(
+                f"model names are 'provider:model' (e.g. 'openai:gpt-4o'), got {spec!r}"
+            ) from exc
+    with _lock:
+        factory = _providers.get(spec.provider)
+        known = sorted(_providers)
+    if factory is None:
+        close = difflib.get_close_matches(spec.provider, known, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise UnknownModelError(
+            f"unknown model provider {spec.provider!r} in {spec.name!r}.{hint} Known providers: "
+            f"{', '.join(known)}. For any other OpenAI-compatible server use "
+            f"ModelSpec(name='openai-compatible:<model>', base_url='http://host:port/v1'), "
+            "or register_provider()."
+        )
+    return factory(spec)
+
+
+def build_model(
+    config: ModelConfig,
+    *,
+    cache: ResponseStore | None = None,
+    cache_ttl_s: float | None = None,
+) -> Model:
+    """Build a model from config.
+
+    ``config`` is a ``provider:model`` string, a ``ModelSpec``, a list of them
+    (a fallback chain with default cool-down) or a ``FallbackSpec``. With
+    ``cache``, the result is wrapped in ``CachedModel(model, cache, ttl_s=cache_ttl_s)``.
+    Keys are read now, so a missing key fails at start-up.
+
+    Raises ``UnknownModelError`` for an unknown provider or a malformed name,
+    ``MissingAPIKeyError`` when a provider's key is not set.
+    """
+    model: Model
+    if isinstance(config, FallbackSpec):
+        model = FallbackModel(
+            [_build_one(s) for s in config.fallback],
+            cooldown_s=config.cooldown_s,
+            failures_before_cooldown=config.failures_before_cooldown,
+        )
+    elif isinstance(config, list):
+        chain = [_build_one(s) for s in config]
+        model = chain[0] if len(chain) == 1 else FallbackModel(chain)
+    else:
+        model = _build_one(config)
+    if cache is not None:
+        model = CachedModel(model, cache, ttl_s=cache_ttl_s)
+    return model

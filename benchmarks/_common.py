@@ -1,0 +1,317 @@
+"""Shared by the benchmarks: the benchmark message, the driver, worker processes, stats.
+
+The driver is the same for the raw and the swarmbus path: it publishes the
+input through JetStream with plain nats-py (awaiting the stream's ack, with a
+``Nats-Msg-Id`` and a ``Swarm-Type`` header, as a peer in any language would)
+and sees the last stage's output on a core-NATS subscription of its subject.
+Only what runs in the worker processes differs between the two paths.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from swarmbus.protocols import Message, message_type, stream_name
+
+HERE = Path(__file__).resolve().parent
+WORK_TYPE = "bench.Work/1"
+T = TypeVar("T")
+
+
+@message_type("bench.Work")
+class Work(Message):
+    """The benchmark message: a sequence number, an opaque payload, a hop count."""
+
+    seq: int
+    payload: str = ""
+    hops: int = 0
+
+
+def body(seq: int, size: int) -> bytes:
+    return Work(seq=seq, payload="x" * size).model_dump_json().encode()
+
+
+# -- worker processes ----------------------------------------------------------------------
+
+
+@dataclass
+class Worker:
+    """One stage in its own process (``_worker.py``), raw nats-py or a swarmbus Agent."""
+
+    kind: str  # "raw" | "agent"
+    url: str
+    namespace: str
+    name: str
+    in_topic: str
+    out_topic: str
+    concurrency: int
+    batch: int
+    uvloop: bool
+    proc: subprocess.Popen[bytes] | None = None
+    log: Path | None = None
+    extra: list[str] = field(default_factory=list)
+
+    def start(self) -> Worker:
+        fd, path = tempfile.mkstemp(prefix=f"bench-{self.kind}-{self.name}-", suffix=".log")
+        self.log = Path(path)
+        args = [
+            sys.executable, str(HERE / "_worker.py"), self.kind,
+            "--url", self.url, "--namespace", self.namespace, "--name", self.name,
+            "--in-topic", self.in_topic, "--out-topic", self.out_topic,
+            "--concurrency", str(self.concurrency), "--batch", str(self.batch),
+            *(["--uvloop"] if self.uvloop else []), *self.extra,
+        ]
+        self.proc = subprocess.Popen(args, stdout=fd, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
+        os.close(fd)
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        assert self.proc is not None and self.log is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if "BENCH-READY" in self.log.read_text(errors="replace"):
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        raise RuntimeError(f"worker {self.kind}/{self.name} not ready:\n{self.tail()}")
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:] if self.log else ""
+
+    def cpu_s(self) -> float:
+        assert self.proc is not None
+        return proc_cpu_s(self.proc.pid)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            self.proc.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.log is not None:
+            text = self.log.read_text(errors="replace")
+            bad = [ln for ln in text.splitlines() if "error" in ln.lower() or "Traceback" in ln]
+            if bad:
+                print(f"  [{self.kind}/{self.name} log has errors]\n" + "\n".join(bad[:10]),
+                      file=sys.stderr)
+            self.log.unlink(missing_ok=True)
+
+
+def proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# -- the driver ----------------------------------------------------------------------------
+
+
+class Driver:
+    """Publishes inputs on ``in_topic`` and waits for each flow's output on ``out_topic``."""
+
+    def __init__(self, nc: NATS, namespace: str, in_topic: str, out_topic: str, size: int):
+        self.nc = nc
+        self.js = nc.jetstream(timeout=30.0)
+        self.ns = namespace
+        self.in_topic = in_topic
+        self.out_topic = out_topic
+        self.size = size
+        self._pending: dict[str, asyncio.Future[float]] = {}
+        self._run = 0
+
+    @classmethod
+    async def connect(cls, url: str, namespace: str, in_topic: str, out_topic: str,
+                      size: int) -> Driver:
+        nc = await nats.connect(url, name="bench-driver", max_reconnect_attempts=0)
+        d = cls(nc, namespace, in_topic, out_topic, size)
+        await nc.subscribe(f"swarm.{namespace}.*.{out_topic}", cb=d._on_out,
+                           pending_msgs_limit=-1, pending_bytes_limit=-1)
+        await nc.flush()
+        return d
+
+    async def _on_out(self, msg: Msg) -> None:
+        now = time.perf_counter()
+        fut = self._pending.pop(msg.subject.split(".")[2], None)
+        if fut is not None and not fut.done():
+            fut.set_result(now)
+
+    async def flow(self, wf: str, seq: int) -> float:
+        """One flow's latency in seconds: publish (acked) -> output seen."""
+        fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._pending[wf] = fut
+        t0 = time.perf_counter()
+        await self.js.publish(
+            f"swarm.{self.ns}.{wf}.{self.in_topic}", body(seq, self.size),
+            headers={"Nats-Msg-Id": wf, "Swarm-Type": WORK_TYPE},
+        )
+        try:
+            t1 = await asyncio.wait_for(fut, 60.0)
+        except TimeoutError:
+            self._pending.pop(wf, None)
+            raise RuntimeError(f"flow {wf} got no output within 60 s") from None
+        return t1 - t0
+
+    async def sequential(self, n: int) -> list[float]:
+        self._run += 1
+        prefix = f"s{self._run}x"
+        return [await self.flow(f"{prefix}{i}", i) for i in range(n)]
+
+    async def in_flight(self, n: int, k: int) -> tuple[float, list[float]]:
+        """``n`` flows with ``k`` in flight at any time: (wall seconds, latencies)."""
+        self._run += 1
+        prefix = f"p{self._run}x"
+        counter = itertools.count()
+        lats: list[float] = []
+
+        async def lane() -> None:
+            while (i := next(counter)) < n:
+                lats.append(await self.flow(f"{prefix}{i}", i))
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(lane() for _ in range(k)))
+        return time.perf_counter() - t0, lats
+
+    async def aclose(self) -> None:
+        await self.nc.close()
+
+
+# -- stats and tables ----------------------------------------------------------------------
+
+
+def pct(xs: list[float], p: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, max(0, round(p / 100 * (len(s) - 1))))]
+
+
+@dataclass
+class Result:
+    """One path's figures from one round."""
+
+    seq_p50_ms: float
+    seq_p99_ms: float
+    rate: float
+    load_p50_ms: float
+    load_p99_ms: float
+    worker_cpu_us_seq: float
+    worker_cpu_us_load: float
+    server_cpu_us_load: float
+
+
+def median_result(rs: list[Result]) -> Result:
+    fields_ = Result.__dataclass_fields__
+    return Result(**{f: statistics.median(getattr(r, f) for r in rs) for f in fields_})
+
+
+def fmt_table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    out = []
+    for j, r in enumerate(rows):
+        out.append("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
+                             enumerate(zip(r, widths, strict=True))))
+        if j == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+LABELS = {"raw": "raw fetch", "rawpull": "raw pull", "agent": "swarmbus"}
+
+
+def report(results: dict[str, Result], *, unit: str, p50_target: float,
+           rate_target: float) -> str:
+    """The table: every path, then swarmbus over each raw path, then the verdicts."""
+    agent = results["agent"]
+    raws = [k for k in results if k != "agent"]
+    rows = [["", *(LABELS[k] for k in results),
+             *(f"swarmbus/{LABELS[k]}" for k in raws)]]
+    u = unit[:-1]
+
+    def row(label: str, attr: str, f: str) -> None:
+        vals = {k: getattr(r, attr) for k, r in results.items()}
+        rows.append([label, *(format(v, f) for v in vals.values()),
+                     *(f"{vals['agent'] / vals[k]:.2f}x" for k in raws)])
+
+    row("sequential p50 (ms)", "seq_p50_ms", ".3f")
+    row("sequential p99 (ms)", "seq_p99_ms", ".3f")
+    row(f"{unit}/s, in flight", "rate", ",.0f")
+    row("p50 under load (ms)", "load_p50_ms", ".2f")
+    row("p99 under load (ms)", "load_p99_ms", ".2f")
+    row(f"worker CPU us/{u}, sequential", "worker_cpu_us_seq", ".0f")
+    row(f"worker CPU us/{u}, in flight", "worker_cpu_us_load", ".0f")
+    row(f"server CPU us/{u}, in flight", "server_cpu_us_load", ".0f")
+    lines = [fmt_table(rows), ""]
+    for k in raws:
+        r = results[k]
+        p50_ratio = agent.seq_p50_ms / r.seq_p50_ms
+        rate_ratio = agent.rate / r.rate
+        lines.append(
+            f"vs {LABELS[k]:9}: p50 {p50_ratio:.2f}x (target <= {p50_target}x) "
+            f"{'MET' if p50_ratio <= p50_target else 'MISSED'}; "
+            f"throughput {rate_ratio:.2f} (target >= {rate_target:.2f}) "
+            f"{'MET' if rate_ratio >= rate_target else 'MISSED'}"
+        )
+    return "\n".join(lines)
+
+
+def env_line(args_uvloop: bool) -> str:
+    import nats.aio.client as nc_mod
+
+    return (
+        f"python {sys.version.split()[0]}, nats-py {getattr(nc_mod, '__version__', '?')}, "
+        f"loop {'uvloop' if args_uvloop else 'asyncio'}, {os.cpu_count()} CPUs"
+    )
+
+
+def run(main: Callable[[], Coroutine[Any, Any, T]], *, use_uvloop: bool) -> T:
+    """``asyncio.run`` on the chosen event loop."""
+    factory = None
+    if use_uvloop:
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main())
+
+
+def quiet_driver_logs() -> None:
+    """The driver process only: hide swarmbus's info/warning lines (e.g. "nats
+    disconnected" when the set-up connection closes). Workers keep the defaults."""
+    import logging
+
+    import structlog
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+
+
+def dumps(obj: object) -> str:
+    return json.dumps(obj, indent=2, default=str)
+
+
+__all__ = [
+    "WORK_TYPE", "Driver", "Result", "Work", "Worker", "body", "dumps", "env_line",
+    "fmt_table", "median_result", "pct", "proc_cpu_s", "quiet_driver_logs", "report", "run", "stream_name",
+]

@@ -1,0 +1,125 @@
+"""Anthropic, through the real ``anthropic`` SDK against a loopback fake."""
+
+from __future__ import annotations
+
+import pytest
+from _model_fakes import (
+    PLAN,
+    PLAN_JSON,
+    SECRET,
+    Canned,
+    FakeServer,
+    anthropic_body,
+    anthropic_error,
+    plan_request,
+)
+
+from swarmbus.agents.models import (
+    AnthropicModel,
+    OutputTruncatedError,
+    OutputValidationError,
+    ProviderRateLimitError,
+    ProviderServerError,
+    RefusalError,
+    build_model,
+)
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(20)]
+
+
+def haiku(fake: FakeServer, **kwargs: object) -> AnthropicModel:
+    return AnthropicModel("claude-haiku-4-5", base_url=fake.url, **kwargs)  # type: ignore[arg-type]
+
+
+async def test_structured_output_native(fake: FakeServer, fake_keys: str) -> None:
+    fake.push(Canned(anthropic_body(PLAN_JSON, input_tokens=700, output_tokens=400, cache_read=300)))
+    async with haiku(fake) as model:
+        response = await model.complete(plan_request(temperature=0.5))
+    assert response.output == PLAN
+    p = response.provenance
+    assert p.name == "anthropic:claude-haiku-4-5"
+    # Anthropic's input_tokens excludes cache reads; ours includes them.
+    assert (p.input_tokens, p.output_tokens, p.cached_tokens) == (1000, 400, 300)
+    assert p.cost_usd == pytest.approx((700 * 1.0 + 300 * 0.1 + 400 * 5.0) / 1e6)
+    seen = fake.requests[0]
+    assert seen.path == "/v1/messages"
+    assert SECRET in seen.headers.get("x-api-key", "") + seen.headers.get("authorization", "")
+    body = seen.body
+    assert body["system"] == "You plan." and body["max_tokens"] == 8192
+    assert body["messages"] == [{"role": "user", "content": "make a plan"}]
+    fmt = body["output_config"]["format"]
+    assert fmt["type"] == "json_schema" and fmt["schema"]["additionalProperties"] is False
+    assert "tools" not in body
+
+
+async def test_forced_tool_for_older_models(fake: FakeServer, fake_keys: str) -> None:
+    fake.push(Canned(anthropic_body(tool_input=PLAN.model_dump(), stop_reason="tool_use")))
+    async with AnthropicModel("claude-3-5-haiku-latest", base_url=fake.url) as model:
+        assert model.structured_output == "tool"
+        response = await model.complete(plan_request())
+    assert response.output == PLAN
+    body = fake.requests[0].body
+    assert body["tool_choice"] == {"type": "tool", "name": "final_answer"}
+    assert body["tools"][0]["input_schema"]["required"] == ["title", "steps"]
+    assert "output_config" not in body
+
+
+async def test_repair_then_success(fake: FakeServer, fake_keys: str) -> None:
+    fake.push(Canned(anthropic_body("Sure! {oops")), Canned(anthropic_body(PLAN_JSON)))
+    async with haiku(fake) as model:
+        response = await model.complete(plan_request())
+    assert response.output == PLAN
+    messages = fake.requests[1].body["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant", "user"]
+    assert "did not match" in messages[-1]["content"]
+
+
+async def test_invalid_twice(fake: FakeServer, fake_keys: str) -> None:
+    fake.default = Canned(anthropic_body('{"title": "x"}'))
+    async with haiku(fake) as model:
+        with pytest.raises(OutputValidationError, match="steps"):
+            await model.complete(plan_request())
+    assert len(fake.requests) == 2
+
+
+async def test_refusal(fake: FakeServer, fake_keys: str) -> None:
+    details = {"type": "refusal", "category": "cyber", "explanation": "policy"}
+    fake.push(Canned(anthropic_body("", stop_reason="refusal", stop_details=details)))
+    async with haiku(fake) as model:
+        with pytest.raises(RefusalError, match="policy"):
+            await model.complete(plan_request())
+
+
+async def test_max_tokens(fake: FakeServer, fake_keys: str) -> None:
+    fake.push(Canned(anthropic_body('{"title": "', stop_reason="max_tokens")))
+    async with haiku(fake) as model:
+        with pytest.raises(OutputTruncatedError):
+            await model.complete(plan_request())
+
+
+async def test_rate_limit_retried_then_typed(fake: FakeServer, fake_keys: str) -> None:
+    fake.push(anthropic_error(429, "rate_limit_error"), Canned(anthropic_body(PLAN_JSON)))
+    async with haiku(fake, max_retries=1) as model:
+        assert (await model.complete(plan_request())).output == PLAN
+        fake.default = anthropic_error(429, "rate_limit_error")
+        with pytest.raises(ProviderRateLimitError):
+            await model.complete(plan_request())
+    assert len(fake.requests) == 4
+
+
+async def test_overloaded_is_a_server_error(fake: FakeServer, fake_keys: str) -> None:
+    fake.default = anthropic_error(529, "overloaded_error")
+    async with haiku(fake, max_retries=0) as model:
+        with pytest.raises(ProviderServerError) as caught:
+            await model.complete(plan_request())
+    assert caught.value.status_code == 529
+
+
+async def test_base_url_from_environment(
+    fake: FakeServer, fake_keys: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", fake.url)
+    fake.push(Canned(anthropic_body(PLAN_JSON)))
+    async with build_model("anthropic:claude-haiku-4-5") as model:
+        assert (await model.complete(plan_request())).output == PLAN
+        assert SECRET not in repr(model)

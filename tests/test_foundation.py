@@ -1,0 +1,461 @@
+"""The foundation's promises, against a real nats-server: replicas share work, nothing is
+lost when processes die or the server restarts, outputs are published once, bad input is
+dead-lettered and never kills an agent. Plus the wire contract at unit level."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import signal
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import anyio
+import pytest
+from agent_proc import Done, Job, Worker, done_by, numbers, spawn, wait_announced, wait_done
+
+from swarmbus.agents import Agent, Context, Swarm, handles
+from swarmbus.bus import (
+    Bus,
+    BusUnavailableError,
+    ConsumerSettings,
+    DecodeError,
+    EmbeddedServer,
+    NatsSettings,
+    decode,
+    encode,
+    free_port,
+    output_msg_id,
+)
+from swarmbus.protocols import (
+    DeadLetter,
+    Message,
+    Subject,
+    SubjectError,
+    TaskRequest,
+    TypeRegistry,
+    UnknownTypeError,
+    headers,
+    message_type,
+    registry,
+    subject,
+    topic_filter,
+    workflow_filter,
+)
+
+pytestmark = pytest.mark.anyio
+
+FAST = ConsumerSettings(ack_wait_s=2, max_deliver=3, retry_delay_s=0.05, concurrency=4)
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Processes a test starts; any still alive at the end are killed."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for p in started:
+        if p.poll() is None:
+            p.kill()
+        p.wait(timeout=10)
+
+
+async def wait_exit(proc: subprocess.Popen[bytes]) -> int:
+    while proc.poll() is None:
+        await anyio.sleep(0.02)
+    return proc.returncode
+
+
+async def publish_jobs(bus: Bus, wf: str, jobs: list[Job]) -> None:
+    for job in jobs:
+        await bus.publish(wf, "job", job, msg_id=f"{wf}-job-{job.n}")
+
+
+# -- replicas, crashes, restarts -------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_replicas_share_work_and_other_type_gets_everything(
+    nats_url: str, namespace: str, tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    n = 24
+    ev = [tmp_path / "r1.jsonl", tmp_path / "r2.jsonl"]
+    async with await Bus.connect(nats_url, namespace=namespace) as bus:
+        auditor = Worker(name="auditor", replica="a", consumer=FAST)
+        async with Swarm([auditor], bus=bus):
+            for i, path in enumerate(ev):
+                procs.append(spawn(nats_url, namespace, replica=f"r{i + 1}", events=path,
+                                   concurrency=2))
+            with anyio.fail_after(20):
+                await wait_announced(bus, "worker", [p.pid for p in procs])
+                await publish_jobs(bus, "w", [Job(n=i, sleep_s=0.05) for i in range(n)])
+                done = await wait_done(bus, "w", n)
+                audited = await wait_done(bus, "w", n, agent="auditor")
+    handled = Counter(numbers(ev[0], "done") + numbers(ev[1], "done"))
+    assert handled == Counter(range(n)), "each job handled exactly once between the replicas"
+    assert numbers(ev[0], "done") and numbers(ev[1], "done"), "both replicas got work"
+    assert sorted(d.n for d in done) == list(range(n))
+    assert sorted(d.n for d in audited) == list(range(n))
+    assert sorted(auditor.handled) == list(range(n))
+
+
+@pytest.mark.slow
+async def test_kill_9_mid_handler_is_redelivered_to_other_replica(
+    nats_url: str, namespace: str, tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    ev = {r: tmp_path / f"{r}.jsonl" for r in ("r1", "r2")}
+    async with await Bus.connect(nats_url, namespace=namespace) as bus:
+        for r, path in ev.items():
+            procs.append(spawn(nats_url, namespace, replica=r, events=path, ack_wait_s=1,
+                               concurrency=1))
+        with anyio.fail_after(20):
+            await wait_announced(bus, "worker", [p.pid for p in procs])
+            jobs = [Job(n=0, sleep_s=1.0)] + [Job(n=i, sleep_s=0.05) for i in range(1, 6)]
+            await publish_jobs(bus, "w", jobs)
+            while not (victim := [r for r, p in ev.items() if 0 in numbers(p, "start")]):
+                await anyio.sleep(0.01)
+            (vr,) = victim
+            proc = procs[list(ev).index(vr)]
+            proc.send_signal(signal.SIGKILL)
+            assert await wait_exit(proc) == -signal.SIGKILL
+            assert 0 not in numbers(ev[vr], "done"), "killed while job 0 was in flight"
+            done = await wait_done(bus, "w", len(jobs))
+    assert sorted(d.n for d in done) == list(range(len(jobs))), "nothing lost"
+    (zero,) = [d for d in done if d.n == 0]
+    assert zero.replica != vr, "job 0 was completed by the surviving replica"
+
+
+async def test_handler_that_runs_twice_publishes_once(nats_url: str, namespace: str) -> None:
+    attempts: list[int] = []
+
+    class Flaky(Agent):
+        name = "flaky"
+
+        @handles("job")
+        async def on_job(self, msg: Job, ctx: Context[Job]) -> None:
+            attempts.append(msg.n)
+            await ctx.publish(Done(n=msg.n, agent=self.name, replica="x"))
+            await ctx.publish(Done(n=msg.n + 100, agent=self.name, replica="x"))
+            if len(attempts) == 1:
+                raise RuntimeError("fails after publishing, the first time only")
+
+    flaky = Flaky(consumer=FAST)
+    async with Swarm([flaky], nats=nats_url, namespace=namespace) as swarm:
+        await publish_jobs(swarm.bus, "w", [Job(n=1)])
+        with anyio.fail_after(10):
+            while swarm.stats()["flaky"].handled < 1:
+                await anyio.sleep(0.02)
+        done = await done_by(swarm.bus, "w", agent="flaky")
+    assert attempts == [1, 1]
+    assert sorted(d.n for d in done) == [1, 101], "each output stored once"
+
+
+async def test_bad_input_is_dead_lettered_and_agent_goes_on(
+    nats_url: str, namespace: str
+) -> None:
+    job_type = {headers.TYPE: Job.swarm_type}
+    cases: dict[str, tuple[bytes, dict[str, str], str]] = {
+        "bytes": (b"\xff\xfe{not json", job_type, "undecodable"),
+        "schema": (b'{"n": "not a number"}', job_type, "invalid"),
+        "type": (b'{"n": 1}', {headers.TYPE: "tests.NoSuchType/1"}, "unknown_type"),
+        "size": (json.dumps({"n": 1, "pad": "x" * 3000}).encode(), job_type, "oversize"),
+        "wrong": (TaskRequest(goal="g").model_dump_json().encode(),
+                  {headers.TYPE: TaskRequest.swarm_type}, "invalid"),
+    }
+    worker = Worker(consumer=FAST.model_copy(update={"max_body_bytes": 2048}))
+    async with Swarm([worker], nats=nats_url, namespace=namespace) as swarm:
+        bus = swarm.bus
+        for i, (wf, (body, hdrs, _)) in enumerate(cases.items()):
+            await bus.publish_raw(subject(namespace, wf, "job"), body, hdrs)
+            await publish_jobs(bus, wf, [Job(n=i)])  # a valid one right after
+        with anyio.fail_after(10):
+            for wf in cases:
+                while await bus.last(wf, "deadletter") is None or await bus.last(wf, "done") is None:
+                    await anyio.sleep(0.02)
+        for wf, (body, _, reason) in cases.items():
+            stored = await bus.last(wf, "deadletter")
+            assert stored is not None
+            letter = stored.decode().message
+            assert isinstance(letter, DeadLetter)
+            assert (wf, letter.reason) == (wf, reason)
+            assert letter.subject == subject(namespace, wf, "job")
+            assert letter.body_size == len(body)
+            assert letter.agent == "worker" and letter.error
+        stats = swarm.stats()["worker"]
+    assert sorted(worker.handled) == list(range(len(cases)))
+    assert stats.dead_lettered == len(cases)
+
+
+@pytest.mark.slow
+async def test_message_that_kills_its_process_ends_in_deadletter(
+    nats_url: str, namespace: str, tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    async with await Bus.connect(nats_url, namespace=namespace) as bus:
+        deaths = 0
+        letter = None
+        with anyio.fail_after(30):
+            while letter is None:
+                # A supervisor: (re)start the replica whenever it died.
+                ev = tmp_path / f"run{len(procs)}.jsonl"
+                proc = spawn(nats_url, namespace, replica=f"run{len(procs)}", events=ev,
+                             ack_wait_s=1, max_deliver=3)
+                procs.append(proc)
+                await wait_announced(bus, "worker", [proc.pid])
+                if not deaths:
+                    await publish_jobs(bus, "w", [Job(n=7, die=True)])
+                while proc.poll() is None and (stored := await bus.last("w", "deadletter")) is None:
+                    await anyio.sleep(0.05)
+                if proc.poll() is not None:
+                    assert proc.returncode == -signal.SIGKILL
+                    deaths += 1
+                else:
+                    letter = stored.decode().message if stored else None
+            await publish_jobs(bus, "w", [Job(n=8)])
+            (after,) = await wait_done(bus, "w", 1)
+    assert isinstance(letter, DeadLetter)
+    assert letter.reason == "max_deliveries"
+    assert letter.deliveries == 3 and deaths == 3
+    assert json.loads(letter.body)["n"] == 7
+    assert after.n == 8, "the replica goes on with the next message"
+
+
+@pytest.mark.slow
+async def test_sigterm_during_load_loses_nothing_in_flight(
+    nats_url: str, namespace: str, tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    n = 16
+    first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    async with await Bus.connect(nats_url, namespace=namespace) as bus:
+        procs.append(spawn(nats_url, namespace, replica="first", events=first, concurrency=4))
+        with anyio.fail_after(30):
+            await wait_announced(bus, "worker", [procs[0].pid])
+            await publish_jobs(bus, "w", [Job(n=i, sleep_s=0.4) for i in range(n)])
+            while len(numbers(first, "start")) < 6:
+                await anyio.sleep(0.01)
+            in_flight = set(numbers(first, "start")) - set(numbers(first, "done"))
+            procs[0].send_signal(signal.SIGTERM)
+            assert await wait_exit(procs[0]) == 0
+            started, finished = set(numbers(first, "start")), set(numbers(first, "done"))
+            assert in_flight and in_flight <= finished, "in-flight handlers finished"
+            assert started == finished
+            procs.append(spawn(nats_url, namespace, replica="second", events=second))
+            done = await wait_done(bus, "w", n)
+    assert sorted(d.n for d in done) == list(range(n))
+    assert {d.n for d in done if d.replica == "first"} == finished
+    rest = Counter(numbers(second, "done"))
+    assert rest == Counter(set(range(n)) - finished), "acked work is not handled again"
+
+
+@pytest.mark.slow
+async def test_server_restart_while_agents_run(tmp_path: Path, namespace: str) -> None:
+    n = 20
+    settings = FAST.model_copy(update={"ack_wait_s": 2.0})
+    async with EmbeddedServer(data_dir=tmp_path / "nats") as server:
+        nats = NatsSettings(servers=[server.url], reconnect_wait_s=0.2)
+        worker = Worker(consumer=settings)
+        bus = await Bus.connect(nats, namespace=namespace)
+        async with bus, Swarm([worker], nats=nats, namespace=namespace):
+            with anyio.fail_after(40):
+                await publish_jobs(bus, "w", [Job(n=i, sleep_s=0.1) for i in range(n // 2)])
+                while len(worker.handled) < 2:
+                    await anyio.sleep(0.01)
+                await server.stop()
+                await server.start()
+                while not bus.nc.is_connected:
+                    await anyio.sleep(0.05)
+                await publish_jobs(bus, "w", [Job(n=i, sleep_s=0.1) for i in range(n // 2, n)])
+                done = await wait_done(bus, "w", n)
+        assert sorted(d.n for d in done) == list(range(n))
+        assert set(worker.handled) == set(range(n))
+
+
+# -- the wire contract -----------------------------------------------------------------------
+
+
+@message_type("tests.Note", topics=("note",))
+class Note(Message):
+    text: str
+    tags: list[str] = []
+
+
+def test_codec_round_trip() -> None:
+    msg = TaskRequest(goal="write a parser", constraints=["stdlib only"])
+    body, hdrs = encode(msg, msg_id="m-1", causation_id="c-0", sender="tester", round=2,
+                        model="offline:echo")
+    assert hdrs == {
+        "Swarm-Type": "swarmbus.TaskRequest/1", "Nats-Msg-Id": "m-1", "Swarm-Round": "2",
+        "Swarm-Causation-Id": "c-0", "Swarm-Sender": "tester", "Swarm-Model": "offline:echo",
+    }
+    env = decode("swarm.ns.wf-1.task", body, hdrs)
+    assert env.message == msg and isinstance(env.message, TaskRequest)
+    assert (env.msg_id, env.causation_id, env.sender, env.round, env.model) == (
+        "m-1", "c-0", "tester", 2, "offline:echo")
+    assert (env.workflow_id, env.topic) == ("wf-1", "task")
+    # Without headers the topic implies the type: the smallest kick-off from any language.
+    bare = decode("swarm.ns.wf-1.task", b'{"goal": "g"}', None, fallback_id="seq-9")
+    assert bare.message == TaskRequest(goal="g") and bare.msg_id == "seq-9"
+    with pytest.raises(TypeError):
+        encode(Message(), msg_id="x")
+
+
+@pytest.mark.parametrize(
+    ("subj", "body", "hdrs", "reason"),
+    [
+        ("swarm.ns.w.task", b"\x80\x81", None, "undecodable"),
+        ("swarm.ns.w.task", b"[1, 2", None, "undecodable"),
+        ("swarm.ns.w.task", b'{"goal": ""}', None, "invalid"),
+        ("swarm.ns.w.task", b"{}", None, "invalid"),
+        ("swarm.ns.w.nothing", b'{"goal": "g"}', None, "unknown_type"),
+        ("swarm.ns.w.task", b'{"goal": "g"}', {"Swarm-Type": "x.Y/1"}, "unknown_type"),
+        ("swarm.ns.w.task", b'{"goal": "' + b"g" * 100 + b'"}', None, "oversize"),
+        ("elsewhere.ns.w.task", b'{"goal": "g"}', None, "invalid"),
+    ],
+)
+def test_decode_errors_carry_the_reason(
+    subj: str, body: bytes, hdrs: dict[str, str] | None, reason: str
+) -> None:
+    with pytest.raises(DecodeError) as info:
+        decode(subj, body, hdrs, max_bytes=64)
+    assert info.value.reason == reason
+
+
+def test_output_ids_are_deterministic() -> None:
+    a = output_msg_id("in-1", "coder", 0)
+    assert a == output_msg_id("in-1", "coder", 0)
+    others = {output_msg_id("in-2", "coder", 0), output_msg_id("in-1", "reviewer", 0),
+              output_msg_id("in-1", "coder", 1)}
+    assert a not in others and len(others) == 3
+
+
+def test_subjects_build_parse_reject() -> None:
+    s = subject("default", "wf_1-a", "revise.code")
+    assert s == "swarm.default.wf_1-a.revise.code"
+    assert Subject.parse(s) == Subject("default", "wf_1-a", "revise.code")
+    assert str(Subject.parse(s)) == s
+    assert topic_filter("default", "design") == "swarm.default.*.design"
+    assert workflow_filter("default", "wf1") == "swarm.default.wf1.>"
+    for bad in [("Upper", "w", "t"), ("a.b", "w", "t"), ("", "w", "t"), ("n" * 33, "w", "t"),
+                ("ns", "w.1", "t"), ("ns", "*", "t"), ("ns", ">", "t"), ("ns", "", "t"),
+                ("ns", "w", "a.*"), ("ns", "w", ">"), ("ns", "w", "a..b"), ("ns", "w", "")]:
+        with pytest.raises(SubjectError):
+            subject(*bad)
+    for bad_subj in ["swarm.ns.w", "other.ns.w.t", "swarm.NS.w.t", "swarm.ns.w.t*"]:
+        with pytest.raises(SubjectError):
+            Subject.parse(bad_subj)
+    assert issubclass(SubjectError, ValueError)
+
+
+def test_registry_takes_user_types() -> None:
+    reg = TypeRegistry()
+
+    @message_type("acme.Ticket", version=2, topics=("ticket",), into=reg)
+    class Ticket(Message):
+        title: str
+
+    assert Ticket.swarm_type == "acme.Ticket/2"
+    assert reg.resolve("acme.Ticket/2", "anything") is Ticket
+    assert reg.resolve(None, "ticket") is Ticket
+    assert Ticket in reg and TaskRequest not in reg
+    with pytest.raises(UnknownTypeError):
+        reg.resolve("acme.Ticket/1", "ticket")
+    with pytest.raises(UnknownTypeError):
+        reg.resolve(None, "other")
+    with pytest.raises(ValueError, match="already registered"):
+        message_type("acme.Ticket", version=2, into=reg)(Note)
+    for name, version in [("a/b", 1), ("", 1), ("ok", 0)]:
+        with pytest.raises(ValueError):
+            reg.register(Note, name, version)
+    env = decode("swarm.ns.w.ticket", b'{"title": "t"}', None, types=reg)
+    assert isinstance(env.message, Ticket)
+    # The process-wide registry has the user type declared in this module too.
+    assert registry.resolve(None, "note") is Note
+
+
+def test_unknown_fields_are_kept_on_decode_and_encode() -> None:
+    body = json.dumps({"goal": "g", "from_the_future": {"x": 1},
+                       "limits": {"budget_usd": 2, "new_limit": 5}}).encode()
+    env = decode("swarm.ns.w.task", body, None)
+    msg = env.message
+    assert isinstance(msg, TaskRequest)
+    assert msg.model_extra == {"from_the_future": {"x": 1}}
+    assert msg.limits.model_extra == {"new_limit": 5}
+    again, _ = encode(msg, msg_id="x")
+    out = json.loads(again)
+    assert out["from_the_future"] == {"x": 1} and out["limits"]["new_limit"] == 5
+
+
+async def test_unknown_fields_are_forwarded_by_an_agent(nats_url: str, namespace: str) -> None:
+    class Forwarder(Agent):
+        @handles("note")
+        async def on_note(self, msg: Note, ctx: Context[Note]) -> None:
+            await ctx.publish(msg, topic="note.seen")
+
+    async with Swarm([Forwarder()], nats=nats_url, namespace=namespace) as swarm:
+        body = json.dumps({"text": "hi", "priority": "high"}).encode()
+        await swarm.bus.publish_raw(subject(namespace, "w", "note"), body)
+        with anyio.fail_after(5):
+            while (seen := await swarm.bus.last("w", "note.seen")) is None:
+                await anyio.sleep(0.02)
+    assert json.loads(seen.data) == {"text": "hi", "tags": [], "priority": "high"}
+    assert seen.headers[headers.TYPE] == "tests.Note/1"
+    assert seen.headers[headers.SENDER] == "forwarder"
+
+
+def test_json_schema_export_has_every_type() -> None:
+    schemas = registry.json_schemas()
+    builtin = {"TaskRequest", "DesignSpec", "CodeSubmission", "RevisionRequest", "TaskResult",
+               "DeadLetter", "AgentAnnouncement"}
+    assert {f"swarmbus.{name}/1" for name in builtin} <= set(schemas)
+    assert set(schemas) == {cls.swarm_type for cls in registry}
+    assert "tests.Note/1" in schemas
+    for wire, schema in schemas.items():
+        assert schema["x-swarm-type"] == wire and schema["type"] == "object"
+        json.dumps(schema)  # serialisable as is
+    assert schemas["swarmbus.TaskRequest/1"]["required"] == ["goal"]
+    assert schemas["swarmbus.TaskResult/1"]["x-swarm-default-topics"] == ["result"]
+
+
+async def test_bus_unavailable_fails_fast() -> None:
+    settings = NatsSettings(servers=[f"nats://127.0.0.1:{free_port()}"], connect_timeout_s=1)
+    start = time.monotonic()
+    with anyio.fail_after(settings.connect_timeout_s + 3), pytest.raises(BusUnavailableError):
+        await Bus.connect(settings, namespace="nobody")
+    assert time.monotonic() - start < settings.connect_timeout_s + 3
+
+
+async def test_embedded_server_start_stop() -> None:
+    server = EmbeddedServer()
+    assert not server.running
+    async with server:
+        assert server.running and server.pid
+        async with await Bus.connect(server.url, namespace="embedded") as bus:
+            assert (await bus.publish("w", "note", Note(text="x"), msg_id="1")).seq == 1
+        data_dir = server.data_dir
+        assert data_dir is not None and data_dir.is_dir()
+    assert not server.running
+    assert not data_dir.exists(), "a temporary data directory is removed"
+    with pytest.raises(BusUnavailableError):
+        await Bus.connect(NatsSettings(servers=[server.url], connect_timeout_s=1))
+
+
+# -- the public surface ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("package", ["swarmbus.agents", "swarmbus.bus", "swarmbus.protocols"])
+def test_all_attributes(package: str) -> None:
+    mod = importlib.import_module(package)
+    exported = mod.__all__
+    assert isinstance(exported, tuple)
+    assert len(set(exported)) == len(exported)
+    for name in exported:
+        assert hasattr(mod, name), f"{package}.__all__ names missing {name!r}"
+    for name, value in vars(mod).items():
+        if name.startswith("_"):
+            continue
+        if isinstance(value, ModuleType) and value.__name__ == f"{package}.{name}":
+            continue  # a public submodule, imported as such
+        assert name in exported, f"{package}.{name} is public but not in __all__"
+

@@ -1,0 +1,386 @@
+"""The executable-review sandbox: limits, secrets, truncation, escapes (issues 4 and 5)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import textwrap
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pydantic
+import pytest
+from swarmbus.agents._sandbox import SandboxLimits, landlock_abi, run_tests
+from swarmbus.protocols import SourceFile, TestReport
+
+pytestmark = pytest.mark.anyio
+
+FAST = SandboxLimits(timeout_s=20)
+needs_landlock = pytest.mark.skipif(landlock_abi() < 1, reason="kernel without Landlock")
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+async def run(
+    source: str, *, limits: SandboxLimits = FAST, path: str = "test_sub.py"
+) -> TestReport:
+    return await run_tests([SourceFile(path=path, content=textwrap.dedent(source))], limits=limits)
+
+
+def alive_with(marker: str) -> list[int]:
+    """Live (non-zombie) processes whose command line carries ``marker``."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker.encode() in cmdline and state != "Z":
+            pids.append(int(entry))
+    return pids
+
+
+@pytest.fixture
+def marker() -> Iterator[str]:
+    value = f"sandbox-marker-{uuid.uuid4().hex}"
+    yield value
+    assert alive_with(value) == []
+
+
+async def test_passing_suite_is_counted() -> None:
+    report = await run_tests(
+        [
+            SourceFile(path="calc.py", content="def add(a, b):\n    return a + b\n"),
+            SourceFile(
+                path="tests/test_calc.py",
+                content="from calc import add\n\ndef test_add():\n    assert add(1, 2) == 3\n\n"
+                "def test_tmp(tmp_path):\n    (tmp_path / 'x').write_text('ok')\n",
+            ),
+        ],
+        limits=FAST,
+    )
+    assert (report.passed, report.failed, report.errors) == (2, 0, 0), report.output
+    assert report.exit_code == 0 and report.ok and not report.timed_out and not report.truncated
+
+
+async def test_failures_are_reported_with_test_names() -> None:
+    report = await run(
+        """
+        import pytest
+
+        def test_good():
+            pass
+
+        def test_bad():
+            assert 1 == 2
+
+        class TestGroup:
+            @pytest.mark.parametrize("n", [1, 2])
+            def test_param(self, n):
+                assert n == 1
+        """,
+        path="pkg/test_names.py",
+    )
+    assert (report.passed, report.failed, report.errors) == (2, 2, 0)
+    assert report.failed_tests == [
+        "pkg/test_names.py::test_bad",
+        "pkg/test_names.py::TestGroup::test_param[2]",
+    ]
+    assert report.exit_code == 1 and not report.ok
+    assert "assert 1 == 2" in report.output
+
+
+async def test_collection_error_counts_as_error() -> None:
+    report = await run("def test_x(:\n    pass\n", path="test_broken.py")
+    assert report.errors == 1 and report.passed == 0 and not report.ok
+    assert report.failed_tests and "test_broken" in report.failed_tests[0]
+    assert "SyntaxError" in report.output
+
+
+async def test_submission_without_tests_says_so() -> None:
+    report = await run("def helper():\n    return 1\n", path="lib.py")
+    assert report.exit_code == 5 and not report.ok
+    assert "no tests were collected" in report.output
+
+
+async def test_infinite_loop_is_killed_at_the_timeout() -> None:
+    start = time.monotonic()
+    report = await run(
+        "def test_spin():\n    while True:\n        pass\n", limits=SandboxLimits(timeout_s=1.5)
+    )
+    assert report.timed_out and not report.ok
+    assert report.exit_code is not None and report.exit_code < 0
+    assert time.monotonic() - start < 2.5 + 3
+    assert "timed out after 2.5s" in report.output
+    assert "test_spin" in report.output  # faulthandler dumped the stuck test before the kill
+
+
+async def test_cpu_limit_kills_a_busy_child() -> None:
+    report = await run(
+        "def test_spin():\n    while True:\n        pass\n",
+        limits=SandboxLimits(timeout_s=20, cpu_s=1),
+    )
+    assert not report.timed_out and not report.ok
+    assert report.exit_code is not None and report.exit_code < 0
+    assert "killed by SIG" in report.output
+
+
+async def test_memory_bomb_is_contained() -> None:
+    report = await run(
+        """
+        def test_bomb():
+            hoard = []
+            while True:
+                hoard.append(bytearray(32 << 20))
+        """,
+        limits=SandboxLimits(timeout_s=20, memory_mb=256),
+    )
+    assert report.failed_tests == ["test_sub.py::test_bomb"]
+    assert "MemoryError" in report.output and not report.timed_out
+    assert len(bytearray(64 << 20)) == 64 << 20  # the parent is unaffected
+
+
+async def test_file_size_limit_fails_the_write_not_the_run() -> None:
+    report = await run(
+        "def test_big():\n    open('big.bin', 'wb').write(b'x' * (3 << 20))\n",
+        limits=SandboxLimits(timeout_s=20, file_size_mb=1),
+    )
+    assert report.failed_tests == ["test_sub.py::test_big"]
+    assert "File too large" in report.output and report.exit_code == 1
+
+
+@pytest.mark.parametrize("ending", ["timeout", "exit"])
+async def test_descendants_die_with_the_run(ending: str, marker: str) -> None:
+    # One grandchild stays in the group, one leaves it with setsid, and a few forked
+    # processes leave it too; all must be gone when run_tests returns.
+    report = await run(
+        f"""
+        import os, subprocess, sys, time
+
+        def test_spawn():
+            sleeper = [sys.executable, "-c", "import time; time.sleep(60)", "{marker}"]
+            subprocess.Popen(sleeper)
+            subprocess.Popen(sleeper, start_new_session=True)
+            for _ in range(5):
+                if os.fork() == 0:
+                    os.setsid()
+                    os.execv(sys.executable, sleeper)
+            time.sleep(0.3)
+            if "{ending}" == "timeout":
+                time.sleep(60)
+        """,
+        limits=SandboxLimits(timeout_s=2),
+    )
+    assert report.timed_out is (ending == "timeout")
+    if ending == "exit":
+        assert report.passed == 1, report.output
+
+
+async def test_cancelling_the_caller_kills_the_tree(marker: str) -> None:
+    source = f"""
+        import subprocess, sys, time
+
+        def test_wait():
+            subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "{marker}"])
+            time.sleep(60)
+        """
+    with anyio.move_on_after(1.5) as scope:
+        await run(source)
+    assert scope.cancelled_caught
+
+
+async def test_child_environment_has_no_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    canaries = {
+        "OPENAI_API_KEY": "sk-canary-openai",
+        "ANTHROPIC_API_KEY": "sk-ant-canary",
+        "GEMINI_API_KEY": "canary-gemini",
+        "NATS_PASSWORD": "canary-nats-password",
+        "NATS_TOKEN": "canary-nats-token",
+        "NATS_CREDS": "/canary/nats.creds",
+        "AWS_SECRET_ACCESS_KEY": "canary-aws",
+        "GITHUB_TOKEN": "canary-github",
+    }
+    for name, value in canaries.items():
+        monkeypatch.setenv(name, value)
+    report = await run(
+        """
+        import os
+
+        def test_dump_env():
+            for name, value in sorted(os.environ.items()):
+                print(f"ENV {name}={value}")
+            assert False, "show the captured environment"
+        """
+    )
+    assert report.failed_tests == ["test_sub.py::test_dump_env"]
+    assert "ENV HOME=" in report.output and "ENV PATH=" in report.output
+    for name, value in canaries.items():
+        assert name not in report.output
+        assert value not in report.output
+    home = report.output.split("ENV HOME=", 1)[1].split()[0]
+    assert home != os.environ.get("HOME") and "swarmbus-" in home
+
+
+@needs_landlock
+async def test_child_cannot_read_the_host(tmp_path: Path) -> None:
+    secret = tmp_path / "secret.env"
+    secret.write_text("OPENAI_API_KEY=sk-canary-file\n")
+    report = await run(
+        f"""
+        import os, pytest
+
+        @pytest.mark.parametrize("path", [
+            "{secret}", "/proc/{os.getpid()}/environ", "/proc/1/environ",
+            "/proc/{os.getpid()}/cmdline", os.path.expanduser("~root/.bashrc"),
+        ])
+        def test_read(path):
+            with pytest.raises(PermissionError):
+                open(path, "rb").read()
+        """
+    )
+    assert report.passed == 5 and report.ok, report.output
+    assert "sk-canary-file" not in report.output
+
+
+@pytest.mark.parametrize(
+    "attempt",
+    [
+        "open(TARGET, 'w').write('x')",
+        "os.close(os.open(TARGET, os.O_WRONLY | os.O_CREAT))",
+        "shutil.copyfile(__file__, TARGET)",
+        "os.symlink(TARGET, 'link'); open('link', 'w').write('x')",
+        "open('moved', 'w').write('x'); os.rename('moved', TARGET)",
+        "os.link(VICTIM, 'hard'); open('hard', 'w').write('x')",
+        "open(VICTIM, 'a').write('x')",
+        "os.truncate(VICTIM, 0)",
+        "os.remove(VICTIM)",
+    ],
+)
+async def test_python_cannot_write_outside_the_sandbox(attempt: str, tmp_path: Path) -> None:
+    target, victim = tmp_path / "pwned", tmp_path / "victim.txt"
+    victim.write_text("original")
+    report = await run(
+        f"""
+        import os, shutil
+        TARGET, VICTIM = {str(target)!r}, {str(victim)!r}
+
+        def test_escape():
+            {attempt}
+        """
+    )
+    assert report.failed_tests == ["test_sub.py::test_escape"], report.output
+    assert "PermissionError" in report.output
+    assert not target.exists() and victim.read_text() == "original"
+
+
+@needs_landlock
+@pytest.mark.parametrize(
+    "attempt",
+    [
+        "subprocess.run(['sh', '-c', 'echo x > ' + TARGET]); ok = os.path.exists(TARGET)",
+        "ok = ctypes.CDLL(None).creat(TARGET.encode(), 0o644) >= 0",
+        "subprocess.run([sys.executable, '-I', '-c', f'open({TARGET!r}, \"w\")']); ok = False",
+    ],
+    ids=["shell", "ctypes", "python-without-hook"],
+)
+async def test_non_python_writes_are_stopped_by_the_kernel(attempt: str, tmp_path: Path) -> None:
+    target = tmp_path / "pwned"
+    report = await run(
+        f"""
+        import ctypes, os, subprocess, sys
+        TARGET = {str(target)!r}
+
+        def test_escape():
+            {attempt}
+            assert not ok
+        """
+    )
+    assert report.ok, report.output
+    assert not target.exists()
+
+
+@pytest.mark.skipif(landlock_abi() < 4, reason="Landlock network rules need ABI 4")
+async def test_network_is_refused_unless_allowed() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        source = f"""
+            import socket
+
+            def test_connect():
+                socket.create_connection(("127.0.0.1", {port}), timeout=2).close()
+            """
+        refused = await run(source)
+        allowed = await run(source, limits=SandboxLimits(timeout_s=20, allow_network=True))
+    assert refused.failed == 1 and "PermissionError" in refused.output
+    assert allowed.ok, allowed.output
+
+
+@pytest.mark.skipif(landlock_abi() < 6, reason="Landlock signal scoping needs ABI 6")
+async def test_child_cannot_signal_the_host() -> None:
+    report = await run(
+        f"""
+        import os, pytest
+
+        def test_signal_parent():
+            with pytest.raises(PermissionError):
+                os.kill({os.getpid()}, 0)  # a probe: even a harmless signal is refused
+        """
+    )
+    assert report.ok, report.output
+
+
+async def test_huge_output_is_truncated_head_and_tail() -> None:
+    report = await run(
+        """
+        def test_noisy():
+            print("FIRST-LINE")
+            for i in range(200_000):
+                print("noise", i)
+            print("LAST-LINE")
+            assert False
+        """,
+        limits=SandboxLimits(timeout_s=20, max_output_bytes=4096),
+    )
+    assert report.truncated and report.failed == 1
+    assert len(report.output.encode()) < 4096 + 500
+    assert "bytes of output truncated" in report.output
+    assert "FIRST-LINE" in report.output  # the head is kept
+    assert "LAST-LINE" in report.output and "1 failed" in report.output  # and the tail
+
+
+@pytest.mark.parametrize(
+    "path", ["../x.py", "/etc/x.py", "a/../../x.py", "", "a\\..\\x.py", "ok/../../../tmp/x.py"]
+)
+async def test_unsafe_paths_are_rejected_before_running(path: str) -> None:
+    report = await run_tests(
+        [
+            SourceFile(path="test_ok.py", content="def test_ok():\n    pass\n"),
+            SourceFile(path=path, content="x = 1\n"),
+        ]
+    )
+    assert report.errors == 1 and report.exit_code is None and not report.ok
+    assert "rejected" in report.output and "nothing was run" in report.output
+
+
+async def test_oversized_submission_is_rejected() -> None:
+    files = [SourceFile(path=f"m{i}.py", content="") for i in range(3)]
+    report = await run_tests(files, limits=SandboxLimits(max_files=2))
+    assert report.errors == 1 and "limit is 2" in report.output
+    dupes = [SourceFile(path="a.py", content=""), SourceFile(path="./a.py", content="")]
+    assert "duplicate" in (await run_tests(dupes)).output
+
+
+def test_limits_are_validated() -> None:
+    with pytest.raises(pydantic.ValidationError):
+        SandboxLimits(timeout_s=0)
+    with pytest.raises(pydantic.ValidationError):
+        SandboxLimits(memroy_mb=10)  # type: ignore[call-arg]
