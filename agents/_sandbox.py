@@ -268,11 +268,12 @@ def _command(layout: _Layout, limits: SandboxLimits, python: str) -> list[str]:
         "allow_network": limits.allow_network, "require_landlock": limits.require_landlock,
     }  # fmt: skip
     plugins = [arg for name in limits.pytest_plugins for arg in ("-p", name)]
+    dump_after = max(limits.timeout_s / 2, limits.timeout_s - 10)  # name the stuck test
     return [
         python, "-I", str(layout.boot / "boot.py"), json.dumps(config),
         python, "-m", "pytest", "-q", "-p", "no:cacheprovider", *plugins,
         f"--rootdir={layout.work}", f"--junitxml={layout.box / 'junit.xml'}",
-        "-o", "junit_family=xunit1", "-o", f"faulthandler_timeout={max(limits.timeout_s / 2, limits.timeout_s - 10):.3f}",
+        "-o", "junit_family=xunit1", "-o", f"faulthandler_timeout={dump_after:.3f}",
     ]  # fmt: skip
 
 
@@ -305,9 +306,9 @@ async def _execute(layout: _Layout, limits: SandboxLimits, python: str) -> TestR
             tg.cancel_scope.cancel()
     finally:
         with anyio.CancelScope(shield=True):
+            # killpg reaches the leader too; Process.kill() would poll() and reap the
+            # child behind asyncio's watcher, which then reports exit code 255.
             await _kill_tree(proc.pid, token)
-            with suppress(ProcessLookupError):
-                proc.kill()
             await proc.aclose()
     passed, failed, errors, names = await anyio.to_thread.run_sync(
         _parse_junit, layout.box / "junit.xml"

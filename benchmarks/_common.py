@@ -43,8 +43,8 @@ class Work(Message):
     hops: int = 0
 
 
-def body(seq: int, size: int) -> bytes:
-    return Work(seq=seq, payload="x" * size).model_dump_json().encode()
+def work(seq: int, size: int) -> Message:
+    return Work(seq=seq, payload="x" * size)
 
 
 # -- worker processes ----------------------------------------------------------------------
@@ -106,8 +106,10 @@ class Worker:
         if self.proc.poll() is None:
             self.proc.terminate()
         try:
-            self.proc.wait(timeout=40)
+            self.proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
+            print(f"  [{self.kind}/{self.name} did not stop on SIGTERM in 20 s: killed]\n"
+                  + self.tail()[-1500:], file=sys.stderr)
             self.proc.kill()
             self.proc.wait()
         if self.log is not None:
@@ -134,8 +136,10 @@ def proc_cpu_s(pid: int) -> float:
 class Driver:
     """Publishes inputs on ``in_topic`` and waits for each flow's output on ``out_topic``."""
 
-    def __init__(self, nc: NATS, namespace: str, in_topic: str, out_topic: str, size: int):
+    def __init__(self, nc: NATS, namespace: str, in_topic: str, out_topic: str, size: int,
+                 message: Callable[[int, int], Message] = work):
         self.nc = nc
+        self.message = message
         self.js = nc.jetstream(timeout=30.0)
         self.ns = namespace
         self.in_topic = in_topic
@@ -146,9 +150,9 @@ class Driver:
 
     @classmethod
     async def connect(cls, url: str, namespace: str, in_topic: str, out_topic: str,
-                      size: int) -> Driver:
+                      size: int, message: Callable[[int, int], Message] = work) -> Driver:
         nc = await nats.connect(url, name="bench-driver", max_reconnect_attempts=0)
-        d = cls(nc, namespace, in_topic, out_topic, size)
+        d = cls(nc, namespace, in_topic, out_topic, size, message)
         await nc.subscribe(f"swarm.{namespace}.*.{out_topic}", cb=d._on_out,
                            pending_msgs_limit=-1, pending_bytes_limit=-1)
         await nc.flush()
@@ -164,10 +168,11 @@ class Driver:
         """One flow's latency in seconds: publish (acked) -> output seen."""
         fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         self._pending[wf] = fut
+        msg = self.message(seq, self.size)
         t0 = time.perf_counter()
         await self.js.publish(
-            f"swarm.{self.ns}.{wf}.{self.in_topic}", body(seq, self.size),
-            headers={"Nats-Msg-Id": wf, "Swarm-Type": WORK_TYPE},
+            f"swarm.{self.ns}.{wf}.{self.in_topic}", msg.model_dump_json().encode(),
+            headers={"Nats-Msg-Id": wf, "Swarm-Type": msg.swarm_type},
         )
         try:
             t1 = await asyncio.wait_for(fut, 60.0)
@@ -198,6 +203,98 @@ class Driver:
 
     async def aclose(self) -> None:
         await self.nc.close()
+
+
+# -- one path, measured --------------------------------------------------------------------
+
+WorkersFor = Callable[[str, str], list[Worker]]
+"""(url, namespace) -> the not yet started worker processes of one path."""
+
+
+async def measure(workers_for: WorkersFor, url: str, server_pid: int | None, in_topic: str,
+                  out_topic: str, a: Any, message: Callable[[int, int], Message] = work,
+                  ) -> Result:
+    """Fresh namespace, start the path's workers, warm up, then the sequential run and
+    the in-flight run (``a.seq``, ``a.n``, ``a.inflight``, ``a.warmup``, ``a.size``)."""
+    import uuid
+
+    from swarmbus.bus import Bus
+
+    ns = f"b{uuid.uuid4().hex[:10]}"
+    async with await Bus.connect(url, namespace=ns):
+        pass  # the namespace's stream, created the same way for every path
+    workers = workers_for(url, ns)
+    try:
+        for w in workers:
+            w.start()
+        for w in workers:
+            await asyncio.to_thread(w.wait_ready)
+
+        def cpu() -> tuple[float, float]:
+            srv = proc_cpu_s(server_pid) if server_pid else float("nan")
+            return sum(w.cpu_s() for w in workers), srv
+
+        d = await Driver.connect(url, ns, in_topic, out_topic, a.size, message)
+        try:
+            await d.sequential(a.warmup)
+            await d.in_flight(a.warmup * 4, a.inflight)
+            c0, _ = cpu()
+            seq = await d.sequential(a.seq)
+            c1, s1 = cpu()
+            wall, lats = await d.in_flight(a.n, a.inflight)
+            c2, s2 = cpu()
+        finally:
+            await d.aclose()
+    finally:
+        for w in workers:
+            await asyncio.to_thread(w.stop)
+    return Result(
+        seq_p50_ms=pct(seq, 50) * 1e3, seq_p99_ms=pct(seq, 99) * 1e3, rate=a.n / wall,
+        load_p50_ms=pct(lats, 50) * 1e3, load_p99_ms=pct(lats, 99) * 1e3,
+        worker_cpu_us_seq=(c1 - c0) / a.seq * 1e6, worker_cpu_us_load=(c2 - c1) / a.n * 1e6,
+        server_cpu_us_load=(s2 - s1) / a.n * 1e6,
+    )
+
+
+@dataclass(frozen=True)
+class PathSpec:
+    """One way of doing the work: its workers, where flows enter and leave, the input."""
+
+    workers_for: WorkersFor
+    in_topic: str
+    out_topic: str
+    message: Callable[[int, int], Message] = work
+
+
+async def bench_paths(paths: dict[str, PathSpec], a: Any, *, unit: str, p50_target: float,
+                      rate_target: float) -> dict[str, Result]:
+    """Every path on one server (embedded unless ``a.nats``), ``a.rounds`` rounds in
+    alternating order; prints each round and then the table of medians."""
+    from swarmbus.bus import EmbeddedServer
+
+    server = None if a.nats else EmbeddedServer().start_blocking()
+    url = a.nats or server.url  # type: ignore[union-attr]
+    pid = server.pid if server else None
+    try:
+        kinds = list(paths)
+        per: dict[str, list[Result]] = {k: [] for k in kinds}
+        for r in range(a.rounds):
+            for kind in kinds if r % 2 == 0 else kinds[::-1]:
+                spec = paths[kind]
+                res = await measure(spec.workers_for, url, pid, spec.in_topic, spec.out_topic,
+                                    a, spec.message)
+                per[kind].append(res)
+                print(f"  round {r + 1} {LABELS.get(kind, kind):9}: seq p50 "
+                      f"{res.seq_p50_ms:.3f} ms, p99 {res.seq_p99_ms:.3f} ms, "
+                      f"{res.rate:,.0f} {unit}/s", flush=True)
+        medians = {k: median_result(v) for k, v in per.items()}
+        print(f"\nmedians of {a.rounds} round(s):\n")
+        print(report(medians, unit=unit, p50_target=p50_target, rate_target=rate_target))
+        return medians
+    finally:
+        if server is not None:
+            server.stop_blocking()
+            server.cleanup()
 
 
 # -- stats and tables ----------------------------------------------------------------------
@@ -245,8 +342,8 @@ def report(results: dict[str, Result], *, unit: str, p50_target: float,
            rate_target: float) -> str:
     """The table: every path, then swarmbus over each raw path, then the verdicts."""
     agent = results["agent"]
-    raws = [k for k in results if k != "agent"]
-    rows = [["", *(LABELS[k] for k in results),
+    raws = [k for k in results if k.startswith("raw")]
+    rows = [["", *(LABELS.get(k, k) for k in results),
              *(f"swarmbus/{LABELS[k]}" for k in raws)]]
     u = unit[:-1]
 
@@ -312,6 +409,6 @@ def dumps(obj: object) -> str:
 
 
 __all__ = [
-    "WORK_TYPE", "Driver", "Result", "Work", "Worker", "body", "dumps", "env_line",
+    "WORK_TYPE", "Driver", "PathSpec", "Result", "bench_paths", "Work", "Worker", "WorkersFor", "measure", "work", "dumps", "env_line",
     "fmt_table", "median_result", "pct", "proc_cpu_s", "quiet_driver_logs", "report", "run", "stream_name",
 ]

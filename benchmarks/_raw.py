@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+from collections.abc import Awaitable, Callable
 
 import nats
 import nats.errors
@@ -63,6 +64,7 @@ async def run_raw_stage(
         await msg.ack()
 
     in_flight: set[asyncio.Task[None]] = set()
+    stopping = asyncio.Event()
     slot_free = asyncio.Event()
 
     def done(t: asyncio.Task[None]) -> None:
@@ -72,7 +74,7 @@ async def run_raw_stage(
             print("handler failed:", repr(t.exception()), flush=True)
 
     async def pull_loop() -> None:
-        while True:
+        while not stopping.is_set():
             free = concurrency - len(in_flight)
             if free <= 0:
                 slot_free.clear()
@@ -87,16 +89,8 @@ async def run_raw_stage(
                 in_flight.add(t)
                 t.add_done_callback(done)
 
-    puller = asyncio.create_task(pull_loop())
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, puller.cancel)
-    print("BENCH-READY", flush=True)
-    try:
-        await puller
-    except asyncio.CancelledError:
-        pass
-    if in_flight:
-        await asyncio.wait(in_flight, timeout=10)
-    await nc.drain()
+    await _serve(pull_loop, stopping, in_flight)
+    await nc.close()
 
 
 async def run_rawpull_stage(
@@ -135,6 +129,7 @@ async def run_rawpull_stage(
         await msg.ack()
 
     in_flight: set[asyncio.Task[None]] = set()
+    stopping = asyncio.Event()
     credit = 0
     want_pull = asyncio.Event()
 
@@ -162,7 +157,7 @@ async def run_rawpull_stage(
 
     async def pull_loop() -> None:
         nonlocal credit
-        while True:
+        while not stopping.is_set():
             free = concurrency - len(in_flight) - credit
             if free >= threshold or (free > 0 and credit == 0):
                 n = min(free, batch)
@@ -172,17 +167,29 @@ async def run_rawpull_stage(
                 continue
             want_pull.clear()
             try:
-                await asyncio.wait_for(want_pull.wait(), 10.0)
+                await asyncio.wait_for(want_pull.wait(), 1.0)
             except TimeoutError:
                 pass
 
+    await _serve(pull_loop, stopping, in_flight)
+    await nc.close()
+
+
+async def _serve(pull_loop: Callable[[], Awaitable[None]], stopping: asyncio.Event,
+                 in_flight: set[asyncio.Task[None]]) -> None:
+    """Run ``pull_loop`` until SIGTERM, then let in-flight handlers finish.
+
+    The loop also checks ``stopping``: on Python 3.11 ``asyncio.wait_for`` can
+    swallow a cancellation that races with its inner future completing.
+    """
     puller = asyncio.create_task(pull_loop())
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, puller.cancel)
+
+    def on_term() -> None:
+        stopping.set()
+        puller.cancel()
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_term)
     print("BENCH-READY", flush=True)
-    try:
-        await puller
-    except asyncio.CancelledError:
-        pass
+    await asyncio.wait({puller})
     if in_flight:
         await asyncio.wait(in_flight, timeout=10)
-    await nc.drain()

@@ -21,82 +21,36 @@ the paths alternate which goes first and the medians are reported.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
-import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
-    Driver,
-    Result,
+    PathSpec,
     Worker,
+    WorkersFor,
+    bench_paths,
     env_line,
-    median_result,
-    pct,
-    proc_cpu_s,
     quiet_driver_logs,
-    report,
     run,
 )
-
-from swarmbus.bus import Bus, EmbeddedServer  # noqa: E402
 
 IN, OUT = "bench.ping", "bench.pong"
 
 
-async def measure(kind: str, url: str, server_pid: int | None, a: argparse.Namespace) -> Result:
-    ns = f"b{kind[0]}{uuid.uuid4().hex[:8]}"
-    async with await Bus.connect(url, namespace=ns):
-        pass  # the namespace's stream, created the same way for both paths
-    worker = Worker(kind, url, ns, "hop", IN, OUT, a.concurrency, a.batch, a.uvloop,
-                    extra=(["--profile", f"{a.profile}.{kind}"] if a.profile else []))
-    worker.start()
-    try:
-        await asyncio.to_thread(worker.wait_ready)
-        d = await Driver.connect(url, ns, IN, OUT, a.size)
-        try:
-            await d.sequential(a.warmup)
-            await d.in_flight(a.warmup * 4, a.inflight)
-            c0 = worker.cpu_s()
-            seq = await d.sequential(a.seq)
-            c1, s1 = worker.cpu_s(), proc_cpu_s(server_pid) if server_pid else float("nan")
-            wall, lats = await d.in_flight(a.n, a.inflight)
-            c2, s2 = worker.cpu_s(), proc_cpu_s(server_pid) if server_pid else float("nan")
-        finally:
-            await d.aclose()
-    finally:
-        await asyncio.to_thread(worker.stop)
-    return Result(
-        seq_p50_ms=pct(seq, 50) * 1e3, seq_p99_ms=pct(seq, 99) * 1e3, rate=a.n / wall,
-        load_p50_ms=pct(lats, 50) * 1e3, load_p99_ms=pct(lats, 99) * 1e3,
-        worker_cpu_us_seq=(c1 - c0) / a.seq * 1e6, worker_cpu_us_load=(c2 - c1) / a.n * 1e6,
-        server_cpu_us_load=(s2 - s1) / a.n * 1e6,
-    )
+def workers_for(kind: str, a: argparse.Namespace) -> WorkersFor:
+    def make(url: str, ns: str) -> list[Worker]:
+        prof = ["--profile", f"{a.profile}.{kind}"] if a.profile else []
+        return [Worker(kind, url, ns, "hop", IN, OUT, a.concurrency, a.batch, a.uvloop,
+                       extra=prof)]
+
+    return make
 
 
 async def bench(a: argparse.Namespace) -> None:
-    server = None if a.nats else EmbeddedServer().start_blocking()
-    url = a.nats or server.url  # type: ignore[union-attr]
-    pid = server.pid if server else None
-    try:
-        kinds = a.paths.split(",")
-        per: dict[str, list[Result]] = {k: [] for k in kinds}
-        for r in range(a.rounds):
-            order = kinds if r % 2 == 0 else kinds[::-1]
-            for kind in order:
-                res = await measure(kind, url, pid, a)
-                per[kind].append(res)
-                print(f"  round {r + 1} {kind:7}: seq p50 {res.seq_p50_ms:.3f} ms, "
-                      f"p99 {res.seq_p99_ms:.3f} ms, {res.rate:,.0f} hops/s", flush=True)
-        print()
-        print(report({k: median_result(v) for k, v in per.items()}, unit="hops",
-                     p50_target=1.3, rate_target=0.70))
-    finally:
-        if server is not None:
-            server.stop_blocking()
-            server.cleanup()
+    paths = {k: PathSpec(workers_for(k, a), IN, OUT) for k in a.paths.split(",")}
+    await bench_paths(paths, a, unit="hops", p50_target=1.3, rate_target=0.70)
 
 
 def main() -> None:

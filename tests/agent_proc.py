@@ -14,20 +14,24 @@ read their events and the stream.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import anyio
-
+from nats.js.api import ConsumerInfo
 from swarmbus.agents import Agent, Context, Swarm, handles
 from swarmbus.bus import Bus, ConsumerSettings
 from swarmbus.protocols import Message, message_type
+
+T = TypeVar("T")
 
 
 @message_type("tests.Job", topics=("job",))
@@ -63,7 +67,8 @@ class Worker(Agent):
 
     def _event(self, event: str, n: int) -> None:
         if self._events is not None:
-            line = json.dumps({"event": event, "n": n, "agent": self.name, "replica": self.replica})
+            line = json.dumps({"event": event, "n": n, "agent": self.name,
+                               "replica": self.replica, "t": round(time.time(), 3)})
             self._events.write(line + "\n")
             self._events.flush()
 
@@ -116,10 +121,8 @@ def read_events(path: Path) -> list[dict[str, Any]]:
         return []
     out = []
     for line in path.read_text().splitlines():
-        try:
+        with contextlib.suppress(json.JSONDecodeError):
             out.append(json.loads(line))
-        except json.JSONDecodeError:
-            pass
     return out
 
 
@@ -127,14 +130,32 @@ def numbers(path: Path, event: str) -> list[int]:
     return [e["n"] for e in read_events(path) if e["event"] == event]
 
 
+async def until(check: Callable[[], Awaitable[T | None]], *, every_s: float = 0.02) -> T:
+    """Poll ``check`` until it returns something truthy, and return that.
+    (Bound it with ``anyio.fail_after``.)"""
+    while True:
+        if value := await check():
+            return value
+        await anyio.sleep(every_s)
+
+
+async def until_true(check: Callable[[], object], *, every_s: float = 0.02) -> None:
+    """Poll a plain predicate until it is true."""
+    while True:
+        if check():
+            return
+        await anyio.sleep(every_s)
+
+
 async def wait_announced(bus: Bus, agent: str, pids: Sequence[int]) -> None:
     """Wait until each process in ``pids`` announces ``agent`` (its consumers are live)."""
     store = await bus.key_value("agents", ttl_s=20)
-    while True:
+
+    async def live() -> bool:
         keys = await store.keys()
-        if all(any(k.startswith(f"{agent}.") and f"-{pid}-" in k for k in keys) for pid in pids):
-            return
-        await anyio.sleep(0.02)
+        return all(any(k.startswith(f"{agent}.") and f"-{pid}-" in k for k in keys) for pid in pids)
+
+    await until(live)
 
 
 async def outputs(bus: Bus, workflow_id: str, topic: str = "done") -> list[Message]:
@@ -152,9 +173,22 @@ async def done_by(bus: Bus, workflow_id: str, agent: str = "worker") -> list[Don
 
 async def wait_done(bus: Bus, workflow_id: str, count: int, agent: str = "worker") -> list[Done]:
     """Poll the stream until ``count`` ``Done`` outputs of ``agent`` are stored."""
-    while len(done := await done_by(bus, workflow_id, agent)) < count:
-        await anyio.sleep(0.05)
-    return done
+
+    async def enough() -> list[Done] | None:
+        done = await done_by(bus, workflow_id, agent)
+        return done if len(done) >= count else None
+
+    return await until(enough, every_s=0.05)
+
+
+async def settled(bus: Bus, durable: str = "worker") -> ConsumerInfo:
+    """Wait until the durable consumer has nothing pending and nothing unacked."""
+
+    async def check() -> ConsumerInfo | None:
+        info = await bus.js.consumer_info(bus.stream_name, durable)
+        return info if info.num_ack_pending == 0 and info.num_pending == 0 else None
+
+    return await until(check, every_s=0.05)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -16,8 +16,19 @@ from types import ModuleType
 
 import anyio
 import pytest
-from agent_proc import Done, Job, Worker, done_by, numbers, spawn, wait_announced, wait_done
-
+from agent_proc import (
+    Done,
+    Job,
+    Worker,
+    done_by,
+    numbers,
+    settled,
+    spawn,
+    until,
+    until_true,
+    wait_announced,
+    wait_done,
+)
 from swarmbus.agents import Agent, Context, Swarm, handles
 from swarmbus.bus import (
     Bus,
@@ -64,8 +75,7 @@ def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
 
 
 async def wait_exit(proc: subprocess.Popen[bytes]) -> int:
-    while proc.poll() is None:
-        await anyio.sleep(0.02)
+    await until_true(lambda: proc.poll() is not None)
     return proc.returncode
 
 
@@ -94,6 +104,8 @@ async def test_replicas_share_work_and_other_type_gets_everything(
                 await publish_jobs(bus, "w", [Job(n=i, sleep_s=0.05) for i in range(n)])
                 done = await wait_done(bus, "w", n)
                 audited = await wait_done(bus, "w", n, agent="auditor")
+                info = await settled(bus)
+    assert info.num_redelivered == 0, "every job acked on its first delivery"
     handled = Counter(numbers(ev[0], "done") + numbers(ev[1], "done"))
     assert handled == Counter(range(n)), "each job handled exactly once between the replicas"
     assert numbers(ev[0], "done") and numbers(ev[1], "done"), "both replicas got work"
@@ -115,14 +127,14 @@ async def test_kill_9_mid_handler_is_redelivered_to_other_replica(
             await wait_announced(bus, "worker", [p.pid for p in procs])
             jobs = [Job(n=0, sleep_s=1.0)] + [Job(n=i, sleep_s=0.05) for i in range(1, 6)]
             await publish_jobs(bus, "w", jobs)
-            while not (victim := [r for r, p in ev.items() if 0 in numbers(p, "start")]):
-                await anyio.sleep(0.01)
-            (vr,) = victim
+            await until_true(lambda: any(0 in numbers(p, "start") for p in ev.values()))
+            (vr,) = [r for r, p in ev.items() if 0 in numbers(p, "start")]
             proc = procs[list(ev).index(vr)]
             proc.send_signal(signal.SIGKILL)
             assert await wait_exit(proc) == -signal.SIGKILL
             assert 0 not in numbers(ev[vr], "done"), "killed while job 0 was in flight"
             done = await wait_done(bus, "w", len(jobs))
+            await settled(bus)
     assert sorted(d.n for d in done) == list(range(len(jobs))), "nothing lost"
     (zero,) = [d for d in done if d.n == 0]
     assert zero.replica != vr, "job 0 was completed by the surviving replica"
@@ -146,8 +158,7 @@ async def test_handler_that_runs_twice_publishes_once(nats_url: str, namespace: 
     async with Swarm([flaky], nats=nats_url, namespace=namespace) as swarm:
         await publish_jobs(swarm.bus, "w", [Job(n=1)])
         with anyio.fail_after(10):
-            while swarm.stats()["flaky"].handled < 1:
-                await anyio.sleep(0.02)
+            await until_true(lambda: swarm.stats()["flaky"][0].handled == 1)
         done = await done_by(swarm.bus, "w", agent="flaky")
     assert attempts == [1, 1]
     assert sorted(d.n for d in done) == [1, 101], "each output stored once"
@@ -173,8 +184,8 @@ async def test_bad_input_is_dead_lettered_and_agent_goes_on(
             await publish_jobs(bus, wf, [Job(n=i)])  # a valid one right after
         with anyio.fail_after(10):
             for wf in cases:
-                while await bus.last(wf, "deadletter") is None or await bus.last(wf, "done") is None:
-                    await anyio.sleep(0.02)
+                await until(lambda wf=wf: bus.last(wf, "deadletter"))
+                await until(lambda wf=wf: bus.last(wf, "done"))
         for wf, (body, _, reason) in cases.items():
             stored = await bus.last(wf, "deadletter")
             assert stored is not None
@@ -184,7 +195,7 @@ async def test_bad_input_is_dead_lettered_and_agent_goes_on(
             assert letter.subject == subject(namespace, wf, "job")
             assert letter.body_size == len(body)
             assert letter.agent == "worker" and letter.error
-        stats = swarm.stats()["worker"]
+        (stats,) = swarm.stats()["worker"]
     assert sorted(worker.handled) == list(range(len(cases)))
     assert stats.dead_lettered == len(cases)
 
@@ -206,13 +217,17 @@ async def test_message_that_kills_its_process_ends_in_deadletter(
                 await wait_announced(bus, "worker", [proc.pid])
                 if not deaths:
                     await publish_jobs(bus, "w", [Job(n=7, die=True)])
-                while proc.poll() is None and (stored := await bus.last("w", "deadletter")) is None:
-                    await anyio.sleep(0.05)
+
+
+                async def died_or_dead_lettered(p: subprocess.Popen[bytes] = proc) -> object:
+                    return p.poll() is not None or await bus.last("w", "deadletter")
+
+                await until(died_or_dead_lettered, every_s=0.05)
                 if proc.poll() is not None:
                     assert proc.returncode == -signal.SIGKILL
                     deaths += 1
-                else:
-                    letter = stored.decode().message if stored else None
+                elif stored := await bus.last("w", "deadletter"):
+                    letter = stored.decode().message
             await publish_jobs(bus, "w", [Job(n=8)])
             (after,) = await wait_done(bus, "w", 1)
     assert isinstance(letter, DeadLetter)
@@ -233,8 +248,7 @@ async def test_sigterm_during_load_loses_nothing_in_flight(
         with anyio.fail_after(30):
             await wait_announced(bus, "worker", [procs[0].pid])
             await publish_jobs(bus, "w", [Job(n=i, sleep_s=0.4) for i in range(n)])
-            while len(numbers(first, "start")) < 6:
-                await anyio.sleep(0.01)
+            await until_true(lambda: len(numbers(first, "start")) >= 6)
             in_flight = set(numbers(first, "start")) - set(numbers(first, "done"))
             procs[0].send_signal(signal.SIGTERM)
             assert await wait_exit(procs[0]) == 0
@@ -243,6 +257,7 @@ async def test_sigterm_during_load_loses_nothing_in_flight(
             assert started == finished
             procs.append(spawn(nats_url, namespace, replica="second", events=second))
             done = await wait_done(bus, "w", n)
+            await settled(bus)
     assert sorted(d.n for d in done) == list(range(n))
     assert {d.n for d in done if d.replica == "first"} == finished
     rest = Counter(numbers(second, "done"))
@@ -250,26 +265,41 @@ async def test_sigterm_during_load_loses_nothing_in_flight(
 
 
 @pytest.mark.slow
-async def test_server_restart_while_agents_run(tmp_path: Path, namespace: str) -> None:
+@pytest.mark.parametrize("kill", [False, True], ids=["sigterm", "sigkill"])
+async def test_server_restart_while_agents_run(tmp_path: Path, namespace: str, kill: bool) -> None:
     n = 20
-    settings = FAST.model_copy(update={"ack_wait_s": 2.0})
     async with EmbeddedServer(data_dir=tmp_path / "nats") as server:
         nats = NatsSettings(servers=[server.url], reconnect_wait_s=0.2)
-        worker = Worker(consumer=settings)
+        worker = Worker(consumer=FAST)
         bus = await Bus.connect(nats, namespace=namespace)
-        async with bus, Swarm([worker], nats=nats, namespace=namespace):
+        async with bus, Swarm([worker], nats=nats, namespace=namespace) as swarm:
             with anyio.fail_after(40):
                 await publish_jobs(bus, "w", [Job(n=i, sleep_s=0.1) for i in range(n // 2)])
-                while len(worker.handled) < 2:
-                    await anyio.sleep(0.01)
-                await server.stop()
+                await until_true(lambda: len(worker.handled) >= 2)
+                await server.stop(kill=kill)
                 await server.start()
-                while not bus.nc.is_connected:
-                    await anyio.sleep(0.05)
+                await until_true(lambda: bus.nc.is_connected)
                 await publish_jobs(bus, "w", [Job(n=i, sleep_s=0.1) for i in range(n // 2, n)])
                 done = await wait_done(bus, "w", n)
-        assert sorted(d.n for d in done) == list(range(n))
-        assert set(worker.handled) == set(range(n))
+                await settled(bus)
+            assert swarm.bus.reconnects == 1 and bus.reconnects == 1
+            (stats,) = swarm.stats()["worker"]
+            assert stats.resubscribed >= 2, "the pull loop subscribed again after the restart"
+    assert sorted(d.n for d in done) == list(range(n))
+    assert set(worker.handled) == set(range(n))
+
+
+async def test_long_handler_is_kept_alive_with_in_progress_acks(
+    nats_url: str, namespace: str
+) -> None:
+    worker = Worker(consumer=FAST.model_copy(update={"ack_wait_s": 0.6}))
+    async with Swarm([worker], nats=nats_url, namespace=namespace) as swarm:
+        with anyio.fail_after(10):
+            await publish_jobs(swarm.bus, "w", [Job(n=1, sleep_s=2.0)])
+            await wait_done(swarm.bus, "w", 1)
+            info = await settled(swarm.bus)
+    assert worker.handled == [1], "handled once: no redelivery during the long handler"
+    assert info.num_redelivered == 0
 
 
 # -- the wire contract -----------------------------------------------------------------------
@@ -397,8 +427,7 @@ async def test_unknown_fields_are_forwarded_by_an_agent(nats_url: str, namespace
         body = json.dumps({"text": "hi", "priority": "high"}).encode()
         await swarm.bus.publish_raw(subject(namespace, "w", "note"), body)
         with anyio.fail_after(5):
-            while (seen := await swarm.bus.last("w", "note.seen")) is None:
-                await anyio.sleep(0.02)
+            seen = await until(lambda: swarm.bus.last("w", "note.seen"))
     assert json.loads(seen.data) == {"text": "hi", "tags": [], "priority": "high"}
     assert seen.headers[headers.TYPE] == "tests.Note/1"
     assert seen.headers[headers.SENDER] == "forwarder"

@@ -7,7 +7,9 @@ validated instance of the request's output type plus its provenance
 (provider, model, tokens, cost, latency, request hash).
 """
 
-from ._anthropic import AnthropicModel
+import importlib as _importlib
+import typing as _typing
+
 from ._base import ChatMessage, Model, ModelRequest, ModelResponse, ModelSettings
 from ._cache import CachedModel, MemoryStore, ResponseStore
 from ._cassette import RecordingModel, ReplayModel
@@ -29,10 +31,8 @@ from ._errors import (
     UnknownModelError,
 )
 from ._fallback import FallbackModel
-from ._google import GoogleModel, gemini_schema
 from ._guard import BLOCK_ENV, block_real_models, real_models_blocked
 from ._offline import FunctionModel, Reply, ScriptedModel
-from ._openai import OpenAIModel
 from ._prices import (
     PRICES_ENV,
     Price,
@@ -106,3 +106,25 @@ __all__ = (
     "register_provider",
     "set_price",
 )
+
+if _typing.TYPE_CHECKING:
+    from ._anthropic import AnthropicModel
+    from ._google import GoogleModel, gemini_schema
+    from ._openai import OpenAIModel
+
+_LAZY = {
+    "AnthropicModel": "._anthropic",
+    "GoogleModel": "._google",
+    "gemini_schema": "._google",
+    "OpenAIModel": "._openai",
+}
+
+
+def __getattr__(name: str) -> _typing.Any:
+    # The vendor SDKs take seconds to import; load them when a provider is used.
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(_importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value

@@ -6,7 +6,7 @@ import hashlib
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Generic, Literal, TypeVar
+from typing import Generic, Literal, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 from swarmbus.protocols import Provenance, Usage
@@ -87,7 +87,7 @@ class Model(ABC):
     async def aclose(self) -> None:
         return None
 
-    async def __aenter__(self) -> Model:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -98,5 +98,12 @@ class FallbackModel(Model):
         )
 
     async def aclose(self) -> None:
+        """Close every model, even if one fails to close (the first error is raised)."""
+        failures: list[Exception] = []
         for model in self.models:
-            await model.aclose()
+            try:
+                await model.aclose()
+            except Exception as exc:
+                failures.append(exc)
+        if failures:
+            raise failures[0]

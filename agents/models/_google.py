@@ -106,7 +106,10 @@ class GoogleModel(ProviderModel):
             http_options=genai_types.HttpOptions(
                 base_url=base_url,
                 retry_options=genai_types.HttpRetryOptions(
-                    attempts=max_retries + 1, initial_delay=retry_delay_s, max_delay=8.0
+                    attempts=max_retries + 1,
+                    initial_delay=retry_delay_s,
+                    max_delay=8.0,
+                    jitter=retry_delay_s,  # the SDK's default jitter is a whole second
                 ),
             ),
         )

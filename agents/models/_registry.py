@@ -10,13 +10,10 @@ from typing import Literal, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ._anthropic import AnthropicModel
 from ._base import Model
 from ._cache import CachedModel, ResponseStore
 from ._errors import UnknownModelError
 from ._fallback import FallbackModel
-from ._google import GoogleModel
-from ._openai import OpenAIModel
 from ._prices import Price
 
 __all__ = [
@@ -38,7 +35,8 @@ class ModelSpec(BaseModel):
     (e.g. a mounted secret). Defaults: each provider's usual variable.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # hide_input_in_errors: a key pasted into config by mistake is not echoed back.
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     name: str = Field(description="'provider:model', e.g. 'openai:gpt-4o' or 'ollama:llama3.1'.")
     base_url: str | None = Field(None, description="Server URL, for local or proxy servers.")
@@ -99,6 +97,8 @@ _LOCAL_SERVERS = {
 
 
 def _openai(spec: ModelSpec) -> Model:
+    from ._openai import OpenAIModel  # SDKs load on first use: the CLI starts fast
+
     return OpenAIModel(
         spec.model,
         base_url=spec.base_url,
@@ -111,6 +111,8 @@ def _openai(spec: ModelSpec) -> Model:
 
 
 def _compatible(spec: ModelSpec) -> Model:
+    from ._openai import OpenAIModel
+
     base_url = spec.base_url or _LOCAL_SERVERS.get(spec.provider)
     if base_url is None:
         raise UnknownModelError(
@@ -131,6 +133,8 @@ def _compatible(spec: ModelSpec) -> Model:
 
 
 def _anthropic(spec: ModelSpec) -> Model:
+    from ._anthropic import AnthropicModel
+
     return AnthropicModel(
         spec.model,
         base_url=spec.base_url,
@@ -144,6 +148,8 @@ def _anthropic(spec: ModelSpec) -> Model:
 
 
 def _google(spec: ModelSpec) -> Model:
+    from ._google import GoogleModel
+
     return GoogleModel(
         spec.model,
         base_url=spec.base_url,

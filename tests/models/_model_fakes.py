@@ -14,8 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from pydantic import BaseModel
-
 from swarmbus.agents.models import ChatMessage, ModelRequest, ModelSettings
+
 
 @dataclass
 class Canned:
@@ -66,7 +66,8 @@ class FakeServer:
                     body = raw.decode(errors="replace")
                 with fake._lock:
                     fake.requests.append(
-                        Seen("POST", self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+                        Seen("POST", self.path, {k.lower(): v for k, v in self.headers.items()},
+                             body)
                     )
                     canned = fake.script.popleft() if fake.script else fake.default
                 if canned is None:
@@ -219,7 +220,11 @@ def gemini_body(
     else:
         parts = [{"text": text}] if text is not None else []
         body["candidates"] = [
-            {"content": {"role": "model", "parts": parts}, "finishReason": finish_reason, "index": 0}
+            {
+                "content": {"role": "model", "parts": parts},
+                "finishReason": finish_reason,
+                "index": 0,
+            }
         ]
     return body
 

@@ -13,7 +13,6 @@ from _model_fakes import (
     anthropic_error,
     plan_request,
 )
-
 from swarmbus.agents.models import (
     AnthropicModel,
     OutputTruncatedError,
@@ -32,7 +31,8 @@ def haiku(fake: FakeServer, **kwargs: object) -> AnthropicModel:
 
 
 async def test_structured_output_native(fake: FakeServer, fake_keys: str) -> None:
-    fake.push(Canned(anthropic_body(PLAN_JSON, input_tokens=700, output_tokens=400, cache_read=300)))
+    body = anthropic_body(PLAN_JSON, input_tokens=700, output_tokens=400, cache_read=300)
+    fake.push(Canned(body))
     async with haiku(fake) as model:
         response = await model.complete(plan_request(temperature=0.5))
     assert response.output == PLAN

@@ -6,7 +6,6 @@ import json
 
 import pytest
 from _model_fakes import PLAN, PLAN_JSON, Canned, FakeServer, openai_body, plan_request
-
 from swarmbus.agents.models import (
     CachedModel,
     MemoryStore,
@@ -21,15 +20,14 @@ pytestmark = [pytest.mark.anyio, pytest.mark.timeout(20)]
 
 
 async def test_hit_skips_the_provider(fake: FakeServer, fake_keys: str) -> None:
-    fake.push(Canned(openai_body(PLAN_JSON, prompt_tokens=1000, completion_tokens=100)))
+    reply = Canned(openai_body(PLAN_JSON, prompt_tokens=1000, completion_tokens=100))
+    fake.push(reply, reply)
     store = MemoryStore()
     inner = OpenAIModel("gpt-4o", base_url=fake.url + "/v1")
     async with CachedModel(inner, store) as model:
         first = await model.complete(plan_request())
         second = await model.complete(plan_request())
-        other = plan_request("another prompt")
-        with pytest.raises(Exception):  # noqa: B017 - the fake has nothing left: a miss calls it
-            await model.complete(other)
+        other = await model.complete(plan_request("another prompt"))  # a miss
     assert len(fake.requests) == 2
     assert first.provenance.cost_usd and first.provenance.cost_usd > 0
     assert not first.provenance.from_cache
@@ -38,8 +36,9 @@ async def test_hit_skips_the_provider(fake: FakeServer, fake_keys: str) -> None:
     assert (p.cost_usd, p.input_tokens, p.output_tokens) == (0.0, 0, 0)
     assert p.name == "openai:gpt-4o" and p.request_hash == first.provenance.request_hash
     assert second.usage.unpriced_calls == 0 and second.usage.cost_usd == 0.0
+    assert not other.provenance.from_cache
     assert model.hits == 1 and model.misses == 2
-    assert list(store.data) == [plan_request().request_hash("openai:gpt-4o")]
+    assert plan_request().request_hash("openai:gpt-4o") in store.data
 
 
 async def test_ttl_and_unreadable_entries() -> None:
@@ -74,7 +73,7 @@ async def test_in_a_jetstream_bucket(nats_url: str, namespace: str) -> None:
     async with await Bus.connect(nats_url, namespace=namespace) as bus:
         store = await bus.key_value("model_cache", ttl_s=3600)
         scripted = ScriptedModel([PLAN], name="demo:coder")
-        model = build_model("demo:coder", cache=store) if False else CachedModel(scripted, store)
+        model = CachedModel(scripted, store)
         first = await model.complete(plan_request())
         # a second process (a redelivery on another replica) shares the bucket
         again = CachedModel(ScriptedModel([], name="demo:coder"), store)

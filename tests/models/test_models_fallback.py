@@ -13,7 +13,6 @@ from _model_fakes import (
     openai_error,
     plan_request,
 )
-
 from swarmbus.agents.models import (
     AnthropicModel,
     FallbackExhaustedError,

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import pytest
-from _model_fakes import PLAN, PLAN_JSON, SECRET, Canned, FakeServer, gemini_body, gemini_error, plan_request
+from _model_fakes import (
+    PLAN,
+    PLAN_JSON,
+    SECRET,
+    Canned,
+    FakeServer,
+    gemini_body,
+    gemini_error,
+    plan_request,
+)
 from google import genai
 from google.genai import types as genai_types
 from pydantic import BaseModel
-
 from swarmbus.agents.models import (
     GoogleModel,
+    ModelRequest,
     ModelSpec,
     OutputTruncatedError,
     ProviderRateLimitError,
@@ -49,12 +58,11 @@ async def test_structured_output(fake: FakeServer, fake_keys: str) -> None:
 
 
 async def test_message_models_fit_gemini(fake: FakeServer, fake_keys: str) -> None:
-    from dataclasses import replace
-
     design = Design(summary="s", files=["a.py"])
     fake.push(Canned(gemini_body(design.model_dump_json())))
+    request = ModelRequest(system="s", messages=plan_request().messages, output_type=Design)
     async with gemini(fake) as model:
-        response = await model.complete(replace(plan_request(), output_type=Design))  # type: ignore[arg-type]
+        response = await model.complete(request)
     assert response.output == design
     assert "additionalProperties" not in str(fake.requests[0].body)
 

@@ -6,7 +6,6 @@ import time
 
 import pytest
 from _model_fakes import PLAN, PLAN_JSON, Canned, FakeServer, Plan, openai_body, plan_request
-
 from swarmbus.agents.models import (
     BLOCK_ENV,
     FunctionModel,
@@ -92,9 +91,8 @@ async def test_block_switch(
         with block_real_models(False):  # the innermost setting wins over the environment
             assert (await model.complete(plan_request())).output == PLAN
         # the conftest allows calls for this test; without it the variable decides
-        with block_real_models(True):
-            with pytest.raises(RealModelCallBlocked):
-                await model.complete(plan_request())
+        with block_real_models(True), pytest.raises(RealModelCallBlocked):
+            await model.complete(plan_request())
     assert len(fake.requests) == 1
 
 

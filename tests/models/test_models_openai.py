@@ -13,8 +13,8 @@ from _model_fakes import (
     openai_error,
     plan_request,
 )
-
 from swarmbus.agents.models import (
+    ModelRequest,
     ModelSpec,
     OpenAIModel,
     OutputTruncatedError,
@@ -67,12 +67,10 @@ async def test_extra_allowing_models_get_closed_schemas(fake: FakeServer, fake_k
     from swarmbus.protocols import Verdict
 
     fake.push(Canned(openai_body('{"decision": "approve", "summary": "ok", "findings": []}')))
+    request = ModelRequest(system="s", messages=plan_request().messages, output_type=Verdict)
     async with gpt4o(fake) as model:
-        request = plan_request()
-        from dataclasses import replace
-
-        response = await model.complete(replace(request, output_type=Verdict))  # type: ignore[arg-type]
-    assert response.output.decision == "approve"  # type: ignore[attr-defined]
+        response = await model.complete(request)
+    assert response.output.decision == "approve"
     schema = fake.requests[0].body["response_format"]["json_schema"]["schema"]
     assert schema["additionalProperties"] is False
     assert schema["$defs"]["Finding"]["additionalProperties"] is False

@@ -1,0 +1,121 @@
+"""swarm.yaml loading, env overrides, and the CLI commands that need no workflow."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+
+from swarmbus.agents import Swarm
+from swarmbus.agents._config import load_config
+from swarmbus.agents._team import build_agents
+from swarmbus.protocols import ConfigError, registry
+
+SWARMBUS = [sys.executable, "-m", "swarmbus.agents._cli"]
+
+
+def test_env_overrides_nested_fields(tmp_path: Path) -> None:
+    path = tmp_path / "swarm.yaml"
+    path.write_text("namespace: a\nroles:\n  coder: {model: 'openai:gpt-4o', concurrency: 2}\n")
+    cfg = load_config(path, environ={
+        "SWARMBUS_NAMESPACE": "prod",
+        "SWARMBUS_NATS__SERVERS": "nats://a:4222,nats://b:4222",
+        "SWARMBUS_NATS__PASSWORD": "12345",
+        "SWARMBUS_ROLES__CODER__CONCURRENCY": "7",
+        "UNRELATED": "x",
+    })
+    assert cfg.namespace == "prod"
+    assert cfg.nats.servers == ["nats://a:4222", "nats://b:4222"]
+    assert cfg.nats.password is not None and cfg.nats.password.get_secret_value() == "12345"
+    assert "12345" not in repr(cfg) and "12345" not in str(cfg.model_dump())
+    assert cfg.roles["coder"].concurrency == 7
+    assert cfg.roles["coder"].model == "openai:gpt-4o"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("namespcae: x\n", "namespcae"),
+        ("roles: [1, 2\n", "not valid YAML"),
+        ("- a\n- b\n", "must be a mapping"),
+        ("roles:\n  coder: {concurrency: 0}\n", "roles.coder.concurrency"),
+    ],
+)
+def test_bad_config_says_what_to_change(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "swarm.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=expected):
+        load_config(path, environ={})
+
+
+def test_missing_config_file() -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config("/nonexistent/swarm.yaml", environ={})
+
+
+def test_no_models_and_not_offline_is_a_clear_error() -> None:
+    with pytest.raises(ConfigError, match="--offline"):
+        build_agents(load_config(None, environ={}))
+
+
+def test_unknown_role_and_bad_agent_path(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown roles"):
+        build_agents(load_config(None, environ={}, roles={"tester": {}}))
+    with pytest.raises(ConfigError, match="cannot import agent"):
+        build_agents(load_config(None, environ={}, offline=True, agents=["nope.mod:Agent"]))
+
+
+def test_unknown_provider_fails_at_start() -> None:
+    cfg = load_config(None, environ={}, roles={"coder": {"model": "openia:gpt-4o"}})
+    with pytest.raises(ConfigError, match="openia"):
+        build_agents(cfg)
+
+
+def test_schema_command_writes_every_type(tmp_path: Path) -> None:
+    out = tmp_path / "schemas"
+    proc = subprocess.run([*SWARMBUS, "schema", "-o", str(out)], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    names = {p.name for p in out.iterdir()}
+    for cls in registry:
+        if cls.swarm_type.startswith("swarmbus."):
+            assert cls.swarm_type.replace("/", ".v") + ".json" in names
+    task = json.loads((out / "swarmbus.TaskRequest.v1.json").read_text())
+    assert task["required"] == ["goal"]
+    assert task["x-swarm-default-topics"] == ["task"]
+
+
+def test_client_command_fails_fast_without_nats() -> None:
+    proc = subprocess.run(
+        [*SWARMBUS, "status", "wf", "--nats", "nats://127.0.0.1:9"],
+        capture_output=True, text=True, timeout=60, check=False,
+        env={"SWARMBUS_NATS__CONNECT_TIMEOUT_S": "1", "PATH": "/usr/bin:/bin"},
+    )
+    assert proc.returncode == 2
+    assert "cannot reach NATS" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.anyio
+async def test_agents_command_lists_live_swarm(nats_url: str, namespace: str) -> None:
+    cfg = load_config(None, environ={}, offline=True, namespace=namespace)
+    async with Swarm(build_agents(cfg), nats=nats_url, namespace=namespace, grace_s=1):
+        with anyio.fail_after(30):
+            while True:
+                proc = await anyio.run_process(
+                    [*SWARMBUS, "agents", "--json", "--nats", nats_url, "--namespace", namespace],
+                    check=False,
+                )
+                listed = json.loads(proc.stdout) if proc.returncode == 0 else []
+                if len(listed) == 3:
+                    break
+                await anyio.sleep(0.2)
+    assert {a["agent"] for a in listed} == {"architect", "coder", "reviewer"}
+    coder = next(a for a in listed if a["agent"] == "coder")
+    assert coder["topics"] == ["design", "revise.code"]
+    assert coder["model"] == "scripted:coder"
+    assert coder["namespace"] == namespace

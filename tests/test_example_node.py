@@ -1,0 +1,44 @@
+"""The Node.js kick-off example, run with the official `nats` npm client against
+a real swarm (offline models). Runs wherever node and the example's
+node_modules are present (.ci/run installs them with npm ci)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import anyio
+import pytest
+
+from swarmbus.agents import Swarm
+from swarmbus.agents._config import load_config
+from swarmbus.agents._team import build_agents
+
+pytestmark = pytest.mark.anyio
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "node"
+NODE = shutil.which("node")
+
+
+@pytest.mark.skipif(
+    NODE is None or not (EXAMPLE / "node_modules" / "nats").is_dir(),
+    reason="needs node and `npm ci` in examples/node",
+)
+async def test_node_client_kicks_off_and_reads_result(nats_url: str, namespace: str) -> None:
+    assert NODE is not None
+    cfg = load_config(None, environ={}, offline=True, namespace=namespace)
+    async with Swarm(build_agents(cfg), nats=nats_url, namespace=namespace, grace_s=2):
+        with anyio.fail_after(60):
+            proc = await anyio.run_process(
+                [NODE, str(EXAMPLE / "kickoff.mjs"), "--nats", nats_url, "--namespace",
+                 namespace, "--id", "node-wf-1", "Write fizzbuzz(n) for 1..n"],
+                check=False, stderr=subprocess.PIPE,
+            )
+    assert proc.returncode == 0, proc.stderr.decode()
+    result = json.loads(proc.stdout)
+    assert result["workflow_id"] == "node-wf-1"
+    assert result["status"] == "approved"
+    assert result["code_revisions"] == 1  # the scripted coder's first fizzbuzz fails its tests
+    assert {f["path"] for f in result["code"]["files"]} == {"fizzbuzz.py", "test_fizzbuzz.py"}

@@ -1,0 +1,514 @@
+"""The architect -> coder -> reviewer loop end to end, against a real nats-server with
+scripted models: approve, both send-back routes, every limit ending the workflow with
+the best attempt, agents in other processes, provider fallback, the CLI, and a
+redelivered message that does not pay the provider twice."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import aclosing, redirect_stderr, redirect_stdout
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from _team_helpers import (
+    ADD_BUG,
+    ADD_OK,
+    DESIGN_V1,
+    DESIGN_V2,
+    GOAL,
+    Priced,
+    Script,
+    messages,
+    model_header,
+    run_task,
+    spawn_role,
+    team,
+    topics,
+)
+from swarmbus.agents import Context, Swarm
+from swarmbus.agents._cli import main as cli_main
+from swarmbus.agents._render import render_trail
+from swarmbus.agents.models import (
+    FallbackModel,
+    FunctionModel,
+    Model,
+    ModelRequest,
+    ProviderServerError,
+    Reply,
+)
+from swarmbus.agents.roles import Coder
+from swarmbus.bus import ConsumerSettings, SwarmClient
+from swarmbus.protocols import (
+    CodeSubmission,
+    DesignSpec,
+    Limits,
+    RevisionRequest,
+    TaskRequest,
+    TaskResult,
+    WorkState,
+    headers,
+)
+
+pytestmark = pytest.mark.anyio
+
+ROLE_TOPICS_IN_ORDER = ["task", "design", "code", "result"]
+
+
+def code_of(result: TaskResult) -> str:
+    assert result.code is not None
+    return {f.path: f.content for f in result.code.files}["calc.py"]
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Processes a test starts; any still alive at the end are killed."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for p in started:
+        if p.poll() is None:
+            p.kill()
+        p.wait(timeout=10)
+
+
+def swarmbus_cmd() -> list[str]:
+    """The installed console script (what users run), else the module."""
+    script = Path(sys.executable).parent / "swarmbus"
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("swarmbus")
+    return [found] if found else [sys.executable, "-m", "swarmbus.agents._cli"]
+
+
+async def wait_exit(proc: subprocess.Popen[bytes]) -> int:
+    while proc.poll() is None:
+        await anyio.sleep(0.05)
+    return proc.returncode
+
+
+# -- the loop --------------------------------------------------------------------------------
+
+
+async def test_approve_on_first_pass(nats_url: str, namespace: str) -> None:
+    models = Script(prefix="paid").models()
+    priced: dict[str, Model] = {role: Priced(m, 0.001) for role, m in models.items()}
+    with anyio.fail_after(20):
+        result, trail = await run_task(nats_url, namespace, team(priced))
+
+    assert result.status == "approved", result.reason
+    assert (result.rounds, result.code_revisions, result.design_revisions) == (1, 0, 0)
+    assert result.findings == []
+    assert result.test_report is not None and result.test_report.ok
+    assert result.test_report.passed == 1
+    assert code_of(result) == ADD_OK
+    assert set(result.spend) == {"architect", "coder", "reviewer"}
+    for role, usage in result.spend.items():
+        assert usage.calls == 1, role
+        assert usage.cost_usd == pytest.approx(0.001), role
+        assert usage.input_tokens == 100 and usage.output_tokens == 20, role
+    assert result.total.cost_usd == pytest.approx(0.003)
+    assert result.total.calls == 3
+
+    assert topics(trail) == ROLE_TOPICS_IN_ORDER
+    senders = [s.headers.get(headers.SENDER) for s in trail]
+    assert senders == ["client", "architect", "coder", "reviewer"]
+    assert model_header(trail[0].headers) is None
+    for stored, role in zip(trail[1:], ["architect", "coder", "reviewer"], strict=True):
+        assert model_header(stored.headers) == f"paid:{role}"
+    (design, _), = messages(trail, "design")
+    assert isinstance(design, DesignSpec) and design.provenance is not None
+    assert design.provenance.name == "paid:architect"
+    assert design.provenance.cost_usd == pytest.approx(0.001)
+    for role in models:
+        assert len(models[role].requests) == 1, role
+
+
+async def test_send_back_to_coder(nats_url: str, namespace: str) -> None:
+    models = Script(buggy_first=True).models()
+    with anyio.fail_after(20):
+        result, trail = await run_task(nats_url, namespace, team(models))
+
+    assert result.status == "approved", result.reason
+    assert (result.code_revisions, result.design_revisions, result.rounds) == (1, 0, 2)
+    assert code_of(result) == ADD_OK
+    assert result.findings == []
+    assert topics(trail) == ["task", "design", "code", "revise.code", "code", "result"]
+    codes = [m for m, _ in messages(trail, "code")]
+    assert isinstance(codes[0], CodeSubmission) and codes[0].state.code is not None
+    assert codes[0].state.code.files[0].content == ADD_BUG
+    (revise, h), = messages(trail, "revise.code")
+    assert isinstance(revise, RevisionRequest)
+    # the reviewer ran the buggy code's tests in the sandbox and saw them fail
+    report = revise.state.test_report
+    assert report is not None and report.failed == 1 and not report.ok
+    assert any("test_add" in t for t in report.failed_tests)
+    assert revise.verdict.decision == "revise_code"
+    assert [f.target for f in revise.state.findings] == ["coder"]
+    assert h.get(headers.ROUND) == "2"
+    assert result.spend["coder"].calls == 2 and result.spend["architect"].calls == 1
+    assert len(models["coder"].requests) == 2
+
+
+async def test_send_back_to_architect(nats_url: str, namespace: str) -> None:
+    models = Script(design_ok_first=False).models()
+    with anyio.fail_after(20):
+        result, trail = await run_task(nats_url, namespace, team(models))
+
+    assert result.status == "approved", result.reason
+    assert (result.design_revisions, result.code_revisions, result.rounds) == (1, 0, 2)
+    assert result.design is not None and result.design.summary == DESIGN_V2
+    assert topics(trail) == [
+        "task", "design", "code", "revise.design", "design", "code", "result"]
+    (revise, _), = messages(trail, "revise.design")
+    assert isinstance(revise, RevisionRequest)
+    assert [f.target for f in revise.verdict.findings] == ["architect"]
+    designs = [m for m, _ in messages(trail, "design")]
+    assert [d.state.design.summary for d in designs  # type: ignore[attr-defined]
+            ] == [DESIGN_V1, DESIGN_V2]
+    # the revised design no longer carries the finding it addressed
+    assert designs[1].state.findings == []  # type: ignore[attr-defined]
+    assert result.spend["architect"].calls == 2
+
+
+async def test_code_revision_cap_ends_with_best_attempt(nats_url: str, namespace: str) -> None:
+    # The reviewer model approves anything: only the sandbox's facts send the code back.
+    models = Script(buggy_first=True, fix_code=False, honest_reviewer=False).models()
+    task = TaskRequest(goal=GOAL, limits=Limits(max_code_revisions=1))
+    with anyio.fail_after(20):
+        result, trail = await run_task(nats_url, namespace, team(models), task=task)
+
+    assert result.status == "rounds_exhausted", result.reason
+    assert "cap 1" in result.reason
+    assert result.code_revisions == 1 and result.design_revisions == 0
+    assert result.design is not None and result.design.summary == DESIGN_V1
+    assert code_of(result) == ADD_BUG
+    assert result.findings and all(f.target == "coder" for f in result.findings)
+    assert any("test_add" in f.explanation for f in result.findings)
+    assert result.test_report is not None and result.test_report.failed == 1
+    assert topics(trail) == ["task", "design", "code", "revise.code", "code", "result"]
+    assert len(models["coder"].requests) == 2
+
+
+async def test_design_revision_cap_ends_with_best_attempt(
+    nats_url: str, namespace: str
+) -> None:
+    models = Script(design_ok_first=False, fix_design=False).models()
+    task = TaskRequest(goal=GOAL, limits=Limits(max_design_revisions=1))
+    with anyio.fail_after(20):
+        result, trail = await run_task(nats_url, namespace, team(models), task=task)
+
+    assert result.status == "rounds_exhausted", result.reason
+    assert "design sent back 1 times" in result.reason
+    assert result.design_revisions == 1 and result.code_revisions == 0
+    assert result.design is not None and result.design.summary == DESIGN_V1
+    assert code_of(result) == ADD_OK
+    assert result.findings and all(f.target == "architect" for f in result.findings)
+    assert topics(trail) == [
+        "task", "design", "code", "revise.design", "design", "code", "result"]
+    assert len(models["architect"].requests) == 2
+
+
+# -- limits ----------------------------------------------------------------------------------
+
+
+async def test_budget_exhausted(nats_url: str, namespace: str) -> None:
+    models = Script(buggy_first=True).models()
+    priced: dict[str, Model] = {role: Priced(m, 0.01) for role, m in models.items()}
+    task = TaskRequest(goal=GOAL, limits=Limits(budget_usd=0.025))
+    with anyio.fail_after(20):
+        result, trail = await run_task(nats_url, namespace, team(priced), task=task)
+
+    # architect (0.01), coder (0.02), reviewer (0.03) -> the coder's revision is over budget
+    assert result.status == "budget_exceeded", result.reason
+    assert "0.0300 of $0.0250" in result.reason
+    assert result.total.cost_usd == pytest.approx(0.03)
+    assert {r: u.cost_usd for r, u in result.spend.items()} == pytest.approx(
+        {"architect": 0.01, "coder": 0.01, "reviewer": 0.01})
+    assert result.design is not None and code_of(result) == ADD_BUG
+    assert result.findings and result.findings[0].target == "coder"
+    assert topics(trail) == ["task", "design", "code", "revise.code", "result"]
+    assert len(models["coder"].requests) == 1  # the over-budget call was never made
+    (final, h), = messages(trail, "result")
+    assert h.get(headers.SENDER) == "coder"
+
+
+async def test_deadline(nats_url: str, namespace: str) -> None:
+    models = Script(buggy_first=True, fix_code=False, latency_s=0.3).models()
+    task = TaskRequest(goal=GOAL, limits=Limits(timeout_s=1.5, max_code_revisions=10))
+    with anyio.fail_after(20):
+        started = anyio.current_time()
+        result, trail = await run_task(nats_url, namespace, team(models), task=task)
+        took = anyio.current_time() - started
+
+    assert result.status == "deadline_exceeded", result.reason
+    assert "deadline" in result.reason
+    assert result.design is not None and code_of(result) == ADD_BUG
+    assert result.findings and result.findings[0].target == "coder"
+    assert result.code_revisions < 10
+    assert topics(trail)[-1] == "result"
+    assert took < 10
+
+
+async def test_cancel_mid_run(nats_url: str, namespace: str) -> None:
+    models = Script(latency_s=0.6).models()
+    with anyio.fail_after(20):
+        async with Swarm(team(models), nats=nats_url, namespace=namespace, grace_s=3):
+            async with await SwarmClient.connect(nats_url, namespace=namespace) as client:
+                wf = await client.submit(TaskRequest(goal=GOAL))
+                async with aclosing(client.events(wf)) as events:
+                    async for env in events:
+                        if env.topic == "design":
+                            break
+                # the coder is in its model call now; the reviewer must not call its model
+                await client.cancel(wf)
+                result = await client.result(wf)
+                status = await client.status(wf)
+
+    assert result.status == "cancelled", result.reason
+    assert result.design is not None and result.design.summary == DESIGN_V1
+    assert code_of(result) == ADD_OK  # the call already under way finished and is kept
+    assert len(models["reviewer"].requests) == 0
+    assert len(models["coder"].requests) == 1
+    assert status.result is not None and status.result.status == "cancelled"
+    assert status.working == "done"
+
+
+# -- processes -------------------------------------------------------------------------------
+
+
+async def test_roles_in_separate_processes(
+    nats_url: str, namespace: str, tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    for role in ("architect", "coder", "reviewer"):
+        procs.append(spawn_role(role, nats_url, namespace, tmp_path / f"{role}.log",
+                                buggy_first=True))
+    with anyio.fail_after(30):
+        async with await SwarmClient.connect(nats_url, namespace=namespace) as client:
+            wf = await client.submit(TaskRequest(goal=GOAL))
+            result = await client.result(wf)
+            trail = await client.trail(wf)
+        assert result.status == "approved", result.reason
+        assert result.code_revisions == 1
+        # every step was taken by the process of its role (model names carry the process)
+        models = [model_header(s.headers) for s in trail]
+        assert models == [None, "pa:architect", "pc:coder", "pr:reviewer", "pc:coder",
+                          "pr:reviewer"]
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        codes = [await wait_exit(p) for p in procs]
+    assert codes == [0, 0, 0], [(tmp_path / f"{r}.log").read_text()[-2000:]
+                                for r in ("architect", "coder", "reviewer")]
+
+
+async def test_daemon_offline_then_sigterm(
+    nats_url: str, namespace: str, tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    log = tmp_path / "up.log"
+    with log.open("wb") as out:
+        daemon = subprocess.Popen(
+            [*swarmbus_cmd(), "up", "--offline", "--nats", nats_url, "--namespace", namespace],
+            stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path,
+        )
+    procs.append(daemon)
+    with anyio.fail_after(30):
+        async with await SwarmClient.connect(nats_url, namespace=namespace) as client:
+            wf = await client.submit(TaskRequest(
+                goal="Write fizzbuzz(n) returning the FizzBuzz strings for 1..n"))
+            result = await client.result(wf)
+            trail = await client.trail(wf)
+        assert result.status == "approved", (result.reason, log.read_text()[-3000:])
+        assert result.code_revisions == 1  # the demo script's buggy first code
+        assert model_header(trail[2].headers) == "scripted:coder"
+        daemon.send_signal(signal.SIGTERM)
+        code = await wait_exit(daemon)
+    assert code == 0, log.read_text()[-3000:]
+    assert not (tmp_path / ".swarmbus").exists()  # no embedded server with --nats
+
+
+# -- models ----------------------------------------------------------------------------------
+
+
+async def test_provider_failure_mid_workflow_falls_back(nats_url: str, namespace: str) -> None:
+    script = Script(buggy_first=True)
+    calls = {"primary": 0}
+
+    def primary(request: ModelRequest[Any]) -> Reply:
+        calls["primary"] += 1
+        if calls["primary"] == 1:
+            return script.coder(request)
+        raise ProviderServerError("503 overloaded", model="primary:coder", status_code=503)
+
+    backup = FunctionModel(script.coder, name="backup:coder")
+    models: dict[str, Model] = dict(script.models())
+    models["coder"] = FallbackModel([FunctionModel(primary, name="primary:coder"), backup])
+    with anyio.fail_after(20):
+        result, trail = await run_task(nats_url, namespace, team(models))
+
+    assert result.status == "approved", result.reason
+    assert calls["primary"] == 2 and len(backup.requests) == 1
+    codes = messages(trail, "code")
+    assert [model_header(h) for _, h in codes] == ["primary:coder", "backup:coder"]
+    provs = [m.provenance for m, _ in codes]  # type: ignore[attr-defined]
+    assert provs[0].name == "primary:coder" and provs[0].tried == []
+    assert provs[1].name == "backup:coder" and provs[1].tried == ["primary:coder"]
+    assert result.spend["coder"].calls == 2
+    shown = render_trail("wf1", trail)
+    assert "primary:coder" in shown and "backup:coder" in shown
+
+
+class CoderCrashingOnce(Coder):
+    """Crashes after its model answered, on the first delivery only."""
+
+    crashes = 0
+
+    async def ask(self, ctx: Context[Any], state: WorkState, output_type: Any,
+                  *, extra: str = "") -> Any:
+        answer = await super().ask(ctx, state, output_type, extra=extra)
+        if ctx.deliveries == 1:
+            type(self).crashes += 1
+            raise RuntimeError("crash after the model answered")
+        return answer
+
+
+async def test_redelivered_message_does_not_pay_twice(nats_url: str, namespace: str) -> None:
+    models = Script().models()
+    fast = ConsumerSettings(retry_delay_s=0.05, ack_wait_s=10, max_deliver=3, concurrency=4)
+    agents = team(models)
+    agents[1] = CoderCrashingOnce(models["coder"], consumer=fast)
+    with anyio.fail_after(20):
+        result, trail = await run_task(nats_url, namespace, agents)
+
+    assert CoderCrashingOnce.crashes == 1
+    assert result.status == "approved", result.reason
+    assert len(models["coder"].requests) == 1  # the redelivery was answered from the cache
+    (code, _), = messages(trail, "code")  # and published once
+    assert isinstance(code, CodeSubmission) and code.provenance is not None
+    assert code.provenance.from_cache
+    assert code.provenance.name == "t:coder"
+
+
+async def test_same_request_is_served_from_the_cache(nats_url: str, namespace: str) -> None:
+    models = Script().models()
+    with anyio.fail_after(20):
+        async with Swarm(team(models), nats=nats_url, namespace=namespace, grace_s=3):
+            async with await SwarmClient.connect(nats_url, namespace=namespace) as client:
+                for wf in ("first", "second"):
+                    await client.submit(TaskRequest(goal=GOAL), workflow_id=wf)
+                    assert (await client.result(wf)).status == "approved"
+                first, second = await client.trail("first"), await client.trail("second")
+
+    for role, topic in (("architect", "design"), ("coder", "code")):
+        assert len(models[role].requests) == 1, role
+        (m1, _), = messages(first, topic)
+        (m2, h2), = messages(second, topic)
+        p1, p2 = m1.provenance, m2.provenance  # type: ignore[attr-defined]
+        assert not p1.from_cache and p2.from_cache, role
+        assert p2.request_hash == p1.request_hash
+        assert model_header(h2) == f"t:{role}"
+
+
+# -- CLI -------------------------------------------------------------------------------------
+
+
+async def cli(*args: str, nats_url: str, namespace: str) -> subprocess.CompletedProcess[bytes]:
+    """The real command, as its own process."""
+    return await anyio.run_process(
+        [*swarmbus_cmd(), *args, "--nats", nats_url, "--namespace", namespace], check=False)
+
+
+async def cli_here(*args: str, nats_url: str, namespace: str) -> tuple[int, str]:
+    """The same entry point in this process (a worker thread with its own event loop):
+    importing the model SDKs costs each new process seconds on a small machine."""
+
+    def run() -> tuple[int, str]:
+        out, err = io.StringIO(), io.StringIO()
+        with redirect_stdout(out), redirect_stderr(err):
+            code = cli_main([*args, "--nats", nats_url, "--namespace", namespace])
+        return code, out.getvalue()
+
+    return await anyio.to_thread.run_sync(run)
+
+
+async def test_cli_against_running_swarm(
+    nats_url: str, namespace: str, tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    log = tmp_path / "up.log"
+    with log.open("wb") as out:
+        procs.append(subprocess.Popen(
+            [*swarmbus_cmd(), "up", "--offline", "--nats", nats_url, "--namespace", namespace],
+            stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path,
+        ))
+    kw = {"nats_url": nats_url, "namespace": namespace}
+    ran: dict[str, subprocess.CompletedProcess[bytes]] = {}
+
+    async def submit(name: str, *args: str) -> None:
+        ran[name] = await cli("submit", GOAL, "--json", *args, **kw)
+
+    with anyio.fail_after(60):
+        # cancel before the task runs: the architect ends it before its model call
+        code, text = await cli_here("cancel", "cli-cancel", **kw)
+        assert code == 0 and "cancel requested for cli-cancel" in text
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(submit, "approved")
+            tg.start_soon(submit, "cancelled", "--id", "cli-cancel")
+        r = ran["approved"]
+        assert r.returncode == 0, (r.stderr.decode(), log.read_text()[-2000:])
+        out = json.loads(r.stdout)
+        assert out["status"] == "approved" and out["workflow_id"]
+        assert "submitted" in r.stderr.decode()
+        r = ran["cancelled"]
+        assert r.returncode == 1, r.stderr.decode()
+        assert json.loads(r.stdout)["status"] == "cancelled"
+        assert json.loads(r.stdout)["workflow_id"] == "cli-cancel"
+
+        code, text = await cli_here("submit", GOAL, "--no-wait", "--id", "cli-nowait", **kw)
+        assert code == 0 and text.strip() == "cli-nowait"
+        async with await SwarmClient.connect(nats_url, namespace=namespace) as client:
+            assert (await client.result("cli-nowait")).status == "approved"
+
+        code, text = await cli_here("status", "cli-nowait", "--json", **kw)
+        assert code == 0
+        st = json.loads(text)
+        assert st["known"] and st["working"] == "done" and st["steps"] == 4
+        assert st["result"]["status"] == "approved"
+        code, text = await cli_here("status", "cli-nowait", **kw)
+        assert code == 0 and "cli-nowait: approved" in text
+        code, text = await cli_here("status", "no-such-workflow", **kw)
+        assert code == 1 and "unknown" in text
+
+        code, text = await cli_here("trail", "cli-nowait", **kw)
+        assert code == 0
+        assert "trail of cli-nowait: 4 messages" in text
+        for word in ("task", "design", "code", "result", "scripted:architect",
+                     "scripted:coder", "scripted:reviewer", "APPROVED"):
+            assert word in text, word
+        code, text = await cli_here("trail", "cli-nowait", "--json", **kw)
+        assert code == 0
+        steps = json.loads(text)
+        assert [s["type"] for s in steps] == [
+            "swarmbus.TaskRequest/1", "swarmbus.DesignSpec/1", "swarmbus.CodeSubmission/1",
+            "swarmbus.TaskResult/1"]
+        assert steps[2]["headers"][headers.MODEL] == "scripted:coder"
+        code, text = await cli_here("trail", "no-such-workflow", **kw)
+        assert code == 1
+
+
+async def test_cli_demo(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWARMBUS_")}
+    with anyio.fail_after(60):
+        r = await anyio.run_process([*swarmbus_cmd(), "demo"], check=False, cwd=tmp_path,
+                                    env=env)
+    out = r.stdout.decode()
+    assert r.returncode == 0, (out, r.stderr.decode()[-3000:])
+    assert "trail of demo-fizzbuzz" in out and "trail of demo-slugify" in out
+    assert "revise.code" in out and "revise.design" in out
+    assert out.count(": approved") == 2
+    assert "demo passed" in r.stderr.decode()
