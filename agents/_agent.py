@@ -11,6 +11,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 import structlog
 from nats.aio.msg import Msg
+
 from swarmbus.bus import (
     Bus,
     ConsumerSettings,

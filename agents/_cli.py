@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+
 from swarmbus.bus import (
     BusUnavailableError,
     EmbeddedServer,
@@ -129,12 +131,13 @@ async def cmd_up(args: argparse.Namespace) -> int:
 async def follow(client: SwarmClient, wf: str, *, quiet: bool = False) -> TaskResult:
     """Print a progress line per step until the result arrives."""
     st = WorkflowStatus(wf, known=False)
-    async for env in client.events(wf):
-        apply_event(st, env)
-        if not quiet:
-            print(progress_line(st), file=sys.stderr, flush=True)
-        if st.result is not None:
-            return st.result
+    async with contextlib.aclosing(client.events(wf)) as events:
+        async for env in events:
+            apply_event(st, env)
+            if not quiet:
+                print(progress_line(st), file=sys.stderr, flush=True)
+            if st.result is not None:
+                return st.result
     raise RuntimeError("event stream ended")  # pragma: no cover
 
 

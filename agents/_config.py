@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from swarmbus.bus import ConsumerSettings, NatsSettings, StreamSettings
 from swarmbus.protocols import ROLE_TOPICS, ConfigError
 

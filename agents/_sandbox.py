@@ -24,6 +24,7 @@ What is a security boundary, and what is not:
   subprocesses or a cleared ``PYTHONPATH`` get around it. Landlock is the boundary.
 - Resource limits are per process (RLIMIT_AS, RLIMIT_CPU); a process tree can use
   more in total. RLIMIT_NPROC is ignored for root. Only the timeout bounds the tree.
+- Landlock also denies ``/dev/shm``, so multiprocessing locks and pools fail inside.
 - The child runs as the caller's user (no user namespace, no seccomp, no cgroup), so
   the kernel, UDP, and anything readable under the allowed paths stay exposed.
 - The junit report is written by the process that runs the untrusted code, so a
@@ -53,6 +54,7 @@ from pathlib import Path, PurePosixPath
 import anyio
 from anyio.abc import ByteReceiveStream
 from pydantic import BaseModel, ConfigDict, Field
+
 from swarmbus.protocols import ConfigError, SourceFile, TestReport
 
 __all__ = ["DEFAULT_LIMITS", "SandboxLimits", "landlock_abi", "run_tests"]
@@ -115,7 +117,8 @@ async def run_tests(
     if problems:
         lines = "\n".join(f"[sandbox] rejected {p}" for p in problems)
         return TestReport(errors=len(problems), output=f"{lines}\n[sandbox] nothing was run")
-    root = Path(await anyio.to_thread.run_sync(partial(tempfile.mkdtemp, prefix="swarmbus-")))
+    mkdtemp = partial(tempfile.mkdtemp, prefix="swarmbus-sandbox-")
+    root = Path(await anyio.to_thread.run_sync(mkdtemp))
     try:
         try:
             layout = await anyio.to_thread.run_sync(_prepare, root, files)

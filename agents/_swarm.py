@@ -14,6 +14,7 @@ import anyio
 import structlog
 from anyio.abc import TaskGroup, TaskStatus
 from nats.aio.msg import Msg
+
 from swarmbus.bus import (
     Bus,
     ConsumerStats,

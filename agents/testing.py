@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+
 from swarmbus.bus import EmbeddedServer
 
 __all__ = ("namespace", "nats_server", "nats_url")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import os
 import statistics
 import subprocess
@@ -27,10 +26,9 @@ import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from swarmbus.protocols import Message, message_type, stream_name
+from swarmbus.protocols import Message, message_type
 
 HERE = Path(__file__).resolve().parent
-WORK_TYPE = "bench.Work/1"
 T = TypeVar("T")
 
 
@@ -71,14 +69,29 @@ class Worker:
         fd, path = tempfile.mkstemp(prefix=f"bench-{self.kind}-{self.name}-", suffix=".log")
         self.log = Path(path)
         args = [
-            sys.executable, str(HERE / "_worker.py"), self.kind,
-            "--url", self.url, "--namespace", self.namespace, "--name", self.name,
-            "--in-topic", self.in_topic, "--out-topic", self.out_topic,
-            "--concurrency", str(self.concurrency), "--batch", str(self.batch),
-            *(["--uvloop"] if self.uvloop else []), *self.extra,
+            sys.executable,
+            str(HERE / "_worker.py"),
+            self.kind,
+            "--url",
+            self.url,
+            "--namespace",
+            self.namespace,
+            "--name",
+            self.name,
+            "--in-topic",
+            self.in_topic,
+            "--out-topic",
+            self.out_topic,
+            "--concurrency",
+            str(self.concurrency),
+            "--batch",
+            str(self.batch),
+            *(["--uvloop"] if self.uvloop else []),
+            *self.extra,
         ]
-        self.proc = subprocess.Popen(args, stdout=fd, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            args, stdout=fd, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
         os.close(fd)
         return self
 
@@ -108,16 +121,21 @@ class Worker:
         try:
             self.proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            print(f"  [{self.kind}/{self.name} did not stop on SIGTERM in 20 s: killed]\n"
-                  + self.tail()[-1500:], file=sys.stderr)
+            print(
+                f"  [{self.kind}/{self.name} did not stop on SIGTERM in 20 s: killed]\n"
+                + self.tail()[-1500:],
+                file=sys.stderr,
+            )
             self.proc.kill()
             self.proc.wait()
         if self.log is not None:
             text = self.log.read_text(errors="replace")
             bad = [ln for ln in text.splitlines() if "error" in ln.lower() or "Traceback" in ln]
             if bad:
-                print(f"  [{self.kind}/{self.name} log has errors]\n" + "\n".join(bad[:10]),
-                      file=sys.stderr)
+                print(
+                    f"  [{self.kind}/{self.name} log has errors]\n" + "\n".join(bad[:10]),
+                    file=sys.stderr,
+                )
             self.log.unlink(missing_ok=True)
 
 
@@ -136,8 +154,15 @@ def proc_cpu_s(pid: int) -> float:
 class Driver:
     """Publishes inputs on ``in_topic`` and waits for each flow's output on ``out_topic``."""
 
-    def __init__(self, nc: NATS, namespace: str, in_topic: str, out_topic: str, size: int,
-                 message: Callable[[int, int], Message] = work):
+    def __init__(
+        self,
+        nc: NATS,
+        namespace: str,
+        in_topic: str,
+        out_topic: str,
+        size: int,
+        message: Callable[[int, int], Message] = work,
+    ):
         self.nc = nc
         self.message = message
         self.js = nc.jetstream(timeout=30.0)
@@ -149,12 +174,23 @@ class Driver:
         self._run = 0
 
     @classmethod
-    async def connect(cls, url: str, namespace: str, in_topic: str, out_topic: str,
-                      size: int, message: Callable[[int, int], Message] = work) -> Driver:
+    async def connect(
+        cls,
+        url: str,
+        namespace: str,
+        in_topic: str,
+        out_topic: str,
+        size: int,
+        message: Callable[[int, int], Message] = work,
+    ) -> Driver:
         nc = await nats.connect(url, name="bench-driver", max_reconnect_attempts=0)
         d = cls(nc, namespace, in_topic, out_topic, size, message)
-        await nc.subscribe(f"swarm.{namespace}.*.{out_topic}", cb=d._on_out,
-                           pending_msgs_limit=-1, pending_bytes_limit=-1)
+        await nc.subscribe(
+            f"swarm.{namespace}.*.{out_topic}",
+            cb=d._on_out,
+            pending_msgs_limit=-1,
+            pending_bytes_limit=-1,
+        )
         await nc.flush()
         return d
 
@@ -171,7 +207,8 @@ class Driver:
         msg = self.message(seq, self.size)
         t0 = time.perf_counter()
         await self.js.publish(
-            f"swarm.{self.ns}.{wf}.{self.in_topic}", msg.model_dump_json().encode(),
+            f"swarm.{self.ns}.{wf}.{self.in_topic}",
+            msg.model_dump_json().encode(),
             headers={"Nats-Msg-Id": wf, "Swarm-Type": msg.swarm_type},
         )
         try:
@@ -211,9 +248,15 @@ WorkersFor = Callable[[str, str], list[Worker]]
 """(url, namespace) -> the not yet started worker processes of one path."""
 
 
-async def measure(workers_for: WorkersFor, url: str, server_pid: int | None, in_topic: str,
-                  out_topic: str, a: Any, message: Callable[[int, int], Message] = work,
-                  ) -> Result:
+async def measure(
+    workers_for: WorkersFor,
+    url: str,
+    server_pid: int | None,
+    in_topic: str,
+    out_topic: str,
+    a: Any,
+    message: Callable[[int, int], Message] = work,
+) -> Result:
     """Fresh namespace, start the path's workers, warm up, then the sequential run and
     the in-flight run (``a.seq``, ``a.n``, ``a.inflight``, ``a.warmup``, ``a.size``)."""
     import uuid
@@ -249,9 +292,13 @@ async def measure(workers_for: WorkersFor, url: str, server_pid: int | None, in_
         for w in workers:
             await asyncio.to_thread(w.stop)
     return Result(
-        seq_p50_ms=pct(seq, 50) * 1e3, seq_p99_ms=pct(seq, 99) * 1e3, rate=a.n / wall,
-        load_p50_ms=pct(lats, 50) * 1e3, load_p99_ms=pct(lats, 99) * 1e3,
-        worker_cpu_us_seq=(c1 - c0) / a.seq * 1e6, worker_cpu_us_load=(c2 - c1) / a.n * 1e6,
+        seq_p50_ms=pct(seq, 50) * 1e3,
+        seq_p99_ms=pct(seq, 99) * 1e3,
+        rate=a.n / wall,
+        load_p50_ms=pct(lats, 50) * 1e3,
+        load_p99_ms=pct(lats, 99) * 1e3,
+        worker_cpu_us_seq=(c1 - c0) / a.seq * 1e6,
+        worker_cpu_us_load=(c2 - c1) / a.n * 1e6,
         server_cpu_us_load=(s2 - s1) / a.n * 1e6,
     )
 
@@ -266,8 +313,9 @@ class PathSpec:
     message: Callable[[int, int], Message] = work
 
 
-async def bench_paths(paths: dict[str, PathSpec], a: Any, *, unit: str, p50_target: float,
-                      rate_target: float) -> dict[str, Result]:
+async def bench_paths(
+    paths: dict[str, PathSpec], a: Any, *, unit: str, p50_target: float, rate_target: float
+) -> dict[str, Result]:
     """Every path on one server (embedded unless ``a.nats``), ``a.rounds`` rounds in
     alternating order; prints each round and then the table of medians."""
     from swarmbus.bus import EmbeddedServer
@@ -281,12 +329,16 @@ async def bench_paths(paths: dict[str, PathSpec], a: Any, *, unit: str, p50_targ
         for r in range(a.rounds):
             for kind in kinds if r % 2 == 0 else kinds[::-1]:
                 spec = paths[kind]
-                res = await measure(spec.workers_for, url, pid, spec.in_topic, spec.out_topic,
-                                    a, spec.message)
+                res = await measure(
+                    spec.workers_for, url, pid, spec.in_topic, spec.out_topic, a, spec.message
+                )
                 per[kind].append(res)
-                print(f"  round {r + 1} {LABELS.get(kind, kind):9}: seq p50 "
-                      f"{res.seq_p50_ms:.3f} ms, p99 {res.seq_p99_ms:.3f} ms, "
-                      f"{res.rate:,.0f} {unit}/s", flush=True)
+                print(
+                    f"  round {r + 1} {LABELS.get(kind, kind):9}: seq p50 "
+                    f"{res.seq_p50_ms:.3f} ms, p99 {res.seq_p99_ms:.3f} ms, "
+                    f"{res.rate:,.0f} {unit}/s",
+                    flush=True,
+                )
         medians = {k: median_result(v) for k, v in per.items()}
         print(f"\nmedians of {a.rounds} round(s):\n")
         print(report(medians, unit=unit, p50_target=p50_target, rate_target=rate_target))
@@ -328,8 +380,12 @@ def fmt_table(rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     out = []
     for j, r in enumerate(rows):
-        out.append("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
-                             enumerate(zip(r, widths, strict=True))))
+        out.append(
+            "  ".join(
+                c.rjust(w) if i else c.ljust(w)
+                for i, (c, w) in enumerate(zip(r, widths, strict=True))
+            )
+        )
         if j == 0:
             out.append("  ".join("-" * w for w in widths))
     return "\n".join(out)
@@ -338,19 +394,22 @@ def fmt_table(rows: list[list[str]]) -> str:
 LABELS = {"raw": "raw fetch", "rawpull": "raw pull", "agent": "swarmbus"}
 
 
-def report(results: dict[str, Result], *, unit: str, p50_target: float,
-           rate_target: float) -> str:
+def report(results: dict[str, Result], *, unit: str, p50_target: float, rate_target: float) -> str:
     """The table: every path, then swarmbus over each raw path, then the verdicts."""
     agent = results["agent"]
     raws = [k for k in results if k.startswith("raw")]
-    rows = [["", *(LABELS.get(k, k) for k in results),
-             *(f"swarmbus/{LABELS[k]}" for k in raws)]]
+    rows = [["", *(LABELS.get(k, k) for k in results), *(f"swarmbus/{LABELS[k]}" for k in raws)]]
     u = unit[:-1]
 
     def row(label: str, attr: str, f: str) -> None:
         vals = {k: getattr(r, attr) for k, r in results.items()}
-        rows.append([label, *(format(v, f) for v in vals.values()),
-                     *(f"{vals['agent'] / vals[k]:.2f}x" for k in raws)])
+        rows.append(
+            [
+                label,
+                *(format(v, f) for v in vals.values()),
+                *(f"{vals['agent'] / vals[k]:.2f}x" for k in raws),
+            ]
+        )
 
     row("sequential p50 (ms)", "seq_p50_ms", ".3f")
     row("sequential p99 (ms)", "seq_p99_ms", ".3f")
@@ -404,11 +463,22 @@ def quiet_driver_logs() -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
 
 
-def dumps(obj: object) -> str:
-    return json.dumps(obj, indent=2, default=str)
-
-
 __all__ = [
-    "WORK_TYPE", "Driver", "PathSpec", "Result", "bench_paths", "Work", "Worker", "WorkersFor", "measure", "work", "dumps", "env_line",
-    "fmt_table", "median_result", "pct", "proc_cpu_s", "quiet_driver_logs", "report", "run", "stream_name",
+    "Driver",
+    "PathSpec",
+    "Result",
+    "Work",
+    "Worker",
+    "WorkersFor",
+    "bench_paths",
+    "env_line",
+    "fmt_table",
+    "measure",
+    "median_result",
+    "pct",
+    "proc_cpu_s",
+    "quiet_driver_logs",
+    "report",
+    "run",
+    "work",
 ]

@@ -25,9 +25,11 @@ it is 5 s so that idle polls cannot expire in the middle of a run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import nats
 import nats.errors
@@ -38,17 +40,28 @@ WORK_TYPE = "bench.Work/1"
 
 
 async def run_raw_stage(
-    url: str, namespace: str, name: str, in_topic: str, out_topic: str, *,
-    concurrency: int = 100, batch: int = 100,
+    url: str,
+    namespace: str,
+    name: str,
+    in_topic: str,
+    out_topic: str,
+    *,
+    concurrency: int = 100,
+    batch: int = 100,
 ) -> None:
     nc = await nats.connect(url, name=f"raw-{name}")
     js = nc.jetstream(timeout=10.0)
     stream = "SWARM_" + namespace.upper()
     psub = await js.pull_subscribe(
-        f"swarm.{namespace}.*.{in_topic}", durable=name, stream=stream,
+        f"swarm.{namespace}.*.{in_topic}",
+        durable=name,
+        stream=stream,
         config=api.ConsumerConfig(
-            ack_policy=api.AckPolicy.EXPLICIT, deliver_policy=api.DeliverPolicy.NEW,
-            ack_wait=30, max_deliver=5, max_ack_pending=1000,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            deliver_policy=api.DeliverPolicy.NEW,
+            ack_wait=30,
+            max_deliver=5,
+            max_ack_pending=1000,
         ),
     )
 
@@ -58,7 +71,8 @@ async def run_raw_stage(
         parts = msg.subject.split(".")
         in_id = (msg.headers or {}).get("Nats-Msg-Id", parts[2])
         await js.publish(
-            f"swarm.{namespace}.{parts[2]}.{out_topic}", json.dumps(work).encode(),
+            f"swarm.{namespace}.{parts[2]}.{out_topic}",
+            json.dumps(work).encode(),
             headers={"Nats-Msg-Id": f"{in_id}:{name}", "Swarm-Type": WORK_TYPE},
         )
         await msg.ack()
@@ -94,8 +108,14 @@ async def run_raw_stage(
 
 
 async def run_rawpull_stage(
-    url: str, namespace: str, name: str, in_topic: str, out_topic: str, *,
-    concurrency: int = 100, batch: int = 100,
+    url: str,
+    namespace: str,
+    name: str,
+    in_topic: str,
+    out_topic: str,
+    *,
+    concurrency: int = 100,
+    batch: int = 100,
 ) -> None:
     """The same stage with hand-rolled standing pull requests instead of ``fetch``.
 
@@ -110,11 +130,18 @@ async def run_rawpull_stage(
     nc = await nats.connect(url, name=f"rawpull-{name}")
     js = nc.jetstream(timeout=10.0)
     stream = "SWARM_" + namespace.upper()
-    await js.add_consumer(stream, api.ConsumerConfig(
-        durable_name=name, filter_subject=f"swarm.{namespace}.*.{in_topic}",
-        ack_policy=api.AckPolicy.EXPLICIT, deliver_policy=api.DeliverPolicy.NEW,
-        ack_wait=30, max_deliver=5, max_ack_pending=1000,
-    ))
+    await js.add_consumer(
+        stream,
+        api.ConsumerConfig(
+            durable_name=name,
+            filter_subject=f"swarm.{namespace}.*.{in_topic}",
+            ack_policy=api.AckPolicy.EXPLICIT,
+            deliver_policy=api.DeliverPolicy.NEW,
+            ack_wait=30,
+            max_deliver=5,
+            max_ack_pending=1000,
+        ),
+    )
     next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{name}"
 
     async def handle(msg: Msg) -> None:
@@ -123,7 +150,8 @@ async def run_rawpull_stage(
         parts = msg.subject.split(".")
         in_id = (msg.headers or {}).get("Nats-Msg-Id", parts[2])
         await js.publish(
-            f"swarm.{namespace}.{parts[2]}.{out_topic}", json.dumps(work).encode(),
+            f"swarm.{namespace}.{parts[2]}.{out_topic}",
+            json.dumps(work).encode(),
             headers={"Nats-Msg-Id": f"{in_id}:{name}", "Swarm-Type": WORK_TYPE},
         )
         await msg.ack()
@@ -162,21 +190,25 @@ async def run_rawpull_stage(
             if free >= threshold or (free > 0 and credit == 0):
                 n = min(free, batch)
                 credit += n
-                await nc.publish(next_subject, json.dumps(
-                    {"batch": n, "expires": 10_000_000_000}).encode(), reply=sub.subject)
+                await nc.publish(
+                    next_subject,
+                    json.dumps({"batch": n, "expires": 10_000_000_000}).encode(),
+                    reply=sub.subject,
+                )
                 continue
             want_pull.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(want_pull.wait(), 1.0)
-            except TimeoutError:
-                pass
 
     await _serve(pull_loop, stopping, in_flight)
     await nc.close()
 
 
-async def _serve(pull_loop: Callable[[], Awaitable[None]], stopping: asyncio.Event,
-                 in_flight: set[asyncio.Task[None]]) -> None:
+async def _serve(
+    pull_loop: Callable[[], Coroutine[Any, Any, None]],
+    stopping: asyncio.Event,
+    in_flight: set[asyncio.Task[None]],
+) -> None:
     """Run ``pull_loop`` until SIGTERM, then let in-flight handlers finish.
 
     The loop also checks ``stopping``: on Python 3.11 ``asyncio.wait_for`` can

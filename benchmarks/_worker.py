@@ -2,9 +2,9 @@
 
 ``agent`` runs a swarmbus ``Agent`` (typed handler, ``ctx.publish``) in a
 ``Swarm`` with its defaults (dead-letter worker and announcements on);
-``raw`` runs ``_raw.run_raw_stage`` (nats-py ``fetch``), ``rawpull``
-``_raw.run_rawpull_stage`` (hand-rolled standing pull requests). All print ``BENCH-READY`` once their
-consumer is subscribed and stop on SIGTERM.
+``raw`` runs ``_raw.run_raw_stage`` (nats-py ``fetch``), ``rawpull`` runs
+``_raw.run_rawpull_stage`` (hand-rolled standing pull requests). All print
+``BENCH-READY`` once their consumer is subscribed and stop on SIGTERM.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import Work, run  # noqa: E402
-from _raw import run_raw_stage, run_rawpull_stage  # noqa: E402
+from _common import Work, run
+from _raw import run_raw_stage, run_rawpull_stage
 
-from swarmbus.agents import Agent, Context, Swarm, handles  # noqa: E402
-from swarmbus.bus import ConsumerSettings  # noqa: E402
+from swarmbus.agents import Agent, Context, Swarm, handles
+from swarmbus.bus import ConsumerSettings
 
 
 def stage_agent(name: str, in_topic: str, out_topic: str, settings: ConsumerSettings) -> Agent:
@@ -29,22 +29,34 @@ def stage_agent(name: str, in_topic: str, out_topic: str, settings: ConsumerSett
 
     @handles(in_topic)
     async def on_work(self: Agent, msg: Work, ctx: Context[Work]) -> None:
-        await ctx.publish(Work(seq=msg.seq, payload=msg.payload, hops=msg.hops + 1),
-                          topic=out_topic)
+        await ctx.publish(
+            Work(seq=msg.seq, payload=msg.payload, hops=msg.hops + 1), topic=out_topic
+        )
 
-    cls = type(f"Stage_{name}", (Agent,), {"name": name, "consumer": settings,
-                                           "on_work": on_work})
+    cls = type(f"Stage_{name}", (Agent,), {"name": name, "consumer": settings, "on_work": on_work})
     agent: Agent = cls()
     return agent
 
 
-async def run_agent_stage(url: str, namespace: str, name: str, in_topic: str, out_topic: str,
-                          *, concurrency: int, batch: int) -> None:
+async def run_agent_stage(
+    url: str,
+    namespace: str,
+    name: str,
+    in_topic: str,
+    out_topic: str,
+    *,
+    concurrency: int,
+    batch: int,
+) -> None:
     settings = ConsumerSettings(concurrency=concurrency, batch=batch)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    async with Swarm([stage_agent(name, in_topic, out_topic, settings)], nats=url,
-                     namespace=namespace, grace_s=10):
+    async with Swarm(
+        [stage_agent(name, in_topic, out_topic, settings)],
+        nats=url,
+        namespace=namespace,
+        grace_s=10,
+    ):
         print("BENCH-READY", flush=True)
         await stop.wait()
 
@@ -65,8 +77,18 @@ def main() -> None:
     fn = {"raw": run_raw_stage, "rawpull": run_rawpull_stage, "agent": run_agent_stage}[a.kind]
 
     def go() -> None:
-        run(lambda: fn(a.url, a.namespace, a.name, a.in_topic, a.out_topic,
-                       concurrency=a.concurrency, batch=a.batch), use_uvloop=a.uvloop)
+        run(
+            lambda: fn(
+                a.url,
+                a.namespace,
+                a.name,
+                a.in_topic,
+                a.out_topic,
+                concurrency=a.concurrency,
+                batch=a.batch,
+            ),
+            use_uvloop=a.uvloop,
+        )
 
     if a.profile:
         import cProfile

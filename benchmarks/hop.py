@@ -10,7 +10,10 @@ decodes it, publishes its output through JetStream (awaiting the ack, with a
 latency is from the driver starting the publish to the driver seeing the
 output (a core-NATS subscription on the output subject). The worker is a
 swarmbus ``Agent`` in a ``Swarm`` on one path and ``_raw.run_raw_stage`` on
-the other; the driver is the same code for both.
+the other (``--paths``: ``raw`` = nats-py ``fetch``, DESIGN.md's baseline;
+``rawpull`` = hand-rolled standing pull requests, the protocol swarmbus's own
+pull engine speaks, without its framework; see ``_raw.py``); the driver is the
+same code for every path.
 
 Printed: sequential p50/p99, hops/s with 64 in flight, the worker's (and the
 server's) CPU time per hop, and the swarmbus/raw ratios against the targets of
@@ -26,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (  # noqa: E402
+from _common import (
     PathSpec,
     Worker,
     WorkersFor,
@@ -42,8 +45,7 @@ IN, OUT = "bench.ping", "bench.pong"
 def workers_for(kind: str, a: argparse.Namespace) -> WorkersFor:
     def make(url: str, ns: str) -> list[Worker]:
         prof = ["--profile", f"{a.profile}.{kind}"] if a.profile else []
-        return [Worker(kind, url, ns, "hop", IN, OUT, a.concurrency, a.batch, a.uvloop,
-                       extra=prof)]
+        return [Worker(kind, url, ns, "hop", IN, OUT, a.concurrency, a.batch, a.uvloop, extra=prof)]
 
     return make
 
@@ -66,15 +68,21 @@ def main() -> None:
     p.add_argument("--size", type=int, default=1024, help="payload bytes")
     p.add_argument("--concurrency", type=int, default=100, help="handlers per worker")
     p.add_argument("--batch", type=int, default=100, help="largest pull batch")
-    p.add_argument("--paths", default="raw,rawpull,agent",
-                   help="comma-separated: raw (nats-py fetch), rawpull, agent")
+    p.add_argument(
+        "--paths",
+        default="raw,rawpull,agent",
+        help="comma-separated: raw (nats-py fetch), rawpull, agent",
+    )
     p.add_argument("--profile", help="cProfile each worker to PROFILE.raw / PROFILE.agent")
     a = p.parse_args()
     if a.quick:
         a.rounds, a.seq, a.n, a.warmup = 1, 300, 3000, 50
-    print(f"hop: {env_line(a.uvloop)}; {a.seq} sequential, {a.n} with {a.inflight} in "
-          f"flight, {a.size} B payload, worker concurrency {a.concurrency}, batch {a.batch}, "
-          f"{a.rounds} round(s)", flush=True)
+    print(
+        f"hop: {env_line(a.uvloop)}; {a.seq} sequential, {a.n} with {a.inflight} in "
+        f"flight, {a.size} B payload, worker concurrency {a.concurrency}, batch {a.batch}, "
+        f"{a.rounds} round(s)",
+        flush=True,
+    )
     quiet_driver_logs()
     run(lambda: bench(a), use_uvloop=a.uvloop)
 

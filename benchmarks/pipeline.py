@@ -37,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (  # noqa: E402
+from _common import (
     PathSpec,
     Worker,
     WorkersFor,
@@ -47,7 +47,7 @@ from _common import (  # noqa: E402
     run,
 )
 
-from swarmbus.protocols import Message, TaskRequest  # noqa: E402
+from swarmbus.protocols import Message, TaskRequest
 
 TOPICS = ["bench.task", "bench.s1", "bench.s2", "bench.result"]
 
@@ -59,8 +59,20 @@ def stage_workers(kind: str, a: argparse.Namespace) -> WorkersFor:
         out = []
         for i in range(1, len(TOPICS)):
             prof = ["--profile", f"{a.profile}.{kind}.stage{i}"] if a.profile else []
-            out.append(Worker(kind, url, ns, f"stage{i}", TOPICS[i - 1], TOPICS[i],
-                              a.concurrency, a.batch, a.uvloop, extra=prof))
+            out.append(
+                Worker(
+                    kind,
+                    url,
+                    ns,
+                    f"stage{i}",
+                    TOPICS[i - 1],
+                    TOPICS[i],
+                    a.concurrency,
+                    a.batch,
+                    a.uvloop,
+                    extra=prof,
+                )
+            )
         return out
 
     return make
@@ -113,15 +125,21 @@ def main() -> None:
     p.add_argument("--size", type=int, default=1024, help="payload bytes")
     p.add_argument("--concurrency", type=int, default=100, help="handlers per stage process")
     p.add_argument("--batch", type=int, default=100, help="largest pull batch")
-    p.add_argument("--paths", default="raw,rawpull,agent",
-                   help="comma-separated: raw (nats-py fetch), rawpull, agent, team")
+    p.add_argument(
+        "--paths",
+        default="raw,rawpull,agent",
+        help="comma-separated: raw (nats-py fetch), rawpull, agent, team",
+    )
     p.add_argument("--profile", help="cProfile each stage to PROFILE.<path>.stage<i>")
     a = p.parse_args()
     if a.quick:
         a.rounds, a.seq, a.n, a.warmup = 1, 200, 2000, 30
-    print(f"pipeline: {env_line(a.uvloop)}; 3 stages, a process each; {a.seq} sequential, "
-          f"{a.n} with {a.inflight} in flight, {a.size} B payload, concurrency "
-          f"{a.concurrency}, batch {a.batch}, {a.rounds} round(s)", flush=True)
+    print(
+        f"pipeline: {env_line(a.uvloop)}; 3 stages, a process each; {a.seq} sequential, "
+        f"{a.n} with {a.inflight} in flight, {a.size} B payload, concurrency "
+        f"{a.concurrency}, batch {a.batch}, {a.rounds} round(s)",
+        flush=True,
+    )
     quiet_driver_logs()
     run(lambda: bench(a), use_uvloop=a.uvloop)
 

@@ -12,6 +12,7 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext, api
 from pydantic import BaseModel, ConfigDict, Field
+
 from swarmbus.protocols import (
     ExternalError,
     Message,

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 import nats.errors
 from nats.js import api
+
 from swarmbus.protocols import (
     ROLE_TOPICS,
     DeadLetter,
@@ -100,9 +101,10 @@ class SwarmClient:
         await self.bus.publish(wf, "task", task, msg_id=f"task-{wf}", sender="client")
         return wf
 
-    async def events(self, workflow_id: str) -> AsyncIterator[Envelope[Message]]:
+    async def events(self, workflow_id: str) -> AsyncGenerator[Envelope[Message], None]:
         """Every message of the workflow, oldest first, then new ones as they come.
-        Undecodable messages are skipped. Stops when the caller stops iterating."""
+        Undecodable messages are skipped. To stop early, close it (``contextlib.aclosing``),
+        which ends its subscription."""
         sub = await self.bus.js.subscribe(
             workflow_filter(self.bus.namespace, workflow_id),
             stream=self.bus.stream_name,
@@ -130,9 +132,10 @@ class SwarmClient:
                 env = stored.try_decode()
                 if env is not None and isinstance(env.message, TaskResult):
                     return env.message
-            async for env in self.events(workflow_id):
-                if isinstance(env.message, TaskResult):
-                    return env.message
+            async with contextlib.aclosing(self.events(workflow_id)) as events:
+                async for env in events:
+                    if isinstance(env.message, TaskResult):
+                        return env.message
         raise TimeoutError  # pragma: no cover - the loop only ends by returning
 
     async def status(self, workflow_id: str) -> WorkflowStatus:

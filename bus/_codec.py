@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Generic, Literal, TypeVar
 
 from pydantic import ValidationError
+
 from swarmbus.protocols import (
     Message,
     Subject,

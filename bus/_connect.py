@@ -11,6 +11,7 @@ import nats
 import structlog
 from nats.aio.client import Client as NATS
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
 from swarmbus.protocols import ConfigError, ExternalError
 
 __all__ = ["BusUnavailableError", "NatsSettings", "connect"]

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import nats.aio.msg
 import structlog
+
 from swarmbus.protocols import (
     ROLE_TOPICS,
     DeadLetter,

@@ -13,6 +13,7 @@ from pathlib import Path
 from types import TracebackType
 
 import anyio
+
 from swarmbus.protocols import ConfigError, ExternalError
 
 __all__ = ["EmbeddedServer", "NatsServerNotFoundError", "find_nats_server", "free_port"]

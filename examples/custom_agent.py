@@ -24,6 +24,7 @@ from collections import Counter
 
 import anyio
 from pydantic import Field
+
 from swarmbus.agents import Agent, Context, Swarm, handles
 from swarmbus.protocols import CodeSubmission, Message, message_type
 

@@ -83,6 +83,9 @@ class Provenance(_Data):
     latency_s: float = 0.0
     request_hash: str = ""
     from_cache: bool = False
+    original_usage: Usage | None = Field(
+        None, description="On a cache hit: what the call that filled the cache used and cost."
+    )
     tried: list[str] = Field(default_factory=list, description="Models that failed before.")
 
     @property

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import anyio
 from pydantic import BaseModel
+
 from swarmbus.agents import Agent, Swarm
 from swarmbus.agents.models import FunctionModel, Model, ModelRequest, ModelResponse
 from swarmbus.agents.roles import Architect, Coder, Reviewer
@@ -143,11 +144,13 @@ async def run_task(
     task: TaskRequest | None = None,
 ) -> tuple[TaskResult, list[StoredMessage]]:
     """Run ``agents`` in one swarm, submit ``task``, return its result and trail."""
-    async with Swarm(agents, nats=nats_url, namespace=namespace, grace_s=3):
-        async with await SwarmClient.connect(nats_url, namespace=namespace) as client:
-            await client.submit(task or TaskRequest(goal=GOAL), workflow_id=wf)
-            result = await client.result(wf)
-            trail = await client.trail(wf)
+    async with (
+        Swarm(agents, nats=nats_url, namespace=namespace, grace_s=3),
+        await SwarmClient.connect(nats_url, namespace=namespace) as client,
+    ):
+        await client.submit(task or TaskRequest(goal=GOAL), workflow_id=wf)
+        result = await client.result(wf)
+        trail = await client.trail(wf)
     return result, trail
 
 

@@ -27,6 +27,7 @@ from typing import IO, Any, TypeVar
 
 import anyio
 from nats.js.api import ConsumerInfo
+
 from swarmbus.agents import Agent, Context, Swarm, handles
 from swarmbus.bus import Bus, ConsumerSettings
 from swarmbus.protocols import Message, message_type
@@ -63,6 +64,8 @@ class Worker(Agent):
         super().__init__(name=name, consumer=consumer)
         self.replica = replica
         self.handled: list[int] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
         self._events: IO[str] | None = events.open("a", buffering=1) if events else None
 
     def _event(self, event: str, n: int) -> None:
@@ -77,7 +80,12 @@ class Worker(Agent):
         self._event("start", msg.n)
         if msg.die:
             os.kill(os.getpid(), signal.SIGKILL)
-        await anyio.sleep(msg.sleep_s)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            await anyio.sleep(msg.sleep_s)
+        finally:
+            self.in_flight -= 1
         await ctx.publish(Done(n=msg.n, agent=self.name, replica=self.replica))
         self.handled.append(msg.n)
         self._event("done", msg.n)

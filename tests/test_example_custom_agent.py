@@ -12,6 +12,7 @@ from pathlib import Path
 import anyio
 import pytest
 from agent_proc import until, until_true, wait_announced
+
 from swarmbus.bus import Bus
 from swarmbus.protocols import Code, CodeSubmission, SourceFile, TaskRequest, WorkState, subject
 
@@ -65,3 +66,6 @@ async def test_custom_agent_example(
     log = (tmp_path / "example.log").read_text()
     assert example.returncode == 0, log
     assert "signal received" in log
+    async with await Bus.connect(nats_url, namespace=namespace) as bus:
+        live = await (await bus.key_value("agents", ttl_s=20)).keys()
+    assert not [k for k in live if f"-{example.pid}-" in k], "its announcement is withdrawn"

@@ -11,6 +11,7 @@ import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from types import ModuleType
 
@@ -29,6 +30,7 @@ from agent_proc import (
     wait_announced,
     wait_done,
 )
+
 from swarmbus.agents import Agent, Context, Swarm, handles
 from swarmbus.bus import (
     Bus,
@@ -184,14 +186,14 @@ async def test_bad_input_is_dead_lettered_and_agent_goes_on(
             await publish_jobs(bus, wf, [Job(n=i)])  # a valid one right after
         with anyio.fail_after(10):
             for wf in cases:
-                await until(lambda wf=wf: bus.last(wf, "deadletter"))
-                await until(lambda wf=wf: bus.last(wf, "done"))
+                await until(partial(bus.last, wf, "deadletter"))
+                await until(partial(bus.last, wf, "done"))
         for wf, (body, _, reason) in cases.items():
             stored = await bus.last(wf, "deadletter")
             assert stored is not None
             letter = stored.decode().message
             assert isinstance(letter, DeadLetter)
-            assert (wf, letter.reason) == (wf, reason)
+            assert letter.reason == reason, wf
             assert letter.subject == subject(namespace, wf, "job")
             assert letter.body_size == len(body)
             assert letter.agent == "worker" and letter.error
@@ -264,6 +266,49 @@ async def test_sigterm_during_load_loses_nothing_in_flight(
     assert rest == Counter(set(range(n)) - finished), "acked work is not handled again"
 
 
+async def test_handler_that_always_fails_ends_in_deadletter(
+    nats_url: str, namespace: str
+) -> None:
+    attempts: list[int] = []
+
+    class Broken(Agent):
+        @handles("job")
+        async def on_job(self, msg: Job, ctx: Context[Job]) -> None:
+            attempts.append(ctx.deliveries)
+            raise RuntimeError("never works")
+
+    async with Swarm([Broken(consumer=FAST)], nats=nats_url, namespace=namespace) as swarm:
+        await publish_jobs(swarm.bus, "w", [Job(n=3)])
+        with anyio.fail_after(10):
+            stored = await until(partial(swarm.bus.last, "w", "deadletter"))
+    letter = stored.decode().message
+    assert isinstance(letter, DeadLetter)
+    assert (letter.reason, letter.deliveries, letter.agent) == ("max_deliveries", 3, "broken")
+    assert attempts == [1, 2, 3], "nak'ed with a delay, redelivered until max_deliver"
+
+
+@pytest.mark.slow
+async def test_sigterm_past_the_grace_period_naks_for_a_fresh_process(
+    nats_url: str, namespace: str, tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    async with await Bus.connect(nats_url, namespace=namespace) as bus:
+        # An ack wait far beyond the bound below: only a nak explains a quick redelivery.
+        procs.append(spawn(nats_url, namespace, replica="first", events=first, grace_s=0.3,
+                           ack_wait_s=60))
+        with anyio.fail_after(15):
+            await wait_announced(bus, "worker", [procs[0].pid])
+            await publish_jobs(bus, "w", [Job(n=0, sleep_s=1.5)])
+            await until_true(lambda: numbers(first, "start") == [0])
+            procs[0].send_signal(signal.SIGTERM)
+            assert await wait_exit(procs[0]) == 0
+            assert numbers(first, "done") == [], "cut off at the end of the grace period"
+            procs.append(spawn(nats_url, namespace, replica="second", events=second,
+                               ack_wait_s=60))
+            (done,) = await wait_done(bus, "w", 1)
+    assert done.replica == "second"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kill", [False, True], ids=["sigterm", "sigkill"])
 async def test_server_restart_while_agents_run(tmp_path: Path, namespace: str, kill: bool) -> None:
@@ -282,7 +327,7 @@ async def test_server_restart_while_agents_run(tmp_path: Path, namespace: str, k
                 await publish_jobs(bus, "w", [Job(n=i, sleep_s=0.1) for i in range(n // 2, n)])
                 done = await wait_done(bus, "w", n)
                 await settled(bus)
-            assert swarm.bus.reconnects == 1 and bus.reconnects == 1
+            assert swarm.bus.reconnects >= 1 and bus.reconnects >= 1
             (stats,) = swarm.stats()["worker"]
             assert stats.resubscribed >= 2, "the pull loop subscribed again after the restart"
     assert sorted(d.n for d in done) == list(range(n))
@@ -300,6 +345,15 @@ async def test_long_handler_is_kept_alive_with_in_progress_acks(
             info = await settled(swarm.bus)
     assert worker.handled == [1], "handled once: no redelivery during the long handler"
     assert info.num_redelivered == 0
+
+
+async def test_concurrency_per_replica_is_bounded(nats_url: str, namespace: str) -> None:
+    worker = Worker(consumer=FAST.model_copy(update={"concurrency": 3}))
+    async with Swarm([worker], nats=nats_url, namespace=namespace) as swarm:
+        with anyio.fail_after(10):
+            await publish_jobs(swarm.bus, "w", [Job(n=i, sleep_s=0.1) for i in range(12)])
+            await wait_done(swarm.bus, "w", 12)
+    assert worker.max_in_flight == 3, "the replica used, and never exceeded, its 3 slots"
 
 
 # -- the wire contract -----------------------------------------------------------------------
@@ -453,6 +507,9 @@ async def test_bus_unavailable_fails_fast() -> None:
     with anyio.fail_after(settings.connect_timeout_s + 3), pytest.raises(BusUnavailableError):
         await Bus.connect(settings, namespace="nobody")
     assert time.monotonic() - start < settings.connect_timeout_s + 3
+    with anyio.fail_after(settings.connect_timeout_s + 3), pytest.raises(BusUnavailableError):
+        async with Swarm([Worker()], nats=settings, namespace="nobody"):
+            pytest.fail("a swarm without NATS must not start")
 
 
 async def test_embedded_server_start_stop() -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import anyio
 import pydantic
 import pytest
+
 from swarmbus.agents._sandbox import SandboxLimits, landlock_abi, run_tests
 from swarmbus.protocols import SourceFile, TestReport
 
@@ -53,6 +54,9 @@ def alive_with(marker: str) -> list[int]:
 def marker() -> Iterator[str]:
     value = f"sandbox-marker-{uuid.uuid4().hex}"
     yield value
+    deadline = time.monotonic() + 0.5  # SIGKILLed processes need a moment to exit
+    while alive_with(value) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert alive_with(value) == []
 
 

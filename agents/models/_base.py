@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Generic, Literal, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
+
 from swarmbus.protocols import Provenance, Usage
 
 __all__ = [

@@ -9,6 +9,7 @@ from dataclasses import replace
 from typing import Protocol, runtime_checkable
 
 from pydantic import ValidationError
+
 from swarmbus.protocols import Provenance
 
 from ._base import Model, ModelRequest, ModelResponse, T
@@ -49,7 +50,9 @@ class CachedModel(Model):
     does not pay the provider twice. Entries older than ``ttl_s`` (None: no
     limit beyond the store's own) are ignored. A hit returns the stored output
     with provenance ``from_cache=True``, zero tokens and ``cost_usd=0.0``
-    (nothing was spent now; the original call was accounted when it was made),
+    (nothing was spent now; the original call was accounted when it was made,
+    and ``original_usage`` says what it cost, so a redelivered message whose
+    first attempt paid but never published can still charge it),
     ``latency_s`` the lookup time, and the original provider, model and hash.
     The store failing never fails a call: it is logged and treated as a miss.
     ``aclose`` closes the wrapped model; the store is borrowed.
@@ -75,6 +78,7 @@ class CachedModel(Model):
             output, provenance = hit
             provenance = provenance.model_copy(
                 update={
+                    "original_usage": provenance.original_usage or provenance.usage(),
                     "input_tokens": 0,
                     "output_tokens": 0,
                     "cached_tokens": 0,

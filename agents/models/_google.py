@@ -10,6 +10,7 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types as genai_types
 from pydantic import BaseModel
+
 from swarmbus.protocols import ConfigError
 
 from ._base import ChatMessage, ModelRequest

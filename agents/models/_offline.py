@@ -12,6 +12,7 @@ from typing import Any, TypeAlias
 
 import anyio
 from pydantic import BaseModel, ValidationError
+
 from swarmbus.protocols import ConfigError, Provenance
 
 from ._base import ChatMessage, Model, ModelRequest, ModelResponse, T

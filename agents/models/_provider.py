@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, SecretStr, ValidationError
+
 from swarmbus.protocols import Provenance
 
 from ._base import ChatMessage, Model, ModelRequest, ModelResponse, T

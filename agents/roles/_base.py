@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar, NoReturn, TypeVar
 
 from pydantic import BaseModel
+
 from swarmbus.bus import CANCEL_BUCKET, Bus, KeyValueStore, Retry
 from swarmbus.protocols import (
     Provenance,
@@ -105,7 +106,11 @@ class RoleAgent(Agent):
         except ModelError as e:
             await self.finish(ctx, state, "failed", f"{self.role}: {e}")
         prov = response.provenance
-        state.spend[self.role] = state.spend.get(self.role, Usage()) + response.usage
+        usage = response.usage
+        if prov.from_cache and prov.original_usage is not None and ctx.deliveries > 1:
+            # A redelivery: the attempt that paid for this answer never got to record it.
+            usage = prov.original_usage
+        state.spend[self.role] = state.spend.get(self.role, Usage()) + usage
         ctx.log.info("model answered", model=prov.name, cost_usd=prov.cost_usd,
                      latency_s=round(prov.latency_s, 3), from_cache=prov.from_cache)
         return response.output, prov

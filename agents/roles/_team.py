@@ -16,6 +16,7 @@ from swarmbus.protocols import (
     Provenance,
     RevisionRequest,
     TaskRequest,
+    TestReport,
     Verdict,
     WorkState,
 )
@@ -97,6 +98,9 @@ class Reviewer(RoleAgent):
             state.test_report = await run_tests(files, limits=self.sandbox)
             ctx.log.info("tests ran", passed=state.test_report.passed,
                          failed=state.test_report.failed, errors=state.test_report.errors)
+            if not state.test_report.ok:
+                # If a limit ends the workflow before the verdict, the facts are its findings.
+                state.findings = [_failing_tests_finding(state.test_report)]
             verdict, prov = await self.ask(ctx, state, Verdict)
             await self._route(ctx, state, _grounded(verdict, state), prov)
         except WorkflowEnded:
@@ -135,11 +139,15 @@ def _grounded(v: Verdict, state: WorkState) -> Verdict:
     report = state.test_report
     if v.decision != "approve" or report is None or report.ok:
         return v
+    finding = _failing_tests_finding(report)
+    return Verdict(decision="revise_code", summary="the submitted tests fail",
+                   findings=[*v.findings, finding])
+
+
+def _failing_tests_finding(report: TestReport) -> Finding:
     names = ", ".join(report.failed_tests[:10]) or f"exit code {report.exit_code}"
-    finding = Finding(
+    return Finding(
         severity="critical", location="tests",
         explanation=f"the submitted tests do not pass ({names}); fix the code or the tests",
         target="coder",
     )
-    return Verdict(decision="revise_code", summary=f"tests fail: {names}",
-                   findings=[*v.findings, finding])

@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from pydantic import BaseModel
+
 from swarmbus.agents.models import ChatMessage, ModelRequest, ModelSettings
 
 

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 from _model_fakes import SECRET, FakeServer
+
 from swarmbus.agents.models import _prices as prices_module
 from swarmbus.agents.models import block_real_models
 

@@ -13,6 +13,7 @@ from _model_fakes import (
     anthropic_error,
     plan_request,
 )
+
 from swarmbus.agents.models import (
     AnthropicModel,
     OutputTruncatedError,

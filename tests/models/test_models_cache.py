@@ -6,6 +6,7 @@ import json
 
 import pytest
 from _model_fakes import PLAN, PLAN_JSON, Canned, FakeServer, openai_body, plan_request
+
 from swarmbus.agents.models import (
     CachedModel,
     MemoryStore,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from _model_fakes import PLAN, Plan, plan_request
+
 from swarmbus.agents.models import (
     CassetteMissError,
     RecordingModel,

@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-import swarmbus.agents.models as models
 from _model_fakes import SECRET
+
+import swarmbus.agents.models as models
 from swarmbus.agents.models import (
     PRICES_ENV,
     AnthropicModel,

@@ -16,6 +16,7 @@ from _model_fakes import (
 from google import genai
 from google.genai import types as genai_types
 from pydantic import BaseModel
+
 from swarmbus.agents.models import (
     GoogleModel,
     ModelRequest,

@@ -6,6 +6,7 @@ import time
 
 import pytest
 from _model_fakes import PLAN, PLAN_JSON, Canned, FakeServer, Plan, openai_body, plan_request
+
 from swarmbus.agents.models import (
     BLOCK_ENV,
     FunctionModel,

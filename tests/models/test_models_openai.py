@@ -13,6 +13,7 @@ from _model_fakes import (
     openai_error,
     plan_request,
 )
+
 from swarmbus.agents.models import (
     ModelRequest,
     ModelSpec,

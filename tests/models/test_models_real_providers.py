@@ -6,6 +6,7 @@ import os
 
 import pytest
 from _model_fakes import Plan, plan_request
+
 from swarmbus.agents.models import block_real_models, build_model
 
 pytestmark = [pytest.mark.anyio, pytest.mark.real_provider, pytest.mark.timeout(60)]
