@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 import typing
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
 import structlog
@@ -15,13 +16,15 @@ from nats.aio.msg import Msg
 from swarmbus.bus import (
     Bus,
     ConsumerSettings,
+    Delivery,
     Envelope,
     PublishResult,
     Reject,
     decode,
+    encode,
     output_msg_id,
 )
-from swarmbus.protocols import ConfigError, Message, check_topic, registry
+from swarmbus.protocols import ConfigError, Message, check_topic, check_workflow_id, registry
 
 __all__ = ["Agent", "Context", "handles"]
 
@@ -47,18 +50,30 @@ def handles(*topics: str) -> Callable[[F], F]:
     return deco
 
 
-@dataclass(slots=True)
 class Context(Generic[M]):
     """What a handler gets besides its message: where it came from, a bound
-    logger, and ``publish`` with deterministic message ids."""
+    logger, the delivery count, and ``publish`` with deterministic message ids."""
 
-    envelope: Envelope[M]
-    agent: str
-    bus: Bus
-    log: Any
-    deliveries: int = 1
-    """How often this message has been delivered (1 on the first attempt)."""
-    _index: int = field(default=0)
+    __slots__ = ("_index", "_log", "agent", "bus", "deliveries", "envelope")
+
+    def __init__(self, envelope: Envelope[M], agent: str, bus: Bus, deliveries: int = 1):
+        self.envelope = envelope
+        self.agent = agent
+        self.bus = bus
+        self.deliveries = deliveries
+        """How often this message has been delivered (1 on the first attempt)."""
+        self._index = 0
+        self._log: Any = None
+
+    @property
+    def log(self) -> Any:
+        """A structlog logger bound to agent, workflow, topic and message id."""
+        if self._log is None:  # bound on first use: most messages never log
+            env = self.envelope
+            self._log = structlog.get_logger("swarmbus.agent").bind(
+                agent=self.agent, workflow_id=env.workflow_id, topic=env.topic, msg_id=env.msg_id
+            )
+        return self._log
 
     @property
     def workflow_id(self) -> str:
@@ -81,7 +96,8 @@ class Context(Generic[M]):
         round: int | None = None,
         model: str | None = None,
     ) -> PublishResult:
-        """Publish an output (to this workflow unless ``workflow_id`` is given).
+        """Publish an output (to this workflow unless ``workflow_id`` is given) and
+        wait for the stream to confirm it.
 
         Its ``Nats-Msg-Id`` derives from the input's id, this agent and the
         output's index, so a handler that runs twice publishes each output once.
@@ -91,18 +107,20 @@ class Context(Generic[M]):
             if not message.default_topics:
                 raise ConfigError(f"{message.swarm_type} has no default topic: pass topic=")
             topic = message.default_topics[0]
+        wf = check_workflow_id(workflow_id) if workflow_id else self.envelope.workflow_id
         msg_id = output_msg_id(self.envelope.msg_id, self.agent, self._index)
         self._index += 1
-        return await self.bus.publish(
-            workflow_id or self.workflow_id,
-            topic,
-            message,
-            msg_id=msg_id,
-            causation_id=self.envelope.msg_id,
-            sender=self.agent,
-            round=self.round if round is None else round,
-            model=model,
+        body, hdrs = encode(
+            message, msg_id=msg_id, causation_id=self.envelope.msg_id, sender=self.agent,
+            round=self.envelope.round if round is None else round, model=model,
         )
+        subj = f"{self.envelope.subject.prefix}{wf}.{_checked_topic(topic)}"
+        return await self.bus.publish_raw(subj, body, hdrs)
+
+
+@functools.lru_cache(maxsize=1024)
+def _checked_topic(topic: str) -> str:
+    return check_topic(topic)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,12 +192,10 @@ class Agent:
             raise ConfigError(f"{type(self).__name__} has no @handles methods")
         return routes
 
-    async def _dispatch(self, bus: Bus, msg: Msg, max_bytes: int) -> None:
-        md = msg.metadata
-        seq = md.sequence.stream if md.sequence else 0
+    async def _dispatch(self, bus: Bus, msg: Msg, delivery: Delivery) -> None:
         env = decode(
-            msg.subject, msg.data, msg.headers, max_bytes=max_bytes,
-            fallback_id=f"{bus.stream_name}-{seq}",
+            msg.subject, msg.data, msg.headers, max_bytes=self.consumer.max_body_bytes,
+            fallback_id=f"{bus.stream_name}-{delivery.stream_seq}",
         )
         route = self._routes.get(env.topic)
         if route is None:
@@ -190,11 +206,7 @@ class Agent:
                 f"got {env.message.swarm_type}",
                 reason="invalid",
             )
-        log = structlog.get_logger("swarmbus.agent").bind(
-            agent=self.name, workflow_id=env.workflow_id, topic=env.topic, msg_id=env.msg_id
-        )
-        delivered = int(md.num_delivered or 1)
-        await route.method(env.message, Context(env, self.name, bus, log, delivered))
+        await route.method(env.message, Context(env, self.name, bus, delivery.delivered))
 
 
 def _message_param(owner: type, fn: Callable[..., Any]) -> type[Message]:

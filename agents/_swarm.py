@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
@@ -13,14 +14,12 @@ from types import TracebackType
 import anyio
 import structlog
 from anyio.abc import TaskGroup, TaskStatus
-from nats.aio.msg import Msg
 
 from swarmbus.bus import (
     Bus,
     ConsumerStats,
     NatsSettings,
     PullConsumer,
-    RawHandler,
     StreamSettings,
     dead_letter_worker,
 )
@@ -104,7 +103,7 @@ class Swarm:
                 await agent.setup(bus)
             async with anyio.create_task_group() as tg:
                 for agent in self.agents:
-                    handler = _raw_handler(agent, bus)
+                    handler = functools.partial(agent._dispatch, bus)
                     for _ in range(agent.replicas):
                         consumer = PullConsumer(
                             bus, agent.name, handler, topics=agent.topics, settings=agent.consumer
@@ -199,12 +198,3 @@ class Swarm:
     ) -> bool | None:
         self.stop()
         return await self._cm_tg.__aexit__(et, e, tb)
-
-
-def _raw_handler(agent: Agent, bus: Bus) -> RawHandler:
-    max_bytes = agent.consumer.max_body_bytes
-
-    async def handle(msg: Msg) -> None:
-        await agent._dispatch(bus, msg, max_bytes)
-
-    return handle

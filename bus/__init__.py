@@ -5,7 +5,7 @@ from ._bus import Bus, ConsumerSettings, PublishResult, StoredMessage, StreamSet
 from ._client import CANCEL_BUCKET, WORKING, SwarmClient, WorkflowStatus, apply_event
 from ._codec import DecodeError, Envelope, decode, encode, output_msg_id
 from ._connect import BusUnavailableError, NatsSettings, connect
-from ._consumer import ConsumerStats, PullConsumer, RawHandler, dead_letter_worker
+from ._consumer import ConsumerStats, Delivery, PullConsumer, RawHandler, dead_letter_worker
 from ._control import DeadLetterReason, Reject, Retry
 from ._deadletter import dead_letter
 from ._embedded import EmbeddedServer, NatsServerNotFoundError, find_nats_server, free_port
@@ -20,6 +20,7 @@ __all__ = (
     "ConsumerStats",
     "DeadLetterReason",
     "DecodeError",
+    "Delivery",
     "EmbeddedServer",
     "Envelope",
     "KeyValueStore",

@@ -14,13 +14,14 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 import nats.errors
 import nats.js.errors
 import structlog
-from anyio.abc import TaskGroup, TaskStatus
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
@@ -33,9 +34,29 @@ from ._deadletter import (
     max_deliveries_filter,
 )
 
-__all__ = ["ConsumerStats", "PullConsumer", "RawHandler", "dead_letter_worker"]
+__all__ = ["ConsumerStats", "Delivery", "PullConsumer", "RawHandler", "dead_letter_worker"]
 
-RawHandler = Callable[[Msg], Awaitable[None]]
+
+class Delivery(NamedTuple):
+    """Read off the message's ack subject, without parsing all its metadata."""
+
+    delivered: int
+    stream_seq: int
+
+    @classmethod
+    def of(cls, msg: Msg) -> Delivery:
+        # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>, or the v2 form
+        # with <domain>.<account hash> after ACK (and a random token at the end).
+        tokens = (msg.reply or "").split(".")
+        base = 2 if len(tokens) == 9 else 4
+        try:
+            return cls(int(tokens[base + 2]), int(tokens[base + 3]))
+        except (IndexError, ValueError):
+            return cls(1, 0)
+
+
+RawHandler = Callable[[Msg, Delivery], Awaitable[None]]
+"""Handles one message; ``Reject``/``Retry``/other exceptions decide its fate."""
 
 log = structlog.get_logger("swarmbus.consumer")
 
@@ -88,13 +109,14 @@ class PullConsumer:
         self._dead_letter_on_reject = dead_letter_on_reject
         self._deliver_all = deliver_all
         self._in_flight: dict[int, tuple[Msg, float]] = {}
+        self._send: MemoryObjectSendStream[Msg] | None = None
         self._credit = 0
         self._last_activity = 0.0
         self._want_pull = anyio.Event()
         self._idle = anyio.Event()
         self._idle.set()
         self._stopping = anyio.Event()
-        self._handlers: TaskGroup | None = None
+        self._accepting = False
         self._sub: Subscription | None = None
         self._seen_reconnects = 0
 
@@ -110,18 +132,28 @@ class PullConsumer:
     ) -> None:
         """Consume until ``stop()``; then let in-flight work finish within ``grace_s``,
         nak what is left, and return. Signals readiness once subscribed."""
-        async with anyio.create_task_group() as handlers:
-            self._handlers = handlers
+        # Delivered messages go to `concurrency` long-lived workers (a task per message
+        # cost ~40 us each); credit never exceeds free slots, so sending never blocks.
+        send, recv = anyio.create_memory_object_stream[Msg](self.settings.concurrency)
+        async with send, recv, anyio.create_task_group() as handlers:
+            self._send = send
             handlers.start_soon(self._keepalive)
-            await self._supervise(task_status)
-            with anyio.move_on_after(grace_s):
-                await self._idle.wait()
-            if self._in_flight:
-                log.warning("grace period over, nak in-flight", n=len(self._in_flight))
-                with anyio.CancelScope(shield=True):
-                    for msg, _ in list(self._in_flight.values()):
-                        await _quietly(msg.nak())
-            handlers.cancel_scope.cancel()
+            for _ in range(self.settings.concurrency):
+                handlers.start_soon(self._worker, recv)
+            self._accepting = True
+            try:
+                await self._supervise(task_status)
+                with anyio.move_on_after(grace_s):
+                    await self._idle.wait()
+            finally:
+                self._accepting = False
+                if self._in_flight:
+                    log.warning("nak in-flight work", consumer=self.durable,
+                                n=len(self._in_flight))
+                    with anyio.CancelScope(shield=True):
+                        for msg, _ in list(self._in_flight.values()):
+                            await _quietly(msg.nak())
+                handlers.cancel_scope.cancel()
 
     async def _supervise(self, task_status: TaskStatus[None]) -> None:
         started = False
@@ -218,26 +250,42 @@ class PullConsumer:
             self._want_pull.set()
             return
         self._credit = max(0, self._credit - 1)
-        if self._handlers is None or self._stopping.is_set():
+        if not self._accepting or self._stopping.is_set():
             await _quietly(msg.nak())
             return
-        key = id(msg)
-        self._in_flight[key] = (msg, time.monotonic())
-        self._idle = anyio.Event() if self._idle.is_set() else self._idle
-        self._handlers.start_soon(self._handle, key, msg)
+        self._in_flight[id(msg)] = (msg, time.monotonic())
+        if self._idle.is_set():
+            self._idle = anyio.Event()
+        try:
+            assert self._send is not None
+            self._send.send_nowait(msg)
+        except (anyio.WouldBlock, anyio.ClosedResourceError):  # more than asked, or stopping
+            self._settled(msg)
+            await _quietly(msg.nak())
 
     # -- handling ----------------------------------------------------------------------------
 
-    async def _handle(self, key: int, msg: Msg) -> None:
+    async def _worker(self, recv: MemoryObjectReceiveStream[Msg]) -> None:
+        async for msg in recv:
+            await self._handle(msg)
+
+    def _settled(self, msg: Msg) -> None:
+        self._in_flight.pop(id(msg), None)
+        self.stats.in_flight = len(self._in_flight)
+        if not self._in_flight:
+            self._idle.set()
+
+    async def _handle(self, msg: Msg) -> None:
         self.stats.in_flight = len(self._in_flight)
         try:
-            delivered = _num_delivered(msg)
+            delivery = Delivery.of(msg)
+            delivered = delivery.delivered
             if delivered > 1:
                 self.stats.redelivered += 1
             try:
-                await self.handler(msg)
+                await self.handler(msg, delivery)
             except Reject as e:
-                await self._reject(msg, e, delivered)
+                await self._reject(msg, e, delivery)
             except Retry as e:
                 self.stats.retried += 1
                 await msg.nak(delay=e.delay_s if e.delay_s is not None else self._delay(delivered))
@@ -252,21 +300,18 @@ class PullConsumer:
         except (nats.errors.Error, OSError) as e:
             log.warning("could not settle message; JetStream will redeliver", error=repr(e))
         finally:
-            self._in_flight.pop(key, None)
-            self.stats.in_flight = len(self._in_flight)
-            if not self._in_flight:
-                self._idle.set()
+            self._settled(msg)
             if self._free() >= 1:
                 self._want_pull.set()
 
-    async def _reject(self, msg: Msg, e: Reject, delivered: int) -> None:
+    async def _reject(self, msg: Msg, e: Reject, delivery: Delivery) -> None:
+        delivered = delivery.delivered
         if self._dead_letter_on_reject:
             try:
-                md = msg.metadata
                 await dead_letter(
                     self.bus, msg.subject, msg.data, dict(msg.headers or {}), reason=e.reason,
                     error=e.detail, agent=self.durable, deliveries=delivered,
-                    stream_seq=md.sequence.stream if md.sequence else None,
+                    stream_seq=delivery.stream_seq or None,
                 )
             except Exception as err:  # dead-letter publish failed: try again later
                 log.warning("dead-letter failed, retrying later", error=repr(err))
@@ -291,13 +336,6 @@ class PullConsumer:
                     await _quietly(msg.in_progress())
 
 
-def _num_delivered(msg: Msg) -> int:
-    try:
-        return int(msg.metadata.num_delivered or 1)
-    except Exception:
-        return 1
-
-
 async def _quietly(aw: Awaitable[Any]) -> None:
     with contextlib.suppress(nats.errors.Error, OSError):
         await aw
@@ -310,7 +348,7 @@ def dead_letter_worker(bus: Bus, *, settings: ConsumerSettings | None = None) ->
     no process was listening is still handled once any swarm process runs.
     """
 
-    async def handle(msg: Msg) -> None:
+    async def handle(msg: Msg, delivery: Delivery) -> None:
         await handle_max_deliveries_advisory(bus, msg)
 
     return PullConsumer(

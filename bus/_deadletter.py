@@ -50,8 +50,10 @@ async def dead_letter(
 ) -> None:
     """Publish a ``DeadLetter`` for a message on ``swarm.<ns>.<workflow>.deadletter``.
 
-    The id is derived from the stream sequence, so replicas racing to dead-letter
-    the same message store it once. Dead letters are never dead-lettered again.
+    The id is derived from the stream sequence and the agent type, so replicas
+    racing to dead-letter the same message store it once, while each agent type
+    that gives up on it (fan-out) leaves its own record. Dead letters are never
+    dead-lettered again.
     """
     try:
         parsed: Subject | None = Subject.parse(original_subject)
@@ -73,7 +75,7 @@ async def dead_letter(
         deliveries=deliveries,
         stream_seq=stream_seq,
     )
-    ident = f"dl-{bus.stream_name}-{stream_seq}" if stream_seq else None
+    ident = f"dl-{bus.stream_name}-{stream_seq}-{agent}" if stream_seq else None
     msg_id = ident or f"dl-{hdrs.get(headers.MSG_ID, '')}-{agent}"
     await bus.publish(
         workflow, DEADLETTER_TOPIC, letter, msg_id=msg_id,

@@ -73,6 +73,11 @@ class Subject:
     def __str__(self) -> str:
         return f"{PREFIX}.{self.namespace}.{self.workflow_id}.{self.topic}"
 
+    @property
+    def prefix(self) -> str:
+        """``swarm.<namespace>.``: put a workflow id and topic after it."""
+        return f"{PREFIX}.{self.namespace}."
+
     @classmethod
     def parse(cls, value: str) -> Subject:
         """Split a concrete subject; raises ``SubjectError`` if it is not ours."""

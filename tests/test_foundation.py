@@ -23,6 +23,7 @@ from agent_proc import (
     Worker,
     done_by,
     numbers,
+    outputs,
     settled,
     spawn,
     until,
@@ -39,6 +40,8 @@ from swarmbus.bus import (
     DecodeError,
     EmbeddedServer,
     NatsSettings,
+    Reject,
+    Retry,
     decode,
     encode,
     free_port,
@@ -101,7 +104,7 @@ async def test_replicas_share_work_and_other_type_gets_everything(
             for i, path in enumerate(ev):
                 procs.append(spawn(nats_url, namespace, replica=f"r{i + 1}", events=path,
                                    concurrency=2))
-            with anyio.fail_after(20):
+            with anyio.fail_after(30):
                 await wait_announced(bus, "worker", [p.pid for p in procs])
                 await publish_jobs(bus, "w", [Job(n=i, sleep_s=0.05) for i in range(n)])
                 done = await wait_done(bus, "w", n)
@@ -125,7 +128,7 @@ async def test_kill_9_mid_handler_is_redelivered_to_other_replica(
         for r, path in ev.items():
             procs.append(spawn(nats_url, namespace, replica=r, events=path, ack_wait_s=1,
                                concurrency=1))
-        with anyio.fail_after(20):
+        with anyio.fail_after(30):
             await wait_announced(bus, "worker", [p.pid for p in procs])
             jobs = [Job(n=0, sleep_s=1.0)] + [Job(n=i, sleep_s=0.05) for i in range(1, 6)]
             await publish_jobs(bus, "w", jobs)
@@ -174,7 +177,7 @@ async def test_bad_input_is_dead_lettered_and_agent_goes_on(
         "bytes": (b"\xff\xfe{not json", job_type, "undecodable"),
         "schema": (b'{"n": "not a number"}', job_type, "invalid"),
         "type": (b'{"n": 1}', {headers.TYPE: "tests.NoSuchType/1"}, "unknown_type"),
-        "size": (json.dumps({"n": 1, "pad": "x" * 3000}).encode(), job_type, "oversize"),
+        "size": (json.dumps({"n": 1, "pad": "x" * 20_000}).encode(), job_type, "oversize"),
         "wrong": (TaskRequest(goal="g").model_dump_json().encode(),
                   {headers.TYPE: TaskRequest.swarm_type}, "invalid"),
     }
@@ -196,10 +199,25 @@ async def test_bad_input_is_dead_lettered_and_agent_goes_on(
             assert letter.reason == reason, wf
             assert letter.subject == subject(namespace, wf, "job")
             assert letter.body_size == len(body)
+            assert letter.body_truncated == (wf == "size")
             assert letter.agent == "worker" and letter.error
         (stats,) = swarm.stats()["worker"]
     assert sorted(worker.handled) == list(range(len(cases)))
     assert stats.dead_lettered == len(cases)
+
+
+async def test_each_agent_type_that_gives_up_leaves_its_own_dead_letter(
+    nats_url: str, namespace: str
+) -> None:
+    a, b = Worker(name="a", consumer=FAST), Worker(name="b", consumer=FAST)
+    async with Swarm([a, b], nats=nats_url, namespace=namespace) as swarm:
+        await swarm.bus.publish_raw(subject(namespace, "w", "job"), b"garbage")
+        with anyio.fail_after(10):
+            await until_true(lambda: sum(s.dead_lettered for (s,) in
+                                         [swarm.stats()["a"], swarm.stats()["b"]]) == 2)
+        letters = await outputs(swarm.bus, "w", "deadletter")
+    assert sorted((d.agent, d.reason) for d in letters if isinstance(d, DeadLetter)) == [
+        ("a", "undecodable"), ("b", "undecodable")]
 
 
 @pytest.mark.slow
@@ -219,7 +237,6 @@ async def test_message_that_kills_its_process_ends_in_deadletter(
                 await wait_announced(bus, "worker", [proc.pid])
                 if not deaths:
                     await publish_jobs(bus, "w", [Job(n=7, die=True)])
-
 
                 async def died_or_dead_lettered(p: subprocess.Popen[bytes] = proc) -> object:
                     return p.poll() is not None or await bus.last("w", "deadletter")
@@ -285,6 +302,33 @@ async def test_handler_that_always_fails_ends_in_deadletter(
     assert isinstance(letter, DeadLetter)
     assert (letter.reason, letter.deliveries, letter.agent) == ("max_deliveries", 3, "broken")
     assert attempts == [1, 2, 3], "nak'ed with a delay, redelivered until max_deliver"
+
+
+async def test_handler_decides_retry_or_reject(nats_url: str, namespace: str) -> None:
+    seen: list[tuple[int, int]] = []
+
+    class Picky(Agent):
+        @handles("job")
+        async def on_job(self, msg: Job, ctx: Context[Job]) -> None:
+            seen.append((msg.n, ctx.deliveries))
+            if msg.n == 1 and ctx.deliveries == 1:
+                raise Retry("not yet", delay_s=0.05)
+            if msg.n == 2:
+                raise Reject("never: n == 2")
+            await ctx.publish(Done(n=msg.n, agent="picky", replica="x"))
+
+    # An ack wait far beyond the bound: the retry comes from the nak's delay.
+    picky = Picky(consumer=FAST.model_copy(update={"ack_wait_s": 60}))
+    async with Swarm([picky], nats=nats_url, namespace=namespace) as swarm:
+        await publish_jobs(swarm.bus, "w", [Job(n=1), Job(n=2)])
+        with anyio.fail_after(10):
+            stored = await until(partial(swarm.bus.last, "w", "deadletter"))
+            (done,) = await wait_done(swarm.bus, "w", 1, agent="picky")
+    letter = stored.decode().message
+    assert isinstance(letter, DeadLetter)
+    assert (letter.reason, letter.error, letter.deliveries) == ("rejected", "never: n == 2", 1)
+    assert done.n == 1
+    assert sorted(seen) == [(1, 1), (1, 2), (2, 1)]
 
 
 @pytest.mark.slow
