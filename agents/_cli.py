@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import signal
+import socket
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -22,6 +24,7 @@ from swarmbus.bus import (
 )
 from swarmbus.protocols import (
     AgentAnnouncement,
+    ConfigError,
     Limits,
     SwarmbusError,
     TaskRequest,
@@ -114,6 +117,11 @@ async def cmd_up(args: argparse.Namespace) -> int:
     agents = build_agents(cfg)
     server: EmbeddedServer | None = None
     if cfg.embedded and "servers" not in cfg.nats.model_fields_set:
+        if _port_in_use("127.0.0.1", 4222):
+            raise ConfigError(
+                "127.0.0.1:4222 is taken (another NATS or swarmbus up?): pass "
+                "--nats nats://127.0.0.1:4222 to join that server"
+            )
         server = EmbeddedServer(port=4222, data_dir=cfg.data_dir / "nats")
         await server.start()
         print(f"embedded nats-server on {server.url} (data in {server.data_dir})",
@@ -268,8 +276,15 @@ async def cmd_nats(args: argparse.Namespace) -> int:
     async with EmbeddedServer(port=args.port, data_dir=args.data_dir) as server:
         print(f"nats-server with JetStream on {server.url} (data in {server.data_dir}); "
               "Ctrl-C stops it", file=sys.stderr)
-        await anyio.sleep_forever()
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for _ in signals:
+                break  # leaving the block stops the server: never leave it orphaned
     return 0
+
+
+def _port_in_use(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex((host, port)) == 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

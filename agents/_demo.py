@@ -186,8 +186,12 @@ def _reviewer(request: ModelRequest[Any]) -> Verdict:
 
 def offline_models(*, latency_s: float = 0.0) -> dict[str, Model]:
     """Scripted models for the three roles (no keys, no network)."""
+    keep = 100  # `swarmbus up --offline` may run for days: keep only the last requests
     return {
-        "architect": FunctionModel(_architect, name="scripted:architect", latency_s=latency_s),
-        "coder": FunctionModel(_coder, name="scripted:coder", latency_s=latency_s),
-        "reviewer": FunctionModel(_reviewer, name="scripted:reviewer", latency_s=latency_s),
+        "architect": FunctionModel(_architect, name="scripted:architect", latency_s=latency_s,
+                                   keep_requests=keep),
+        "coder": FunctionModel(_coder, name="scripted:coder", latency_s=latency_s,
+                               keep_requests=keep),
+        "reviewer": FunctionModel(_reviewer, name="scripted:reviewer", latency_s=latency_s,
+                                  keep_requests=keep),
     }

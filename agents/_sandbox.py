@@ -117,7 +117,8 @@ async def run_tests(
     if problems:
         lines = "\n".join(f"[sandbox] rejected {p}" for p in problems)
         return TestReport(errors=len(problems), output=f"{lines}\n[sandbox] nothing was run")
-    mkdtemp = partial(tempfile.mkdtemp, prefix="swarmbus-sandbox-")
+    await anyio.to_thread.run_sync(_remove_stale_dirs)
+    mkdtemp = partial(tempfile.mkdtemp, prefix=f"{_PREFIX}{os.getpid()}-")
     root = Path(await anyio.to_thread.run_sync(mkdtemp))
     try:
         try:
@@ -128,6 +129,29 @@ async def run_tests(
     finally:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(_remove, root)
+
+
+_PREFIX = "swarmbus-sandbox-"
+
+
+@cache
+def _remove_stale_dirs() -> None:
+    """Once per process: remove sandbox directories whose owner process is gone
+    (a reviewer killed with SIGKILL cannot clean up after itself)."""
+    for path in Path(tempfile.gettempdir()).glob(f"{_PREFIX}*-*"):
+        owner = path.name[len(_PREFIX):].split("-", 1)[0]
+        if owner.isdigit() and not _alive(int(owner)):
+            _remove(path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _bad_path(path: str) -> str | None:
@@ -269,6 +293,7 @@ def _command(layout: _Layout, limits: SandboxLimits, python: str) -> list[str]:
         "memory_mb": limits.memory_mb, "file_size_mb": limits.file_size_mb,
         "max_processes": limits.max_processes, "max_open_files": limits.max_open_files,
         "allow_network": limits.allow_network, "require_landlock": limits.require_landlock,
+        "parent": os.getpid(),
     }  # fmt: skip
     plugins = [arg for name in limits.pytest_plugins for arg in ("-p", name)]
     dump_after = max(limits.timeout_s / 2, limits.timeout_s - 10)  # name the stuck test
@@ -457,6 +482,10 @@ if problem:
         sys.stderr.write("[sandbox] refusing to run without Landlock: %s\n" % problem)
         sys.exit(3)
     sys.stderr.write("[sandbox] %s; writes are guarded by an audit hook only\n" % problem)
+if sys.platform == "linux":  # die with the agent: a SIGKILLed reviewer leaves no orphan
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != cfg["parent"]:
+        sys.exit(4)
 os.execv(sys.argv[2], sys.argv[2:])
 """
 

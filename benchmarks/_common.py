@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import statistics
 import subprocess
@@ -130,7 +131,7 @@ class Worker:
             self.proc.wait()
         if self.log is not None:
             text = self.log.read_text(errors="replace")
-            bad = [ln for ln in text.splitlines() if "error" in ln.lower() or "Traceback" in ln]
+            bad = [ln for ln in text.splitlines() if _bad_log_line(ln)]
             if bad:
                 print(
                     f"  [{self.kind}/{self.name} log has errors]\n" + "\n".join(bad[:10]),
@@ -139,13 +140,28 @@ class Worker:
             self.log.unlink(missing_ok=True)
 
 
+def _bad_log_line(line: str) -> bool:
+    """A traceback, a JSON log line at level error/critical, or another line saying error
+    (JSON lines are judged by their level only: ``"errors": 0`` is not an error)."""
+    if "Traceback" in line:
+        return True
+    if line.startswith("{"):
+        try:
+            level = json.loads(line).get("level", "")
+        except ValueError:
+            return "error" in line.lower()
+        return level in ("error", "critical", "exception")
+    return "error" in line.lower()
+
+
 def proc_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process (Linux /proc)."""
+    """User + system CPU seconds of a process and of its reaped children (e.g. the
+    sandbox's pytest processes), from Linux /proc."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 # -- the driver ----------------------------------------------------------------------------
@@ -172,6 +188,8 @@ class Driver:
         self.size = size
         self._pending: dict[str, asyncio.Future[float]] = {}
         self._run = 0
+        self.last_wf = ""
+        """The workflow id of the last flow that completed."""
 
     @classmethod
     async def connect(
@@ -216,6 +234,7 @@ class Driver:
         except TimeoutError:
             self._pending.pop(wf, None)
             raise RuntimeError(f"flow {wf} got no output within 60 s") from None
+        self.last_wf = wf
         return t1 - t0
 
     async def sequential(self, n: int) -> list[float]:
@@ -256,9 +275,12 @@ async def measure(
     out_topic: str,
     a: Any,
     message: Callable[[int, int], Message] = work,
+    after: After | None = None,
 ) -> Result:
     """Fresh namespace, start the path's workers, warm up, then the sequential run and
-    the in-flight run (``a.seq``, ``a.n``, ``a.inflight``, ``a.warmup``, ``a.size``)."""
+    the in-flight run (``a.seq``, ``a.n``, ``a.inflight``, ``a.warmup``, ``a.size``).
+    ``after(url, namespace, workflow_id)``, if given, runs at the end with the last
+    completed flow's id; its text is ``Result.note``."""
     import uuid
 
     from swarmbus.bus import Bus
@@ -288,6 +310,7 @@ async def measure(
             c2, s2 = cpu()
         finally:
             await d.aclose()
+        note = await after(url, ns, d.last_wf) if after is not None else ""
     finally:
         for w in workers:
             await asyncio.to_thread(w.stop)
@@ -300,17 +323,29 @@ async def measure(
         worker_cpu_us_seq=(c1 - c0) / a.seq * 1e6,
         worker_cpu_us_load=(c2 - c1) / a.n * 1e6,
         server_cpu_us_load=(s2 - s1) / a.n * 1e6,
+        note=note,
     )
+
+
+After = Callable[[str, str, str], Coroutine[Any, Any, str]]
+"""(url, namespace, a completed flow's workflow id) -> a note on the run (e.g. message
+sizes read back from the stream)."""
 
 
 @dataclass(frozen=True)
 class PathSpec:
-    """One way of doing the work: its workers, where flows enter and leave, the input."""
+    """One way of doing the work: its workers, where flows enter and leave, the input.
+
+    ``targets``: whether DESIGN.md's targets apply to this path against the raw
+    paths (not for a path that deliberately does extra work, e.g. the real sandbox).
+    """
 
     workers_for: WorkersFor
     in_topic: str
     out_topic: str
     message: Callable[[int, int], Message] = work
+    after: After | None = None
+    targets: bool = True
 
 
 async def bench_paths(
@@ -330,7 +365,14 @@ async def bench_paths(
             for kind in kinds if r % 2 == 0 else kinds[::-1]:
                 spec = paths[kind]
                 res = await measure(
-                    spec.workers_for, url, pid, spec.in_topic, spec.out_topic, a, spec.message
+                    spec.workers_for,
+                    url,
+                    pid,
+                    spec.in_topic,
+                    spec.out_topic,
+                    a,
+                    spec.message,
+                    spec.after if r == 0 else None,
                 )
                 per[kind].append(res)
                 print(
@@ -339,9 +381,20 @@ async def bench_paths(
                     f"{res.rate:,.0f} {unit}/s",
                     flush=True,
                 )
+                if res.note:
+                    print(res.note, flush=True)
         medians = {k: median_result(v) for k, v in per.items()}
         print(f"\nmedians of {a.rounds} round(s):\n")
-        print(report(medians, unit=unit, p50_target=p50_target, rate_target=rate_target))
+        no_targets = {k for k, spec in paths.items() if not spec.targets}
+        print(
+            report(
+                medians,
+                unit=unit,
+                p50_target=p50_target,
+                rate_target=rate_target,
+                no_targets=no_targets,
+            )
+        )
         return medians
     finally:
         if server is not None:
@@ -369,10 +422,11 @@ class Result:
     worker_cpu_us_seq: float
     worker_cpu_us_load: float
     server_cpu_us_load: float
+    note: str = ""
 
 
 def median_result(rs: list[Result]) -> Result:
-    fields_ = Result.__dataclass_fields__
+    fields_ = [f for f in Result.__dataclass_fields__ if f != "note"]
     return Result(**{f: statistics.median(getattr(r, f) for r in rs) for f in fields_})
 
 
@@ -391,14 +445,35 @@ def fmt_table(rows: list[list[str]]) -> str:
     return "\n".join(out)
 
 
-LABELS = {"raw": "raw fetch", "rawpull": "raw pull", "agent": "swarmbus"}
+LABELS = {
+    "raw": "raw fetch",
+    "rawpull": "raw pull",
+    "agent": "swarmbus",
+    "team": "team",
+    "team-sandbox": "team+sandbox",
+}
 
 
-def report(results: dict[str, Result], *, unit: str, p50_target: float, rate_target: float) -> str:
-    """The table: every path, then swarmbus over each raw path, then the verdicts."""
-    agent = results["agent"]
+def report(
+    results: dict[str, Result],
+    *,
+    unit: str,
+    p50_target: float,
+    rate_target: float,
+    no_targets: set[str] | frozenset[str] = frozenset(),
+) -> str:
+    """The table: every path, then each swarmbus path (``agent``, ``team``, ...)
+    over each raw path, then the verdicts (not for the paths in ``no_targets``)."""
     raws = [k for k in results if k.startswith("raw")]
-    rows = [["", *(LABELS.get(k, k) for k in results), *(f"swarmbus/{LABELS[k]}" for k in raws)]]
+    fws = [k for k in results if not k.startswith("raw")]
+    pairs = [(f, r) for f in fws for r in raws]
+    rows = [
+        [
+            "",
+            *(LABELS.get(k, k) for k in results),
+            *(f"{LABELS.get(f, f)}/{LABELS[r]}" for f, r in pairs),
+        ]
+    ]
     u = unit[:-1]
 
     def row(label: str, attr: str, f: str) -> None:
@@ -407,7 +482,7 @@ def report(results: dict[str, Result], *, unit: str, p50_target: float, rate_tar
             [
                 label,
                 *(format(v, f) for v in vals.values()),
-                *(f"{vals['agent'] / vals[k]:.2f}x" for k in raws),
+                *(f"{vals[fw] / vals[r]:.2f}x" for fw, r in pairs),
             ]
         )
 
@@ -420,12 +495,15 @@ def report(results: dict[str, Result], *, unit: str, p50_target: float, rate_tar
     row(f"worker CPU us/{u}, in flight", "worker_cpu_us_load", ".0f")
     row(f"server CPU us/{u}, in flight", "server_cpu_us_load", ".0f")
     lines = [fmt_table(rows), ""]
-    for k in raws:
-        r = results[k]
-        p50_ratio = agent.seq_p50_ms / r.seq_p50_ms
-        rate_ratio = agent.rate / r.rate
+    for fw, k in pairs:
+        if fw in no_targets:
+            continue
+        r, mine = results[k], results[fw]
+        p50_ratio = mine.seq_p50_ms / r.seq_p50_ms
+        rate_ratio = mine.rate / r.rate
+        who = "" if fws == ["agent"] else f"{LABELS.get(fw, fw)} "
         lines.append(
-            f"vs {LABELS[k]:9}: p50 {p50_ratio:.2f}x (target <= {p50_target}x) "
+            f"{who}vs {LABELS[k]:9}: p50 {p50_ratio:.2f}x (target <= {p50_target}x) "
             f"{'MET' if p50_ratio <= p50_target else 'MISSED'}; "
             f"throughput {rate_ratio:.2f} (target >= {rate_target:.2f}) "
             f"{'MET' if rate_ratio >= rate_target else 'MISSED'}"
@@ -464,6 +542,7 @@ def quiet_driver_logs() -> None:
 
 
 __all__ = [
+    "After",
     "Driver",
     "PathSpec",
     "Result",

@@ -1,10 +1,13 @@
-"""One benchmark stage in its own process: ``python _worker.py raw|rawpull|agent ...``.
+"""One benchmark stage in its own process: ``python _worker.py raw|rawpull|agent|team ...``.
 
 ``agent`` runs a swarmbus ``Agent`` (typed handler, ``ctx.publish``) in a
 ``Swarm`` with its defaults (dead-letter worker and announcements on);
 ``raw`` runs ``_raw.run_raw_stage`` (nats-py ``fetch``), ``rawpull`` runs
-``_raw.run_rawpull_stage`` (hand-rolled standing pull requests). All print
-``BENCH-READY`` once their consumer is subscribed and stop on SIGTERM.
+``_raw.run_rawpull_stage`` (hand-rolled standing pull requests); ``team`` runs
+the real Architect / Coder / Reviewer roles named by ``--roles`` in one
+``Swarm`` on scripted models (``_team.run_team``; ``--latency``,
+``--sandbox``), logging like ``swarmbus up`` (JSON lines, ``--log-level``).
+All print ``BENCH-READY`` once their consumer is subscribed and stop on SIGTERM.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import asyncio
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -63,7 +67,7 @@ async def run_agent_stage(
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("kind", choices=["raw", "rawpull", "agent"])
+    p.add_argument("kind", choices=["raw", "rawpull", "agent", "team"])
     p.add_argument("--url", required=True)
     p.add_argument("--namespace", required=True)
     p.add_argument("--name", required=True)
@@ -73,8 +77,34 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--uvloop", action="store_true")
     p.add_argument("--profile", help="write a cProfile of the worker to this file")
+    team = p.add_argument_group("team")
+    team.add_argument("--roles", default="architect,coder,reviewer", help="comma-separated")
+    team.add_argument("--latency", type=float, default=0.0, help="model latency, seconds")
+    team.add_argument("--sandbox", action="store_true", help="real sandbox (default: skipped)")
+    team.add_argument("--log-level", default="INFO", help="structlog level (INFO as `up`)")
+    team.add_argument("--ack-wait", type=float, default=30.0, help="consumer ack wait, seconds")
     a = p.parse_args()
-    fn = {"raw": run_raw_stage, "rawpull": run_rawpull_stage, "agent": run_agent_stage}[a.kind]
+    fn: Any
+    if a.kind == "team":
+        from _team import run_team
+
+        from swarmbus.agents._logging import configure_logging
+
+        configure_logging("json", level=a.log_level)
+
+        async def fn(url: str, ns: str, *_: str, concurrency: int, batch: int) -> None:
+            await run_team(
+                url,
+                ns,
+                a.roles.split(","),
+                concurrency=concurrency,
+                batch=batch,
+                latency_s=a.latency,
+                sandbox=a.sandbox,
+                ack_wait_s=a.ack_wait,
+            )
+    else:
+        fn = {"raw": run_raw_stage, "rawpull": run_rawpull_stage, "agent": run_agent_stage}[a.kind]
 
     def go() -> None:
         run(

@@ -21,12 +21,22 @@ Paths (``--paths``, all in the same run on the same server):
   zero-cost handler, i.e. what the architect -> coder -> reviewer pipeline
   costs on top of its models, minus its roles' own logic.
 
-Targets (DESIGN.md section 10): >= 85% of the raw pipeline's flows/s, <= 1.2x
-its sequential p50.
+- ``team``: the real ``Architect`` -> ``Coder`` -> ``Reviewer`` roles, a
+  process each (``_team.py``), on zero-latency scripted models (fixed small
+  replies), response cache off (every workflow makes 3 model calls), logging
+  like ``swarmbus up`` (JSON lines at INFO). The driver publishes a
+  ``TaskRequest`` (goal of ``--size`` bytes) on ``task`` and waits for
+  ``result``. The reviewer's sandbox is **skipped** (``SandboxSkippedReviewer``,
+  benchmark-only: a fixed passing ``TestReport``), so this is the framework's
+  cost for the real roles -- issue 4 item 11a;
+- ``team-sandbox``: the same with the real ``Reviewer`` (the coder's tests run
+  in the sandbox, a pytest subprocess per review): the end-to-end cost, which
+  the sandbox dominates. No targets apply. Run it separately with small counts
+  (see ``benchmarks/README.md``).
 
-EXTENSION POINT (issue 4, item 11a): the real architect -> coder -> reviewer
-team with zero-latency scripted models. See ``team_workers`` below: give it
-the processes to start (one per role) and add ``"team"`` to ``--paths``.
+Targets (DESIGN.md section 10): >= 85% of the raw pipeline's flows/s, <= 1.2x
+its sequential p50 -- stated for the architect -> coder -> reviewer pipeline,
+i.e. ``team`` against ``raw``.
 """
 
 from __future__ import annotations
@@ -78,19 +88,43 @@ def stage_workers(kind: str, a: argparse.Namespace) -> WorkersFor:
     return make
 
 
-# -- EXTENSION POINT: the architect -> coder -> reviewer team ---------------------------------
-#
-# To benchmark the real team (issue 4, item 11a), return one ``Worker``-like
-# process per role (architect, coder, reviewer), each running a ``Swarm`` with
-# its role agent on a zero-latency scripted model that approves at once (add a
-# ``team-<role>`` kind to ``_worker.py``, or any object with the ``Worker``
-# methods start / wait_ready / cpu_s / stop). The driver publishes a
-# ``TaskRequest`` on ``task`` (``team_message``) and waits for ``result``.
+# -- the architect -> coder -> reviewer team (issue 4, item 11a) ------------------------------
+
+TEAM = {
+    "architect": ("task", "design"),
+    "coder": ("design", "code"),
+    "reviewer": ("code", "result"),
+}
+"""Each role's process, with the topic it takes and the one it publishes (approve: result)."""
 
 
-def team_workers(a: argparse.Namespace) -> WorkersFor:
+def team_workers(a: argparse.Namespace, *, sandbox: bool = False) -> WorkersFor:
+    """One ``_worker.py team --roles <role>`` process per role (``_team.run_team``)."""
+    kind = "team-sandbox" if sandbox else "team"
+
     def make(url: str, ns: str) -> list[Worker]:
-        raise NotImplementedError("plug the architect/coder/reviewer processes in here")
+        out = []
+        for role, (in_topic, out_topic) in TEAM.items():
+            extra = ["--roles", role, "--log-level", a.team_log_level]
+            if sandbox:
+                extra.append("--sandbox")
+            if a.profile:
+                extra += ["--profile", f"{a.profile}.{kind}.{role}"]
+            out.append(
+                Worker(
+                    "team",
+                    url,
+                    ns,
+                    role,
+                    in_topic,
+                    out_topic,
+                    a.concurrency,
+                    a.batch,
+                    a.uvloop,
+                    extra=extra,
+                )
+            )
+        return out
 
     return make
 
@@ -99,14 +133,64 @@ def team_message(seq: int, size: int) -> Message:
     return TaskRequest(goal=f"benchmark task {seq}: " + "x" * max(0, size - 32))
 
 
+async def team_sizes(url: str, ns: str, wf: str) -> str:
+    """What one team workflow put on the wire (read back from the stream), what the
+    codec costs per message, and what one cancel-flag lookup costs (the roles do one
+    before every model call, the reviewer one more before the sandbox: 4 per flow)."""
+    import time
+
+    from _common import fmt_table, work
+
+    from swarmbus.bus import CANCEL_BUCKET, Bus, decode, encode
+
+    def per_call_us(fn: object, n: int = 300) -> float:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()  # type: ignore[operator]
+        return (time.perf_counter() - t0) / n * 1e6
+
+    rows = [["topic", "body B", "headers B", "decode us", "encode us"]]
+    async with await Bus.connect(url, namespace=ns) as bus:
+        history = await bus.history(wf)
+        for m in history:
+            topic = m.subject.split(".", 3)[3]
+            env = decode(m.subject, m.data, m.headers)
+            hdr_bytes = sum(len(k) + len(v) + 4 for k, v in m.headers.items())
+            dec = per_call_us(lambda m=m: decode(m.subject, m.data, m.headers))
+            enc = per_call_us(lambda env=env: encode(env.message, msg_id="x" * 32, round=1))
+            rows.append([topic, f"{len(m.data):,}", str(hdr_bytes), f"{dec:.0f}", f"{enc:.0f}"])
+        store = await bus.key_value(CANCEL_BUCKET)
+        t0 = time.perf_counter()
+        for i in range(200):
+            await store.get(f"{wf}-absent-{i}")
+        kv_us = (time.perf_counter() - t0) / 200 * 1e6
+    total = sum(len(m.data) for m in history)
+    return (
+        f"  team workflow {wf}: {len(history)} messages, {total:,} body bytes in all "
+        f"(a raw-path flow: 4 bodies of {len(work(0, 1024).model_dump_json()):,} B at "
+        f"--size 1024)\n"
+        + "\n".join("    " + ln for ln in fmt_table(rows).splitlines())
+        + f"\n    cancel-flag lookup (KV get of an absent key, sequential, idle): "
+        f"{kv_us:.0f} us each; the roles do 4 per flow"
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 
 
 async def bench(a: argparse.Namespace) -> None:
     paths: dict[str, PathSpec] = {}
     for kind in a.paths.split(","):
-        if kind == "team":
-            paths[kind] = PathSpec(team_workers(a), "task", "result", team_message)
+        if kind in ("team", "team-sandbox"):
+            sandbox = kind == "team-sandbox"
+            paths[kind] = PathSpec(
+                team_workers(a, sandbox=sandbox),
+                "task",
+                "result",
+                team_message,
+                after=team_sizes,
+                targets=not sandbox,
+            )
         else:
             paths[kind] = PathSpec(stage_workers(kind, a), TOPICS[0], TOPICS[-1])
     await bench_paths(paths, a, unit="flows", p50_target=1.2, rate_target=0.85)
@@ -128,9 +212,17 @@ def main() -> None:
     p.add_argument(
         "--paths",
         default="raw,rawpull,agent",
-        help="comma-separated: raw (nats-py fetch), rawpull, agent, team",
+        help="comma-separated: raw (nats-py fetch), rawpull, agent (trivial Agents), team "
+        "(real roles, sandbox skipped), team-sandbox (real roles and sandbox)",
     )
-    p.add_argument("--profile", help="cProfile each stage to PROFILE.<path>.stage<i>")
+    p.add_argument(
+        "--team-log-level",
+        default="INFO",
+        help="log level of the team's role processes (INFO, as `swarmbus up`)",
+    )
+    p.add_argument(
+        "--profile", help="cProfile each stage to PROFILE.<path>.stage<i> (team: .<role>)"
+    )
     a = p.parse_args()
     if a.quick:
         a.rounds, a.seq, a.n, a.warmup = 1, 200, 2000, 30

@@ -6,8 +6,8 @@ import pytest
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
+def anyio_backend() -> tuple[str, dict[str, bool]]:
+    return ("asyncio", {"debug": True})  # asyncio debug mode: hostile tests
 
 
 # A stray real model call fails the test (tests/models re-allows calls to its loopback fakes).

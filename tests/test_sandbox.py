@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import textwrap
 import time
 import uuid
@@ -24,8 +26,8 @@ needs_landlock = pytest.mark.skipif(landlock_abi() < 1, reason="kernel without L
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
+def anyio_backend() -> tuple[str, dict[str, bool]]:
+    return ("asyncio", {"debug": True})  # asyncio debug mode: hostile tests
 
 
 async def run(
@@ -388,3 +390,66 @@ def test_limits_are_validated() -> None:
         SandboxLimits(timeout_s=0)
     with pytest.raises(pydantic.ValidationError):
         SandboxLimits(memroy_mb=10)  # type: ignore[call-arg]
+
+
+_ORPHAN_DRIVER = """
+import sys, anyio
+from swarmbus.agents._sandbox import SandboxLimits, run_tests
+from swarmbus.protocols import SourceFile
+test = "import time\\n\\ndef test_sleeps():\\n    print('SANDBOX-STARTED', flush=True)\\n" \\
+       "    time.sleep(120)\\n"
+anyio.run(lambda: run_tests([SourceFile(path="test_s.py", content=test)],
+                            limits=SandboxLimits(timeout_s=100)))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux", reason="parent-death signal is Linux-only")
+async def test_sigkilled_owner_leaves_no_orphan_and_its_dir_is_swept(tmp_path: Path) -> None:
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    owner = subprocess.Popen([sys.executable, "-c", _ORPHAN_DRIVER], env=env)
+    try:
+        with anyio.fail_after(30):
+            while not list(tmp_path.glob(f"swarmbus-sandbox-{owner.pid}-*")) or not _sandboxed(
+                owner.pid
+            ):
+                await anyio.sleep(0.05)
+        children = _sandboxed(owner.pid)
+        owner.kill()
+        owner.wait()
+        with anyio.fail_after(10):  # PR_SET_PDEATHSIG: the sandbox dies with its owner
+            while any(_exists(pid) for pid in children):
+                await anyio.sleep(0.05)
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+    stale = list(tmp_path.glob(f"swarmbus-sandbox-{owner.pid}-*"))
+    assert stale, "a SIGKILLed owner cannot remove its sandbox directory"
+    proc = subprocess.run(
+        [sys.executable, "-c", "import anyio\nfrom swarmbus.agents._sandbox import run_tests\n"
+         "anyio.run(run_tests, [])"],
+        env=env, check=True, timeout=60,
+    )
+    assert proc.returncode == 0
+    assert not any(p.exists() for p in stale), "the next sandbox run sweeps dead owners' dirs"
+
+
+def _sandboxed(owner: int) -> list[int]:
+    """Direct children of ``owner`` (the sandboxed interpreter)."""
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == owner:
+            out.append(int(pid))
+    return out
+
+
+def _exists(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from abc import ABC, abstractmethod
@@ -53,11 +54,18 @@ class ModelRequest(Generic[T]):
             "model": model_name,
             "system": self.system,
             "messages": [m.model_dump() for m in self.messages],
-            "output_schema": self.output_type.model_json_schema(),
             "settings": self.settings.model_dump(),
         }
-        blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
-        return hashlib.sha256(blob).hexdigest()
+        h = hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode())
+        h.update(_schema_digest(self.output_type))
+        return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=256)
+def _schema_digest(output_type: type[BaseModel]) -> bytes:
+    # Building a JSON schema costs ~300 us (pydantic does not cache it); a type's is fixed.
+    schema = json.dumps(output_type.model_json_schema(), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(schema.encode()).digest()
 
 
 @dataclass(frozen=True, slots=True)

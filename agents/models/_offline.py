@@ -55,12 +55,13 @@ def _as_text(reply: Reply) -> str:
 class _OfflineModel(Model):
     """Validates replies like a real provider: one repair, then ``OutputValidationError``."""
 
-    def __init__(self, name: str, *, latency_s: float) -> None:
+    def __init__(self, name: str, *, latency_s: float, keep_requests: int | None = None) -> None:
         self.provider, self.model = _split(name)
         self.name = name
         self.latency_s = latency_s
-        self.requests: list[ModelRequest[Any]] = []
-        """Every request seen, including repair requests, for assertions in tests."""
+        self.requests: deque[ModelRequest[Any]] = deque(maxlen=keep_requests)
+        """Every request seen (the last ``keep_requests`` if set), including repair
+        requests, for assertions in tests."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
@@ -146,12 +147,15 @@ class FunctionModel(_OfflineModel):
     The function sees the whole request (system prompt, messages, output type),
     so it can write a reply that depends on it, or raise to simulate a failure.
     A repair request carries the validation error as its last user message.
+    A model that runs in a long-lived process (``swarmbus up --offline``) should
+    bound ``keep_requests``, or ``requests`` grows with every call.
     """
 
     def __init__(
-        self, function: ReplyFunction, *, name: str = "function:model", latency_s: float = 0.0
+        self, function: ReplyFunction, *, name: str = "function:model", latency_s: float = 0.0,
+        keep_requests: int | None = None,
     ) -> None:
-        super().__init__(name, latency_s=latency_s)
+        super().__init__(name, latency_s=latency_s, keep_requests=keep_requests)
         self._function = function
 
     async def _reply(self, request: ModelRequest[Any]) -> Reply:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from functools import cache
 from importlib import resources
 
@@ -46,10 +47,17 @@ def render_state(state: WorkState, *, for_role: str) -> str:
     return "\n".join(parts)
 
 
+# pytest ends its summary with the run's wall time ("1 passed in 0.08s"). Left in, it
+# would change the reviewer's request, so its cache key, on every run: a redelivered
+# review would pay the model again for the answer it already has.
+_DURATION = re.compile(r" in \d+(?:\.\d+)?s(?: \(\d+:\d\d:\d\d\))?(?=[ =]*$)", re.M)
+
+
 def _report(r: TestReport) -> str:
     head = (
         f"exit code {r.exit_code}, passed {r.passed}, failed {r.failed}, errors {r.errors}"
         + (", TIMED OUT" if r.timed_out else "")
     )
     failed = "\n".join(f"- {name}" for name in r.failed_tests)
-    return f"{head}\n{failed}\n\nOutput:\n```\n{r.output}\n```"
+    output = _DURATION.sub("", r.output)
+    return f"{head}\n{failed}\n\nOutput:\n```\n{output}\n```"

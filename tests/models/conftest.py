@@ -13,8 +13,8 @@ from swarmbus.agents.models import block_real_models
 KEY_ENVS = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY")
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
+def anyio_backend() -> tuple[str, dict[str, bool]]:
+    return ("asyncio", {"debug": True})  # asyncio debug mode: hostile tests
 
 
 @pytest.fixture
