@@ -129,7 +129,7 @@ class Bus:
         Raises ``BusUnavailableError`` when NATS cannot be reached in time.
         """
         if isinstance(settings, str):
-            settings = NatsSettings(servers=[settings])
+            settings = NatsSettings(servers=settings)  # "nats://a:4222,nats://b:4222" too
         holder: list[Bus] = []
 
         async def reconnected() -> None:
@@ -153,10 +153,15 @@ class Bus:
         return bus
 
     async def setup(self) -> None:
-        """Create or update the stream and the advisory stream (idempotent)."""
+        """Create or update the stream and the advisory stream (idempotent).
+
+        Settings that leave ``replicas`` unset (a client without swarm.yaml) adopt the
+        existing stream's replicas instead of scaling an R3 stream down to 1.
+        """
         s = self.stream
         storage = api.StorageType.FILE if s.storage == "file" else api.StorageType.MEMORY
-        await self._ensure_stream(
+        keep = "replicas" not in s.model_fields_set
+        replicas = await self._ensure_stream(
             api.StreamConfig(
                 name=self.stream_name,
                 subjects=[namespace_filter(self.namespace)],
@@ -167,8 +172,11 @@ class Bus:
                 max_msg_size=s.max_msg_bytes,
                 duplicate_window=s.duplicate_window_s,
                 allow_direct=True,
-            )
+            ),
+            keep_replicas=keep,
         )
+        if replicas != s.replicas:
+            self.stream = s = s.model_copy(update={"replicas": replicas})
         await self._ensure_stream(
             api.StreamConfig(
                 name=self.advisory_stream,
@@ -184,17 +192,20 @@ class Bus:
             )
         )
 
-    async def _ensure_stream(self, config: api.StreamConfig) -> None:
+    async def _ensure_stream(self, config: api.StreamConfig, *, keep_replicas: bool = False) -> int:
+        """Create or update; returns the stream's replicas."""
         assert config.name is not None
         try:
             info = await self.js.stream_info(config.name)
         except nats.js.errors.NotFoundError:
             try:
                 await self.js.add_stream(config)
-                return
+                return config.num_replicas or 1
             except nats.js.errors.BadRequestError:
                 info = await self.js.stream_info(config.name)  # created concurrently
         cur = info.config
+        if keep_replicas:
+            config.num_replicas = cur.num_replicas
         if (
             cur.subjects != config.subjects
             or cur.num_replicas != config.num_replicas
@@ -203,6 +214,7 @@ class Bus:
             or cur.duplicate_window != config.duplicate_window
         ):
             await self.js.update_stream(config)
+        return config.num_replicas or 1
 
     async def ensure_consumer(
         self,
@@ -246,6 +258,7 @@ class Bus:
             or cur.ack_wait != s.ack_wait_s
             or cur.max_deliver != s.max_deliver
             or cur.max_ack_pending != s.max_ack_pending
+            or (cur.num_replicas or 0) < self.stream.replicas  # scaled up since
         ):
             config.deliver_policy = cur.deliver_policy
             config.opt_start_seq = cur.opt_start_seq
@@ -297,6 +310,11 @@ class Bus:
                 kv = await self.js.create_key_value(
                     bucket=bucket, ttl=ttl_s, history=history, replicas=self.stream.replicas
                 )
+            else:  # made before the stream was scaled up: follow it (never scale down)
+                info = await self.js.stream_info(f"KV_{bucket}")
+                if (info.config.num_replicas or 1) < self.stream.replicas:
+                    info.config.num_replicas = self.stream.replicas
+                    await self.js.update_stream(info.config)
             store = KeyValueStore(kv)
             self._kv[bucket] = store
         return store

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import ssl
 from pathlib import Path
 from typing import Any
 
 import anyio
 import nats
+import nkeys  # type: ignore[import-untyped]
 import structlog
 from nats.aio.client import Client as NATS
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
@@ -40,6 +42,11 @@ class NatsSettings(BaseModel):
     tls_ca_file: Path | None = None
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
+    inbox_prefix: str = Field(
+        "_INBOX", pattern=r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$",
+        description="Reply subjects start with this; a user limited by subject permissions "
+        "gets its own (e.g. _INBOX_auditor) so it cannot subscribe to other clients' replies.",
+    )
     connect_timeout_s: float = Field(5.0, gt=0, description="Give up at start after this long.")
     reconnect_wait_s: float = Field(1.0, gt=0)
 
@@ -86,6 +93,7 @@ async def connect(settings: NatsSettings | None = None, **callbacks: Any) -> NAT
     opts: dict[str, Any] = {
         "servers": s.servers,
         "name": s.name,
+        "inbox_prefix": s.inbox_prefix,
         "connect_timeout": max(1, int(s.connect_timeout_s)),
         "reconnect_time_wait": s.reconnect_wait_s,
         "max_reconnect_attempts": -1,
@@ -109,33 +117,69 @@ async def connect(settings: NatsSettings | None = None, **callbacks: Any) -> NAT
     nc = NATS()
     errors: list[BaseException] = []
     user_error_cb = opts["error_cb"]
+    refused = anyio.CancelScope()
+    connecting = anyio.get_current_task().id
 
     async def on_error(e: Exception) -> None:
         if not nc.is_connected and not errors_done:
             errors.append(e)  # start-up: reported once, in BusUnavailableError
+            if _is_auth_error(e):  # nats-py would retry until the timeout: fail now instead
+                if anyio.get_current_task().id == connecting:
+                    raise _Refused  # out of nc.connect(), which leaves the socket to close()
+                refused.cancel()
         else:
             await user_error_cb(e)
 
     errors_done = False
     opts["error_cb"] = on_error
     try:
-        with anyio.fail_after(s.connect_timeout_s):
+        with anyio.fail_after(s.connect_timeout_s), refused:
             await nc.connect(**opts)
+    except _Refused:
+        refused.cancel()
     except (TimeoutError, OSError, nats.errors.Error) as e:
         await _quiet_close(nc)
         last = errors[-1] if errors else e
         raise BusUnavailableError(
-            f"cannot reach NATS at {', '.join(s.servers)} within {s.connect_timeout_s:g}s: "
+            f"cannot reach NATS at {_shown(s.servers)} within {s.connect_timeout_s:g}s: "
             f"{_describe(last)}. Is a server running? `swarmbus nats` starts one locally."
         ) from e
+    except nkeys.NkeysError as e:
+        await _quiet_close(nc)
+        raise ConfigError(f"invalid NATS nkey seed or credentials file: {e!r}") from e
+    if refused.cancel_called:
+        await _quiet_close(nc)
+        raise BusUnavailableError(
+            f"NATS at {_shown(s.servers)} refused the connection: "
+            f"{_describe(next(e for e in errors if _is_auth_error(e)))}"
+        )
     errors_done = True
     return nc
 
 
+class _Refused(Exception):
+    pass
+
+
+def _shown(servers: list[str]) -> str:
+    """The URLs for messages, without credentials (nats://user:***@host:4222)."""
+    return ", ".join(re.sub(r"^([a-z]+://)(?:([^:@/]*):)?[^@/]*@", _hide, u) for u in servers)
+
+
+def _hide(m: re.Match[str]) -> str:
+    return f"{m[1]}{m[2]}:***@" if m[2] is not None else f"{m[1]}***@"
+
+
+def _is_auth_error(e: BaseException) -> bool:
+    text = str(e).lower()
+    return "authorization violation" in text or "authentication" in text
+
+
 def _describe(e: BaseException) -> str:
     text = str(e) or type(e).__name__
-    if "authorization" in text.lower():
-        return f"authorization violation ({text}): check user/password, token or credentials"
+    if _is_auth_error(e):
+        return (f"authorization failed ({text}): check the user/password, token, nkey seed "
+                "or credentials file, and that this user may connect")
     return text
 
 

@@ -33,7 +33,6 @@ ADVISORY_DURABLE = "swarmbus_deadletter"
 DEADLETTER_TOPIC = "deadletter"
 _MAX_BODY = 16 * 1024
 _UNROUTED = "_unrouted"
-_WORK_TOPICS = frozenset(t for topics in ROLE_TOPICS.values() for t in topics)
 
 
 async def dead_letter(
@@ -81,8 +80,9 @@ async def dead_letter(
         workflow, DEADLETTER_TOPIC, letter, msg_id=msg_id,
         causation_id=hdrs.get(headers.MSG_ID), sender=agent or "swarmbus",
     )
-    if parsed is not None and workflow != _UNROUTED and parsed.topic in _WORK_TOPICS:
-        # The workflow cannot go on: say so where every client waits for it.
+    if parsed is not None and workflow != _UNROUTED and parsed.topic in ROLE_TOPICS.get(agent, ()):
+        # The role that owns this step gave up, so the workflow cannot go on: say so where
+        # every client waits for it. (A custom agent giving up ends nothing.)
         failed = TaskResult(status="failed", reason=f"dead-lettered ({reason}): {error[:1000]}")
         await bus.publish(
             workflow, "result", failed, msg_id=msg_id + "-result",

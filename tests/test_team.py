@@ -35,7 +35,7 @@ from _team_helpers import (
     topics,
 )
 
-from swarmbus.agents import Context, Swarm
+from swarmbus.agents import Agent, Context, Swarm, handles
 from swarmbus.agents._cli import main as cli_main
 from swarmbus.agents._render import render_trail
 from swarmbus.agents.models import (
@@ -47,9 +47,10 @@ from swarmbus.agents.models import (
     Reply,
 )
 from swarmbus.agents.roles import Coder
-from swarmbus.bus import ConsumerSettings, SwarmClient
+from swarmbus.bus import ConsumerSettings, Reject, SwarmClient
 from swarmbus.protocols import (
     CodeSubmission,
+    DeadLetter,
     DesignSpec,
     Limits,
     RevisionRequest,
@@ -550,3 +551,31 @@ async def test_cli_demo(tmp_path: Path) -> None:
     assert "revise.code" in out and "revise.design" in out
     assert out.count(": approved") == 2
     assert "demo passed" in r.stderr.decode()
+
+
+class _GivesUpOnCode(Agent):
+    """A custom agent on `code` that rejects everything (a strict auditor)."""
+
+    name = "strict_auditor"
+
+    @handles("code")
+    async def on_code(self, msg: CodeSubmission, ctx: Context[CodeSubmission]) -> None:
+        raise Reject("not auditing today")
+
+
+async def test_custom_agent_giving_up_does_not_end_the_workflow(
+    nats_url: str, namespace: str
+) -> None:
+    agents = [*team(Script().models()), _GivesUpOnCode()]
+    with anyio.fail_after(20):
+        result, trail = await run_task(nats_url, namespace, agents)
+        # the dead letter is published before the reviewer's result, or soon after
+        async with await SwarmClient.connect(nats_url, namespace=namespace) as client:
+            while not messages(trail, "deadletter"):
+                await anyio.sleep(0.05)
+                trail = await client.trail("wf1")
+    assert result.status == "approved"
+    assert len(messages(trail, "result")) == 1  # only the reviewer's
+    (letter, _), = messages(trail, "deadletter")
+    assert isinstance(letter, DeadLetter)
+    assert letter.agent == "strict_auditor" and "not auditing today" in letter.error
