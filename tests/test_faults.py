@@ -14,7 +14,6 @@ import signal
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,17 +48,6 @@ from swarmbus.protocols import (
 pytestmark = pytest.mark.anyio
 
 WORKFLOW_TOPICS = ("task", "design", "code", "result")
-
-
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Processes a test starts; any still alive at the end are killed."""
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for p in started:
-        if p.poll() is None:
-            p.kill()
-        p.wait(timeout=10)
 
 
 async def poll(check: Any, *, every_s: float = 0.05) -> Any:

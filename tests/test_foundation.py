@@ -10,7 +10,6 @@ import signal
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from types import ModuleType
@@ -66,17 +65,6 @@ from swarmbus.protocols import (
 pytestmark = pytest.mark.anyio
 
 FAST = ConsumerSettings(ack_wait_s=2, max_deliver=3, retry_delay_s=0.05, concurrency=4)
-
-
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Processes a test starts; any still alive at the end are killed."""
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for p in started:
-        if p.poll() is None:
-            p.kill()
-        p.wait(timeout=10)
 
 
 async def wait_exit(proc: subprocess.Popen[bytes]) -> int:

@@ -12,7 +12,6 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from contextlib import aclosing, redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
@@ -68,17 +67,6 @@ ROLE_TOPICS_IN_ORDER = ["task", "design", "code", "result"]
 def code_of(result: TaskResult) -> str:
     assert result.code is not None
     return {f.path: f.content for f in result.code.files}["calc.py"]
-
-
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Processes a test starts; any still alive at the end are killed."""
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for p in started:
-        if p.poll() is None:
-            p.kill()
-        p.wait(timeout=10)
 
 
 def swarmbus_cmd() -> list[str]:
