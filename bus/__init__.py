@@ -1,7 +1,14 @@
 """NATS for swarmbus: connection, streams, codec, publish/consume, key-value,
 the embedded server. Never imports ``swarmbus.agents``."""
 
-from ._bus import Bus, ConsumerSettings, PublishResult, StoredMessage, StreamSettings
+from ._bus import (
+    Bus,
+    ConsumerSettings,
+    PayloadTooLargeError,
+    PublishResult,
+    StoredMessage,
+    StreamSettings,
+)
 from ._client import CANCEL_BUCKET, WORKING, SwarmClient, WorkflowStatus, apply_event
 from ._codec import DecodeError, Envelope, decode, encode, output_msg_id
 from ._connect import BusUnavailableError, NatsSettings, connect
@@ -26,6 +33,7 @@ __all__ = (
     "KeyValueStore",
     "NatsServerNotFoundError",
     "NatsSettings",
+    "PayloadTooLargeError",
     "PublishResult",
     "PullConsumer",
     "RawHandler",

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from swarmbus.protocols import (
     ExternalError,
     Message,
+    SwarmbusError,
     advisory_stream_name,
     check_namespace,
     namespace_filter,
@@ -29,9 +30,20 @@ from ._codec import DecodeError, Envelope, decode, encode
 from ._connect import NatsSettings, connect
 from ._kv import KeyValueStore
 
-__all__ = ["Bus", "ConsumerSettings", "PublishResult", "StoredMessage", "StreamSettings"]
+__all__ = [
+    "Bus",
+    "ConsumerSettings",
+    "PayloadTooLargeError",
+    "PublishResult",
+    "StoredMessage",
+    "StreamSettings",
+]
 
 log = structlog.get_logger("swarmbus.bus")
+
+
+class PayloadTooLargeError(SwarmbusError, ValueError):
+    """A message larger than the server or the stream accepts."""
 
 
 class StreamSettings(BaseModel):
@@ -291,6 +303,15 @@ class Bus:
     async def publish_raw(
         self, subj: str, body: bytes, headers: dict[str, str] | None = None
     ) -> PublishResult:
+        """Publish bytes through JetStream. Raises ``PayloadTooLargeError`` before
+        sending what the server would refuse (it closes the connection for it)."""
+        size = len(body) + sum(len(k) + len(v) + 4 for k, v in (headers or {}).items()) + 12
+        limit = min(self.nc.max_payload or size, self.stream.max_msg_bytes)
+        if size > limit:
+            raise PayloadTooLargeError(
+                f"message of {size} bytes (body and headers) for {subj} exceeds the limit of "
+                f"{limit} bytes (server max_payload / stream.max_msg_bytes)"
+            )
         try:
             ack = await self.js.publish(subj, body, headers=headers, timeout=10.0)
         except (nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError) as e:

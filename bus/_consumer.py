@@ -236,7 +236,9 @@ class PullConsumer:
         # Runs on nats-py's subscription task: bookkeeping only, the work is a child task.
         self._last_activity = time.monotonic()
         hdrs = msg.headers
-        if hdrs and "Status" in hdrs and not msg.data:
+        # A server status has no ack subject; a stream message always has one, and may
+        # carry a "Status" header of its own (a peer's, or a hostile one).
+        if hdrs and "Status" in hdrs and not msg.data and not _acked(msg):
             status = hdrs.get("Status", "")
             if status == "100":
                 return  # idle heartbeat
@@ -334,6 +336,10 @@ class PullConsumer:
             for msg, started in list(self._in_flight.values()):
                 if started < cutoff:
                     await _quietly(msg.in_progress())
+
+
+def _acked(msg: Msg) -> bool:
+    return (msg.reply or "").startswith("$JS.ACK.")
 
 
 async def _quietly(aw: Awaitable[Any]) -> None:

@@ -10,10 +10,11 @@ objects, never ``dict`` fields: Gemini rejects or empties those.
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Literal
+import sys
+from datetime import UTC, datetime
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from ._registry import Message, message_type
 
@@ -46,8 +47,17 @@ Severity = Literal["info", "minor", "major", "critical"]
 Target = Literal["coder", "architect"]
 
 
+def _as_utc(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
+"""A time without a zone on the wire is UTC (naive and aware times do not compare)."""
+
+
 class _Data(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    # JSON has no infinity or NaN: ours would go out as null and not decode again.
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
 
 class Usage(_Data):
@@ -56,7 +66,7 @@ class Usage(_Data):
     input_tokens: int = 0
     output_tokens: int = 0
     cached_tokens: int = 0
-    cost_usd: float = 0.0
+    cost_usd: float = Field(0.0, ge=0)
     calls: int = 0
     unpriced_calls: int = Field(0, description="Calls to models missing from the price table.")
 
@@ -65,7 +75,7 @@ class Usage(_Data):
             input_tokens=self.input_tokens + other.input_tokens,
             output_tokens=self.output_tokens + other.output_tokens,
             cached_tokens=self.cached_tokens + other.cached_tokens,
-            cost_usd=self.cost_usd + other.cost_usd,
+            cost_usd=min(self.cost_usd + other.cost_usd, sys.float_info.max),  # stays finite
             calls=self.calls + other.calls,
             unpriced_calls=self.unpriced_calls + other.unpriced_calls,
         )
@@ -114,7 +124,8 @@ class Limits(_Data):
     )
     budget_usd: float = Field(5.0, ge=0, description="Total spend across all roles.")
     timeout_s: float = Field(3600.0, gt=0, description="Deadline, relative to the first step.")
-    deadline: datetime | None = Field(None, description="Absolute deadline; wins over timeout_s.")
+    deadline: UtcDatetime | None = Field(
+        None, description="Absolute deadline (UTC if no zone); wins over timeout_s.")
 
 
 @message_type("swarmbus.TaskRequest", topics=("task",))
@@ -200,7 +211,7 @@ class WorkState(_Data):
     design_revisions: int = 0
     round: int = 0
     spend: dict[str, Usage] = Field(default_factory=dict, description="Usage per role so far.")
-    deadline: datetime | None = None
+    deadline: UtcDatetime | None = None
 
     @property
     def total(self) -> Usage:

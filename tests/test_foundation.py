@@ -39,6 +39,7 @@ from swarmbus.bus import (
     DecodeError,
     EmbeddedServer,
     NatsSettings,
+    PayloadTooLargeError,
     Reject,
     Retry,
     decode,
@@ -577,3 +578,15 @@ def test_all_attributes(package: str) -> None:
             continue  # a public submodule, imported as such
         assert name in exported, f"{package}.{name} is public but not in __all__"
 
+
+
+async def test_oversize_publish_is_refused_before_it_reaches_the_server(
+    nats_url: str, namespace: str
+) -> None:
+    """The server closes the connection of a client that exceeds max_payload: refuse first."""
+    async with await Bus.connect(nats_url, namespace=namespace) as bus:
+        big = TaskRequest(goal="x" * 20_000, constraints=["y" * 1_000] * 1_100)
+        with pytest.raises(PayloadTooLargeError, match="exceeds the limit"):
+            await bus.publish("wf", "task", big, msg_id="big-1")
+        ok = await bus.publish("wf", "task", TaskRequest(goal="small"), msg_id="small-1")
+        assert ok.seq > 0 and bus.nc.is_connected and bus.reconnects == 0

@@ -36,7 +36,10 @@ class Architect(RoleAgent):
     @handles("task")
     async def on_task(self, msg: TaskRequest, ctx: Context[TaskRequest]) -> None:
         limits = msg.limits
-        deadline = limits.deadline or datetime.now(UTC) + timedelta(seconds=limits.timeout_s)
+        try:
+            deadline = limits.deadline or datetime.now(UTC) + timedelta(seconds=limits.timeout_s)
+        except OverflowError:  # a timeout beyond the calendar: no deadline in practice
+            deadline = datetime.max.replace(tzinfo=UTC)
         if deadline.tzinfo is None:
             deadline = deadline.replace(tzinfo=UTC)
         state = WorkState(task=msg, round=1, deadline=deadline)
