@@ -56,6 +56,13 @@ class TypeRegistry:
         existing = self._types.get(wire)
         if existing is not None and existing.__qualname__ != cls.__qualname__:
             raise ValueError(f"{wire} is already registered to {existing.__qualname__}")
+        for topic in topics:
+            other = self._by_topic.get(topic)
+            if other is not None and other.__qualname__ != cls.__qualname__:
+                raise ValueError(
+                    f"topic {topic!r} already implies {other.swarm_type}: a header-less message "
+                    f"must have one meaning; publish {wire} with its Swarm-Type header instead"
+                )
         cls.swarm_type = wire
         cls.default_topics = topics
         self._types[wire] = cls
@@ -104,7 +111,8 @@ def message_type(
     """Class decorator: register a ``Message`` subclass under ``name/version``.
 
     ``topics`` makes it the type assumed for header-less messages on those topics.
-    Raises ``ValueError`` if the wire name is taken by another class.
+    Raises ``ValueError`` if the wire name, or one of the topics, is taken by
+    another class.
     """
 
     def deco(cls: M) -> M:

@@ -590,3 +590,19 @@ async def test_oversize_publish_is_refused_before_it_reaches_the_server(
             await bus.publish("wf", "task", big, msg_id="big-1")
         ok = await bus.publish("wf", "task", TaskRequest(goal="small"), msg_id="small-1")
         assert ok.seq > 0 and bus.nc.is_connected and bus.reconnects == 0
+
+
+def test_a_topic_implies_one_type_only() -> None:
+    reg = TypeRegistry()
+
+    @message_type("t.First", topics=("only",), into=reg)
+    class First(Message):
+        a: int = 0
+
+    with pytest.raises(ValueError, match=r"already implies t\.First/1"):
+
+        @message_type("t.Second", topics=("only",), into=reg)
+        class Second(Message):
+            b: int = 0
+
+    assert reg.resolve(None, "only") is First

@@ -65,12 +65,12 @@ MAX_BODY = 16 * 1024  # the agents' max_body_bytes here: larger bodies are dead-
 MAX_PAYLOAD = 1024 * 1024  # nats-server's default max_payload and the stream's max_msg_size
 
 
-@message_type("hostile.AuditRequest", topics=("audit",))
+@message_type("hostile.AuditRequest", topics=("hostile_audit",))
 class AuditRequest(Message):
     text: str = Field(max_length=10_000)
 
 
-@message_type("hostile.AuditReport", topics=("audit.report",))
+@message_type("hostile.AuditReport", topics=("hostile_audit.report",))
 class AuditReport(Message):
     chars: int
 
@@ -84,7 +84,7 @@ class Auditor(Agent):
     name = "auditor"
     consumer = FAST
 
-    @handles("audit")
+    @handles("hostile_audit")
     async def on_audit(self, msg: AuditRequest, ctx: Context[AuditRequest]) -> None:
         await ctx.publish(AuditReport(chars=len(msg.text)))
 
@@ -106,11 +106,11 @@ class Notifier(Agent):
 
 CONSUMED: dict[str, type[Message]] = {
     "task": TaskRequest, "revise.design": RevisionRequest, "design": DesignSpec,
-    "revise.code": RevisionRequest, "code": CodeSubmission, "audit": AuditRequest,
+    "revise.code": RevisionRequest, "code": CodeSubmission, "hostile_audit": AuditRequest,
     "result": TaskResult,
 }
 assert {t for ts in ROLE_TOPICS.values() for t in ts} < set(CONSUMED)
-TOPICS = [*CONSUMED, "deadletter", "audit.report", "zzz", "task.extra", "code.x.y"]
+TOPICS = [*CONSUMED, "deadletter", "hostile_audit.report", "zzz", "task.extra", "code.x.y"]
 
 # -- strategies ------------------------------------------------------------------------------
 

@@ -177,7 +177,7 @@ async def test_credentials_in_the_url_are_not_repeated_in_errors() -> None:
 # -- subject permissions (examples/nats/permissions.conf) -------------------------------------
 
 
-@message_type("tests.AuditFindings", topics=("audit",))
+@message_type("tests.AuditFindings")  # `audit` implies the README's type; send the header
 class AuditFindings(Message):
     files: int
     todos: int
@@ -192,7 +192,7 @@ class Auditor(Agent):
     async def on_code(self, msg: CodeSubmission, ctx: Context[CodeSubmission]) -> None:
         files = msg.state.code.files if msg.state.code else []
         todos = sum(f.content.count("TODO") for f in files)
-        await ctx.publish(AuditFindings(files=len(files), todos=todos))
+        await ctx.publish(AuditFindings(files=len(files), todos=todos), topic="audit")
 
 
 async def test_permissions_example(servers: list[EmbeddedServer]) -> None:
