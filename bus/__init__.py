@@ -16,7 +16,7 @@ from ._consumer import ConsumerStats, Delivery, PullConsumer, RawHandler, dead_l
 from ._control import DeadLetterReason, Reject, Retry
 from ._deadletter import dead_letter
 from ._embedded import EmbeddedServer, NatsServerNotFoundError, find_nats_server, free_port
-from ._kv import KeyValueStore
+from ._kv import KeyValueStore, WatchedKeys
 
 __all__ = (
     "CANCEL_BUCKET",
@@ -42,6 +42,7 @@ __all__ = (
     "StoredMessage",
     "StreamSettings",
     "SwarmClient",
+    "WatchedKeys",
     "WorkflowStatus",
     "apply_event",
     "connect",

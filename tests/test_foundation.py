@@ -42,6 +42,7 @@ from swarmbus.bus import (
     PayloadTooLargeError,
     Reject,
     Retry,
+    WatchedKeys,
     decode,
     encode,
     free_port,
@@ -606,3 +607,25 @@ def test_a_topic_implies_one_type_only() -> None:
             b: int = 0
 
     assert reg.resolve(None, "only") is First
+
+
+async def test_watched_keys_mirror_puts_and_deletes(nats_url: str, namespace: str) -> None:
+    async with await Bus.connect(nats_url, namespace=namespace) as bus:
+        store = await bus.key_value("flags", ttl_s=60)
+        await store.put("before", b"1")  # present before the mirror starts
+        mirror = await WatchedKeys(bus, store).start()
+        try:
+            assert await mirror.contains("before")
+            assert not await mirror.contains("later")
+            async with await Bus.connect(nats_url, namespace=namespace) as other:
+                other_store = await other.key_value("flags", ttl_s=60)
+                await other_store.put("later", b"1")
+                with anyio.fail_after(5):
+                    while not await mirror.contains("later"):
+                        await anyio.sleep(0.01)
+                await other_store.delete("before")
+                with anyio.fail_after(5):
+                    while await mirror.contains("before"):
+                        await anyio.sleep(0.01)
+        finally:
+            await mirror.aclose()

@@ -8,7 +8,7 @@ from typing import Any, ClassVar, NoReturn, TypeVar
 
 from pydantic import BaseModel
 
-from swarmbus.bus import CANCEL_BUCKET, Bus, KeyValueStore, Retry
+from swarmbus.bus import CANCEL_BUCKET, Bus, Retry, WatchedKeys
 from swarmbus.protocols import (
     Provenance,
     TaskResult,
@@ -65,19 +65,22 @@ class RoleAgent(Agent):
         self.model = model
         self.model_settings = settings or ModelSettings()
         self.cache_ttl_s = cache_ttl_s
-        self._cancel: KeyValueStore | None = None
+        self._cancel: WatchedKeys | None = None
 
     @property
     def model_name(self) -> str:
         return self.model.name
 
     async def setup(self, bus: Bus) -> None:
-        self._cancel = await bus.key_value(CANCEL_BUCKET, ttl_s=7 * 24 * 3600)
+        store = await bus.key_value(CANCEL_BUCKET, ttl_s=7 * 24 * 3600)
+        self._cancel = await WatchedKeys(bus, store).start()
         if self.cache_ttl_s is not None and not isinstance(self.model, CachedModel):
             store = await bus.key_value(CACHE_BUCKET, ttl_s=self.cache_ttl_s)
             self.model = CachedModel(self.model, store, ttl_s=self.cache_ttl_s)
 
     async def aclose(self) -> None:
+        if self._cancel is not None:
+            await self._cancel.aclose()
         await self.model.aclose()
 
     async def ask(
@@ -117,7 +120,7 @@ class RoleAgent(Agent):
 
     async def check_limits(self, ctx: Context[Any], state: WorkState) -> None:
         limits = state.task.limits
-        if self._cancel is not None and await self._cancel.get(ctx.workflow_id) is not None:
+        if self._cancel is not None and await self._cancel.contains(ctx.workflow_id):
             await self.finish(ctx, state, "cancelled", "cancelled on request")
         if state.deadline is not None and datetime.now(UTC) >= state.deadline:
             await self.finish(ctx, state, "deadline_exceeded",
