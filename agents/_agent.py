@@ -125,7 +125,6 @@ def _checked_topic(topic: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class _Route:
-    topic: str
     message_type: type[Message]
     method: Callable[[Message, Context[Any]], Awaitable[None]]
 
@@ -138,9 +137,9 @@ class Agent:
     ``consumer`` tunes concurrency, ack wait, max deliveries and retries.
     """
 
-    name: ClassVar[str] = ""
+    name: str = ""
     version: ClassVar[str] = ""
-    consumer: ClassVar[ConsumerSettings] = ConsumerSettings()
+    consumer: ConsumerSettings = ConsumerSettings()
     replicas: int = 1
     """Pull loops on the shared consumer in this process (more processes scale further)."""
 
@@ -151,11 +150,11 @@ class Agent:
         consumer: ConsumerSettings | None = None,
         replicas: int = 1,
     ):
-        self.name = name or type(self).name or _snake(type(self).__name__)  # type: ignore[misc]
+        self.name = name or type(self).name or _snake(type(self).__name__)
         if not _NAME.match(self.name):
             raise ConfigError(f"agent name {self.name!r}: use letters, digits, '_' and '-'")
         if consumer is not None:
-            self.consumer = consumer  # type: ignore[misc]
+            self.consumer = consumer
         if replicas < 1:
             raise ConfigError(f"replicas must be >= 1, got {replicas}")
         self.replicas = replicas
@@ -187,7 +186,7 @@ class Agent:
             for topic in topics:
                 if topic in routes:
                     raise ConfigError(f"{type(self).__name__}: two handlers for topic {topic!r}")
-                routes[topic] = _Route(topic, mtype, getattr(self, attr))
+                routes[topic] = _Route(mtype, getattr(self, attr))
         if not routes:
             raise ConfigError(f"{type(self).__name__} has no @handles methods")
         return routes

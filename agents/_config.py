@@ -96,19 +96,16 @@ class SwarmConfig(BaseModel):
 def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
     tree: dict[str, Any] = {}
     for key, raw in environ.items():
-        if not key.startswith(ENV_PREFIX) or key == "SWARMBUS_BLOCK_REAL_MODELS":
-            continue
         path = [p.lower() for p in key[len(ENV_PREFIX):].split("__") if p]
-        if not path or path[0] not in SwarmConfig.model_fields:
-            continue
+        if not key.startswith(ENV_PREFIX) or not path or path[0] not in SwarmConfig.model_fields:
+            continue  # e.g. SWARMBUS_BLOCK_REAL_MODELS is not config
+        # YAML only for lists and mappings: scalars stay text, and pydantic converts them by
+        # field type (a password of digits stays a string; "a,b" server lists split there).
         try:
-            value = yaml.safe_load(raw) if raw else raw
+            parsed = yaml.safe_load(raw) if raw else raw
         except yaml.YAMLError:
-            value = raw
-        if path[-1] == "servers" and isinstance(value, str):
-            value = [s.strip() for s in value.split(",")]
-        if isinstance(value, (int, float)) and path[-1] in ("password", "token"):
-            value = raw
+            parsed = raw
+        value = parsed if isinstance(parsed, (list, dict)) else raw
         node = tree
         for part in path[:-1]:
             node = node.setdefault(part, {})

@@ -22,16 +22,16 @@ def build_agents(cfg: SwarmConfig) -> list[Agent]:
     if unknown:
         raise ConfigError(f"unknown roles {sorted(unknown)}; the roles are {list(ROLE_TOPICS)}")
     offline = offline_models() if cfg.offline else {}
+    cache = cfg.cache.ttl_s if cfg.cache.enabled else None
     agents: list[Agent] = []
     for role, cls in _ROLES.items():
         rc = cfg.roles.get(role)
         model: Model | None = offline.get(role)
         if model is None and rc is not None and rc.model is not None:
             model = build_model(rc.model)
-        if model is None or (rc is None and not cfg.offline):
+        if model is None:
             continue
         rc = rc or RoleConfig()
-        cache = cfg.cache.ttl_s if cfg.cache.enabled else None
         extra = {"sandbox": cfg.sandbox} if cls is Reviewer else {}
         agents.append(cls(model, cache_ttl_s=cache, settings=rc.settings, consumer=rc.consumer(),
                           replicas=rc.replicas, **extra))

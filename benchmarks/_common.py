@@ -9,6 +9,7 @@ Only what runs in the worker processes differs between the two paths.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import itertools
 import json
@@ -561,3 +562,22 @@ __all__ = [
     "run",
     "work",
 ]
+
+
+def common_args(
+    doc: str | None, *, unit: str, seq: int, n: int, warmup: int
+) -> argparse.ArgumentParser:
+    """The options every ratio benchmark takes (driver, rounds, sizes, worker settings)."""
+    p = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
+    p.add_argument("--uvloop", action="store_true", help="uvloop in driver and workers")
+    p.add_argument("--quick", action="store_true", help="a short run (smoke test)")
+    p.add_argument("--nats", help="use this server instead of an embedded one")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--seq", type=int, default=seq, help=f"sequential {unit}")
+    p.add_argument("-n", type=int, default=n, help=f"{unit} in the in-flight run")
+    p.add_argument("--inflight", type=int, default=64)
+    p.add_argument("--warmup", type=int, default=warmup)
+    p.add_argument("--size", type=int, default=1024, help="payload bytes")
+    p.add_argument("--concurrency", type=int, default=100, help="handlers per worker process")
+    p.add_argument("--batch", type=int, default=100, help="largest pull batch")
+    return p

@@ -34,6 +34,7 @@ from _common import (
     Worker,
     WorkersFor,
     bench_paths,
+    common_args,
     env_line,
     quiet_driver_logs,
     run,
@@ -56,18 +57,7 @@ async def bench(a: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--uvloop", action="store_true", help="uvloop in driver and workers")
-    p.add_argument("--quick", action="store_true", help="a short run (smoke test)")
-    p.add_argument("--nats", help="use this server instead of an embedded one")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--seq", type=int, default=2000, help="sequential hops")
-    p.add_argument("-n", type=int, default=20000, help="hops in the in-flight run")
-    p.add_argument("--inflight", type=int, default=64)
-    p.add_argument("--warmup", type=int, default=200)
-    p.add_argument("--size", type=int, default=1024, help="payload bytes")
-    p.add_argument("--concurrency", type=int, default=100, help="handlers per worker")
-    p.add_argument("--batch", type=int, default=100, help="largest pull batch")
+    p = common_args(__doc__, unit="hops", seq=2000, n=20000, warmup=200)
     p.add_argument(
         "--paths",
         default="raw,rawpull,agent",

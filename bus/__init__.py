@@ -9,7 +9,14 @@ from ._bus import (
     StoredMessage,
     StreamSettings,
 )
-from ._client import CANCEL_BUCKET, WORKING, SwarmClient, WorkflowStatus, apply_event
+from ._client import (
+    CANCEL_BUCKET,
+    WORKING,
+    SwarmClient,
+    WorkflowStatus,
+    apply_event,
+    cancel_flags,
+)
 from ._codec import DecodeError, Envelope, decode, encode, output_msg_id
 from ._connect import BusUnavailableError, NatsSettings, connect
 from ._consumer import ConsumerStats, Delivery, PullConsumer, RawHandler, dead_letter_worker
@@ -45,6 +52,7 @@ __all__ = (
     "WatchedKeys",
     "WorkflowStatus",
     "apply_event",
+    "cancel_flags",
     "connect",
     "dead_letter",
     "dead_letter_worker",

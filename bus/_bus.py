@@ -167,13 +167,19 @@ class Bus:
     async def setup(self) -> None:
         """Create or update the stream and the advisory stream (idempotent).
 
-        Settings that leave ``replicas`` unset (a client without swarm.yaml) adopt the
-        existing stream's replicas instead of scaling an R3 stream down to 1.
+        Only settings given explicitly change an existing stream: a process that
+        leaves a field unset (a client without swarm.yaml) adopts the stream's
+        current value instead of "correcting" the daemon's (e.g. scaling R3 to R1).
         """
+        try:
+            current: api.StreamConfig | None = (await self.js.stream_info(self.stream_name)).config
+        except nats.js.errors.NotFoundError:
+            current = None
+        if current is not None:
+            self.stream = _adopt(self.stream, current)
         s = self.stream
         storage = api.StorageType.FILE if s.storage == "file" else api.StorageType.MEMORY
-        keep = "replicas" not in s.model_fields_set
-        replicas = await self._ensure_stream(
+        await self._ensure_stream(
             api.StreamConfig(
                 name=self.stream_name,
                 subjects=[namespace_filter(self.namespace)],
@@ -185,48 +191,43 @@ class Bus:
                 duplicate_window=s.duplicate_window_s,
                 allow_direct=True,
             ),
-            keep_replicas=keep,
+            current,
         )
-        if replicas != s.replicas:
-            self.stream = s = s.model_copy(update={"replicas": replicas})
-        await self._ensure_stream(
-            api.StreamConfig(
-                name=self.advisory_stream,
-                subjects=[
-                    f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self.stream_name}.*",
-                ],
-                max_msg_size=64 * 1024,
-                duplicate_window=120,
-                retention=api.RetentionPolicy.LIMITS,
-                storage=storage,
-                num_replicas=s.replicas,
-                max_age=7 * 24 * 3600,
-            )
+        advisories = api.StreamConfig(
+            name=self.advisory_stream,
+            subjects=[f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self.stream_name}.*"],
+            max_msg_size=64 * 1024,
+            duplicate_window=120,
+            retention=api.RetentionPolicy.LIMITS,
+            storage=storage,
+            num_replicas=s.replicas,
+            max_age=7 * 24 * 3600,
         )
-
-    async def _ensure_stream(self, config: api.StreamConfig, *, keep_replicas: bool = False) -> int:
-        """Create or update; returns the stream's replicas."""
-        assert config.name is not None
         try:
-            info = await self.js.stream_info(config.name)
+            current = (await self.js.stream_info(self.advisory_stream)).config
         except nats.js.errors.NotFoundError:
+            current = None
+        await self._ensure_stream(advisories, current)
+
+    async def _ensure_stream(
+        self, config: api.StreamConfig, current: api.StreamConfig | None
+    ) -> None:
+        """Create the stream, or update it where ``config`` differs from ``current``."""
+        if current is None:
             try:
                 await self.js.add_stream(config)
-                return config.num_replicas or 1
-            except nats.js.errors.BadRequestError:
-                info = await self.js.stream_info(config.name)  # created concurrently
-        cur = info.config
-        if keep_replicas:
-            config.num_replicas = cur.num_replicas
+                return
+            except nats.js.errors.BadRequestError:  # created concurrently
+                assert config.name is not None
+                current = (await self.js.stream_info(config.name)).config
         if (
-            cur.subjects != config.subjects
-            or cur.num_replicas != config.num_replicas
-            or cur.max_msg_size != config.max_msg_size
-            or (config.max_age is not None and cur.max_age != config.max_age)
-            or cur.duplicate_window != config.duplicate_window
+            current.subjects != config.subjects
+            or current.num_replicas != config.num_replicas
+            or current.max_msg_size != config.max_msg_size
+            or (config.max_age is not None and current.max_age != config.max_age)
+            or current.duplicate_window != config.duplicate_window
         ):
             await self.js.update_stream(config)
-        return config.num_replicas or 1
 
     async def ensure_consumer(
         self,
@@ -388,6 +389,21 @@ class Bus:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def _adopt(settings: StreamSettings, current: api.StreamConfig) -> StreamSettings:
+    """``settings`` with every field it leaves unset taken from the existing stream."""
+    existing = {
+        "replicas": current.num_replicas or 1,
+        "max_age_s": current.max_age or 0.0,
+        "max_msg_bytes": current.max_msg_size if (current.max_msg_size or 0) > 0 else None,
+        "duplicate_window_s": current.duplicate_window or None,
+        "storage": "memory" if current.storage == api.StorageType.MEMORY else "file",
+    }
+    unset = {
+        k: v for k, v in existing.items() if k not in settings.model_fields_set and v is not None
+    }
+    return settings.model_copy(update=unset)
 
 
 def _stored(raw: Any) -> StoredMessage:

@@ -9,7 +9,6 @@ import contextlib
 import uuid
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
-from typing import Any
 
 import anyio
 import nats.errors
@@ -21,7 +20,7 @@ from swarmbus.protocols import (
     Message,
     TaskRequest,
     TaskResult,
-    Usage,
+    WorkState,
     check_workflow_id,
     workflow_filter,
 )
@@ -29,10 +28,12 @@ from swarmbus.protocols import (
 from ._bus import Bus, StoredMessage, StreamSettings
 from ._codec import Envelope
 from ._connect import NatsSettings
+from ._kv import KeyValueStore
 
 __all__ = ["CANCEL_BUCKET", "WORKING", "SwarmClient", "WorkflowStatus"]
 
 CANCEL_BUCKET = "cancel"
+CANCEL_TTL_S = 7 * 24 * 3600
 WORKING = {
     "task": "architect",
     "revise.design": "architect",
@@ -156,7 +157,7 @@ class SwarmClient:
     async def cancel(self, workflow_id: str) -> None:
         """Ask the swarm to stop this workflow: the next role about to call a model
         publishes a ``cancelled`` result with the best attempt so far."""
-        store = await self.bus.key_value(CANCEL_BUCKET, ttl_s=7 * 24 * 3600)
+        store = await cancel_flags(self.bus)
         await store.put(check_workflow_id(workflow_id), b"1")
 
     async def aclose(self) -> None:
@@ -169,6 +170,11 @@ class SwarmClient:
         await self.aclose()
 
 
+async def cancel_flags(bus: Bus) -> KeyValueStore:
+    """The namespace's cancel flags: a key per cancelled workflow id."""
+    return await bus.key_value(CANCEL_BUCKET, ttl_s=CANCEL_TTL_S)
+
+
 def apply_event(st: WorkflowStatus, env: Envelope[Message]) -> None:
     """Fold one message into a status (used by ``status`` and live progress)."""
     msg = env.message
@@ -176,12 +182,9 @@ def apply_event(st: WorkflowStatus, env: Envelope[Message]) -> None:
     st.last_topic = env.topic
     st.round = max(st.round, env.round)
     st.working = WORKING.get(env.topic, st.working)
-    state: Any = getattr(msg, "state", None)
-    if state is not None and hasattr(state, "spend"):
-        total = Usage()
-        for usage in state.spend.values():
-            total = total + usage
-        st.spent_usd = max(st.spent_usd, total.cost_usd)
+    state = getattr(msg, "state", None)
+    if isinstance(state, WorkState):
+        st.spent_usd = max(st.spent_usd, state.total.cost_usd)
     if isinstance(msg, TaskResult):
         st.result = msg
         st.spent_usd = max(st.spent_usd, msg.total.cost_usd)

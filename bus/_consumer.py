@@ -119,6 +119,7 @@ class PullConsumer:
         self._accepting = False
         self._sub: Subscription | None = None
         self._seen_reconnects = 0
+        self._consumer_gone = False
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -188,6 +189,7 @@ class PullConsumer:
     async def _subscribe(self) -> None:
         inbox = self.bus.nc.new_inbox()
         self._credit = 0
+        self._consumer_gone = False
         self._seen_reconnects = self.bus.reconnects
         self._sub = await self.bus.nc.subscribe(inbox, cb=self._on_msg, pending_msgs_limit=-1)
         self.stats.resubscribed += 1
@@ -213,6 +215,8 @@ class PullConsumer:
         while not self._stopping.is_set():
             if self.bus.reconnects != self._seen_reconnects:
                 raise nats.errors.Error("reconnected: pull requests on the server are gone")
+            if self._consumer_gone:
+                raise nats.errors.Error(f"consumer {self.durable} was deleted: re-creating it")
             now = time.monotonic()
             if self._credit > 0 and now - self._last_activity > 3 * _HEARTBEAT_S:
                 raise nats.errors.Error("no heartbeat from the consumer: re-subscribing")
@@ -248,7 +252,7 @@ class PullConsumer:
             elif status in ("404", "408", "409"):
                 self._credit = 0
             if status == "409" and "deleted" in hdrs.get("Description", "").lower():
-                self._credit = 0
+                self._consumer_gone = True  # re-create it rather than pull from nothing
             self._want_pull.set()
             return
         self._credit = max(0, self._credit - 1)

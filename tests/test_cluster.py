@@ -143,4 +143,5 @@ async def _next(bus: Bus, after: int) -> tuple[int, str] | None:
                                    subject=namespace_filter(NS), next=True)
     except nats.js.errors.NotFoundError:
         return None
-    return int(raw.seq), str(raw.subject)
+    assert raw.seq is not None
+    return raw.seq, str(raw.subject)

@@ -42,6 +42,7 @@ from swarmbus.bus import (
     PayloadTooLargeError,
     Reject,
     Retry,
+    StreamSettings,
     WatchedKeys,
     decode,
     encode,
@@ -629,3 +630,42 @@ async def test_watched_keys_mirror_puts_and_deletes(nats_url: str, namespace: st
                         await anyio.sleep(0.01)
         finally:
             await mirror.aclose()
+
+
+async def test_a_client_without_stream_settings_changes_nothing(
+    nats_url: str, namespace: str
+) -> None:
+    """Only explicit settings change an existing stream; unset ones adopt what is there."""
+    daemon = StreamSettings(max_age_s=3600, max_msg_bytes=256 * 1024, duplicate_window_s=60)
+    async with await Bus.connect(nats_url, namespace=namespace, stream=daemon):
+        pass
+    async with await Bus.connect(nats_url, namespace=namespace) as client:
+        cfg = (await client.js.stream_info(client.stream_name)).config
+        assert client.stream.max_msg_bytes == 256 * 1024  # the limit publish_raw enforces
+    assert cfg.max_age == 3600
+    assert cfg.max_msg_size == 256 * 1024
+    assert cfg.duplicate_window == 60
+    async with await Bus.connect(
+        nats_url, namespace=namespace, stream=StreamSettings(max_age_s=7200)
+    ) as owner:
+        cfg = (await owner.js.stream_info(owner.stream_name)).config
+    assert cfg.max_age == 7200 and cfg.max_msg_size == 256 * 1024  # explicit wins, rest kept
+
+
+async def test_deleted_consumer_is_recreated_and_work_goes_on(
+    nats_url: str, namespace: str
+) -> None:
+    worker = Worker(consumer=FAST)
+    async with Swarm([worker], nats=nats_url, namespace=namespace) as swarm:
+        with anyio.fail_after(20):
+            await publish_jobs(swarm.bus, "w", [Job(n=1)])
+            await wait_done(swarm.bus, "w", 1)
+            stats = swarm.stats()[worker.name][0]
+            resubscribed = stats.resubscribed
+            await swarm.bus.js.delete_consumer(swarm.bus.stream_name, worker.name)
+            while stats.resubscribed == resubscribed:  # the pull loop notices and re-creates it
+                await anyio.sleep(0.02)
+            await swarm.bus.js.consumer_info(swarm.bus.stream_name, worker.name)
+            await publish_jobs(swarm.bus, "w2", [Job(n=2)])
+            await wait_done(swarm.bus, "w2", 1)
+    assert sorted(worker.handled) == [1, 2]

@@ -416,6 +416,7 @@ async def publish(bus: Bus, sent: Sent, index: int) -> None:
     if len(item.body) <= MAX_PAYLOAD < len(item.body) + header_bytes(hdrs) + 256:
         # nats-py checks the body alone; the server counts the headers too and answers
         # a violation by closing the connection: send these on a throwaway one.
+        assert bus.nc.connected_url is not None
         nc = await nats.connect(bus.nc.connected_url.geturl(), allow_reconnect=False)
         try:
             return await publish_on(nc.jetstream(), bus.stream_name, sent, hdrs, wait_s=2)

@@ -19,7 +19,7 @@ import anyio
 import nats
 import nats.errors
 import nats.js.errors
-import nkeys
+import nkeys  # type: ignore[import-untyped]
 import pytest
 from _team_helpers import GOAL, Script, team
 from pydantic import SecretStr
@@ -497,6 +497,7 @@ async def everything(bus: Bus) -> bytes:
                                        subject=namespace_filter(bus.namespace), next=True)
         except nats.js.errors.NotFoundError:
             return bytes(blob)
-        seq = int(raw.seq)
+        assert raw.seq is not None and raw.subject is not None
+        seq = raw.seq
         blob += raw.subject.encode() + json.dumps(dict(raw.headers or {})).encode()
         blob += raw.data or b""

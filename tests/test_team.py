@@ -394,9 +394,8 @@ class CoderCrashingOnce(Coder):
 
     crashes = 0
 
-    async def ask(self, ctx: Context[Any], state: WorkState, output_type: Any,
-                  *, extra: str = "") -> Any:
-        answer = await super().ask(ctx, state, output_type, extra=extra)
+    async def ask(self, ctx: Context[Any], state: WorkState, output_type: Any) -> Any:
+        answer = await super().ask(ctx, state, output_type)
         if ctx.deliveries == 1:
             self.crashes += 1
             raise RuntimeError("crash after the model answered")

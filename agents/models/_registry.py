@@ -6,7 +6,7 @@ import difflib
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal, TypeAlias
+from typing import Literal, TypeAlias, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -96,18 +96,29 @@ _LOCAL_SERVERS = {
 }
 
 
+class _SdkOptions(TypedDict):
+    api_key_env: str | None
+    api_key_file: Path | None
+    timeout_s: float | None
+    max_retries: int
+    price: Price | None
+
+
+def _sdk_options(spec: ModelSpec) -> _SdkOptions:
+    """What every SDK-backed provider takes from a spec."""
+    return {
+        "api_key_env": spec.api_key_env,
+        "api_key_file": spec.api_key_file,
+        "timeout_s": spec.timeout_s,
+        "max_retries": spec.max_retries,
+        "price": spec.price,
+    }
+
+
 def _openai(spec: ModelSpec) -> Model:
     from ._openai import OpenAIModel  # SDKs load on first use: the CLI starts fast
 
-    return OpenAIModel(
-        spec.model,
-        base_url=spec.base_url,
-        api_key_env=spec.api_key_env,
-        api_key_file=spec.api_key_file,
-        timeout_s=spec.timeout_s,
-        max_retries=spec.max_retries,
-        price=spec.price,
-    )
+    return OpenAIModel(spec.model, base_url=spec.base_url, **_sdk_options(spec))
 
 
 def _compatible(spec: ModelSpec) -> Model:
@@ -120,15 +131,8 @@ def _compatible(spec: ModelSpec) -> Model:
             f"ModelSpec(name={spec.name!r}, base_url='http://host:port/v1')"
         )
     return OpenAIModel(
-        spec.model,
-        provider=spec.provider,
-        base_url=base_url,
-        api_key_env=spec.api_key_env,
-        api_key_file=spec.api_key_file,
-        require_key=False,
-        timeout_s=spec.timeout_s,
-        max_retries=spec.max_retries,
-        price=spec.price,
+        spec.model, provider=spec.provider, base_url=base_url, require_key=False,
+        **_sdk_options(spec),
     )
 
 
@@ -136,29 +140,15 @@ def _anthropic(spec: ModelSpec) -> Model:
     from ._anthropic import AnthropicModel
 
     return AnthropicModel(
-        spec.model,
-        base_url=spec.base_url,
-        api_key_env=spec.api_key_env,
-        api_key_file=spec.api_key_file,
-        timeout_s=spec.timeout_s,
-        max_retries=spec.max_retries,
-        price=spec.price,
-        structured_output=spec.structured_output,
+        spec.model, base_url=spec.base_url, structured_output=spec.structured_output,
+        **_sdk_options(spec),
     )
 
 
 def _google(spec: ModelSpec) -> Model:
     from ._google import GoogleModel
 
-    return GoogleModel(
-        spec.model,
-        base_url=spec.base_url,
-        api_key_env=spec.api_key_env,
-        api_key_file=spec.api_key_file,
-        timeout_s=spec.timeout_s,
-        max_retries=spec.max_retries,
-        price=spec.price,
-    )
+    return GoogleModel(spec.model, base_url=spec.base_url, **_sdk_options(spec))
 
 
 _lock = threading.Lock()

@@ -1,11 +1,10 @@
 """The built-in team: Architect, Coder, Reviewer (prompts in ``prompts/``)."""
 
-from ._base import CACHE_BUCKET, CANCEL_BUCKET, RoleAgent, WorkflowEnded, result_from
+from ._base import CACHE_BUCKET, RoleAgent, WorkflowEnded, result_from
 from ._team import Architect, Coder, Reviewer
 
 __all__ = (
     "CACHE_BUCKET",
-    "CANCEL_BUCKET",
     "Architect",
     "Coder",
     "Reviewer",

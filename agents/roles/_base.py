@@ -8,7 +8,7 @@ from typing import Any, ClassVar, NoReturn, TypeVar
 
 from pydantic import BaseModel
 
-from swarmbus.bus import CANCEL_BUCKET, Bus, Retry, WatchedKeys
+from swarmbus.bus import Bus, Retry, WatchedKeys, cancel_flags
 from swarmbus.protocols import (
     Provenance,
     TaskResult,
@@ -30,7 +30,7 @@ from ..models import (
 )
 from ._prompts import render_state, system_prompt
 
-__all__ = ["CACHE_BUCKET", "CANCEL_BUCKET", "RoleAgent", "WorkflowEnded"]
+__all__ = ["CACHE_BUCKET", "RoleAgent", "WorkflowEnded"]
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -72,8 +72,7 @@ class RoleAgent(Agent):
         return self.model.name
 
     async def setup(self, bus: Bus) -> None:
-        store = await bus.key_value(CANCEL_BUCKET, ttl_s=7 * 24 * 3600)
-        self._cancel = await WatchedKeys(bus, store).start()
+        self._cancel = await WatchedKeys(bus, await cancel_flags(bus)).start()
         if self.cache_ttl_s is not None and not isinstance(self.model, CachedModel):
             store = await bus.key_value(CACHE_BUCKET, ttl_s=self.cache_ttl_s)
             self.model = CachedModel(self.model, store, ttl_s=self.cache_ttl_s)
@@ -84,7 +83,7 @@ class RoleAgent(Agent):
         await self.model.aclose()
 
     async def ask(
-        self, ctx: Context[Any], state: WorkState, output_type: type[T], *, extra: str = ""
+        self, ctx: Context[Any], state: WorkState, output_type: type[T]
     ) -> tuple[T, Provenance]:
         """Check the limits, call the model, add the call to ``state.spend``.
 
@@ -93,10 +92,9 @@ class RoleAgent(Agent):
         provider failure while deliveries remain.
         """
         await self.check_limits(ctx, state)
-        prompt = render_state(state, for_role=self.role) + (f"\n{extra}" if extra else "")
         request = ModelRequest(
             system=system_prompt(self.role),
-            messages=(ChatMessage(role="user", content=prompt),),
+            messages=(ChatMessage(role="user", content=render_state(state, for_role=self.role)),),
             output_type=output_type,
             settings=self.model_settings,
         )
