@@ -24,9 +24,11 @@ from ._control import DeadLetterReason, Reject, Retry
 from ._deadletter import dead_letter
 from ._embedded import EmbeddedServer, NatsServerNotFoundError, find_nats_server, free_port
 from ._kv import KeyValueStore, WatchedKeys
+from ._secrets import MASK, register_secret, registered_secrets, scrub, scrub_bytes
 
 __all__ = (
     "CANCEL_BUCKET",
+    "MASK",
     "WORKING",
     "Bus",
     "BusUnavailableError",
@@ -61,4 +63,8 @@ __all__ = (
     "find_nats_server",
     "free_port",
     "output_msg_id",
+    "register_secret",
+    "registered_secrets",
+    "scrub",
+    "scrub_bytes",
 )

@@ -32,6 +32,7 @@ from ._errors import (
 )
 from ._fallback import FallbackModel
 from ._guard import BLOCK_ENV, block_real_models, real_models_blocked
+from ._ledger import Ledger, current_ledger, metered
 from ._offline import FunctionModel, Reply, ScriptedModel
 from ._prices import (
     PRICES_ENV,
@@ -65,6 +66,7 @@ __all__ = (
     "FallbackSpec",
     "FunctionModel",
     "GoogleModel",
+    "Ledger",
     "MemoryStore",
     "MissingAPIKeyError",
     "Model",
@@ -97,9 +99,11 @@ __all__ = (
     "block_real_models",
     "build_model",
     "cost_usd",
+    "current_ledger",
     "gemini_schema",
     "known_providers",
     "load_prices",
+    "metered",
     "price_for",
     "price_table",
     "real_models_blocked",

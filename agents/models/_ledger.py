@@ -1,0 +1,102 @@
+"""The ledger: every model call made while handling one message, booked as it happens.
+
+A ``Ledger`` is made current with ``metered(ledger)``; every model below it
+(provider adapters, fallback chains, the response cache, offline models)
+calls ``before_call`` before it calls a provider and ``record`` after every
+answer a provider billed, whatever happens next (invalid or truncated output,
+a refusal, a fallback moving on, a publish that fails). So the spend of a
+step is the ledger's ``usage``, not the answer's, and a limit checked in
+``before_call`` stops the *next* call, also inside a fallback chain or before
+a repair attempt.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from swarmbus.protocols import Provenance, Usage
+
+__all__ = ["Ledger", "current_ledger", "metered"]
+
+CallCheck = Callable[["Ledger", str], None]
+"""Called with the ledger and the model name before every provider call; raises to stop."""
+
+
+class Ledger:
+    """The calls made under one ``metered`` block, in order.
+
+    ``scope`` keys the response cache (the workflow id; empty: shared). ``check``
+    runs before every provider call (budget, deadline, cancel). ``redelivery``
+    marks a message delivered before: a cache hit then charges what the call
+    that filled the cache cost, because the attempt that paid never got to
+    publish its spend. Not thread-safe: one ledger per handler.
+    """
+
+    __slots__ = ("check", "records", "redelivery", "scope", "spent_before")
+
+    def __init__(
+        self,
+        *,
+        scope: str = "",
+        check: CallCheck | None = None,
+        redelivery: bool = False,
+        spent_before: Usage | None = None,
+    ) -> None:
+        self.scope = scope
+        self.check = check
+        self.redelivery = redelivery
+        self.spent_before = spent_before or Usage()
+        """What the workflow spent before this ledger (for budget checks)."""
+        self.records: list[Provenance] = []
+
+    def before_call(self, model: str) -> None:
+        """Run the check (raises to stop the call)."""
+        if self.check is not None:
+            self.check(self, model)
+
+    def record(self, provenance: Provenance) -> None:
+        """Book one provider answer (or one cache hit)."""
+        self.records.append(provenance)
+
+    @property
+    def usage(self) -> Usage:
+        """Everything booked here; a redelivered cache hit carries its original cost."""
+        total = Usage()
+        for p in self.records:
+            if p.from_cache and self.redelivery and p.original_usage is not None:
+                total = total + p.original_usage
+            else:
+                total = total + p.usage()
+        return total
+
+    @property
+    def total(self) -> Usage:
+        """``spent_before`` plus this ledger's usage: what a budget is checked against."""
+        return self.spent_before + self.usage
+
+    @property
+    def models(self) -> list[str]:
+        """The models booked, in call order, without repeats."""
+        return list(dict.fromkeys(p.name for p in self.records))
+
+
+_current: contextvars.ContextVar[Ledger | None] = contextvars.ContextVar(
+    "swarmbus_ledger", default=None
+)
+
+
+def current_ledger() -> Ledger | None:
+    """The ledger of the innermost ``metered`` block, if any."""
+    return _current.get()
+
+
+@contextmanager
+def metered(ledger: Ledger) -> Iterator[Ledger]:
+    """Book every model call made inside the block (in this task) into ``ledger``."""
+    token = _current.set(ledger)
+    try:
+        yield ledger
+    finally:
+        _current.reset(token)
