@@ -88,7 +88,7 @@ def main() -> None:
     if a.kind == "team":
         from _team import run_team
 
-        from swarmbus.agents._logging import configure_logging
+        from swarmbus.agents.app import configure_logging
 
         configure_logging("json", level=a.log_level)
 

@@ -300,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.command == "role":
         anyio.run(_serve_role, a)
         return 0
-    from swarmbus.agents._cli import main as cli_main
+    from swarmbus.agents.app import main as cli_main
 
     fake_sandbox()
     if a.peaks:

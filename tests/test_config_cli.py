@@ -11,11 +11,10 @@ import anyio
 import pytest
 
 from swarmbus.agents import Swarm
-from swarmbus.agents._config import load_config
-from swarmbus.agents._team import build_agents
+from swarmbus.agents.app import build_agents, load_config
 from swarmbus.protocols import ConfigError, registry
 
-SWARMBUS = [sys.executable, "-m", "swarmbus.agents._cli"]
+SWARMBUS = [sys.executable, "-m", "swarmbus.agents.app"]
 
 
 def test_env_overrides_nested_fields(tmp_path: Path) -> None:

@@ -13,8 +13,7 @@ import anyio
 import pytest
 
 from swarmbus.agents import Swarm
-from swarmbus.agents._config import load_config
-from swarmbus.agents._team import build_agents
+from swarmbus.agents.app import build_agents, load_config
 
 pytestmark = pytest.mark.anyio
 

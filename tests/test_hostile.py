@@ -39,8 +39,7 @@ from nats.js import JetStreamContext, api
 from pydantic import Field, ValidationError
 
 from swarmbus.agents import Agent, Context, Swarm, handles
-from swarmbus.agents._config import load_config
-from swarmbus.agents._team import build_agents
+from swarmbus.agents.app import build_agents, load_config
 from swarmbus.bus import Bus, ConsumerSettings, Delivery, SwarmClient
 from swarmbus.protocols import (
     ROLE_TOPICS,

@@ -18,8 +18,7 @@ import pytest
 from models._model_fakes import Canned, FakeServer, openai_body, openai_error
 
 from swarmbus.agents import Swarm
-from swarmbus.agents._demo import offline_models
-from swarmbus.agents._render import render_trail
+from swarmbus.agents.app import offline_models, render_trail
 from swarmbus.agents.models import FallbackModel, OpenAIModel, block_real_models
 from swarmbus.agents.roles import Architect, Coder, Reviewer
 from swarmbus.bus import StoredMessage, SwarmClient

@@ -35,7 +35,7 @@ def test_ci_runs_the_readme_test_command() -> None:
 
 
 def test_swarm_yaml_example_is_valid(tmp_path: Path) -> None:
-    from swarmbus.agents._config import load_config
+    from swarmbus.agents.app import load_config
 
     yaml_blocks = [b for b in _blocks("yaml") if "roles:" in b]
     assert len(yaml_blocks) >= 2

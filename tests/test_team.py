@@ -35,8 +35,8 @@ from _team_helpers import (
 )
 
 from swarmbus.agents import Agent, Context, Swarm, handles
-from swarmbus.agents._cli import main as cli_main
-from swarmbus.agents._render import render_trail
+from swarmbus.agents.app import main as cli_main
+from swarmbus.agents.app import render_trail
 from swarmbus.agents.models import (
     FallbackModel,
     FunctionModel,
@@ -75,7 +75,7 @@ def swarmbus_cmd() -> list[str]:
     if script.exists():
         return [str(script)]
     found = shutil.which("swarmbus")
-    return [found] if found else [sys.executable, "-m", "swarmbus.agents._cli"]
+    return [found] if found else [sys.executable, "-m", "swarmbus.agents.app"]
 
 
 async def wait_exit(proc: subprocess.Popen[bytes]) -> int:

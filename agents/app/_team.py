@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from swarmbus.protocols import ROLE_TOPICS, ConfigError
 
-from ._agent import Agent
+from .._agent import Agent
+from ..models import Model, build_model
+from ..roles import Architect, Coder, Reviewer, RoleAgent
 from ._config import RoleConfig, SwarmConfig
 from ._demo import offline_models
-from .models import Model, build_model
-from .roles import Architect, Coder, Reviewer, RoleAgent
 
 __all__ = ["build_agents"]
 

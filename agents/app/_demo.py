@@ -19,7 +19,7 @@ from typing import Any
 
 from swarmbus.protocols import Code, Component, Design, Finding, SourceFile, Verdict
 
-from .models import FunctionModel, Model, ModelRequest
+from ..models import FunctionModel, Model, ModelRequest
 
 __all__ = ["DEMO_TASKS", "offline_models"]
 

@@ -32,10 +32,10 @@ from swarmbus.protocols import (
     registry,
 )
 
+from .._swarm import AGENTS_BUCKET, Swarm
 from ._config import SwarmConfig, load_config
 from ._logging import configure_logging
 from ._render import progress_line, render_result, render_status, render_trail, trail_json
-from ._swarm import AGENTS_BUCKET, Swarm
 
 __all__ = ["main"]
 

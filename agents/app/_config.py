@@ -22,9 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from swarmbus.bus import ConsumerSettings, NatsSettings, StreamSettings
 from swarmbus.protocols import ROLE_TOPICS, ConfigError
 
-from ._agent import Agent
-from ._sandbox import SandboxLimits
-from .models import ModelConfig, ModelSettings
+from .._agent import Agent
+from .._sandbox import SandboxLimits
+from ..models import ModelConfig, ModelSettings
 
 __all__ = ["ENV_PREFIX", "RoleConfig", "SwarmConfig", "load_config"]
 

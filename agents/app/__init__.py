@@ -1,0 +1,29 @@
+"""The swarmbus application: the ``swarmbus`` command, ``swarm.yaml``, building the
+configured swarm, the offline demo, and how workflows are shown.
+
+It sits on the kernel (``swarmbus.agents``) and uses only its public surface.
+"""
+
+from ._cli import main
+from ._config import ENV_PREFIX, RoleConfig, SwarmConfig, load_config
+from ._demo import DEMO_TASKS, offline_models
+from ._logging import configure_logging
+from ._render import progress_line, render_result, render_status, render_trail, trail_json
+from ._team import build_agents
+
+__all__ = (
+    "DEMO_TASKS",
+    "ENV_PREFIX",
+    "RoleConfig",
+    "SwarmConfig",
+    "build_agents",
+    "configure_logging",
+    "load_config",
+    "main",
+    "offline_models",
+    "progress_line",
+    "render_result",
+    "render_status",
+    "render_trail",
+    "trail_json",
+)
