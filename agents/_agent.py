@@ -2,31 +2,22 @@
 
 from __future__ import annotations
 
-import functools
 import inspect
 import re
 import typing
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import structlog
-from nats.aio.msg import Msg
 
-from swarmbus.bus import (
-    Bus,
-    ConsumerSettings,
-    Delivery,
-    Envelope,
-    PublishResult,
-    Reject,
-    decode,
-    encode,
-    output_msg_id,
-)
+from swarmbus.bus import Bus, ConsumerSettings, Delivery, Envelope, PublishResult, Reject
+from swarmbus.bus import output_msg_id as _output_msg_id
 from swarmbus.protocols import ConfigError, Message, check_topic, check_workflow_id, registry
 
-__all__ = ["Agent", "Context", "handles"]
+from .models import Ledger, current_ledger
+
+__all__ = ["Agent", "Context", "Middleware", "handles"]
 
 M = TypeVar("M", bound=Message)
 F = TypeVar("F", bound=Callable[..., Awaitable[None]])
@@ -52,18 +43,24 @@ def handles(*topics: str) -> Callable[[F], F]:
 
 class Context(Generic[M]):
     """What a handler gets besides its message: where it came from, a bound
-    logger, the delivery count, and ``publish`` with deterministic message ids."""
+    logger, the delivery, and ``publish`` with deterministic message ids."""
 
-    __slots__ = ("_index", "_log", "agent", "bus", "deliveries", "envelope")
+    __slots__ = ("_index", "_log", "agent", "bus", "delivery", "envelope")
 
-    def __init__(self, envelope: Envelope[M], agent: str, bus: Bus, deliveries: int = 1):
+    def __init__(
+        self, envelope: Envelope[M], agent: str, bus: Bus, delivery: Delivery | None = None
+    ) -> None:
         self.envelope = envelope
         self.agent = agent
         self.bus = bus
-        self.deliveries = deliveries
-        """How often this message has been delivered (1 on the first attempt)."""
+        self.delivery = delivery or Delivery(1, 0)
         self._index = 0
         self._log: Any = None
+
+    @property
+    def deliveries(self) -> int:
+        """How often this message has been delivered (1 on the first attempt)."""
+        return self.delivery.delivered
 
     @property
     def log(self) -> Any:
@@ -87,6 +84,16 @@ class Context(Generic[M]):
     def round(self) -> int:
         return self.envelope.round
 
+    @property
+    def ledger(self) -> Ledger | None:
+        """The model calls booked while handling this message (with ``Guards``)."""
+        return current_ledger()
+
+    def output_id(self, index: int | None = None) -> str:
+        """The deterministic id of this handler's next output (or of output ``index``)."""
+        return _output_msg_id(self.envelope.msg_id, self.agent,
+                              self._index if index is None else index)
+
     async def publish(
         self,
         message: Message,
@@ -95,51 +102,72 @@ class Context(Generic[M]):
         workflow_id: str | None = None,
         round: int | None = None,
         model: str | None = None,
+        workflow: str | None = None,
+        first: bool = False,
     ) -> PublishResult:
         """Publish an output (to this workflow unless ``workflow_id`` is given) and
         wait for the stream to confirm it.
 
         Its ``Nats-Msg-Id`` derives from the input's id, this agent and the
         output's index, so a handler that runs twice publishes each output once.
-        ``topic`` defaults to the message type's first default topic.
+        ``topic`` defaults to the message type's first default topic; ``workflow``
+        (the ``Swarm-Workflow`` header) to the input's. ``first=True``: the server
+        refuses it if its subject holds a message already (``SubjectTakenError``).
         """
         if topic is None:
-            if not message.default_topics:
+            if not message.default_topics or message.default_topics[0].endswith(">"):
                 raise ConfigError(f"{message.swarm_type} has no default topic: pass topic=")
             topic = message.default_topics[0]
         wf = check_workflow_id(workflow_id) if workflow_id else self.envelope.workflow_id
-        msg_id = output_msg_id(self.envelope.msg_id, self.agent, self._index)
+        msg_id = self.output_id()
         self._index += 1
-        body, hdrs = encode(
-            message, msg_id=msg_id, causation_id=self.envelope.msg_id, sender=self.agent,
-            round=self.envelope.round if round is None else round, model=model,
+        return await self.bus.publish(
+            wf, topic, message, msg_id=msg_id, causation_id=self.envelope.msg_id,
+            sender=self.agent, round=self.envelope.round if round is None else round,
+            model=model, workflow=workflow or self.envelope.workflow, first=first,
         )
-        subj = f"{self.envelope.subject.prefix}{wf}.{_checked_topic(topic)}"
-        return await self.bus.publish_raw(subj, body, hdrs)
 
 
-@functools.lru_cache(maxsize=1024)
-def _checked_topic(topic: str) -> str:
-    return check_topic(topic)
+Next = Callable[[], Awaitable[None]]
+
+
+class Middleware(Protocol):
+    """Wraps every handler of an agent: ``await call_next()`` runs the rest.
+
+    ``setup``/``aclose`` run with the agent's (open per-process resources there).
+    """
+
+    async def __call__(self, call_next: Next, message: Message, ctx: Context[Any]) -> None: ...
+
+    async def setup(self, bus: Bus, agent: Agent) -> None: ...
+
+    async def aclose(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
-class _Route:
+class Route:
+    """A topic's handler and the message type it takes."""
+
     message_type: type[Message]
-    method: Callable[[Message, Context[Any]], Awaitable[None]]
+    method: Callable[[Any, Context[Any]], Awaitable[None]]
 
 
 class Agent:
-    """Base class of every agent. Subclasses declare handlers with ``@handles``.
+    """Base of every agent. Subclasses declare handlers with ``@handles``.
 
     ``name`` is the agent *type*: replicas with the same name share one durable
     consumer (work is load-balanced); different names each get every message.
-    ``consumer`` tunes concurrency, ack wait, max deliveries and retries.
+    ``consumer`` tunes concurrency, ack wait, max deliveries and retries;
+    ``middleware`` wraps every handler (``Guards()`` checks budget, deadline and
+    cancel before every model call). ``deliver_all`` makes a new consumer start
+    at the oldest message of its topics instead of "now".
     """
 
     name: str = ""
     version: ClassVar[str] = ""
     consumer: ConsumerSettings = ConsumerSettings()
+    middleware: Sequence[Middleware] = ()
+    deliver_all: bool = False
     replicas: int = 1
     """Pull loops on the shared consumer in this process (more processes scale further)."""
 
@@ -149,7 +177,8 @@ class Agent:
         name: str | None = None,
         consumer: ConsumerSettings | None = None,
         replicas: int = 1,
-    ):
+        middleware: Sequence[Middleware] | None = None,
+    ) -> None:
         self.name = name or type(self).name or _snake(type(self).__name__)
         if not _NAME.match(self.name):
             raise ConfigError(f"agent name {self.name!r}: use letters, digits, '_' and '-'")
@@ -158,7 +187,9 @@ class Agent:
         if replicas < 1:
             raise ConfigError(f"replicas must be >= 1, got {replicas}")
         self.replicas = replicas
-        self._routes = self._collect_routes()
+        if middleware is not None:
+            self.middleware = tuple(middleware)
+        self._routes = self.routes()
 
     @property
     def topics(self) -> list[str]:
@@ -169,14 +200,10 @@ class Agent:
         """The model(s) this agent uses, for announcements (empty if none)."""
         return ""
 
-    async def setup(self, bus: Bus) -> None:
-        """Called once before consuming (e.g. open clients, key-value buckets)."""
-
-    async def aclose(self) -> None:
-        """Called once after consuming stopped."""
-
-    def _collect_routes(self) -> dict[str, _Route]:
-        routes: dict[str, _Route] = {}
+    def routes(self) -> dict[str, Route]:
+        """Topic -> handler; by default the ``@handles`` methods. Override to route
+        topics known only at run time (the step runtime does)."""
+        routes: dict[str, Route] = {}
         for attr in dir(type(self)):
             fn = getattr(type(self), attr, None)
             topics = getattr(fn, "_swarm_topics", None)
@@ -186,16 +213,23 @@ class Agent:
             for topic in topics:
                 if topic in routes:
                     raise ConfigError(f"{type(self).__name__}: two handlers for topic {topic!r}")
-                routes[topic] = _Route(mtype, getattr(self, attr))
+                routes[topic] = Route(mtype, getattr(self, attr))
         if not routes:
             raise ConfigError(f"{type(self).__name__} has no @handles methods")
         return routes
 
-    async def _dispatch(self, bus: Bus, msg: Msg, delivery: Delivery) -> None:
-        env = decode(
-            msg.subject, msg.data, msg.headers, max_bytes=self.consumer.max_body_bytes,
-            fallback_id=f"{bus.stream_name}-{delivery.stream_seq}",
-        )
+    async def setup(self, bus: Bus) -> None:
+        """Called once before consuming (open clients, buckets); runs the middleware's."""
+        for mw in self.middleware:
+            await mw.setup(bus, self)
+
+    async def aclose(self) -> None:
+        """Called once after consuming stopped."""
+        for mw in self.middleware:
+            await mw.aclose()
+
+    async def dispatch(self, bus: Bus, env: Envelope[Message], delivery: Delivery) -> None:
+        """Run the handler of ``env``'s topic (through the middleware)."""
         route = self._routes.get(env.topic)
         if route is None:
             raise Reject(f"{self.name} has no handler for topic {env.topic!r}")
@@ -205,7 +239,17 @@ class Agent:
                 f"got {env.message.swarm_type}",
                 reason="invalid",
             )
-        await route.method(env.message, Context(env, self.name, bus, delivery.delivered))
+        ctx = Context(env, self.name, bus, delivery)
+        if not self.middleware:
+            await route.method(env.message, ctx)
+            return
+        await self._through(0, route, env.message, ctx)
+
+    async def _through(self, i: int, route: Route, msg: Message, ctx: Context[Any]) -> None:
+        if i == len(self.middleware):
+            await route.method(msg, ctx)
+            return
+        await self.middleware[i](lambda: self._through(i + 1, route, msg, ctx), msg, ctx)
 
 
 def _message_param(owner: type, fn: Callable[..., Any]) -> type[Message]:

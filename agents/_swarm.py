@@ -16,6 +16,7 @@ import structlog
 from anyio.abc import TaskGroup, TaskStatus
 
 from swarmbus.bus import (
+    AGENTS_BUCKET,
     Bus,
     ConsumerStats,
     NatsSettings,
@@ -23,17 +24,16 @@ from swarmbus.bus import (
     StreamSettings,
     dead_letter_worker,
 )
+from swarmbus.bus import AGENTS_TTL_S as _ANNOUNCE_TTL_S
 from swarmbus.protocols import AgentAnnouncement
 
 from ._agent import Agent
 
-__all__ = ["AGENTS_BUCKET", "Swarm"]
+__all__ = ["Swarm"]
 
 log = structlog.get_logger("swarmbus.swarm")
 
-AGENTS_BUCKET = "agents"
 _ANNOUNCE_EVERY_S = 5.0
-_ANNOUNCE_TTL_S = 20.0
 
 
 class Swarm:
@@ -103,10 +103,11 @@ class Swarm:
                 await agent.setup(bus)
             async with anyio.create_task_group() as tg:
                 for agent in self.agents:
-                    handler = functools.partial(agent._dispatch, bus)
+                    handler = functools.partial(agent.dispatch, bus)
                     for _ in range(agent.replicas):
                         consumer = PullConsumer(
-                            bus, agent.name, handler, topics=agent.topics, settings=agent.consumer
+                            bus, agent.name, handler, topics=agent.topics, settings=agent.consumer,
+                            deliver_all=agent.deliver_all,
                         )
                         self._consumers.setdefault(agent.name, []).append(consumer)
                         await tg.start(self._run_consumer, consumer)
@@ -168,6 +169,9 @@ class Swarm:
                         concurrency=agent.consumer.concurrency * agent.replicas,
                         in_flight=stats.in_flight, handled=stats.handled, failed=stats.retried,
                         dead_lettered=stats.dead_lettered,
+                        settings={"ack_wait_s": agent.consumer.ack_wait_s,
+                                  "max_deliver": agent.consumer.max_deliver,
+                                  "concurrency": agent.consumer.concurrency},
                     )
                     try:
                         await store.put(keys[agent.name], ann.model_dump_json().encode())

@@ -1,5 +1,6 @@
 """NATS for swarmbus: connection, streams, codec, publish/consume, key-value,
-the embedded server. Never imports ``swarmbus.agents``."""
+stored workflows, the embedded server, and ``SwarmClient``. Never imports
+``swarmbus.agents``; knows no role and no particular workflow."""
 
 from ._bus import (
     Bus,
@@ -8,51 +9,64 @@ from ._bus import (
     PublishResult,
     StoredMessage,
     StreamSettings,
+    SubjectTakenError,
 )
 from ._client import (
+    AGENTS_BUCKET,
+    AGENTS_TTL_S,
     CANCEL_BUCKET,
-    WORKING,
     SwarmClient,
+    UnknownWorkflowIdError,
+    WorkflowIdTakenError,
     WorkflowStatus,
     apply_event,
     cancel_flags,
+    live_agents,
+    same_task,
 )
 from ._codec import DecodeError, Envelope, decode, encode, output_msg_id
 from ._connect import BusUnavailableError, NatsSettings, connect
-from ._consumer import ConsumerStats, Delivery, PullConsumer, RawHandler, dead_letter_worker
-from ._control import DeadLetterReason, Reject, Retry
+from ._consumer import ConsumerStats, Delivery, Handler, PullConsumer, dead_letter_worker
+from ._control import Reject, Retry
 from ._deadletter import dead_letter
 from ._embedded import EmbeddedServer, NatsServerNotFoundError, find_nats_server, free_port
 from ._kv import KeyValueStore, WatchedKeys
 from ._secrets import MASK, register_secret, registered_secrets, scrub, scrub_bytes
+from ._workflows import WORKFLOWS_BUCKET, UnknownWorkflowError, WorkflowStore
 
 __all__ = (
+    "AGENTS_BUCKET",
+    "AGENTS_TTL_S",
     "CANCEL_BUCKET",
     "MASK",
-    "WORKING",
+    "WORKFLOWS_BUCKET",
     "Bus",
     "BusUnavailableError",
     "ConsumerSettings",
     "ConsumerStats",
-    "DeadLetterReason",
     "DecodeError",
     "Delivery",
     "EmbeddedServer",
     "Envelope",
+    "Handler",
     "KeyValueStore",
     "NatsServerNotFoundError",
     "NatsSettings",
     "PayloadTooLargeError",
     "PublishResult",
     "PullConsumer",
-    "RawHandler",
     "Reject",
     "Retry",
     "StoredMessage",
     "StreamSettings",
+    "SubjectTakenError",
     "SwarmClient",
+    "UnknownWorkflowError",
+    "UnknownWorkflowIdError",
     "WatchedKeys",
+    "WorkflowIdTakenError",
     "WorkflowStatus",
+    "WorkflowStore",
     "apply_event",
     "cancel_flags",
     "connect",
@@ -62,9 +76,11 @@ __all__ = (
     "encode",
     "find_nats_server",
     "free_port",
+    "live_agents",
     "output_msg_id",
     "register_secret",
     "registered_secrets",
+    "same_task",
     "scrub",
     "scrub_bytes",
 )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -29,6 +31,7 @@ from swarmbus.protocols import (
 from ._codec import DecodeError, Envelope, decode, encode
 from ._connect import NatsSettings, connect
 from ._kv import KeyValueStore
+from ._secrets import scrub, scrub_bytes
 
 __all__ = [
     "Bus",
@@ -37,13 +40,26 @@ __all__ = [
     "PublishResult",
     "StoredMessage",
     "StreamSettings",
+    "SubjectTakenError",
 ]
+
+_WRONG_LAST_SEQUENCE = 10071
 
 log = structlog.get_logger("swarmbus.bus")
 
 
 class PayloadTooLargeError(SwarmbusError, ValueError):
     """A message larger than the server or the stream accepts."""
+
+
+class SubjectTakenError(SwarmbusError):
+    """A publish with ``first=True`` found a message already on its subject
+    (``last_seq``): the server refused the second one."""
+
+    def __init__(self, subject: str, last_seq: int) -> None:
+        super().__init__(f"{subject} already holds a message (stream sequence {last_seq})")
+        self.subject = subject
+        self.last_seq = last_seq
 
 
 class StreamSettings(BaseModel):
@@ -73,6 +89,12 @@ class ConsumerSettings(BaseModel):
     retry_delay_s: float = Field(1.0, ge=0, description="First nak delay; doubles per delivery.")
     max_retry_delay_s: float = Field(60.0, ge=0)
     max_body_bytes: int = Field(512 * 1024, gt=0, description="Larger bodies are dead-lettered.")
+
+    def retry_delay(self, delivered: int) -> float:
+        """Seconds to wait before redelivering a message delivered ``delivered`` times:
+        ``retry_delay_s`` doubling per delivery, at most ``max_retry_delay_s``."""
+        base = self.retry_delay_s * math.pow(2, max(0, delivered - 1))
+        return min(base, self.max_retry_delay_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,23 +311,39 @@ class Bus:
         sender: str | None = None,
         round: int = 0,
         model: str | None = None,
+        workflow: str | None = None,
+        first: bool = False,
     ) -> PublishResult:
-        """Publish through JetStream, awaiting the stream's ack.
+        """Publish ``message`` on ``swarm.<ns>.<workflow_id>.<topic>`` through JetStream,
+        awaiting the stream's ack.
 
         ``msg_id`` becomes ``Nats-Msg-Id``: a repeat within the duplicate window is
-        stored once. Raises ``ExternalError`` if the stream does not confirm.
+        stored once. ``workflow`` (a compiled workflow's hash) goes in the
+        ``Swarm-Workflow`` header. ``first=True`` has the server refuse the message
+        if its subject already holds one (``SubjectTakenError``): one result per
+        workflow, one task per workflow id, whatever races. Raises ``ExternalError``
+        if the stream does not confirm, ``PayloadTooLargeError`` if it is too big.
         """
         body, hdrs = encode(
             message, msg_id=msg_id, causation_id=causation_id, sender=sender, round=round,
-            model=model,
+            model=model, workflow=workflow,
         )
-        return await self.publish_raw(subject(self.namespace, workflow_id, topic), body, hdrs)
+        subj = subject(self.namespace, workflow_id, topic)
+        if first:
+            hdrs["Nats-Expected-Last-Subject-Sequence"] = "0"
+        return await self.publish_raw(subj, body, hdrs)
 
     async def publish_raw(
         self, subj: str, body: bytes, headers: dict[str, str] | None = None
     ) -> PublishResult:
-        """Publish bytes through JetStream. Raises ``PayloadTooLargeError`` before
-        sending what the server would refuse (it closes the connection for it)."""
+        """Publish bytes through JetStream, every registered secret scrubbed from body
+        and headers first (the one way out to the stream). Raises
+        ``PayloadTooLargeError`` before sending what the server would refuse (it
+        closes the connection for it), ``SubjectTakenError`` when an expected last
+        subject sequence does not hold."""
+        body = scrub_bytes(body)
+        if headers:
+            headers = {k: scrub(v) for k, v in headers.items()}
         size = len(body) + sum(len(k) + len(v) + 4 for k, v in (headers or {}).items()) + 12
         limit = min(self.nc.max_payload or size, self.stream.max_msg_bytes)
         if size > limit:
@@ -317,13 +355,25 @@ class Bus:
             ack = await self.js.publish(subj, body, headers=headers, timeout=10.0)
         except (nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError) as e:
             raise ExternalError(f"JetStream did not confirm publish to {subj}: {e!r}") from e
+        except nats.js.errors.BadRequestError as e:
+            if e.err_code == _WRONG_LAST_SEQUENCE:
+                last = (e.description or "").rsplit(":", 1)[-1].strip()
+                raise SubjectTakenError(subj, int(last) if last.isdigit() else 0) from None
+            raise
         return PublishResult(seq=ack.seq, duplicate=bool(ack.duplicate))
 
     async def key_value(
         self, name: str, *, ttl_s: float | None = None, history: int = 1
     ) -> KeyValueStore:
-        """Get or create the namespace's bucket ``name`` (same replicas as the stream)."""
-        bucket = f"swarm_{self.namespace}_{name}".replace("-", "_")
+        """Get or create the namespace's bucket ``name`` (same replicas as the stream).
+
+        ``name`` is lower-case letters and digits; the bucket is
+        ``swarm_<namespace>_<name>``, so two namespaces never share one (``x-y``
+        and ``x_y`` included). Raises ``ValueError`` for another name.
+        """
+        if not re.fullmatch(r"[a-z0-9]{1,32}", name):
+            raise ValueError(f"bucket names are lower-case letters and digits, got {name!r}")
+        bucket = f"swarm_{self.namespace}_{name}"
         store = self._kv.get(bucket)
         if store is None:
             try:
@@ -353,6 +403,17 @@ class Bus:
         try:
             raw = await self.js.get_msg(
                 self.stream_name, subject=subject(self.namespace, workflow_id, topic)
+            )
+        except nats.js.errors.NotFoundError:
+            return None
+        return _stored(raw)
+
+    async def first(self, workflow_id: str, topic: str) -> StoredMessage | None:
+        """The oldest message of one workflow on one topic, or None."""
+        try:
+            raw = await self.js.get_msg(
+                self.stream_name, seq=1, subject=subject(self.namespace, workflow_id, topic),
+                next=True,
             )
         except nats.js.errors.NotFoundError:
             return None

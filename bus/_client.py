@@ -1,6 +1,7 @@
 """``SwarmClient``: submit work, follow it, cancel it, from any Python service.
 
-Needs no agent runtime: it speaks the wire protocol through ``Bus`` only.
+Needs no agent runtime: it speaks the wire protocol through ``Bus`` only, and
+reads who works on what from the workflow stored in the namespace.
 """
 
 from __future__ import annotations
@@ -9,70 +10,101 @@ import contextlib
 import uuid
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import anyio
 import nats.errors
 from nats.js import api
 
 from swarmbus.protocols import (
-    ROLE_TOPICS,
+    AgentAnnouncement,
     DeadLetter,
     Message,
+    SwarmbusError,
     TaskRequest,
     TaskResult,
-    WorkState,
+    Work,
     check_workflow_id,
     workflow_filter,
 )
 
-from ._bus import Bus, StoredMessage, StreamSettings
+from ._bus import Bus, StoredMessage, StreamSettings, SubjectTakenError
 from ._codec import Envelope
 from ._connect import NatsSettings
 from ._kv import KeyValueStore
+from ._workflows import WorkflowStore
 
-__all__ = ["CANCEL_BUCKET", "WORKING", "SwarmClient", "WorkflowStatus"]
+__all__ = [
+    "AGENTS_BUCKET",
+    "CANCEL_BUCKET",
+    "SwarmClient",
+    "UnknownWorkflowIdError",
+    "WorkflowIdTakenError",
+    "WorkflowStatus",
+    "apply_event",
+    "cancel_flags",
+    "live_agents",
+]
 
 CANCEL_BUCKET = "cancel"
 CANCEL_TTL_S = 7 * 24 * 3600
-WORKING = {
-    "task": "architect",
-    "revise.design": "architect",
-    "design": "coder",
-    "revise.code": "coder",
-    "code": "reviewer",
-    "result": "done",
-}
-"""Which role works on a workflow whose newest message is on a given topic."""
+AGENTS_BUCKET = "agents"
+AGENTS_TTL_S = 20.0
+
+
+class WorkflowIdTakenError(SwarmbusError, ValueError):
+    """A *different* task was submitted under a workflow id already used."""
+
+
+class UnknownWorkflowIdError(SwarmbusError, LookupError):
+    """No workflow with this id in the namespace."""
 
 
 @dataclass(slots=True)
 class WorkflowStatus:
-    """Where a workflow stands, read from its messages in the stream."""
+    """Where a workflow stands, read from its messages in the stream.
+
+    ``step`` is the step whose work is waiting or running, ``role`` the agent
+    type that serves it (from the stored workflow), ``live`` whether any agent
+    of that role is running in the namespace (None: not checked).
+    """
 
     workflow_id: str
     known: bool
-    working: str = ""
+    step: str = ""
+    role: str = ""
+    live: bool | None = None
     last_topic: str = ""
     round: int = 0
     steps: int = 0
     spent_usd: float = 0.0
+    workflow: str = ""
     result: TaskResult | None = None
     dead_letters: list[DeadLetter] = field(default_factory=list)
+
+    @property
+    def working(self) -> str:
+        """Who is on it: ``coder``, ``waiting for coder``, ``done`` (for progress lines)."""
+        if self.result is not None:
+            return "done"
+        if not self.role:
+            return ""
+        return self.role if self.live is not False else f"waiting for {self.role}"
 
 
 class SwarmClient:
     """Connect with ``await SwarmClient.connect(url, namespace=...)``.
 
-    ``submit`` publishes a ``TaskRequest`` (making sure the namespace's stream
-    and the built-in roles' consumers exist, so work waits for agents that are
-    not running yet); ``result`` awaits the outcome, also when it was published
+    ``submit`` publishes a ``TaskRequest`` (work waits in the stream until an
+    agent takes it); ``result`` awaits the outcome, also when it was published
     before the call; ``events`` streams a workflow's history then its new
-    messages; ``cancel`` sets the flag the roles check before every model call.
+    messages; ``status`` says where it stands; ``cancel`` sets the flag checked
+    before every model call. The client owns its bus and closes it in ``aclose``.
     """
 
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
-        self._ready = False
+        self._workflows: WorkflowStore | None = None
 
     @classmethod
     async def connect(
@@ -85,21 +117,36 @@ class SwarmClient:
         """Raises ``BusUnavailableError`` if NATS cannot be reached in time."""
         return cls(await Bus.connect(nats, namespace=namespace, stream=stream))
 
-    async def ensure_roles(self) -> None:
-        """Create the built-in roles' consumers if missing (never changes existing ones)."""
-        if not self._ready:
-            for role, topics in ROLE_TOPICS.items():
-                await self.bus.ensure_consumer(role, list(topics), update=False)
-            self._ready = True
+    async def workflows(self) -> WorkflowStore:
+        if self._workflows is None:
+            self._workflows = await WorkflowStore.open(self.bus)
+        return self._workflows
 
     async def submit(self, task: TaskRequest | str, *, workflow_id: str | None = None) -> str:
-        """Publish a task; returns its workflow id. Submitting the same id twice
-        within the duplicate window stores it once."""
+        """Publish a task; returns its workflow id (random when not given).
+
+        The id is single-use: submitting the same task again under it joins the
+        existing workflow (nothing is published twice); a different task raises
+        ``WorkflowIdTakenError``. An invalid id raises ``SubjectError``.
+        """
         if isinstance(task, str):
             task = TaskRequest(goal=task)
-        wf = check_workflow_id(workflow_id) if workflow_id else uuid.uuid4().hex
-        await self.ensure_roles()
-        await self.bus.publish(wf, "task", task, msg_id=f"task-{wf}", sender="client")
+        wf = check_workflow_id(workflow_id) if workflow_id is not None else uuid.uuid4().hex
+        if task.submitted_at is None:
+            task = task.model_copy(update={"submitted_at": datetime.now(UTC)})
+        try:
+            await self.bus.publish(wf, "task", task, msg_id=f"task-{wf}", sender="client",
+                                   first=True)
+        except SubjectTakenError:
+            stored = await self.bus.last(wf, "task")
+            env = stored.try_decode() if stored is not None else None
+            if env is None or not isinstance(env.message, TaskRequest) or not same_task(
+                env.message, task
+            ):
+                raise WorkflowIdTakenError(
+                    f"workflow id {wf!r} is taken by another task in namespace "
+                    f"{self.bus.namespace!r}; choose another id (or none for a random one)"
+                ) from None
         return wf
 
     async def events(self, workflow_id: str) -> AsyncGenerator[Envelope[Message], None]:
@@ -140,25 +187,48 @@ class SwarmClient:
         raise TimeoutError  # pragma: no cover - the loop only ends by returning
 
     async def status(self, workflow_id: str) -> WorkflowStatus:
-        """Where the workflow stands (from the stream; no agent is asked)."""
+        """Where the workflow stands (from the stream, the stored workflow and the
+        live agents; no agent is asked)."""
         history = await self.bus.history(workflow_id)
         st = WorkflowStatus(workflow_id, known=bool(history), steps=len(history))
         for stored in history:
             env = stored.try_decode()
-            if env is None:
-                continue
-            apply_event(st, env)
+            if env is not None:
+                apply_event(st, env)
+        await self.describe(st)
         return st
 
+    async def describe(self, st: WorkflowStatus) -> None:
+        """Fill ``role`` and ``live`` from the stored workflow and the live agents."""
+        if st.result is not None or not st.last_topic:
+            return
+        store = await self.workflows()
+        ref = st.workflow or await store.resolve(None)
+        wf = await store.get(ref) if ref else None
+        if wf is None:
+            return
+        st.role = wf.role_of_topic(st.last_topic) or ""
+        if st.role:
+            st.live = any(a.agent == st.role for a in await live_agents(self.bus))
+
     async def trail(self, workflow_id: str) -> list[StoredMessage]:
-        """The workflow's whole history as stored (the audit trail)."""
+        """The workflow's whole history as stored (the audit trail); empty if unknown."""
         return await self.bus.history(workflow_id)
 
     async def cancel(self, workflow_id: str) -> None:
-        """Ask the swarm to stop this workflow: the next role about to call a model
-        publishes a ``cancelled`` result with the best attempt so far."""
+        """Ask the swarm to stop this workflow: the next step about to call a model
+        publishes a ``cancelled`` result with the best attempt so far. Raises
+        ``UnknownWorkflowIdError`` when no task has this id."""
+        check_workflow_id(workflow_id)
+        if await self.bus.last(workflow_id, "task") is None:
+            raise UnknownWorkflowIdError(
+                f"no workflow {workflow_id!r} in namespace {self.bus.namespace!r}")
         store = await cancel_flags(self.bus)
-        await store.put(check_workflow_id(workflow_id), b"1")
+        await store.put(workflow_id, b"1")
+
+    async def agents(self) -> list[AgentAnnouncement]:
+        """The live agents of the namespace."""
+        return await live_agents(self.bus)
 
     async def aclose(self) -> None:
         await self.bus.aclose()
@@ -170,23 +240,43 @@ class SwarmClient:
         await self.aclose()
 
 
+def same_task(a: TaskRequest, b: TaskRequest) -> bool:
+    """Whether two submissions are the same task (the submission time aside)."""
+    skip = {"submitted_at"}
+    return a.model_dump(mode="json", exclude=skip) == b.model_dump(mode="json", exclude=skip)
+
+
 async def cancel_flags(bus: Bus) -> KeyValueStore:
     """The namespace's cancel flags: a key per cancelled workflow id."""
     return await bus.key_value(CANCEL_BUCKET, ttl_s=CANCEL_TTL_S)
+
+
+async def live_agents(bus: Bus) -> list[AgentAnnouncement]:
+    """Every agent replica announced in the namespace, by agent then instance."""
+    store = await bus.key_value(AGENTS_BUCKET, ttl_s=AGENTS_TTL_S)
+    out = []
+    for key in await store.keys():
+        raw = await store.get(key)
+        if raw:
+            with contextlib.suppress(ValueError):
+                out.append(AgentAnnouncement.model_validate_json(raw))
+    return sorted(out, key=lambda a: (a.agent, a.instance))
 
 
 def apply_event(st: WorkflowStatus, env: Envelope[Message]) -> None:
     """Fold one message into a status (used by ``status`` and live progress)."""
     msg = env.message
     st.known = True
-    st.last_topic = env.topic
     st.round = max(st.round, env.round)
-    st.working = WORKING.get(env.topic, st.working)
-    state = getattr(msg, "state", None)
-    if isinstance(state, WorkState):
-        st.spent_usd = max(st.spent_usd, state.total.cost_usd)
+    if isinstance(msg, TaskRequest | Work):
+        st.last_topic = env.topic
+        st.step = env.topic[5:] if env.topic.startswith("step.") else ""
+        st.workflow = env.workflow or st.workflow
+        if isinstance(msg, Work):
+            st.spent_usd = max(st.spent_usd, msg.state.total.cost_usd)
     if isinstance(msg, TaskResult):
         st.result = msg
+        st.last_topic = env.topic
         st.spent_usd = max(st.spent_usd, msg.total.cost_usd)
     if isinstance(msg, DeadLetter):
         st.dead_letters.append(msg)

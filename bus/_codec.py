@@ -46,6 +46,7 @@ class Envelope(Generic[M]):
     sender: str | None = None
     round: int = 0
     model: str | None = None
+    workflow: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -65,6 +66,7 @@ def encode(
     sender: str | None = None,
     round: int = 0,
     model: str | None = None,
+    workflow: str | None = None,
 ) -> tuple[bytes, dict[str, str]]:
     """Body and headers for ``message``. Raises ``TypeError`` for unregistered types."""
     if not message.swarm_type:
@@ -76,6 +78,8 @@ def encode(
         hdrs[headers.SENDER] = sender
     if model:
         hdrs[headers.MODEL] = model
+    if workflow:
+        hdrs[headers.WORKFLOW] = workflow
     return message.model_dump_json().encode(), hdrs
 
 
@@ -121,6 +125,7 @@ def decode(
         sender=hdrs.get(headers.SENDER),
         round=round_,
         model=hdrs.get(headers.MODEL),
+        workflow=hdrs.get(headers.WORKFLOW),
         headers=dict(hdrs),
     )
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -25,7 +24,10 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from swarmbus.protocols import Message
+
 from ._bus import Bus, ConsumerSettings
+from ._codec import Envelope, decode
 from ._control import Reject, Retry
 from ._deadletter import (
     ADVISORY_DURABLE,
@@ -34,14 +36,20 @@ from ._deadletter import (
     max_deliveries_filter,
 )
 
-__all__ = ["ConsumerStats", "Delivery", "PullConsumer", "RawHandler", "dead_letter_worker"]
+__all__ = ["ConsumerStats", "Delivery", "Handler", "PullConsumer", "dead_letter_worker"]
 
 
 class Delivery(NamedTuple):
-    """Read off the message's ack subject, without parsing all its metadata."""
+    """Read off the message's ack subject, without parsing all its metadata.
+
+    ``delivered`` counts deliveries (1 the first time); ``stream_seq`` is the
+    message's sequence in the stream; ``timestamp`` when the stream stored it
+    (seconds since the epoch, 0.0 when unknown).
+    """
 
     delivered: int
     stream_seq: int
+    timestamp: float = 0.0
 
     @classmethod
     def of(cls, msg: Msg) -> Delivery:
@@ -50,13 +58,16 @@ class Delivery(NamedTuple):
         tokens = (msg.reply or "").split(".")
         base = 2 if len(tokens) == 9 else 4
         try:
-            return cls(int(tokens[base + 2]), int(tokens[base + 3]))
+            return cls(int(tokens[base + 2]), int(tokens[base + 3]), int(tokens[base + 5]) / 1e9)
         except (IndexError, ValueError):
             return cls(1, 0)
 
 
-RawHandler = Callable[[Msg, Delivery], Awaitable[None]]
-"""Handles one message; ``Reject``/``Retry``/other exceptions decide its fate."""
+Handler = Callable[[Envelope[Message], Delivery], Awaitable[None]]
+"""Handles one decoded message; returning acks it, ``Reject`` dead-letters it,
+``Retry`` or any other exception naks it with a delay."""
+
+_RawHandler = Callable[[Msg, Delivery], Awaitable[None]]
 
 log = structlog.get_logger("swarmbus.consumer")
 
@@ -77,19 +88,21 @@ class ConsumerStats:
 
 
 class PullConsumer:
-    """Pulls from a durable consumer and runs ``handler`` on each message.
+    """Pulls from a durable consumer, decodes each message and runs ``handler`` on it.
 
-    Outcome of the handler: return -> ack; ``Reject`` -> dead-letter + term;
-    ``Retry`` or any other exception -> nak with a delay (doubling per
-    delivery); after ``max_deliver`` JetStream's advisory dead-letters it.
-    Long handlers are kept alive with in-progress acks.
+    A message that does not decode (bytes, schema, unknown type, oversize) is
+    dead-lettered without reaching the handler. Outcome of the handler: return
+    -> ack; ``Reject`` -> dead-letter + term; ``Retry`` or any other exception
+    -> nak with a delay (``Retry.delay_s``, else doubling per delivery); after
+    ``max_deliver`` JetStream's advisory dead-letters it. Long handlers are kept
+    alive with in-progress acks.
     """
 
     def __init__(
         self,
         bus: Bus,
         durable: str,
-        handler: RawHandler,
+        handler: Handler | None,
         *,
         topics: list[str] | None = None,
         filters: list[str] | None = None,
@@ -97,14 +110,21 @@ class PullConsumer:
         settings: ConsumerSettings | None = None,
         dead_letter_on_reject: bool = True,
         deliver_all: bool = False,
+        _raw: _RawHandler | None = None,
     ) -> None:
         self.bus = bus
         self.durable = durable
-        self.handler = handler
+
         self.topics = topics or []
         self.filters = filters
         self.stream = stream or bus.stream_name
         self.settings = settings or ConsumerSettings()
+        if _raw is not None:
+            self._dispatch: _RawHandler = _raw
+        elif handler is not None:
+            self._dispatch = self._decoding(handler)
+        else:
+            raise TypeError("PullConsumer needs a handler")
         self.stats = ConsumerStats()
         self._dead_letter_on_reject = dead_letter_on_reject
         self._deliver_all = deliver_all
@@ -120,6 +140,17 @@ class PullConsumer:
         self._sub: Subscription | None = None
         self._seen_reconnects = 0
         self._consumer_gone = False
+
+    def _decoding(self, handler: Handler) -> _RawHandler:
+        fallback = f"{self.bus.stream_name}-"
+        max_bytes = self.settings.max_body_bytes
+
+        async def dispatch(msg: Msg, delivery: Delivery) -> None:
+            env = decode(msg.subject, msg.data, msg.headers, max_bytes=max_bytes,
+                         fallback_id=f"{fallback}{delivery.stream_seq}")
+            await handler(env, delivery)
+
+        return dispatch
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -289,7 +320,7 @@ class PullConsumer:
             if delivered > 1:
                 self.stats.redelivered += 1
             try:
-                await self.handler(msg, delivery)
+                await self._dispatch(msg, delivery)
             except Reject as e:
                 await self._reject(msg, e, delivery)
             except Retry as e:
@@ -329,8 +360,7 @@ class PullConsumer:
         await msg.term()
 
     def _delay(self, delivered: int) -> float:
-        base = self.settings.retry_delay_s * math.pow(2, max(0, delivered - 1))
-        return min(base, self.settings.max_retry_delay_s)
+        return self.settings.retry_delay(delivered)
 
     async def _keepalive(self) -> None:
         period = self.settings.ack_wait_s / 3
@@ -362,7 +392,7 @@ def dead_letter_worker(bus: Bus, *, settings: ConsumerSettings | None = None) ->
         await handle_max_deliveries_advisory(bus, msg)
 
     return PullConsumer(
-        bus, ADVISORY_DURABLE, handle, filters=[max_deliveries_filter(bus)],
+        bus, ADVISORY_DURABLE, None, filters=[max_deliveries_filter(bus)],
         stream=bus.advisory_stream, settings=settings or ConsumerSettings(concurrency=4),
-        dead_letter_on_reject=False, deliver_all=True,
+        dead_letter_on_reject=False, deliver_all=True, _raw=handle,
     )

@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from swarmbus.protocols import ControlFlow, DeadLetterReason
 
-from swarmbus.protocols import ControlFlow
-
-__all__ = ["DeadLetterReason", "Reject", "Retry"]
-
-DeadLetterReason = Literal[
-    "undecodable", "invalid", "unknown_type", "oversize", "rejected", "max_deliveries"
-]
+__all__ = ["Reject", "Retry"]
 
 
 class Retry(ControlFlow):

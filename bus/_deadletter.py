@@ -8,16 +8,9 @@ from typing import TYPE_CHECKING
 import nats.aio.msg
 import structlog
 
-from swarmbus.protocols import (
-    ROLE_TOPICS,
-    DeadLetter,
-    Subject,
-    SubjectError,
-    TaskResult,
-    headers,
-)
+from swarmbus.protocols import DeadLetter, DeadLetterReason, Subject, SubjectError, headers
 
-from ._control import DeadLetterReason, Reject
+from ._control import Reject
 
 if TYPE_CHECKING:
     from ._bus import Bus
@@ -52,7 +45,8 @@ async def dead_letter(
     The id is derived from the stream sequence and the agent type, so replicas
     racing to dead-letter the same message store it once, while each agent type
     that gives up on it (fan-out) leaves its own record. Dead letters are never
-    dead-lettered again.
+    dead-lettered again. Dead-lettering ends nothing: whoever owns the workflow
+    (the swarm's supervisor) reads ``deadletter`` and decides.
     """
     try:
         parsed: Subject | None = Subject.parse(original_subject)
@@ -80,14 +74,6 @@ async def dead_letter(
         workflow, DEADLETTER_TOPIC, letter, msg_id=msg_id,
         causation_id=hdrs.get(headers.MSG_ID), sender=agent or "swarmbus",
     )
-    if parsed is not None and workflow != _UNROUTED and parsed.topic in ROLE_TOPICS.get(agent, ()):
-        # The role that owns this step gave up, so the workflow cannot go on: say so where
-        # every client waits for it. (A custom agent giving up ends nothing.)
-        failed = TaskResult(status="failed", reason=f"dead-lettered ({reason}): {error[:1000]}")
-        await bus.publish(
-            workflow, "result", failed, msg_id=msg_id + "-result",
-            causation_id=hdrs.get(headers.MSG_ID), sender=agent or "swarmbus",
-        )
 
 
 async def handle_max_deliveries_advisory(bus: Bus, msg: nats.aio.msg.Msg) -> None:

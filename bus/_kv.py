@@ -84,8 +84,13 @@ class WatchedKeys:
         self._keys |= set(await self._store.keys())
 
     async def contains(self, key: str) -> bool:
+        """Whether ``key`` is in the bucket (re-read after a reconnect)."""
         if self._bus.reconnects != self._seen_reconnects:
             await self._resync()
+        return key in self._keys
+
+    def contains_now(self, key: str) -> bool:
+        """Whether ``key`` is in the mirror as it stands (no round trip, no resync)."""
         return key in self._keys
 
     async def aclose(self) -> None:

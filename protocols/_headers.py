@@ -9,6 +9,7 @@ __all__ = [
     "ROUND",
     "SENDER",
     "TYPE",
+    "WORKFLOW",
 ]
 
 TYPE = "Swarm-Type"
@@ -17,3 +18,5 @@ CAUSATION_ID = "Swarm-Causation-Id"
 SENDER = "Swarm-Sender"
 ROUND = "Swarm-Round"
 MODEL = "Swarm-Model"
+WORKFLOW = "Swarm-Workflow"
+"""The hash of the compiled workflow a work message or task follows."""

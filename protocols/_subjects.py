@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from ._errors import ConfigError
 
 __all__ = [
-    "ROLE_TOPICS",
     "Subject",
     "SubjectError",
     "advisory_stream_name",
@@ -26,16 +25,6 @@ PREFIX = "swarm"
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 _NAMESPACE = re.compile(r"^[a-z0-9_-]{1,32}$")
 _TOPIC = re.compile(r"^[A-Za-z0-9_-]{1,64}(\.[A-Za-z0-9_-]{1,64}){0,7}$")
-
-
-ROLE_TOPICS: dict[str, tuple[str, ...]] = {
-    "architect": ("task", "revise.design"),
-    "coder": ("design", "revise.code"),
-    "reviewer": ("code",),
-}
-"""The built-in roles and the topics each consumes (its durable consumer's filter).
-Their consumers are created when a namespace is set up, so work submitted before
-the first replica starts waits for it."""
 
 
 class SubjectError(ConfigError):

@@ -1,4 +1,5 @@
-"""The ``swarmbus`` command: up, submit, status, trail, cancel, agents, schema, demo, nats."""
+"""The ``swarmbus`` command: up, submit, status, trail, cancel, agents, workflow, schema,
+demo, nats. Every mistake a user can make ends in one line, ``error: ...``, exit 2."""
 
 from __future__ import annotations
 
@@ -8,31 +9,34 @@ import json
 import signal
 import socket
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import anyio
+from pydantic import ValidationError
 
 from swarmbus.bus import (
     BusUnavailableError,
     EmbeddedServer,
     SwarmClient,
+    UnknownWorkflowIdError,
+    WorkflowIdTakenError,
     WorkflowStatus,
     apply_event,
 )
 from swarmbus.protocols import (
-    AgentAnnouncement,
     ConfigError,
     Limits,
     SwarmbusError,
     TaskRequest,
     TaskResult,
+    Workflow,
     registry,
 )
 
-from .._swarm import AGENTS_BUCKET, Swarm
+from .._swarm import Swarm
+from ..workflow import load_workflow, mermaid, show_text
 from ._config import SwarmConfig, load_config
 from ._logging import configure_logging
 from ._render import progress_line, render_result, render_status, render_trail, trail_json
@@ -53,15 +57,20 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("up", help="run a swarm in the foreground")
     _client_args(p)
     p.add_argument("--offline", action="store_true", help="scripted models, no keys")
+    p.add_argument("--workflow", help="a workflow file or builtin:<name> (default: swarm.yaml's)")
     p.add_argument("--data-dir", help="embedded NATS data directory (default .swarmbus)")
+    p.add_argument("--port", type=int, help="embedded NATS port (default 4222)")
     p.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
 
     p = sub.add_parser("submit", help="submit a task and follow it")
     _client_args(p)
     p.add_argument("goal")
     p.add_argument("--constraint", action="append", default=[], help="repeatable")
+    p.add_argument("--input", action="append", default=[], metavar="NAME=VALUE",
+                   help="a named input the workflow declares (repeatable)")
+    p.add_argument("--workflow", help="the workflow's name (default: the namespace's default)")
     p.add_argument("--id", help="workflow id (default: random)")
-    p.add_argument("--budget", type=float, help="USD across all roles")
+    p.add_argument("--budget", type=float, help="USD across all steps")
     p.add_argument("--max-code-revisions", type=int)
     p.add_argument("--max-design-revisions", type=int)
     p.add_argument("--timeout", type=float, help="deadline in seconds from now")
@@ -79,6 +88,14 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("agents", help="list the live agents")
     _client_args(p)
     p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("workflow", help="check or show a workflow file")
+    wsub = p.add_subparsers(dest="action", required=True)
+    w = wsub.add_parser("check", help="load and check a workflow (exit 0 when it checks)")
+    w.add_argument("file", help="a workflow file or builtin:<name>")
+    w = wsub.add_parser("show", help="print a workflow's steps and edges")
+    w.add_argument("file", help="a workflow file or builtin:<name>")
+    w.add_argument("--mermaid", action="store_true", help="as a Mermaid flowchart")
 
     p = sub.add_parser("schema", help="write the JSON Schema of every message type")
     p.add_argument("-o", "--out", help="directory (default: print one JSON document)")
@@ -112,17 +129,17 @@ async def cmd_up(args: argparse.Namespace) -> int:
     from ._team import build_agents
 
     configure_logging(args.log_format)
-    cfg = _config(args, offline=True if args.offline else None,
-                  data_dir=args.data_dir or None)
+    cfg = _config(args, offline=True if args.offline else None, data_dir=args.data_dir or None,
+                  workflow=args.workflow, port=args.port)
     agents = build_agents(cfg)
     server: EmbeddedServer | None = None
     if cfg.embedded and "servers" not in cfg.nats.model_fields_set:
-        if _port_in_use("127.0.0.1", 4222):
+        if _port_in_use("127.0.0.1", cfg.port):
             raise ConfigError(
-                "127.0.0.1:4222 is taken (another NATS or swarmbus up?): pass "
-                "--nats nats://127.0.0.1:4222 to join that server"
+                f"127.0.0.1:{cfg.port} is taken (another NATS or swarmbus up?): pass "
+                f"--nats nats://127.0.0.1:{cfg.port} to join that server, or --port for another"
             )
-        server = EmbeddedServer(port=4222, data_dir=cfg.data_dir / "nats")
+        server = EmbeddedServer(port=cfg.port, data_dir=cfg.data_dir / "nats")
         await server.start()
         print(f"embedded nats-server on {server.url} (data in {server.data_dir})",
               file=sys.stderr)
@@ -141,12 +158,25 @@ async def follow(client: SwarmClient, wf: str, *, quiet: bool = False) -> TaskRe
     st = WorkflowStatus(wf, known=False)
     async with contextlib.aclosing(client.events(wf)) as events:
         async for env in events:
+            before = st.last_topic
             apply_event(st, env)
+            if st.last_topic != before and st.result is None:
+                await client.describe(st)
             if not quiet:
-                print(progress_line(st), file=sys.stderr, flush=True)
+                print(progress_line(st, client.bus.namespace), file=sys.stderr, flush=True)
             if st.result is not None:
                 return st.result
     raise RuntimeError("event stream ended")  # pragma: no cover
+
+
+def _inputs(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"--input {pair!r}: give NAME=VALUE")
+        out[name] = value
+    return out
 
 
 async def cmd_submit(args: argparse.Namespace) -> int:
@@ -155,7 +185,8 @@ async def cmd_submit(args: argparse.Namespace) -> int:
         "budget_usd": args.budget, "max_code_revisions": args.max_code_revisions,
         "max_design_revisions": args.max_design_revisions, "timeout_s": args.timeout,
     }.items() if v is not None})
-    task = TaskRequest(goal=args.goal, constraints=args.constraint, limits=limits)
+    task = TaskRequest(goal=args.goal, constraints=args.constraint, limits=limits,
+                       inputs=_inputs(args.input), workflow=args.workflow)
     async with await _client(cfg) as client:
         wf = await client.submit(task, workflow_id=args.id)
         if args.no_wait:
@@ -173,58 +204,77 @@ async def cmd_submit(args: argparse.Namespace) -> int:
 async def cmd_status(args: argparse.Namespace) -> int:
     async with await _client(_config(args)) as client:
         st = await client.status(args.workflow_id)
+        namespace = client.bus.namespace
     if args.json:
         print(json.dumps({
-            "workflow_id": st.workflow_id, "known": st.known, "working": st.working,
-            "round": st.round, "steps": st.steps, "spent_usd": st.spent_usd,
+            "workflow_id": st.workflow_id, "known": st.known, "step": st.step, "role": st.role,
+            "live": st.live, "working": st.working, "round": st.round, "steps": st.steps,
+            "spent_usd": st.spent_usd,
             "result": st.result.model_dump(mode="json") if st.result else None,
         }, indent=2))
     else:
-        print(render_status(st))
+        print(render_status(st, namespace))
     return 0 if st.known else 1
 
 
 async def cmd_trail(args: argparse.Namespace) -> int:
     async with await _client(_config(args)) as client:
         trail = await client.trail(args.workflow_id)
+        namespace = client.bus.namespace
+    if not trail:
+        print(f"error: no workflow {args.workflow_id!r} in namespace {namespace!r}",
+              file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps(trail_json(trail), indent=2))
     else:
         print(render_trail(args.workflow_id, trail))
-    return 0 if trail else 1
+    return 0
 
 
 async def cmd_cancel(args: argparse.Namespace) -> int:
     async with await _client(_config(args)) as client:
-        await client.cancel(args.workflow_id)
+        try:
+            await client.cancel(args.workflow_id)
+        except UnknownWorkflowIdError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
     print(f"cancel requested for {args.workflow_id}: it ends before its next model call")
     return 0
 
 
 async def cmd_agents(args: argparse.Namespace) -> int:
     async with await _client(_config(args)) as client:
-        store = await client.bus.key_value(AGENTS_BUCKET, ttl_s=20.0)
-        anns = []
-        for key in await store.keys():
-            raw = await store.get(key)
-            if raw:
-                anns.append(AgentAnnouncement.model_validate_json(raw))
-    anns.sort(key=lambda a: (a.agent, a.instance))
+        anns = await client.agents()
     if args.json:
         print(json.dumps([a.model_dump(mode="json") for a in anns], indent=2))
         return 0
     if not anns:
         print("no live agents in this namespace")
         return 0
-    print(f"{'agent':<12} {'instance':<34} {'topics':<24} {'model':<24} in-flight handled")
+    print(f"{'agent':<12} {'instance':<34} {'model':<28} {'ack wait':>8} {'deliver':>7} "
+          "in-flight handled")
     for a in anns:
-        print(f"{a.agent:<12} {a.instance:<34} {','.join(a.topics):<24} {a.model or '-':<24} "
+        ack, deliver = a.settings.get("ack_wait_s", "-"), a.settings.get("max_deliver", "-")
+        print(f"{a.agent:<12} {a.instance:<34} {a.model or '-':<28} {ack!s:>8} {deliver!s:>7} "
               f"{a.in_flight:>9} {a.handled:>7}")
+    return 0
+
+
+def cmd_workflow(args: argparse.Namespace) -> int:
+    wf = load_workflow(args.file)
+    if args.action == "check":
+        roles = ", ".join(f"{r} ({len(s)} step{'s' * (len(s) > 1)})" for r, s in wf.roles.items())
+        print(f"{args.file}: workflow {wf.name} checks ({len(wf.spec.steps)} steps; roles "
+              f"{roles}; hash {wf.hash})")
+    else:
+        print(mermaid(wf) if args.mermaid else show_text(wf))
     return 0
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
     schemas = registry.json_schemas()
+    schemas["swarmbus.workflow/v1"] = Workflow.model_json_schema(by_alias=True)
     if not args.out:
         print(json.dumps(schemas, indent=2))
         return 0
@@ -237,39 +287,10 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 async def cmd_demo(args: argparse.Namespace) -> int:
-    from ._demo import DEMO_TASKS
-    from ._team import build_agents
+    from ._demo import run_demo
 
     configure_logging("console", level="WARNING")
-    with tempfile.TemporaryDirectory(prefix="swarmbus-demo-") as tmp:
-        async with EmbeddedServer(data_dir=tmp) as server:
-            print(f"embedded nats-server on {server.url}; scripted models (offline)\n")
-            cfg = load_config(None, environ={}, offline=True, namespace="demo")
-            async with Swarm(build_agents(cfg), nats=server.url, namespace="demo", grace_s=5):
-                client = await SwarmClient.connect(server.url, namespace="demo")
-                async with client:
-                    results: dict[str, TaskResult] = {}
-
-                    async def run(wf: str, goal: str, constraints: list[str]) -> None:
-                        await client.submit(TaskRequest(goal=goal, constraints=constraints),
-                                            workflow_id=wf)
-                        results[wf] = await follow(client, wf, quiet=args.json)
-
-                    with anyio.fail_after(120):
-                        async with anyio.create_task_group() as tg:
-                            for wf, goal, constraints in DEMO_TASKS:
-                                tg.start_soon(run, wf, goal, constraints)
-                    trails = {wf: await client.trail(wf) for wf, _, _ in DEMO_TASKS}
-    if args.json:
-        print(json.dumps({wf: r.model_dump(mode="json") for wf, r in results.items()}, indent=2))
-    else:
-        for wf, _, _ in DEMO_TASKS:
-            print()
-            print(render_trail(wf, trails[wf]))
-            print(render_result(wf, results[wf]))
-    ok = all(r.status == "approved" for r in results.values())
-    print("\ndemo " + ("passed: both tasks approved" if ok else "FAILED"), file=sys.stderr)
-    return 0 if ok else 1
+    return await run_demo(json_out=args.json)
 
 
 async def cmd_nats(args: argparse.Namespace) -> int:
@@ -287,22 +308,37 @@ def _port_in_use(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+def _one_line(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors(include_url=False)[:3]:
+        loc = ".".join(str(x) for x in err["loc"])
+        parts.append(f"{loc}: {err['msg']}" if loc else err["msg"])
+    return "; ".join(parts)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``swarmbus`` command; returns the exit code (0 ok, 1 not approved or
+    unknown workflow, 2 a mistake or NATS unreachable, 130 interrupted)."""
     args = _parser().parse_args(argv)
-    if args.command == "schema":
-        return cmd_schema(args)
-    commands = {
-        "up": cmd_up, "submit": cmd_submit, "status": cmd_status, "trail": cmd_trail,
-        "cancel": cmd_cancel, "agents": cmd_agents, "demo": cmd_demo, "nats": cmd_nats,
-    }
     try:
+        if args.command == "schema":
+            return cmd_schema(args)
+        if args.command == "workflow":
+            return cmd_workflow(args)
+        commands = {
+            "up": cmd_up, "submit": cmd_submit, "status": cmd_status, "trail": cmd_trail,
+            "cancel": cmd_cancel, "agents": cmd_agents, "demo": cmd_demo, "nats": cmd_nats,
+        }
         return anyio.run(commands[args.command], args)
     except KeyboardInterrupt:
         return 130
-    except BusUnavailableError as e:
+    except WorkflowIdTakenError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except SwarmbusError as e:
+    except ValidationError as e:
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except (SwarmbusError, BusUnavailableError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -1,7 +1,9 @@
 """``swarm.yaml``: one typed config, validated once at start, overridable by env.
 
 Environment overrides use ``SWARMBUS_`` plus the path in upper case, with
-``__`` between levels; values are YAML (so lists and numbers work):
+``__`` between levels. A value is read as YAML only where the setting takes a
+list or a mapping; everywhere else it is the raw string, so a password such as
+``[pr0d]`` or ``s3cr3t: v2`` stays exactly that:
 
     SWARMBUS_NAMESPACE=prod
     SWARMBUS_NATS__SERVERS=nats://a:4222,nats://b:4222
@@ -13,6 +15,8 @@ from __future__ import annotations
 
 import importlib
 import os
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -20,23 +24,28 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from swarmbus.bus import ConsumerSettings, NatsSettings, StreamSettings
-from swarmbus.protocols import ROLE_TOPICS, ConfigError
+from swarmbus.protocols import ConfigError, check_namespace
 
 from .._agent import Agent
 from .._sandbox import SandboxLimits
 from ..models import ModelConfig, ModelSettings
+from ..workflow import DEFAULT_WORKFLOW
 
-__all__ = ["ENV_PREFIX", "RoleConfig", "SwarmConfig", "load_config"]
+__all__ = ["ENV_PREFIX", "CacheConfig", "RoleConfig", "SwarmConfig", "load_config"]
 
 ENV_PREFIX = "SWARMBUS_"
 
 
 class RoleConfig(BaseModel):
-    """One built-in role: its model (a name, a spec, or a fallback chain) and how it runs."""
+    """One role of the workflow: its model (a name, a spec, or a fallback chain) and
+    how it runs in this process."""
 
     model_config = ConfigDict(extra="forbid")
 
-    model: ModelConfig | None = Field(None, description="None: the role does not run here.")
+    model: ModelConfig | None = Field(
+        None, description="The role's model; None: steps that name none cannot run here.")
+    run: bool | None = Field(
+        None, description="Run the role in this process (default: when it has a model).")
     concurrency: int = Field(8, ge=1, description="Handlers in flight per replica.")
     replicas: int = Field(1, ge=1, description="Pull loops in this process (more: more processes).")
     ack_wait_s: float = Field(60, gt=0)
@@ -50,10 +59,14 @@ class RoleConfig(BaseModel):
 
 
 class CacheConfig(BaseModel):
+    """The model response cache (a redelivered message does not pay twice)."""
+
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = True
     ttl_s: float = Field(7 * 24 * 3600, gt=0)
+    share_across_workflows: bool = Field(
+        False, description="Answer identical requests of different workflows from the cache.")
 
 
 class SwarmConfig(BaseModel):
@@ -64,11 +77,11 @@ class SwarmConfig(BaseModel):
     namespace: str = "default"
     nats: NatsSettings = Field(default_factory=NatsSettings)
     embedded: bool = Field(True, description="Start a local nats-server if `nats` is not set.")
+    port: int = Field(4222, ge=0, le=65535, description="The embedded server's port.")
     data_dir: Path = Field(Path(".swarmbus"), description="The embedded server's data.")
     stream: StreamSettings = Field(default_factory=StreamSettings)
-    roles: dict[str, RoleConfig] = Field(
-        default_factory=lambda: {r: RoleConfig() for r in ROLE_TOPICS}
-    )
+    workflow: str = Field(DEFAULT_WORKFLOW, description="A workflow file, or builtin:<name>.")
+    roles: dict[str, RoleConfig] = Field(default_factory=dict)
     agents: list[str] = Field(
         default_factory=list, description="Custom agents by import path 'pkg.module:Class'."
     )
@@ -93,24 +106,63 @@ class SwarmConfig(BaseModel):
         return out
 
 
-def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+def _wants_structure(path: list[str]) -> bool:
+    """Whether the setting at ``path`` takes a list or mapping (so its env value is YAML)."""
+    annotation: Any = SwarmConfig
+    for part in path:
+        annotation = _unwrap(annotation, part)
+        if annotation is None:
+            return True  # unknown: let validation name it
+    return _structured(annotation)
+
+
+def _unwrap(annotation: Any, part: str) -> Any:
+    for option in _options(annotation):
+        if isinstance(option, type) and issubclass(option, BaseModel):
+            field = option.model_fields.get(part)
+            if field is not None:
+                return field.annotation
+        if typing.get_origin(option) is dict:
+            return typing.get_args(option)[1]
+    return None
+
+
+def _options(annotation: Any) -> tuple[Any, ...]:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return tuple(o for a in typing.get_args(annotation) for o in _options(a))
+    return (annotation,)
+
+
+def _structured(annotation: Any) -> bool:
+    for option in _options(annotation):
+        if typing.get_origin(option) in (list, dict, tuple) or option in (list, dict):
+            return True
+        if isinstance(option, type) and issubclass(option, BaseModel):
+            return True
+    return False
+
+
+def _env_overrides(environ: dict[str, str]) -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:
+    """The override tree, and which variable set each path (to name it in errors)."""
     tree: dict[str, Any] = {}
+    sources: dict[tuple[str, ...], str] = {}
     for key, raw in environ.items():
         path = [p.lower() for p in key[len(ENV_PREFIX):].split("__") if p]
         if not key.startswith(ENV_PREFIX) or not path or path[0] not in SwarmConfig.model_fields:
             continue  # e.g. SWARMBUS_BLOCK_REAL_MODELS is not config
-        # YAML only for lists and mappings: scalars stay text, and pydantic converts them by
-        # field type (a password of digits stays a string; "a,b" server lists split there).
-        try:
-            parsed = yaml.safe_load(raw) if raw else raw
-        except yaml.YAMLError:
-            parsed = raw
-        value = parsed if isinstance(parsed, (list, dict)) else raw
+        value: Any = raw
+        if raw and _wants_structure(path):
+            try:
+                parsed = yaml.safe_load(raw)
+            except yaml.YAMLError:
+                parsed = raw
+            value = parsed if isinstance(parsed, list | dict | str) else raw
         node = tree
         for part in path[:-1]:
             node = node.setdefault(part, {})
         node[path[-1]] = value
-    return tree
+        sources[tuple(path)] = key
+    return tree, sources
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -125,7 +177,8 @@ def load_config(
 ) -> SwarmConfig:
     """Read ``path`` (YAML; optional), apply ``SWARMBUS_*`` env, then ``overrides``.
 
-    Raises ``ConfigError`` naming the file and the field to change.
+    Raises ``ConfigError`` naming the file (or the environment variable) and the
+    field to change.
     """
     data: dict[str, Any] = {}
     if path is not None:
@@ -134,18 +187,29 @@ def load_config(
             loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {p}") from None
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {p}: {e.strerror}") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"{p} is not valid YAML: {e}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{p}: the top level must be a mapping")
         data = loaded or {}
-    data = _merge(data, _env_overrides(dict(os.environ if environ is None else environ)))
+    env, sources = _env_overrides(dict(os.environ if environ is None else environ))
+    data = _merge(data, env)
     data = _merge(data, {k: v for k, v in overrides.items() if v is not None})
     try:
-        return SwarmConfig.model_validate(data)
+        cfg = SwarmConfig.model_validate(data)
+        check_namespace(cfg.namespace)
     except ValidationError as e:
         where = f" in {path}" if path else ""
-        lines = [
-            f"  {'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors()[:10]
-        ]
+        lines = []
+        for err in e.errors(include_url=False)[:10]:
+            loc = tuple(str(x) for x in err["loc"])
+            var = next((v for p, v in sources.items() if loc[: len(p)] == p), None)
+            shown = ".".join(loc) + (f" (from the environment variable {var})" if var else "")
+            lines.append(f"  {shown}: {err['msg']}")
         raise ConfigError(f"invalid swarm config{where}:\n" + "\n".join(lines)) from None
+    except ConfigError as e:
+        where = f" in {path}" if path else ""
+        raise ConfigError(f"invalid swarm config{where}: namespace: {e}") from None
+    return cfg

@@ -14,14 +14,20 @@ Any other goal gets a small generic solution that passes its tests, so
 
 from __future__ import annotations
 
+import json
 import re
+import sys
+import tempfile
 from typing import Any
 
-from swarmbus.protocols import Code, Component, Design, Finding, SourceFile, Verdict
+import anyio
+from pydantic import BaseModel
+
+from swarmbus.protocols import Code, Component, Design, Finding, SourceFile, Text, Verdict
 
 from ..models import FunctionModel, Model, ModelRequest
 
-__all__ = ["DEMO_TASKS", "offline_models"]
+__all__ = ["DEMO_TASKS", "offline_models", "run_demo"]
 
 DEMO_TASKS = [
     (
@@ -92,7 +98,7 @@ def _prompt(request: ModelRequest[Any]) -> str:
 
 
 def _has_findings(prompt: str) -> bool:
-    return "## Findings from the reviewer" in prompt
+    return "## Findings to address" in prompt
 
 
 def _architect(request: ModelRequest[Any]) -> Design:
@@ -184,8 +190,24 @@ def _reviewer(request: ModelRequest[Any]) -> Verdict:
     return Verdict(decision="approve", summary="implements the design; tests pass")
 
 
+def _any(request: ModelRequest[Any]) -> BaseModel:
+    """Any step of any workflow: the team's answers by output type, else a default."""
+    out = request.output_type
+    if issubclass(out, Design):
+        return _architect(request)
+    if issubclass(out, Code):
+        return _coder(request)
+    if issubclass(out, Verdict):
+        return _reviewer(request)
+    if issubclass(out, Text):
+        return Text(text="done: " + _prompt(request)[:200])
+    value: BaseModel = out.model_validate({})  # a type whose fields all have defaults
+    return value
+
+
 def offline_models(*, latency_s: float = 0.0) -> dict[str, Model]:
-    """Scripted models for the three roles (no keys, no network)."""
+    """Scripted models for the three roles, and ``any`` for any other step (no keys,
+    no network)."""
     keep = 100  # `swarmbus up --offline` may run for days: keep only the last requests
     return {
         "architect": FunctionModel(_architect, name="scripted:architect", latency_s=latency_s,
@@ -194,4 +216,50 @@ def offline_models(*, latency_s: float = 0.0) -> dict[str, Model]:
                                keep_requests=keep),
         "reviewer": FunctionModel(_reviewer, name="scripted:reviewer", latency_s=latency_s,
                                   keep_requests=keep),
+        "any": FunctionModel(_any, name="scripted:offline", latency_s=latency_s,
+                             keep_requests=keep),
     }
+
+
+async def run_demo(*, json_out: bool = False) -> int:
+    """The offline demo: an embedded nats-server, the built-in workflow on scripted
+    models, both demo tasks at once; prints each trail and result. Exit code 0
+    when both are approved."""
+    from swarmbus.bus import EmbeddedServer, SwarmClient
+    from swarmbus.protocols import TaskRequest, TaskResult
+
+    from .._swarm import Swarm
+    from ._cli import follow
+    from ._config import load_config
+    from ._render import render_result, render_trail
+    from ._team import build_agents
+
+    with tempfile.TemporaryDirectory(prefix="swarmbus-demo-") as tmp:
+        async with EmbeddedServer(data_dir=tmp) as server:
+            print(f"embedded nats-server on {server.url}; scripted models (offline)\n")
+            cfg = load_config(None, environ={}, offline=True, namespace="demo")
+            async with Swarm(build_agents(cfg), nats=server.url, namespace="demo", grace_s=5):
+                client = await SwarmClient.connect(server.url, namespace="demo")
+                async with client:
+                    results: dict[str, TaskResult] = {}
+
+                    async def run(wf: str, goal: str, constraints: list[str]) -> None:
+                        await client.submit(TaskRequest(goal=goal, constraints=constraints),
+                                            workflow_id=wf)
+                        results[wf] = await follow(client, wf, quiet=json_out)
+
+                    with anyio.fail_after(120):
+                        async with anyio.create_task_group() as tg:
+                            for wf, goal, constraints in DEMO_TASKS:
+                                tg.start_soon(run, wf, goal, constraints)
+                    trails = {wf: await client.trail(wf) for wf, _, _ in DEMO_TASKS}
+    if json_out:
+        print(json.dumps({wf: r.model_dump(mode="json") for wf, r in results.items()}, indent=2))
+    else:
+        for wf, _, _ in DEMO_TASKS:
+            print()
+            print(render_trail(wf, trails[wf]))
+            print(render_result(wf, results[wf]))
+    ok = all(r.status == "approved" for r in results.values())
+    print("\ndemo " + ("passed: both tasks approved" if ok else "FAILED"), file=sys.stderr)
+    return 0 if ok else 1

@@ -6,17 +6,25 @@ from typing import Any
 
 from swarmbus.bus import StoredMessage, WorkflowStatus
 from swarmbus.protocols import (
-    CodeSubmission,
     DeadLetter,
-    DesignSpec,
     Message,
-    RevisionRequest,
+    Provenance,
     TaskRequest,
     TaskResult,
+    Usage,
+    Work,
     headers,
 )
 
-__all__ = ["progress_line", "render_result", "render_status", "render_trail", "trail_json"]
+__all__ = [
+    "describe",
+    "progress_line",
+    "render_result",
+    "render_status",
+    "render_trail",
+    "trail_json",
+    "usage_line",
+]
 
 
 def _cut(text: str, n: int = 70) -> str:
@@ -24,51 +32,93 @@ def _cut(text: str, n: int = 70) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-def _cost(prov: Any) -> str:
-    if prov is None:
+def cost(usage: Usage | None) -> str:
+    """A step's cost as shown: unknown is never $0, estimates and cache hits say so."""
+    if usage is None:
         return "-"
-    if prov.cost_usd is None:
-        return "unpriced"
-    return f"${prov.cost_usd:.4f}" + (" (cache)" if prov.from_cache else "")
+    if usage.calls == 0 and usage.cache_hits == 0:
+        return "$0"
+    text = f"${usage.cost_usd:.4f}"
+    if usage.unpriced_calls:
+        text = f"{text}+unpriced" if usage.cost_usd else "unpriced"
+    if usage.estimated_calls:
+        text = "~" + text
+    if usage.cache_hits:
+        text += " (cache)"
+    return text
+
+
+def _tokens(usage: Usage | None) -> str:
+    if usage is None or (usage.input_tokens == 0 and usage.output_tokens == 0):
+        return "-"
+    return f"{usage.input_tokens}/{usage.output_tokens}"
+
+
+def _model(prov: Provenance | None, fallback: str) -> str:
+    if prov is None:
+        return fallback
+    return prov.name + (f" (after {', '.join(prov.tried)})" if prov.tried else "")
+
+
+def _artifact_line(name: str, value: Any) -> str:
+    if not isinstance(value, dict):
+        return f"{name}: {_cut(str(value))}"
+    if "decision" in value:
+        return f"{value['decision']}: {_cut(str(value.get('summary', '')), 50)}"
+    files = value.get("files")
+    if isinstance(files, list) and all(isinstance(f, dict) for f in files):
+        paths = ", ".join(str(f.get("path", "?")) for f in files)
+        return f"{name}: {len(files)} files ({paths[:60]})"
+    for key in ("summary", "text"):
+        if isinstance(value.get(key), str):
+            return f"{name}: {_cut(value[key])}"
+    return name
 
 
 def describe(msg: Message) -> str:
     """One line: what this step did."""
     if isinstance(msg, TaskRequest):
         return f"goal: {_cut(msg.goal)}"
-    if isinstance(msg, DesignSpec):
-        d = msg.state.design
-        return f"design: {_cut(d.summary) if d else '-'}"
-    if isinstance(msg, CodeSubmission):
-        files = msg.state.code.files if msg.state.code else []
-        return f"code: {len(files)} files ({', '.join(f.path for f in files)[:60]})"
-    if isinstance(msg, RevisionRequest):
+    if isinstance(msg, Work):
+        line = _artifact_line(msg.output, msg.state.artifacts.get(msg.output)) if msg.output \
+            else "work"
         r = msg.state.test_report
-        tests = f"tests {r.passed} passed, {r.failed} failed, {r.errors} errors; " if r else ""
-        return f"{msg.verdict.decision}: {tests}{_cut(msg.verdict.summary, 50)}"
+        if r is not None and msg.edge.endswith(".revise_code"):
+            line = f"tests {r.passed} passed, {r.failed} failed, {r.errors} errors; {line}"
+        return line
     if isinstance(msg, TaskResult):
-        return f"{msg.status.upper()} after {msg.rounds} rounds, total ${msg.total.cost_usd:.4f}"
+        return f"{msg.status.upper()} after {msg.rounds} rounds, total {cost(msg.total)}"
     if isinstance(msg, DeadLetter):
         return f"dead letter ({msg.reason}): {_cut(msg.error, 60)}"
     return type(msg).__name__
 
 
 def render_trail(workflow_id: str, trail: list[StoredMessage]) -> str:
+    """Each message: its topic, sender, model (and models tried before), tokens, cost."""
     lines = [f"trail of {workflow_id}: {len(trail)} messages"]
-    lines.append(f"  {'#':>3}  {'topic':<13} {'by':<10} {'model':<22} {'cost':<10} what")
+    lines.append(f"  {'#':>3}  {'step':<22} {'by':<10} {'model':<24} {'tokens':<13} "
+                 f"{'cost':<14} what")
     for i, stored in enumerate(trail, 1):
         env = stored.try_decode()
         if env is None:
-            lines.append(f"  {i:>3}  {stored.subject.split('.', 3)[-1]:<13} (undecodable)")
+            lines.append(f"  {i:>3}  {stored.subject.split('.', 3)[-1]:<22} (undecodable)")
             continue
         msg = env.message
-        prov = getattr(msg, "provenance", None)
-        model = stored.headers.get(headers.MODEL, "-")
+        usage = msg.usage if isinstance(msg, Work | TaskResult) else None
+        prov = msg.provenance if isinstance(msg, Work | TaskResult) else None
+        model = _model(prov, stored.headers.get(headers.MODEL, "-"))
+        where = env.topic
+        if isinstance(msg, Work):
+            where = f"{msg.source or 'task'} -> {env.topic.removeprefix('step.')}"
+        elif isinstance(msg, TaskResult) and msg.step:
+            where = f"{msg.step} -> result"
         lines.append(
-            f"  {i:>3}  {env.topic:<13} {env.sender or '-':<10} {model:<22} {_cost(prov):<10} "
-            f"{describe(msg)}"
+            f"  {i:>3}  {_cut(where, 22):<22} {env.sender or '-':<10} {_cut(model, 24):<24} "
+            f"{_tokens(usage):<13} {cost(usage):<14} {describe(msg)}"
         )
-        findings = msg.verdict.findings if isinstance(msg, RevisionRequest) else []
+        findings = []
+        if isinstance(msg, Work) and msg.edge and not msg.edge.endswith(".next"):
+            findings = msg.state.findings
         for f in findings:
             lines.append(f"{'':>8}- [{f.severity}] -> {f.target}: {f.location}: "
                          f"{_cut(f.explanation, 80)}")
@@ -89,36 +139,59 @@ def trail_json(trail: list[StoredMessage]) -> list[dict[str, Any]]:
     return out
 
 
+def usage_line(u: Usage) -> str:
+    """``N calls, in/out tokens, $cost`` with what is unpriced, estimated or cached."""
+    notes = []
+    if u.unpriced_calls:
+        notes.append(f"{u.unpriced_calls} unpriced (cost unknown, not included)")
+    if u.estimated_calls:
+        notes.append(f"{u.estimated_calls} estimated (no usage reported)")
+    if u.cache_hits:
+        notes.append(f"{u.cache_hits} from cache")
+    return (f"{u.calls} calls, {u.input_tokens} in / {u.output_tokens} out tokens, "
+            f"${u.cost_usd:.4f}" + (f" ({'; '.join(notes)})" if notes else ""))
+
+
 def render_result(workflow_id: str, r: TaskResult) -> str:
     lines = [f"{workflow_id}: {r.status}" + (f" ({r.reason})" if r.reason else "")]
-    lines.append(f"  rounds {r.rounds}, code revisions {r.code_revisions}, "
-                 f"design revisions {r.design_revisions}")
+    routes = ", ".join(f"{k} {v}" for k, v in sorted(r.routes.items())) or "none"
+    lines.append(f"  rounds {r.rounds}, steps {r.steps}, send-backs: {routes}")
     for role, u in sorted(r.spend.items()):
-        lines.append(f"  {role:<10} {u.calls} calls, {u.input_tokens} in / {u.output_tokens} out "
-                     f"tokens, ${u.cost_usd:.4f}" + (f" ({u.unpriced_calls} unpriced)"
-                                                      if u.unpriced_calls else ""))
-    lines.append(f"  total ${r.total.cost_usd:.4f}")
+        lines.append(f"  {role:<10} {usage_line(u)}")
+    lines.append(f"  total      {usage_line(r.total)}")
     if r.code:
         lines.append("  files: " + ", ".join(f.path for f in r.code.files))
     if r.test_report:
         t = r.test_report
         lines.append(f"  tests: {t.passed} passed, {t.failed} failed, {t.errors} errors")
+    if r.acceptance:
+        a = r.acceptance
+        lines.append(f"  hidden acceptance tests: {'passed' if a.ok else 'FAILED'} "
+                     f"({a.passed} passed, {a.failed} failed, {a.errors} errors)")
     for f in r.findings:
         lines.append(f"  open finding [{f.severity}] {f.location}: {_cut(f.explanation, 80)}")
     return "\n".join(lines)
 
 
-def render_status(st: WorkflowStatus) -> str:
+def _doing(st: WorkflowStatus, namespace: str) -> str:
+    if st.live is False:
+        return f"waiting: no {st.role} is running in namespace {namespace}"
+    if st.role:
+        return f"{st.role} working" + (f" on {st.step}" if st.step else "")
+    return "waiting"
+
+
+def render_status(st: WorkflowStatus, namespace: str = "default") -> str:
     if not st.known:
-        return f"{st.workflow_id}: unknown (no messages in this namespace)"
+        return f"{st.workflow_id}: unknown (no messages in namespace {namespace})"
     if st.result is not None:
         return render_result(st.workflow_id, st.result)
-    return (f"{st.workflow_id}: running; {st.working} working, round {st.round}, "
-            f"{st.steps} steps, spent ${st.spent_usd:.4f}")
+    return (f"{st.workflow_id}: running; {_doing(st, namespace)}, round {st.round}, "
+            f"{st.steps} messages, spent ${st.spent_usd:.4f}")
 
 
-def progress_line(st: WorkflowStatus) -> str:
+def progress_line(st: WorkflowStatus, namespace: str = "default") -> str:
     if st.result is not None:
         return f"[{st.workflow_id[:14]}] done: {st.result.status}"
-    return (f"[{st.workflow_id[:14]}] round {st.round}: {st.working or 'waiting'} working "
-            f"(last: {st.last_topic}), spent ${st.spent_usd:.4f}")
+    return (f"[{st.workflow_id[:14]}] round {st.round}: {_doing(st, namespace)}, "
+            f"spent ${st.spent_usd:.4f}")

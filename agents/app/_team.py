@@ -1,44 +1,101 @@
-"""Builds the configured team (roles with their models, custom agents) from config."""
+"""Builds the configured swarm's agents from ``swarm.yaml``: the workflow's roles
+with their models, the supervisor, and custom agents."""
 
 from __future__ import annotations
 
-from swarmbus.protocols import ROLE_TOPICS, ConfigError
+import structlog
+
+from swarmbus.protocols import CompiledWorkflow, ConfigError
 
 from .._agent import Agent
-from ..models import Model, build_model
-from ..roles import Architect, Coder, Reviewer, RoleAgent
-from ._config import RoleConfig, SwarmConfig
+from ..models import FallbackModel, Model, build_model, price_for
+from ..workflow import default_tools, load_workflow, team
+from ._config import SwarmConfig
 from ._demo import offline_models
 
-__all__ = ["build_agents"]
+__all__ = ["build_agents", "unpriced_models"]
 
-_ROLES: dict[str, type[RoleAgent]] = {"architect": Architect, "coder": Coder, "reviewer": Reviewer}
+log = structlog.get_logger("swarmbus.app")
 
 
-def build_agents(cfg: SwarmConfig) -> list[Agent]:
-    """The agents ``swarmbus up`` runs: every role with a model (or all three with
-    ``offline``), plus the custom agents. Raises ``ConfigError`` if there are none."""
-    unknown = set(cfg.roles) - set(ROLE_TOPICS)
+def _runs(cfg: SwarmConfig, wf: CompiledWorkflow, role: str) -> bool:
+    rc = cfg.roles.get(role)
+    if rc is not None and rc.run is not None:
+        return rc.run
+    if cfg.offline or (rc is not None and rc.model is not None):
+        return True
+    return all(wf.steps[s].model is not None for s in wf.roles[role])
+
+
+def build_agents(cfg: SwarmConfig, *, workflow: CompiledWorkflow | None = None) -> list[Agent]:
+    """The agents ``swarmbus up`` runs: every role of the workflow that has a model
+    here (all of them with ``offline``), the supervisor, and the custom agents.
+
+    Raises ``ConfigError`` (``WorkflowError``) for a workflow that does not load,
+    a role in ``roles:`` the workflow lacks, a missing API key, or nothing to run.
+    """
+    wf = workflow or load_workflow(cfg.workflow)
+    unknown = sorted(set(cfg.roles) - set(wf.roles))
     if unknown:
-        raise ConfigError(f"unknown roles {sorted(unknown)}; the roles are {list(ROLE_TOPICS)}")
-    offline = offline_models() if cfg.offline else {}
-    cache = cfg.cache.ttl_s if cfg.cache.enabled else None
-    agents: list[Agent] = []
-    for role, cls in _ROLES.items():
-        rc = cfg.roles.get(role)
-        model: Model | None = offline.get(role)
-        if model is None and rc is not None and rc.model is not None:
-            model = build_model(rc.model)
-        if model is None:
-            continue
-        rc = rc or RoleConfig()
-        extra = {"sandbox": cfg.sandbox} if cls is Reviewer else {}
-        agents.append(cls(model, cache_ttl_s=cache, settings=rc.settings, consumer=rc.consumer(),
-                          replicas=rc.replicas, **extra))
-    agents.extend(cfg.custom_agents())
-    if not agents:
         raise ConfigError(
-            "no agents to run: give roles a model in swarm.yaml (roles.coder.model: "
-            "'openai:gpt-4o'), list custom agents, or use --offline for scripted models"
+            f"roles {unknown} in swarm.yaml are not roles of workflow {wf.name!r} "
+            f"({', '.join(wf.roles)}): rename them or remove them")
+    offline = offline_models() if cfg.offline else {}
+    models: dict[str, Model] = {}
+    running: list[str] = []
+    for role in wf.roles:
+        if not _runs(cfg, wf, role):
+            continue
+        running.append(role)
+        rc = cfg.roles.get(role)
+        if role in offline or cfg.offline:
+            models[role] = offline.get(role) or offline["any"]
+        elif rc is not None and rc.model is not None:
+            models[role] = build_model(rc.model)
+    build = (lambda _config: offline["any"]) if cfg.offline else None
+    cache = cfg.cache.ttl_s if cfg.cache.enabled else None
+    agents = team(
+        wf, models=models, build=build, roles=running,
+        tools=default_tools(cfg.sandbox),
+        settings={r: rc.settings for r, rc in cfg.roles.items()},
+        consumers={r: rc.consumer() for r, rc in cfg.roles.items()},
+        replicas={r: rc.replicas for r, rc in cfg.roles.items()},
+        cache_ttl_s=cache, share_cache=cfg.cache.share_across_workflows,
+    )
+    agents.extend(cfg.custom_agents())
+    if not running and not cfg.agents:
+        raise ConfigError(
+            f"no agents to run: give the roles of workflow {wf.name!r} "
+            f"({', '.join(wf.roles)}) a model in swarm.yaml (roles.{next(iter(wf.roles))}.model:"
+            " 'openai:gpt-4o'), list custom agents, or use --offline for scripted models"
         )
+    for role, name in unpriced_models(agents):
+        log.warning("model has no price: its calls are counted as unpriced and budgets cannot "
+                    "see them; add it with set_price() or SWARMBUS_PRICES_FILE",
+                    role=role, model=name)
     return agents
+
+
+def unpriced_models(agents: list[Agent]) -> list[tuple[str, str]]:
+    """(role, model) for every real model of ``agents`` missing from the price table."""
+    out = []
+    for agent in agents:
+        models = [getattr(agent, "model", None), *getattr(agent, "_step_models", {}).values()]
+        for model in models:
+            for name in _names(model):
+                provider = name.partition(":")[0]
+                if provider not in ("scripted", "function", "replay") and price_for(name) is None:
+                    out.append((agent.name, name))
+    return out
+
+
+def _names(model: object) -> list[str]:
+    if model is None:
+        return []
+    inner = getattr(model, "inner", None)
+    if inner is not None:
+        return _names(inner)
+    if isinstance(model, FallbackModel):
+        return [n for m in model.models for n in _names(m)]
+    name = getattr(model, "name", "")
+    return [name] if isinstance(name, str) and name else []

@@ -33,6 +33,7 @@ from ._errors import (
 from ._fallback import FallbackModel
 from ._guard import BLOCK_ENV, block_real_models, real_models_blocked
 from ._ledger import Ledger, current_ledger, metered
+from ._names import qualify_model_name
 from ._offline import FunctionModel, Reply, ScriptedModel
 from ._prices import (
     PRICES_ENV,
@@ -106,6 +107,7 @@ __all__ = (
     "metered",
     "price_for",
     "price_table",
+    "qualify_model_name",
     "real_models_blocked",
     "register_provider",
     "set_price",

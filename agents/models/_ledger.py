@@ -31,10 +31,15 @@ class Ledger:
     runs before every provider call (budget, deadline, cancel). ``redelivery``
     marks a message delivered before: a cache hit then charges what the call
     that filled the cache cost, because the attempt that paid never got to
-    publish its spend. Not thread-safe: one ledger per handler.
+    publish its spend. ``carried`` is spend an earlier, failed delivery of the
+    same message booked (it is part of ``usage``). Not thread-safe: one ledger
+    per handler.
     """
 
-    __slots__ = ("check", "records", "redelivery", "scope", "spent_before")
+    __slots__ = (
+        "_carry_taken", "_taken", "carried", "check", "records", "redelivery", "scope",
+        "spent_before",
+    )
 
     def __init__(
         self,
@@ -43,13 +48,17 @@ class Ledger:
         check: CallCheck | None = None,
         redelivery: bool = False,
         spent_before: Usage | None = None,
+        carried: Usage | None = None,
     ) -> None:
         self.scope = scope
         self.check = check
         self.redelivery = redelivery
         self.spent_before = spent_before or Usage()
         """What the workflow spent before this ledger (for budget checks)."""
+        self.carried = carried or Usage()
         self.records: list[Provenance] = []
+        self._taken = 0
+        self._carry_taken = False
 
     def before_call(self, model: str) -> None:
         """Run the check (raises to stop the call)."""
@@ -62,14 +71,28 @@ class Ledger:
 
     @property
     def usage(self) -> Usage:
-        """Everything booked here; a redelivered cache hit carries its original cost."""
+        """Everything booked here (``carried`` included); a redelivered cache hit
+        carries its original cost."""
+        return self.carried + self._sum(self.records)
+
+    def _sum(self, records: list[Provenance]) -> Usage:
         total = Usage()
-        for p in self.records:
+        for p in records:
             if p.from_cache and self.redelivery and p.original_usage is not None:
                 total = total + p.original_usage
             else:
                 total = total + p.usage()
         return total
+
+    def take(self) -> Usage:
+        """The usage not taken before (``carried`` with the first take): what a handler
+        adds to the workflow's spend when it publishes, so nothing is added twice."""
+        new = self._sum(self.records[self._taken:])
+        if not self._carry_taken:
+            new = self.carried + new
+            self._carry_taken = True
+        self._taken = len(self.records)
+        return new
 
     @property
     def total(self) -> Usage:

@@ -1,0 +1,52 @@
+"""Workflows as data: loading and checking workflow files, and the generic step
+runtime that runs any of them (one ``StepAgent`` per role, a ``Supervisor``).
+
+``load_workflow("builtin:code-review")`` is the built-in architect -> coder ->
+reviewer team; ``team(workflow, models=...)`` builds the agents that run one.
+"""
+
+from ._load import (
+    BUILTIN_PREFIX,
+    DEFAULT_WORKFLOW,
+    PRESETS,
+    RolePreset,
+    builtin_workflows,
+    compile_workflow,
+    load_workflow,
+    resolve_type,
+)
+from ._prompt import PromptError, render_system, render_work, report_text
+from ._registry import Workflows
+from ._show import mermaid, show_text
+from ._step import StepAgent, StepCall
+from ._supervisor import Supervisor
+from ._team import default_tools, team
+from ._tools import AcceptanceRunner, SandboxPytest, TestRunner, Tool, failing_tests_finding
+
+__all__ = (
+    "BUILTIN_PREFIX",
+    "DEFAULT_WORKFLOW",
+    "PRESETS",
+    "AcceptanceRunner",
+    "PromptError",
+    "RolePreset",
+    "SandboxPytest",
+    "StepAgent",
+    "StepCall",
+    "Supervisor",
+    "TestRunner",
+    "Tool",
+    "Workflows",
+    "builtin_workflows",
+    "compile_workflow",
+    "default_tools",
+    "failing_tests_finding",
+    "load_workflow",
+    "mermaid",
+    "render_system",
+    "render_work",
+    "report_text",
+    "resolve_type",
+    "show_text",
+    "team",
+)

@@ -1,0 +1,240 @@
+"""Loading workflow files: YAML (long or short form), prompt files, types, presets.
+
+``load_workflow`` turns a file (or ``builtin:<name>``) into a checked
+``CompiledWorkflow`` whose prompts are inlined, so the stored graph is
+self-contained. Every fault names the file, the path in it and what to change.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from swarmbus.protocols import (
+    CompiledWorkflow,
+    Message,
+    Problem,
+    StepSpec,
+    UnknownTypeError,
+    Workflow,
+    WorkflowError,
+    check,
+    registry,
+)
+
+from ..models import ModelConfig, qualify_model_name
+from ._prompt import template_problems
+
+__all__ = [
+    "BUILTIN_PREFIX",
+    "DEFAULT_WORKFLOW",
+    "RolePreset",
+    "builtin_workflows",
+    "compile_workflow",
+    "load_workflow",
+    "resolve_type",
+]
+
+BUILTIN_PREFIX = "builtin:"
+DEFAULT_WORKFLOW = "builtin:code-review"
+_PACKAGE = __package__ or "swarmbus.agents.workflow"
+_model_config: TypeAdapter[ModelConfig] = TypeAdapter(ModelConfig)
+
+
+@dataclass(frozen=True)
+class RolePreset:
+    """Defaults for a step of a well-known role that leaves them out (the short form)."""
+
+    output: str
+    type: str
+    prompt: str
+
+
+PRESETS: dict[str, RolePreset] = {
+    "architect": RolePreset("design", "swarmbus.Design", "prompts/architect.md"),
+    "coder": RolePreset("code", "swarmbus.Code", "prompts/coder.md"),
+    "reviewer": RolePreset("verdict", "swarmbus.Verdict", "prompts/reviewer.md"),
+}
+"""The built-in team's roles: what a bare ``- role: coder`` step produces, and its prompt."""
+
+KNOWN_TOOLS = frozenset({"sandbox.pytest"})
+
+
+def builtin_workflows() -> list[str]:
+    """The packaged workflows, as ``builtin:<name>``."""
+    folder = resources.files(_PACKAGE) / "builtin"
+    return sorted(BUILTIN_PREFIX + p.name[:-5] for p in folder.iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def resolve_type(name: str) -> type[BaseModel]:
+    """A data type by registered name (``swarmbus.Design``) or import path
+    (``pkg.module:Class``). Raises ``UnknownTypeError``."""
+    if ":" not in name:
+        return registry.resolve_data(name)
+    module, _, attr = name.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise UnknownTypeError(f"cannot import {name!r}: {e}") from None
+    if not (isinstance(cls, type) and issubclass(cls, BaseModel)) or issubclass(cls, Message):
+        raise UnknownTypeError(f"{name!r} is not a pydantic model (a data type, not a message)")
+    return cls
+
+
+def _read(source: str) -> tuple[Any, str, Path | None, str]:
+    """(data, default name, folder for relative prompt paths, shown name)."""
+    if source.startswith(BUILTIN_PREFIX):
+        name = source[len(BUILTIN_PREFIX):]
+        file = resources.files(_PACKAGE) / "builtin" / f"{name}.yaml"
+        if not file.is_file():
+            known = ", ".join(builtin_workflows())
+            raise WorkflowError(source, [Problem("", f"no such built-in workflow; known: {known}")])
+        text, folder = file.read_text(encoding="utf-8"), None
+    else:
+        path = Path(source)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as e:
+            raise WorkflowError(source, [Problem("", f"cannot read it: {e.strerror}")]) from None
+        name, folder = path.stem, path.parent
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise WorkflowError(source, [Problem("", f"not valid YAML: {e}")]) from None
+    return data, name, folder, source
+
+
+def _prompt_text(rel: str, folder: Path | None) -> str:
+    if folder is None:
+        return (resources.files(_PACKAGE) / "builtin" / rel).read_text(encoding="utf-8")
+    return (folder / rel).read_text(encoding="utf-8")
+
+
+def load_workflow(source: str | Path) -> CompiledWorkflow:
+    """Load, complete and check a workflow file, or ``builtin:<name>``.
+
+    Raises ``WorkflowError`` (a ``ConfigError``) listing every problem with its
+    path in the file.
+    """
+    data, name, folder, shown = _read(str(source))
+    spec = Workflow.parse(data, default_name=name, source=shown)
+    return compile_workflow(spec, folder=folder, source=shown)
+
+
+def compile_workflow(
+    spec: Workflow, *, folder: Path | None = None, source: str = ""
+) -> CompiledWorkflow:
+    """Fill presets and prompt files into ``spec``, resolve its types, check it."""
+    problems: list[Problem] = []
+    artifacts = dict(spec.artifacts)
+    steps: list[StepSpec] = []
+    for i, step in enumerate(spec.steps):
+        at = f"steps[{i}]"
+        update: dict[str, Any] = {}
+        preset = PRESETS.get(step.role)
+        output = step.output
+        if output is None and preset is not None:
+            output = update["output"] = preset.output
+        if output and output not in artifacts and preset is not None and output == preset.output:
+            artifacts[output] = preset.type
+        prompt = step.prompt
+        if step.system is None and prompt is None and preset is not None:
+            prompt, folder_for = preset.prompt, None
+        else:
+            folder_for = folder
+        if step.system is None and prompt is not None:
+            try:
+                update["system"] = _prompt_text(prompt, folder_for)
+            except OSError as e:
+                problems.append(Problem(f"{at}.prompt", f"cannot read {prompt!r}: {e.strerror}"))
+        for key, text in (("task", step.task), ("system", update.get("system", step.system))):
+            for why in template_problems(text or ""):
+                problems.append(Problem(f"{at}.{'prompt' if key == 'system' else key}", why))
+        if step.model is not None:
+            update["model"], why = _model(step.model)
+            if why:
+                problems.append(Problem(f"{at}.model", why))
+        for tool in step.tools:
+            if tool not in KNOWN_TOOLS:
+                problems.append(Problem(f"{at}.tools", f"unknown tool {tool!r}; known: "
+                                        f"{', '.join(sorted(KNOWN_TOOLS))}"))
+        if step.agent is not None:
+            why = _agent_problem(step.agent)
+            if why:
+                problems.append(Problem(f"{at}.agent", why))
+        steps.append(step.model_copy(update=update) if update else step)
+    spec = spec.model_copy(update={"steps": steps, "artifacts": artifacts})
+    types: dict[str, type[BaseModel]] = {}
+    for art, type_name in artifacts.items():
+        try:
+            types[art] = resolve_type(type_name)
+        except UnknownTypeError as e:
+            problems.append(Problem(f"artifacts.{art}", str(e)))
+    problems += check(spec, types)
+    problems += _tool_problems(spec, types)
+    if problems:
+        raise WorkflowError(source or spec.name, problems)
+    return CompiledWorkflow(spec, types)
+
+
+def _model(value: Any) -> tuple[Any, str]:
+    """The model config with provider-less names qualified, and a problem (or '')."""
+    def qualify(v: Any) -> Any:
+        if isinstance(v, str):
+            return qualify_model_name(v)
+        if isinstance(v, list):
+            return [qualify(x) for x in v]
+        if isinstance(v, Mapping):
+            out = dict(v)
+            if isinstance(out.get("name"), str):
+                out["name"] = qualify_model_name(out["name"])
+            if isinstance(out.get("fallback"), list):
+                out["fallback"] = [qualify(x) for x in out["fallback"]]
+            return out
+        return v
+
+    try:
+        qualified = qualify(value)
+        _model_config.validate_python(qualified)
+    except ValidationError as e:
+        first = e.errors(include_url=False)[0]
+        return value, f"not a model name, spec or fallback chain: {first['msg']}"
+    except ValueError as e:
+        return value, str(e)
+    return qualified, ""
+
+
+def _agent_problem(path: str) -> str:
+    module, _, attr = path.partition(":")
+    if not attr:
+        return f"{path!r}: give 'package.module:Class'"
+    try:
+        cls = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        return f"cannot import {path!r}: {e}"
+    from ._step import StepAgent
+
+    if not (isinstance(cls, type) and issubclass(cls, StepAgent)):
+        return f"{path!r} is not a StepAgent subclass (override its `perform`)"
+    return ""
+
+
+def _tool_problems(spec: Workflow, types: Mapping[str, type[BaseModel]]) -> list[Problem]:
+    from swarmbus.protocols import Code
+
+    out = []
+    for i, step in enumerate(spec.steps):
+        if "sandbox.pytest" in step.tools and not any(
+            isinstance(types.get(n), type) and issubclass(types[n], Code) for n in step.input
+        ):
+            out.append(Problem(f"steps[{i}].tools", "sandbox.pytest runs the tests of a code "
+                               "input: give the step an input of type swarmbus.Code"))
+    return out

@@ -1,0 +1,146 @@
+"""What a step's model reads: the system prompt (a template) and the work so far.
+
+Templates are Jinja2 in a sandboxed environment with strict undefined names:
+``{{ inputs.goal }}``, ``{{ inputs.<name> }}``, ``{{ artifacts.<name>.<field> }}``,
+``{{ findings }}``, ``{{ round }}``, ``{{ role }}``, ``{{ step }}``. Values are
+inserted as text, never evaluated as templates. Hidden acceptance tests are
+never rendered.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import Any
+
+from jinja2 import StrictUndefined, TemplateError, meta
+from jinja2.sandbox import SandboxedEnvironment
+from pydantic import BaseModel
+
+from swarmbus.protocols import Code, Finding, StepSpec, TestReport, WorkState
+
+__all__ = ["TEMPLATE_NAMES", "PromptError", "render_system", "render_work", "template_problems"]
+
+TEMPLATE_NAMES = frozenset({"inputs", "artifacts", "findings", "round", "role", "step"})
+
+_env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+
+
+class PromptError(ValueError):
+    """A template that does not render (an undefined name, a sandbox violation)."""
+
+
+@lru_cache(maxsize=512)
+def _template(text: str) -> Any:
+    return _env.from_string(text)
+
+
+def template_problems(text: str) -> list[str]:
+    """Syntax errors and names a template uses that no step context defines."""
+    try:
+        parsed = _env.parse(text)
+    except TemplateError as e:
+        return [f"template error: {e}"]
+    unknown = sorted(meta.find_undeclared_variables(parsed) - TEMPLATE_NAMES)
+    if unknown:
+        return [f"unknown template names {unknown}; use {sorted(TEMPLATE_NAMES)}"]
+    return []
+
+
+def _context(state: WorkState, step: StepSpec) -> dict[str, Any]:
+    task = state.task
+    inputs = {"goal": task.goal, "constraints": task.constraints, "language": task.language,
+              **task.inputs}
+    return {"inputs": inputs, "artifacts": state.artifacts, "findings": state.findings,
+            "round": state.round, "role": step.role, "step": step.id}
+
+
+def render(text: str, state: WorkState, step: StepSpec) -> str:
+    if "{" not in text:  # most prompts are plain text: skip the template engine
+        return text
+    try:
+        return str(_template(text).render(_context(state, step)))
+    except TemplateError as e:
+        raise PromptError(f"step {step.id!r}: prompt template: {e}") from e
+
+
+def render_system(step: StepSpec, state: WorkState) -> str:
+    """The step's system prompt (its ``prompt`` file or preset), rendered."""
+    text = step.system or f"You are the {step.role} of a team of agents."
+    return render(text, state, step)
+
+
+def _block(title: str, body: str) -> str:
+    return f"## {title}\n\n{body.strip()}\n"
+
+
+def _show(value: BaseModel) -> str:
+    if isinstance(value, Code):
+        files = "\n\n".join(f"### {f.path}\n```\n{f.content}\n```" for f in value.files)
+        return files + (f"\n\nNotes: {value.notes}" if value.notes else "")
+    return value.model_dump_json(indent=2)
+
+
+def render_work(
+    step: StepSpec,
+    state: WorkState,
+    inputs: Mapping[str, BaseModel],
+    previous: BaseModel | None,
+    *,
+    show_report: bool,
+    all_findings: bool,
+) -> str:
+    """The user message: goal and inputs, the step's instructions, its input
+    artifacts, its own previous output, the findings it must address, the facts."""
+    task = state.task
+    parts = [_block("Goal", task.goal)]
+    if task.constraints:
+        parts.append(_block("Constraints", "\n".join(f"- {c}" for c in task.constraints)))
+    parts.append(_block("Language", task.language))
+    for name, text in task.inputs.items():
+        parts.append(_block(f"Input: {name}", text))
+    if step.task:
+        parts.append(_block("Instructions", render(step.task, state, step)))
+    for name, value in inputs.items():
+        parts.append(_block(f"Current {name}", _show(value)))
+    if previous is not None and step.output:
+        parts.append(_block(f"Your previous {step.output}", _show(previous)))
+    mine = [f for f in state.findings if all_findings or _targets(f, step)]
+    if mine:
+        body = json.dumps([f.model_dump(mode="json") for f in mine], indent=2)
+        parts.append(_block("Findings to address (each one)", body))
+    if show_report and state.test_report is not None:
+        parts.append(_block(
+            "Test report (from running the submitted tests in the sandbox; the counts "
+            "are reported by the submitter's own test process)", report_text(state.test_report)))
+    if state.acceptance is not None:
+        a = state.acceptance
+        verdict = "passed" if a.ok else "FAILED"
+        parts.append(_block("Hidden acceptance tests", f"{verdict}: {a.passed} passed, "
+                            f"{a.failed} failed, {a.errors} errors (their code is not shown)"))
+    revisions = ", ".join(f"{k} {v}" for k, v in sorted(state.edges.items())) or "none yet"
+    parts.append(_block("Round", f"{state.round} (send-backs: {revisions})"))
+    return "\n".join(parts)
+
+
+def _targets(finding: Finding, step: StepSpec) -> bool:
+    target = finding.target.strip().lower()
+    return target in (step.role.lower(), step.id.lower())
+
+
+# pytest ends its summary with the run's wall time ("1 passed in 0.08s"). Left in, it
+# would change the reviewer's request, so its cache key, on every run: a redelivered
+# review would pay the model again for the answer it already has.
+_DURATION = re.compile(r" in \d+(?:\.\d+)?s(?: \(\d+:\d\d:\d\d\))?(?=[ =]*$)", re.M)
+
+
+def report_text(r: TestReport) -> str:
+    head = (
+        f"exit code {r.exit_code}, passed {r.passed}, failed {r.failed}, errors {r.errors}"
+        + (", TIMED OUT" if r.timed_out else "")
+    )
+    failed = "\n".join(f"- {name}" for name in r.failed_tests)
+    output = _DURATION.sub("", r.output)
+    return f"{head}\n{failed}\n\nOutput:\n```\n{output}\n```"

@@ -1,0 +1,53 @@
+"""A workflow's graph as text and as Mermaid (``swarmbus workflow show``)."""
+
+from __future__ import annotations
+
+from swarmbus.protocols import END, CompiledWorkflow
+
+__all__ = ["mermaid", "show_text"]
+
+
+def _edges(wf: CompiledWorkflow) -> list[tuple[str, str, str, int | None]]:
+    """(from, to, label, cap) for every edge."""
+    out: list[tuple[str, str, str, int | None]] = []
+    for s in wf.spec.steps:
+        if not s.routes:
+            out.append((s.id, wf.successor(s.id), "", None))
+        for key, edge in s.routes.items():
+            out.append((s.id, edge.to, f"{s.route_on}={key}", edge.max))
+    return out
+
+
+def show_text(wf: CompiledWorkflow) -> str:
+    """Steps (role, model, inputs -> output, tools) and edges with their caps."""
+    lines = [f"workflow {wf.name} ({wf.hash})" + (f": {wf.spec.description}"
+                                                  if wf.spec.description else "")]
+    lines.append("steps:")
+    for s in wf.spec.steps:
+        ins = " + ".join(s.input) or "task"
+        typ = wf.spec.artifacts.get(s.output or "", "")
+        out = f"{s.output} ({typ})" if s.output else "-"
+        model = f", model {s.model}" if s.model is not None else ""
+        tools = f", tools {', '.join(s.tools)}" if s.tools else ""
+        lines.append(f"  {s.id:<14} role {s.role}{model}: {ins} -> {out}{tools}")
+    lines.append("edges:")
+    for a, b, label, cap in _edges(wf):
+        capped = f" (max {cap})" if cap is not None else ""
+        lines.append(f"  {a} -> {b}" + (f" [{label}]" if label else "") + capped)
+    return "\n".join(lines)
+
+
+def mermaid(wf: CompiledWorkflow) -> str:
+    """A Mermaid flowchart of the workflow."""
+    def node(step: str) -> str:  # Mermaid reserves `end`; prefixing keeps every id legal
+        return "finish" if step == END else f"s_{step}"
+
+    lines = ["flowchart TD", "  start([task]) --> " + node(wf.entry.id)]
+    for s in wf.spec.steps:
+        lines.append(f'  {node(s.id)}["{s.id}<br/><small>{s.role}</small>"]')
+    lines.append(f"  {node(END)}([end])")
+    for a, b, label, cap in _edges(wf):
+        text = label + (f" max {cap}" if cap is not None else "")
+        arrow = f" -->|{text}| " if text else " --> "
+        lines.append(f"  {node(a)}{arrow}{node(b)}")
+    return "\n".join(lines)

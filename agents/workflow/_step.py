@@ -1,0 +1,403 @@
+"""The generic step runtime: one agent per role runs that role's steps of any workflow.
+
+A message on ``step.<id>`` (or the kick-off on ``task``, for the role of the
+first step) is handled the same way whatever the team: load the workflow the
+message names, check the limits, gather the step's typed inputs, run its tools,
+ask its model (under a ``Ledger``: every call booked, limits checked before
+each), let the tools correct the answer, route it with the one pure routing
+function, and publish either the next step's work or the workflow's only result.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pydantic import BaseModel
+
+from swarmbus.bus import Bus, PayloadTooLargeError, Reject, Retry, same_task
+from swarmbus.protocols import (
+    DEFAULT_BUDGET_USD,
+    DEFAULT_TIMEOUT_S,
+    Code,
+    CompiledWorkflow,
+    ConfigError,
+    Finish,
+    Provenance,
+    StepSpec,
+    TaskRequest,
+    TaskStatus,
+    Usage,
+    Work,
+    WorkState,
+    route,
+    step_topic,
+)
+
+from .._agent import Agent, Context, Route
+from .._guards import Guards, LimitReached, end_workflow, result_from
+from ..models import (
+    CachedModel,
+    ChatMessage,
+    Model,
+    ModelConfig,
+    ModelError,
+    ModelRequest,
+    ModelSettings,
+    ProviderAuthError,
+    ProviderError,
+    build_model,
+    current_ledger,
+)
+from ._prompt import render_system, render_work
+from ._registry import Workflows
+from ._tools import Tool
+
+__all__ = ["StepAgent", "StepCall"]
+
+_CACHE_BUCKET = "responses"
+
+
+@dataclass
+class StepCall:
+    """One run of one step: what ``StepAgent.perform`` gets.
+
+    ``inputs`` are the step's input artifacts, validated into their types;
+    ``previous`` is this step's own output from an earlier round (None the
+    first time); ``state`` is the work so far (tools add facts to it).
+    ``ask()`` renders the prompts and asks ``model`` for an ``output_type``.
+    """
+
+    workflow: CompiledWorkflow
+    step: StepSpec
+    state: WorkState
+    inputs: dict[str, BaseModel]
+    previous: BaseModel | None
+    output_type: type[BaseModel]
+    model: Model | None
+    settings: ModelSettings
+    ctx: Context[Any]
+    provenance: Provenance | None = None
+
+    def producer_role(self, artifact: str) -> str:
+        """The role of the step that produces ``artifact`` ('' if none)."""
+        for s in self.workflow.spec.steps:
+            if s.output == artifact:
+                return s.role
+        return ""
+
+    def request(self) -> ModelRequest[BaseModel]:
+        """The model request for this step (system prompt, the work so far, the type)."""
+        show_report = any(isinstance(v, Code) for v in self.inputs.values()) or (
+            isinstance(self.previous, Code) or issubclass(self.output_type, Code))
+        user = render_work(self.step, self.state, self.inputs, self.previous,
+                           show_report=show_report, all_findings=bool(self.step.routes))
+        return ModelRequest(
+            system=render_system(self.step, self.state),
+            messages=(ChatMessage(role="user", content=user),),
+            output_type=self.output_type,
+            settings=self.settings,
+        )
+
+    async def ask(self) -> BaseModel:
+        """Ask the step's model; sets ``provenance``. Raises ``ModelError``."""
+        if self.model is None:
+            raise ConfigError(
+                f"no model for step {self.step.id!r} (role {self.step.role!r}): give "
+                f"`roles.{self.step.role}.model` in swarm.yaml or `model:` in the workflow")
+        response = await self.model.complete(self.request())
+        self.provenance = response.provenance
+        return response.output
+
+
+class StepAgent(Agent):
+    """Serves one role: every step of that role, in any workflow a message names.
+
+    ``model`` answers the role's steps that name no model of their own; a step's
+    own ``model`` is built with ``build`` (default ``build_model``) the first time
+    it runs. ``tools`` maps tool names to tools (``sandbox.pytest``).
+    ``cache_ttl_s`` turns on the response cache (a key-value bucket; a
+    redelivered message does not pay twice), scoped to the workflow unless
+    ``share_cache``. Override ``perform`` to serve a step with your own code.
+    The role's consumer starts at the oldest waiting work, not at "now".
+    """
+
+    deliver_all = True
+
+    def __init__(
+        self,
+        role: str,
+        *,
+        workflows: Workflows,
+        model: Model | None = None,
+        build: Callable[[ModelConfig], Model] | None = None,
+        tools: Mapping[str, Tool] | None = None,
+        settings: ModelSettings | None = None,
+        cache_ttl_s: float | None = None,
+        share_cache: bool = False,
+        guards: Guards | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.role = role
+        self.workflows = workflows
+        self.model = model
+        self.build = build or build_model
+        self.tools = dict(tools or {})
+        self.settings = settings or ModelSettings()
+        self.cache_ttl_s = cache_ttl_s
+        self.guards = guards or Guards(share_cache=share_cache)
+        self._step_models: dict[str, Model] = {}
+        self._cache_store: Any = None
+        kwargs.setdefault("name", role)
+        super().__init__(**kwargs)
+
+    @property
+    def model_name(self) -> str:
+        return self.model.name if self.model is not None else ""
+
+    def routes(self) -> dict[str, Route]:
+        topics = self.workflows.default.topics(self.role)
+        if not topics:
+            raise ConfigError(f"role {self.role!r} serves no step of workflow "
+                              f"{self.workflows.default.name!r}")
+        out = {t: Route(Work, self.on_work) for t in topics if t != "task"}
+        if "task" in topics:
+            out["task"] = Route(TaskRequest, self.on_task)
+        return out
+
+    async def setup(self, bus: Bus) -> None:
+        await super().setup(bus)
+        await self.guards.setup(bus, self)
+        await self.workflows.setup(bus)
+        if self.cache_ttl_s is not None:
+            self._cache_store = await bus.key_value(_CACHE_BUCKET, ttl_s=self.cache_ttl_s)
+            if self.model is not None and not isinstance(self.model, CachedModel):
+                self.model = CachedModel(self.model, self._cache_store, ttl_s=self.cache_ttl_s)
+
+    async def aclose(self) -> None:
+        await self.guards.aclose()
+        for m in [self.model, *self._step_models.values()]:
+            if m is not None:
+                await m.aclose()
+        await super().aclose()
+
+    def model_for(self, step: StepSpec) -> Model | None:
+        """The model of ``step``: its own (built once), else the role's."""
+        if step.model is None:
+            return self.model
+        key = json.dumps(step.model, sort_keys=True)
+        model = self._step_models.get(key)
+        if model is None:
+            model = self.build(step.model)  # type: ignore[arg-type]
+            if self._cache_store is not None:
+                model = CachedModel(model, self._cache_store, ttl_s=self.cache_ttl_s)
+            self._step_models[key] = model
+        return model
+
+    # -- handlers ---------------------------------------------------------------------------
+
+    async def on_task(self, task: TaskRequest, ctx: Context[TaskRequest]) -> None:
+        wf = await self.workflows.for_task(task, ctx.envelope.workflow)
+        if wf.entry.role != self.role:
+            return  # another workflow's kick-off: its own entry role takes it
+        if not await self._first_task(task, ctx):
+            return
+        state = _start(task, wf, ctx)
+        await self.guards.run(ctx, state, lambda: self._run(ctx, wf, wf.entry, state, task))
+
+    async def on_work(self, work: Work, ctx: Context[Work]) -> None:
+        wf = await self.workflows.get(work.state.workflow or ctx.envelope.workflow)
+        step = wf.steps.get(ctx.envelope.topic[len("step."):])
+        if step is None or step.role != self.role:
+            raise Reject(f"workflow {wf.label} has no step {ctx.envelope.topic!r} "
+                         f"for role {self.role!r}")
+        await self.guards.run(ctx, work.state, lambda: self._run(ctx, wf, step, work.state))
+
+    async def _first_task(self, task: TaskRequest, ctx: Context[TaskRequest]) -> bool:
+        """Workflow ids are single-use: a later, different task under a used id is
+        dead-lettered (the first run goes on untouched); the same task is a no-op."""
+        first = await ctx.bus.first(ctx.workflow_id, "task")
+        mine = ctx.delivery.stream_seq
+        if first is None or not mine or first.seq == mine:
+            return True
+        earlier = first.try_decode()
+        if earlier is not None and isinstance(earlier.message, TaskRequest) and same_task(
+            earlier.message, task
+        ):
+            ctx.log.info("same task submitted again under its id; already running")
+            return False
+        raise Reject(f"workflow id {ctx.workflow_id!r} is taken by an earlier, different task "
+                     f"(stream sequence {first.seq}); submit under another id",
+                     reason="id_taken")
+
+    # -- one step ---------------------------------------------------------------------------
+
+    async def perform(self, call: StepCall) -> BaseModel:
+        """Produce the step's output: by default, ask its model. Override to serve a
+        step with your own code (bind it with ``agent: pkg.module:Class``)."""
+        return await call.ask()
+
+    async def _run(
+        self, ctx: Context[Any], wf: CompiledWorkflow, step: StepSpec, state: WorkState,
+        task: TaskRequest | None = None,
+    ) -> None:
+        missing = [n for n in step.input if n not in state.artifacts]
+        if missing or (task is not None and _missing_inputs(task, wf)):
+            why = (f"step {step.id!r} is missing its inputs {missing}" if missing else
+                   f"the task lacks inputs {_missing_inputs(task, wf)} that workflow "
+                   f"{wf.name!r} requires (TaskRequest.inputs)" if task else "")
+            await self._end(ctx, wf, state, "failed", why, step, None, Usage())
+            return
+        output_type = wf.types[step.output] if step.output else _NoOutput
+        call = StepCall(
+            workflow=wf, step=step, state=state,
+            inputs={n: wf.types[n].model_validate(state.artifacts[n]) for n in step.input},
+            previous=(output_type.model_validate(state.artifacts[step.output])
+                      if step.output and step.output in state.artifacts else None),
+            output_type=output_type, model=self.model_for(step), settings=self.settings,
+            ctx=ctx,
+        )
+        tools = [self.tools[t] for t in step.tools if t in self.tools]
+        ledger = current_ledger()
+        try:
+            for tool in tools:
+                await tool.before(call)
+            output = await self.perform(call)
+            for tool in tools:
+                output = tool.after(call, output)
+        except LimitReached:
+            raise
+        except (ModelError, ConfigError) as e:
+            await self._model_failed(ctx, wf, step, call, e)
+            return
+        usage = ledger.take() if ledger is not None else Usage()
+        state.spend[self.role] = state.spend.get(self.role, Usage()) + usage
+        state.steps += 1
+        previous_value = state.artifacts.get(step.output or "")
+        if step.output:
+            state.artifacts[step.output] = output.model_dump(mode="json")
+        _update_findings(state, step, output)
+        prov = call.provenance
+        if prov is not None:
+            ctx.log.info("model answered", step=step.id, model=prov.name, cost_usd=prov.cost_usd,
+                         latency_s=round(prov.latency_s, 3), from_cache=prov.from_cache)
+        decision = route(wf, step.id, output, state.edges, state.caps)
+        if isinstance(decision, Finish):
+            await self._end(ctx, wf, state, decision.status, decision.reason, step, prov, usage)
+            return
+        if decision.capped:
+            state.edges[decision.edge] = state.edges.get(decision.edge, 0) + 1
+            state.round += 1
+        work = Work(state=state, source=step.id, output=step.output or "", edge=decision.edge,
+                    provenance=prov, usage=usage)
+        try:
+            await ctx.publish(work, topic=step_topic(decision.step), round=state.round,
+                              model=prov.name if prov else None, workflow=wf.hash)
+        except PayloadTooLargeError as e:
+            if step.output:  # the best attempt is what came before this output
+                if previous_value is None:
+                    state.artifacts.pop(step.output, None)
+                else:
+                    state.artifacts[step.output] = previous_value
+            await self._end(ctx, wf, state, "failed",
+                            f"step {step.id!r}: its output cannot be passed on: {e}",
+                            step, prov, Usage())
+
+    async def _model_failed(
+        self, ctx: Context[Any], wf: CompiledWorkflow, step: StepSpec, call: StepCall,
+        e: ModelError | ConfigError,
+    ) -> None:
+        """Transient: retry later (after the provider's Retry-After), within deadline and
+        deliveries. Permanent: end the workflow now, with the best attempt."""
+        state = call.state
+        name = call.model.name if call.model is not None else "no model"
+        what = f"step {step.id!r} ({self.role}, {name}): {e}"
+        if not _permanent(e):
+            delay = max(self.consumer.retry_delay(ctx.deliveries),
+                        float(getattr(e, "retry_after_s", None) or 0.0))
+            now = datetime.now(UTC)
+            if state.deadline is not None and now + timedelta(seconds=delay) >= state.deadline:
+                ledger = current_ledger()
+                usage = ledger.take() if ledger is not None else Usage()
+                state.spend[self.role] = state.spend.get(self.role, Usage()) + usage
+                await self._end(ctx, wf, state, "deadline_exceeded",
+                                f"deadline passes before the provider can be retried: {what}",
+                                step, None, usage)
+                return
+            if ctx.deliveries < self.consumer.max_deliver - 1:
+                ctx.log.warning("model failed, will retry", step=step.id, model=name,
+                                error=str(e)[:500], delay_s=round(delay, 3),
+                                delivery=ctx.deliveries)
+                raise Retry(what, delay_s=delay)
+            what = f"model unavailable after {ctx.deliveries} deliveries: {what}"
+        ledger = current_ledger()
+        usage = ledger.take() if ledger is not None else Usage()
+        state.spend[self.role] = state.spend.get(self.role, Usage()) + usage
+        ctx.log.warning("step failed for good", step=step.id, model=name, error=str(e)[:500])
+        await self._end(ctx, wf, state, "failed", what, step, None, usage)
+
+    async def _end(
+        self, ctx: Context[Any], wf: CompiledWorkflow, state: WorkState, status: TaskStatus,
+        reason: str, step: StepSpec, prov: Provenance | None, usage: Usage,
+    ) -> None:
+        result = result_from(state, status, reason, workflow=wf.hash, step=step.id,
+                             provenance=prov, usage=usage)
+        await end_workflow(ctx, result)
+        self.guards.mark_ended(ctx.workflow_id)
+
+
+class _NoOutput(BaseModel):
+    """The output of a step that declares none (its model answers anything)."""
+
+    summary: str = ""
+
+
+def _permanent(e: ModelError | ConfigError) -> bool:
+    flag = getattr(e, "permanent", None)
+    if isinstance(flag, bool):
+        return flag
+    return isinstance(e, ConfigError | ProviderAuthError) or not isinstance(e, ProviderError)
+
+
+def _missing_inputs(task: TaskRequest, wf: CompiledWorkflow) -> list[str]:
+    return [k for k, spec in wf.spec.inputs.items()
+            if spec.default is None and k not in task.inputs]
+
+
+def _start(task: TaskRequest, wf: CompiledWorkflow, ctx: Context[Any]) -> WorkState:
+    """The state a run starts with: effective limits, the deadline counted from
+    submission (the task's stamp, else the stream's time of the message)."""
+    limits, defaults = task.limits, wf.spec.limits
+    if task.submitted_at is not None:
+        submitted = task.submitted_at
+    elif ctx.delivery.timestamp:
+        submitted = datetime.fromtimestamp(ctx.delivery.timestamp, UTC)
+    else:
+        submitted = datetime.now(UTC)
+    timeout = limits.timeout_s or defaults.timeout_s or DEFAULT_TIMEOUT_S
+    try:
+        deadline = limits.deadline or submitted + timedelta(seconds=timeout)
+    except OverflowError:  # a timeout beyond the calendar: no deadline in practice
+        deadline = datetime.max.replace(tzinfo=UTC)
+    budget = limits.budget_usd if limits.budget_usd is not None else (
+        defaults.budget_usd if defaults.budget_usd is not None else DEFAULT_BUDGET_USD)
+    inputs = {k: spec.default for k, spec in wf.spec.inputs.items()
+              if spec.default is not None and k not in task.inputs}
+    if inputs:
+        task = task.model_copy(update={"inputs": {**inputs, **task.inputs}})
+    return WorkState(task=task, workflow=wf.hash, round=1, deadline=deadline,
+                     budget_usd=budget, caps=limits.route_caps())
+
+
+def _update_findings(state: WorkState, step: StepSpec, output: BaseModel) -> None:
+    """A step's answer with ``findings`` replaces the open ones (a review's verdict);
+    otherwise the findings addressed to the step are taken as dealt with."""
+    findings = getattr(output, "findings", None)
+    if isinstance(findings, list):
+        state.findings = list(findings)
+        return
+    mine = {step.role.lower(), step.id.lower()}
+    state.findings = [f for f in state.findings if f.target.strip().lower() not in mine]

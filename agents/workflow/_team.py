@@ -1,0 +1,89 @@
+"""The agents that run a workflow: one ``StepAgent`` per role, and the supervisor."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+from swarmbus.bus import ConsumerSettings
+from swarmbus.protocols import CompiledWorkflow, ConfigError, SourceFile, TestReport
+
+from .._agent import Agent
+from .._guards import Guards
+from .._sandbox import SandboxLimits, run_tests
+from ..models import Model, ModelConfig, ModelSettings
+from ._registry import Workflows
+from ._step import StepAgent
+from ._supervisor import Supervisor
+from ._tools import SandboxPytest, Tool
+
+__all__ = ["default_tools", "team"]
+
+
+def default_tools(sandbox: SandboxLimits | None = None) -> dict[str, Tool]:
+    """The tools a workflow can name, with the real sandbox behind ``sandbox.pytest``."""
+    limits = sandbox or SandboxLimits()
+
+    async def runner(files: Sequence[SourceFile]) -> TestReport:
+        return await run_tests(files, limits=limits)
+
+    return {"sandbox.pytest": SandboxPytest(runner)}
+
+
+def team(
+    workflow: CompiledWorkflow,
+    *,
+    models: Mapping[str, Model] | None = None,
+    build: Callable[[ModelConfig], Model] | None = None,
+    roles: Iterable[str] | None = None,
+    tools: Mapping[str, Tool] | None = None,
+    settings: Mapping[str, ModelSettings] | None = None,
+    consumers: Mapping[str, ConsumerSettings] | None = None,
+    replicas: Mapping[str, int] | None = None,
+    cache_ttl_s: float | None = None,
+    share_cache: bool = False,
+    supervisor: bool = True,
+    make_default: bool = True,
+) -> list[Agent]:
+    """A ``StepAgent`` for each role of ``workflow`` (or of ``roles``), sharing one
+    ``Workflows`` and one ``Guards``, plus the ``Supervisor``.
+
+    ``models`` gives each role's model (steps naming their own are built with
+    ``build``); ``tools`` defaults to the real sandbox. A role whose steps name
+    an ``agent`` class runs as that class. Raises ``ConfigError`` for a role the
+    workflow does not have, or steps of one role bound to different classes.
+    """
+    wanted = list(roles) if roles is not None else list(workflow.roles)
+    unknown = [r for r in wanted if r not in workflow.roles]
+    if unknown:
+        raise ConfigError(f"workflow {workflow.name!r} has no role {unknown}; its roles are "
+                          f"{', '.join(workflow.roles)}")
+    shared = Workflows(workflow, make_default=make_default)
+    guards = Guards(share_cache=share_cache)
+    toolbox = dict(tools) if tools is not None else default_tools()
+    agents: list[Agent] = []
+    for role in wanted:
+        cls = _agent_class(workflow, role)
+        agents.append(cls(
+            role, workflows=shared, model=(models or {}).get(role), build=build, tools=toolbox,
+            settings=(settings or {}).get(role), cache_ttl_s=cache_ttl_s,
+            share_cache=share_cache, guards=guards, consumer=(consumers or {}).get(role),
+            replicas=(replicas or {}).get(role, 1),
+        ))
+    if supervisor:
+        agents.append(Supervisor())
+    return agents
+
+
+def _agent_class(workflow: CompiledWorkflow, role: str) -> type[StepAgent]:
+    paths = {a for s in workflow.roles[role] if (a := workflow.steps[s].agent) is not None}
+    if not paths:
+        return StepAgent
+    if len(paths) > 1:
+        raise ConfigError(f"the steps of role {role!r} name different agents {sorted(paths)}: "
+                          "one role is one agent type")
+    module, _, attr = str(paths.pop()).partition(":")
+    cls = getattr(importlib.import_module(module), attr)
+    if not (isinstance(cls, type) and issubclass(cls, StepAgent)):
+        raise ConfigError(f"{module}:{attr} is not a StepAgent subclass")
+    return cls

@@ -1,0 +1,88 @@
+"""Compiled workflows stored in the namespace's key-value bucket, by content hash.
+
+Every work message names its workflow's hash (header ``Swarm-Workflow``), so
+any process (an agent after an upgrade, ``swarmbus status``) reads the graph a
+run started with. ``name.<name>`` points at a name's latest hash, ``default`` at
+the namespace's default workflow (the one a task that names none follows).
+"""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import ValidationError
+
+from swarmbus.protocols import CompiledWorkflow, ConfigError, Workflow
+
+from ._bus import Bus
+from ._kv import KeyValueStore
+
+__all__ = ["WORKFLOWS_BUCKET", "UnknownWorkflowError", "WorkflowStore"]
+
+WORKFLOWS_BUCKET = "workflows"
+_HASH = re.compile(r"^[0-9a-f]{16}$")
+
+
+class UnknownWorkflowError(ConfigError, LookupError):
+    """A workflow name or hash that the namespace has not stored."""
+
+
+class WorkflowStore:
+    """Read and write compiled workflows (``await WorkflowStore.open(bus)``).
+
+    Entries are immutable (the key is the content hash), so reads are cached
+    in this process. The bucket keeps them as long as the stream keeps messages.
+    """
+
+    def __init__(self, store: KeyValueStore) -> None:
+        self._store = store
+        self._cache: dict[str, CompiledWorkflow] = {}
+
+    @classmethod
+    async def open(cls, bus: Bus) -> WorkflowStore:
+        ttl = bus.stream.max_age_s or None
+        return cls(await bus.key_value(WORKFLOWS_BUCKET, ttl_s=ttl))
+
+    async def put(self, wf: CompiledWorkflow, *, default: bool = False) -> None:
+        """Store ``wf`` under its hash and make it its name's latest (and the default)."""
+        await self._store.put(wf.hash, wf.to_json().encode())
+        await self._store.put(f"name.{wf.name}", wf.hash.encode())
+        if default:
+            await self._store.put("default", wf.hash.encode())
+        self._cache[wf.hash] = wf
+
+    async def get(self, workflow_hash: str) -> CompiledWorkflow | None:
+        """The workflow stored under ``workflow_hash`` (types unresolved), or None."""
+        cached = self._cache.get(workflow_hash)
+        if cached is not None:
+            return cached
+        if not _HASH.match(workflow_hash):
+            return None
+        raw = await self._store.get(workflow_hash)
+        if raw is None:
+            return None
+        try:
+            wf = CompiledWorkflow(Workflow.model_validate_json(raw))
+        except ValidationError:
+            return None  # written by a newer version we cannot read
+        self._cache[workflow_hash] = wf
+        return wf
+
+    async def resolve(self, ref: str | None) -> str | None:
+        """The hash ``ref`` (a hash, a name, or None for the default) stands for."""
+        if ref and _HASH.match(ref) and await self.get(ref) is not None:
+            return ref
+        if ref and not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", ref):
+            return None
+        raw = await self._store.get(f"name.{ref}" if ref else "default")
+        return raw.decode() if raw else None
+
+    async def names(self) -> dict[str, str]:
+        """Stored workflow names -> their latest hash."""
+        out: dict[str, str] = {}
+        for key in await self._store.keys():
+            if key.startswith("name."):
+                raw = await self._store.get(key)
+                if raw:
+                    out[key[5:]] = raw.decode()
+        return out

@@ -1,0 +1,109 @@
+"""The data types a workflow's steps produce and consume (artifacts), and findings.
+
+Types an LLM fills in use lists of objects, never ``dict`` fields: Gemini
+rejects or empties those in output schemas. Each is registered with
+``@data_type`` so a workflow file can name it (``swarmbus.Design``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from ._registry import data_type
+from ._usage import _Data
+
+__all__ = [
+    "Code",
+    "Component",
+    "Design",
+    "Finding",
+    "SourceFile",
+    "TestReport",
+    "Text",
+    "Verdict",
+]
+
+Severity = Literal["info", "minor", "major", "critical"]
+
+
+@data_type("swarmbus.Text")
+class Text(_Data):
+    """Free text: the output of a step that needs no structure."""
+
+    text: str
+
+
+class Component(_Data):
+    name: str
+    responsibility: str
+
+
+@data_type("swarmbus.Design")
+class Design(_Data):
+    """A design: what to build, its parts, their interfaces, files, acceptance criteria."""
+
+    summary: str
+    components: list[Component] = Field(default_factory=list)
+    interfaces: list[str] = Field(default_factory=list)
+    files: list[str] = Field(default_factory=list)
+    acceptance_criteria: list[str] = Field(default_factory=list)
+
+
+class SourceFile(_Data):
+    path: str
+    content: str
+
+
+@data_type("swarmbus.Code")
+class Code(_Data):
+    """Source files and their tests."""
+
+    files: list[SourceFile]
+    notes: str = ""
+
+
+class Finding(_Data):
+    """One problem a review found, and who must act on it."""
+
+    severity: Severity
+    location: str = ""
+    explanation: str
+    target: str = Field(description="The role (or step id) that must act on it.")
+
+
+@data_type("swarmbus.Verdict")
+class Verdict(_Data):
+    """A review's decision; a workflow routes on ``decision``."""
+
+    decision: Literal["approve", "revise_code", "revise_design"]
+    summary: str
+    findings: list[Finding] = Field(default_factory=list)
+
+
+@data_type("swarmbus.TestReport")
+class TestReport(_Data):
+    """What running tests in the sandbox showed."""
+
+    __test__ = False  # not a pytest class
+
+    passed: int = 0
+    failed: int = 0
+    errors: int = 0
+    failed_tests: list[str] = Field(default_factory=list)
+    exit_code: int | None = None
+    timed_out: bool = False
+    output: str = ""
+    truncated: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """Tests ran, at least one passed, none failed or errored, exit code 0."""
+        return (
+            self.exit_code == 0
+            and self.passed > 0
+            and self.failed == 0
+            and self.errors == 0
+            and not self.timed_out
+        )

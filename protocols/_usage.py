@@ -1,0 +1,114 @@
+"""Token usage and cost (USD), and the provenance of a model's output."""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+__all__ = ["Provenance", "Usage", "UtcDatetime"]
+
+
+def _as_utc(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
+"""A time without a zone on the wire is UTC (naive and aware times do not compare)."""
+
+
+class _Data(BaseModel):
+    # JSON has no infinity or NaN: ours would go out as null and not decode again.
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+
+class Usage(_Data):
+    """Token usage and cost, summed over model calls.
+
+    ``input_tokens`` includes cache reads (``cached_tokens``) and cache writes
+    (``cache_write_tokens``); ``output_tokens`` includes ``reasoning_tokens``.
+    ``cost_usd`` (USD) sums every priced call, estimated ones included; calls to
+    unpriced models add nothing to it and are counted in ``unpriced_calls``, so a
+    cost is never shown as known when it is not.
+    """
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost_usd: float = Field(0.0, ge=0)
+    calls: int = Field(0, description="Provider calls made (billed), whatever their outcome.")
+    unpriced_calls: int = Field(0, description="Calls to models missing from the price table.")
+    estimated_calls: int = Field(
+        0, description="Calls whose reply carried no usage: tokens estimated from sizes."
+    )
+    cache_hits: int = Field(0, description="Answers served from the response cache (no call).")
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+            cached_tokens=self.cached_tokens + other.cached_tokens,
+            cache_write_tokens=self.cache_write_tokens + other.cache_write_tokens,
+            reasoning_tokens=self.reasoning_tokens + other.reasoning_tokens,
+            cost_usd=min(self.cost_usd + other.cost_usd, sys.float_info.max),  # stays finite
+            calls=self.calls + other.calls,
+            unpriced_calls=self.unpriced_calls + other.unpriced_calls,
+            estimated_calls=self.estimated_calls + other.estimated_calls,
+            cache_hits=self.cache_hits + other.cache_hits,
+        )
+
+
+class Provenance(_Data):
+    """Who produced an output: provider, model, tokens, cost (USD), latency (s), request hash.
+
+    One provenance covers ``calls`` provider calls (a first attempt and its repair,
+    say); a cache hit covers none (``from_cache``, cost 0.0, and ``original_usage``
+    says what the call that filled the cache used and cost).
+    """
+
+    provider: str
+    model: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost_usd: float | None = Field(None, description="None when the model is unpriced.")
+    latency_s: float = 0.0
+    request_hash: str = ""
+    calls: int = Field(1, ge=0, description="Provider calls this covers (0 for a cache hit).")
+    estimated_calls: int = Field(
+        0, ge=0, description="Of those, calls without usage figures (tokens estimated)."
+    )
+    from_cache: bool = False
+    original_usage: Usage | None = Field(
+        None, description="On a cache hit: what the call that filled the cache used and cost."
+    )
+    tried: list[str] = Field(default_factory=list, description="Models that failed before.")
+
+    @property
+    def name(self) -> str:
+        return f"{self.provider}:{self.model}"
+
+    @property
+    def estimated(self) -> bool:
+        return self.estimated_calls > 0
+
+    def usage(self) -> Usage:
+        """What this output cost now (a cache hit: nothing, one hit)."""
+        return Usage(
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            cached_tokens=self.cached_tokens,
+            cache_write_tokens=self.cache_write_tokens,
+            reasoning_tokens=self.reasoning_tokens,
+            cost_usd=self.cost_usd or 0.0,
+            calls=self.calls,
+            unpriced_calls=self.calls if self.cost_usd is None else 0,
+            estimated_calls=self.estimated_calls,
+            cache_hits=1 if self.from_cache else 0,
+        )

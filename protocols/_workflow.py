@@ -1,0 +1,293 @@
+"""Workflows as data: the ``swarmbus.workflow/v1`` format, compiled and checked.
+
+A workflow names its steps (each served by a *role*, the agent type whose
+durable consumer takes the step's work), the artifacts they exchange (each of
+a registered data type), and the routes between them, with a cap per edge
+that loops back. This module is pure: it parses and checks data already
+loaded (files, prompt files and import paths are the loader's business, in
+``swarmbus.agents``) and knows no particular team.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
+
+from ._errors import ConfigError
+
+__all__ = [
+    "END",
+    "SCHEMA_ID",
+    "CompiledWorkflow",
+    "Edge",
+    "InputSpec",
+    "Problem",
+    "StepSpec",
+    "Workflow",
+    "WorkflowError",
+    "WorkflowLimits",
+    "step_topic",
+]
+
+SCHEMA_ID = "swarmbus.workflow/v1"
+END = "end"
+"""The route target that ends the workflow (status ``approved``)."""
+
+_NAME = r"^[A-Za-z0-9_-]{1,64}$"
+_ARTIFACT = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+
+
+def step_topic(step_id: str) -> str:
+    """The topic a step's work is published on: ``step.<id>``."""
+    return f"step.{step_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with a workflow: where (``steps[2].routes.revise_code``) and what."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class WorkflowError(ConfigError):
+    """A workflow that does not load or does not check; ``problems`` says each fault."""
+
+    def __init__(self, source: str, problems: list[Problem]) -> None:
+        self.source = source
+        self.problems = list(problems)
+        lines = "\n".join(f"  {p}" for p in self.problems)
+        super().__init__(f"invalid workflow {source}:\n{lines}")
+
+
+class Edge(BaseModel):
+    """A route's target, with how many times it may be taken (``max``; None: no cap)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    to: str = Field(description="A step id, or 'end'.")
+    max: int | None = Field(None, ge=0, description="Times this edge may be taken.")
+
+
+class InputSpec(BaseModel):
+    """A named input of the task beyond ``goal`` (``TaskRequest.inputs``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    description: str = ""
+    default: str | None = Field(None, description="None: the input is required.")
+
+
+class WorkflowLimits(BaseModel):
+    """Defaults for a task's limits (a task's own values win)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    budget_usd: float | None = Field(None, ge=0)
+    timeout_s: float | None = Field(None, gt=0)
+
+
+class StepSpec(BaseModel):
+    """One step: a role runs it on a model, from named inputs to one named output."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(pattern=_NAME, description="Unique; the topic is step.<id>.")
+    role: str = Field(pattern=_NAME, description="The agent type (durable consumer) serving it.")
+    model: JsonValue = Field(
+        None, description="A model name, a spec, or a fallback chain; default: the role's.")
+    task: str = Field("", description="Instructions for this step (a template: {{ inputs.goal }}).")
+    prompt: str | None = Field(None, description="A file with the system prompt (a template).")
+    system: str | None = Field(None, description="The system prompt text (the loaded `prompt`).")
+    input: list[str] = Field(default_factory=list, description="Artifact names ('a + b').")
+    output: str | None = Field(None, pattern=_ARTIFACT, description="The artifact it produces.")
+    tools: list[str] = Field(default_factory=list, description="e.g. sandbox.pytest.")
+    route_on: str = Field("decision", description="The output field whose value picks a route.")
+    routes: dict[str, Edge] = Field(default_factory=dict, description="Value -> edge.")
+    next: str | None = Field(None, description="Where to go without routes (default: next step).")
+    on_cap: Literal["end_best", "fail"] = Field(
+        "end_best", description="A capped edge used up: end with the best attempt, or fail.")
+    agent: str | None = Field(None, description="'pkg.module:Class' serving this step.")
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _plus(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split("+") if part.strip()]
+        return value
+
+    @field_validator("routes", mode="before")
+    @classmethod
+    def _edges(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {str(k): {"to": v} if isinstance(v, str) else v for k, v in value.items()}
+        return value
+
+    @field_validator("tools", mode="before")
+    @classmethod
+    def _one_tool(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class Workflow(BaseModel):
+    """A workflow file (``schema: swarmbus.workflow/v1``).
+
+    The short form (a list of steps under ``workflow:``, ids taken from roles)
+    is accepted by ``Workflow.parse``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    schema_: Literal["swarmbus.workflow/v1"] = Field("swarmbus.workflow/v1", alias="schema")
+    name: str = Field(pattern=_NAME)
+    description: str = ""
+    inputs: dict[str, InputSpec] = Field(default_factory=dict)
+    limits: WorkflowLimits = Field(default_factory=WorkflowLimits)
+    artifacts: dict[str, str] = Field(
+        default_factory=dict, description="Artifact name -> data type (swarmbus.Design).")
+    steps: list[StepSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> Workflow:
+        seen: set[str] = set()
+        for step in self.steps:
+            if step.id in seen:
+                raise ValueError(f"two steps have the id {step.id!r}: give each a unique `id`")
+            if step.id == END:
+                raise ValueError(f"{END!r} is reserved for the end of the workflow")
+            seen.add(step.id)
+        return self
+
+    @classmethod
+    def parse(cls, data: Any, *, default_name: str = "workflow", source: str = "") -> Workflow:
+        """Validate loaded YAML/JSON data, long or short form. Raises ``WorkflowError``."""
+        from pydantic import ValidationError
+
+        data = normalize(data, default_name=default_name)
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            problems = [
+                Problem(_path(err["loc"]), err["msg"]) for err in e.errors(include_url=False)
+            ]
+            raise WorkflowError(source or default_name, problems) from None
+
+    def canonical_json(self) -> str:
+        return json.dumps(
+            self.model_dump(mode="json", by_alias=True), sort_keys=True, separators=(",", ":")
+        )
+
+
+def normalize(data: Any, *, default_name: str) -> Any:
+    """The short form -> the long form: a list of steps (under ``workflow:`` or bare)
+    becomes ``steps``; a missing ``id`` is the role (``role-2`` when taken)."""
+    if isinstance(data, list):
+        data = {"workflow": data}
+    if not isinstance(data, dict):
+        return data
+    data = dict(data)
+    if "workflow" in data and "steps" not in data:
+        data["steps"] = data.pop("workflow")
+    data.setdefault("name", default_name)
+    steps = data.get("steps")
+    if isinstance(steps, list):
+        taken: set[str] = {s["id"] for s in steps if isinstance(s, dict) and "id" in s}
+        out = []
+        for s in steps:
+            if isinstance(s, dict) and "id" not in s and isinstance(s.get("role"), str):
+                base, n = s["role"], 1
+                ident = base
+                while ident in taken:
+                    n += 1
+                    ident = f"{base}-{n}"
+                taken.add(ident)
+                s = {"id": ident, **s}
+            out.append(s)
+        data["steps"] = out
+    return data
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+@dataclass(frozen=True)
+class CompiledWorkflow:
+    """A checked workflow, with what the runtime derives from it.
+
+    ``hash`` names it on the wire (header ``Swarm-Workflow``) and in the
+    key-value bucket where it is stored, so a run always follows the graph it
+    started with. ``types`` maps artifact names to their pydantic models.
+    """
+
+    spec: Workflow
+    types: Mapping[str, type[BaseModel]] = field(default_factory=dict)
+
+    @cached_property
+    def hash(self) -> str:
+        return hashlib.sha256(self.spec.canonical_json().encode()).hexdigest()[:16]
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def label(self) -> str:
+        return f"{self.spec.name}@{self.hash}"
+
+    @cached_property
+    def steps(self) -> dict[str, StepSpec]:
+        return {s.id: s for s in self.spec.steps}
+
+    @property
+    def entry(self) -> StepSpec:
+        return self.spec.steps[0]
+
+    def successor(self, step_id: str) -> str:
+        """Where a step without routes goes: its ``next``, else the following step, else end."""
+        step = self.steps[step_id]
+        if step.next is not None:
+            return step.next
+        order = [s.id for s in self.spec.steps]
+        i = order.index(step_id)
+        return order[i + 1] if i + 1 < len(order) else END
+
+    @cached_property
+    def roles(self) -> dict[str, list[str]]:
+        """Role -> the ids of the steps it serves, in workflow order."""
+        out: dict[str, list[str]] = {}
+        for s in self.spec.steps:
+            out.setdefault(s.role, []).append(s.id)
+        return out
+
+    def topics(self, role: str) -> list[str]:
+        """The topics ``role``'s durable consumer takes: its steps, and ``task`` for the entry."""
+        topics = [step_topic(s) for s in self.roles.get(role, [])]
+        if self.entry.role == role:
+            topics.insert(0, "task")
+        return topics
+
+    def role_of_topic(self, topic: str) -> str | None:
+        """Which role works on a message on ``topic`` (None: no step of this workflow)."""
+        if topic == "task":
+            return self.entry.role
+        if topic.startswith("step."):
+            step = self.steps.get(topic[5:])
+            return step.role if step else None
+        return None
+
+    def to_json(self) -> str:
+        """The stored form: the spec (prompts inlined) and its artifact type names."""
+        return self.spec.canonical_json()
