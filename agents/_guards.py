@@ -16,6 +16,7 @@ from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Any
 
+import nats.errors
 import structlog
 from nats.aio.subscription import Subscription
 
@@ -162,6 +163,7 @@ class Guards:
         self._cancel: WatchedKeys | None = None
         self._carry: KeyValueStore | None = None
         self._ended: OrderedDict[str, None] = OrderedDict()
+        self._maybe_ended: set[str] = set()
         self._sub: Subscription | None = None
         self._bus: Bus | None = None
 
@@ -174,9 +176,17 @@ class Guards:
         prefix = f"swarm.{bus.namespace}."
 
         async def on_result(msg: Any) -> None:
-            self.mark_ended(msg.subject[len(prefix):].split(".", 1)[0])
+            self._maybe_ended.add(msg.subject[len(prefix):].split(".", 1)[0])
+            if len(self._maybe_ended) > _ENDED_KEEP:
+                self._maybe_ended.clear()
 
-        self._sub = await bus.nc.subscribe(f"{prefix}*.result", cb=on_result)
+        # A core subscription hears every result *published*, also one the stream refused
+        # or lost in a failover: it only says "maybe ended", which the stream confirms.
+        try:
+            self._sub = await bus.nc.subscribe(f"{prefix}*.result", cb=on_result)
+        except nats.errors.Error as e:  # e.g. a user whose permissions forbid it
+            log.warning("cannot follow ended workflows; relying on the server's check",
+                        error=repr(e))
 
     async def aclose(self) -> None:
         if self._cancel is not None:
@@ -193,13 +203,16 @@ class Guards:
             self._ended.popitem(last=False)
 
     async def ended(self, ctx: Context[Any]) -> bool:
-        """Whether the workflow has its result (asks the server on a redelivery)."""
+        """Whether the workflow has its result in the stream: known here, or asked of the
+        server when a result was heard published or the message is a redelivery."""
         wf = ctx.workflow_id
         if wf in self._ended:
             return True
-        if ctx.deliveries > 1 and await ctx.bus.last(wf, "result") is not None:
-            self.mark_ended(wf)
-            return True
+        if ctx.deliveries > 1 or wf in self._maybe_ended:
+            self._maybe_ended.discard(wf)
+            if await ctx.bus.last(wf, "result") is not None:
+                self.mark_ended(wf)
+                return True
         return False
 
     async def cancelled(self, workflow_id: str) -> bool:

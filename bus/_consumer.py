@@ -80,6 +80,7 @@ class ConsumerStats:
     """Counts of one replica's consumer (observable, all bounded by settings)."""
 
     in_flight: int = 0
+    peak_in_flight: int = 0
     handled: int = 0
     retried: int = 0
     redelivered: int = 0
@@ -291,6 +292,8 @@ class PullConsumer:
             await _quietly(msg.nak())
             return
         self._in_flight[id(msg)] = (msg, time.monotonic())
+        if len(self._in_flight) > self.stats.peak_in_flight:
+            self.stats.peak_in_flight = len(self._in_flight)
         if self._idle.is_set():
             self._idle = anyio.Event()
         try:
@@ -343,9 +346,10 @@ class PullConsumer:
 
     async def _reject(self, msg: Msg, e: Reject, delivery: Delivery) -> None:
         delivered = delivery.delivered
+        published = False
         if self._dead_letter_on_reject:
             try:
-                await dead_letter(
+                published = await dead_letter(
                     self.bus, msg.subject, msg.data, dict(msg.headers or {}), reason=e.reason,
                     error=e.detail, agent=self.durable, deliveries=delivered,
                     stream_seq=delivery.stream_seq or None,
@@ -354,9 +358,11 @@ class PullConsumer:
                 log.warning("dead-letter failed, retrying later", error=repr(err))
                 await msg.nak(delay=self._delay(delivered))
                 return
-        self.stats.dead_lettered += 1
-        log.warning("message dead-lettered", consumer=self.durable, reason=e.reason,
-                    detail=e.detail[:300], subject=msg.subject)
+        if published:
+            self.stats.dead_lettered += 1
+        log.warning("message dead-lettered" if published else "message dropped",
+                    consumer=self.durable, reason=e.reason, detail=e.detail[:300],
+                    subject=msg.subject)
         await msg.term()
 
     def _delay(self, delivered: int) -> float:

@@ -39,8 +39,9 @@ async def dead_letter(
     agent: str = "",
     deliveries: int = 0,
     stream_seq: int | None = None,
-) -> None:
-    """Publish a ``DeadLetter`` for a message on ``swarm.<ns>.<workflow>.deadletter``.
+) -> bool:
+    """Publish a ``DeadLetter`` for a message on ``swarm.<ns>.<workflow>.deadletter``;
+    returns False when there is nothing to publish (a dead letter that failed itself).
 
     The id is derived from the stream sequence and the agent type, so replicas
     racing to dead-letter the same message store it once, while each agent type
@@ -52,9 +53,11 @@ async def dead_letter(
         parsed: Subject | None = Subject.parse(original_subject)
     except SubjectError:
         parsed = None
-    if parsed is not None and parsed.topic == DEADLETTER_TOPIC:
+    if (parsed.topic if parsed is not None else original_subject.rsplit(".", 1)[-1]) == (
+        DEADLETTER_TOPIC
+    ):
         log.error("a dead letter could not be handled; dropped", subject=original_subject)
-        return
+        return False
     workflow = parsed.workflow_id if parsed and parsed.namespace == bus.namespace else _UNROUTED
     letter = DeadLetter(
         subject=original_subject,
@@ -73,7 +76,9 @@ async def dead_letter(
     await bus.publish(
         workflow, DEADLETTER_TOPIC, letter, msg_id=msg_id,
         causation_id=hdrs.get(headers.MSG_ID), sender=agent or "swarmbus",
+        workflow=hdrs.get(headers.WORKFLOW),
     )
+    return True
 
 
 async def handle_max_deliveries_advisory(bus: Bus, msg: nats.aio.msg.Msg) -> None:

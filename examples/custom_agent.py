@@ -1,8 +1,9 @@
 """A custom agent in its own process: a word counter that audits text and code.
 
-It takes its own message type on its own topic (``audit.request``) and also listens
-to the team's ``code`` topic, next to the built-in reviewer (a different agent type
-gets every message). Its findings go to ``audit.report``.
+It takes its own message type on its own topic (``audit.request``) and also reads
+every code submission of the built-in workflow (the work for its ``review`` step, on
+``step.review``), next to the reviewer (a different agent type gets every message).
+Its findings go to ``audit.report``.
 
 Run it (start several to share the work; each is a replica of ``word_counter``)::
 
@@ -26,7 +27,7 @@ import anyio
 from pydantic import Field
 
 from swarmbus.agents import Agent, Context, Swarm, handles
-from swarmbus.protocols import CodeSubmission, Message, message_type
+from swarmbus.protocols import Message, Work, message_type
 
 
 @message_type("example.AuditRequest", topics=("audit.request",))
@@ -53,7 +54,7 @@ def audit(text: str) -> AuditReport:
 
 
 class WordCounter(Agent):
-    """Replicas share ``audit.request`` and ``code`` messages; each is handled once."""
+    """Replicas share ``audit.request`` and ``step.review`` messages; each is handled once."""
 
     name = "word_counter"
 
@@ -63,9 +64,10 @@ class WordCounter(Agent):
         # (say this process died after publishing) does not produce a second report.
         await ctx.publish(audit(msg.text))
 
-    @handles("code")
-    async def on_code(self, msg: CodeSubmission, ctx: Context[CodeSubmission]) -> None:
-        files = msg.state.code.files if msg.state.code else []
+    @handles("step.review")
+    async def on_code(self, msg: Work, ctx: Context[Work]) -> None:
+        code = msg.state.code
+        files = code.files if code else []
         report = audit("\n".join(f.content for f in files))
         ctx.log.info("audited code", files=len(files), todos=report.todos)
         await ctx.publish(report)

@@ -42,16 +42,14 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 import anyio
-from nats.aio.msg import Msg
 
 from swarmbus.agents import Swarm
 from swarmbus.agents.models import Model, ModelRequest, ModelResponse
-from swarmbus.agents.roles import Architect, Coder, Reviewer, RoleAgent
-from swarmbus.bus import Bus, ConsumerSettings, Delivery, NatsSettings, PullConsumer
-from swarmbus.protocols import SourceFile, TestReport
+from swarmbus.agents.workflow import SandboxPytest, StepAgent, Tool
+from swarmbus.bus import Bus, ConsumerSettings, Delivery, Envelope, NatsSettings
+from swarmbus.protocols import Message, SourceFile, TestReport
 
 T = TypeVar("T", bound=Any)
-R = TypeVar("R", bound=RoleAgent)
 HERE = Path(__file__).resolve()
 ROLES = ("architect", "coder", "reviewer")
 
@@ -105,50 +103,45 @@ class Held(Model):
         await self.inner.aclose()
 
 
-def observed(cls: type[R], log: EventLog, post_s: float) -> type[R]:
-    """``cls`` with ``Held`` around its (cached) model and a ``handle`` event per delivery."""
+class Observed(StepAgent):
+    """A step agent with ``Held`` around its (cached) model and a ``handle`` event per
+    delivery (``log`` and ``post_s`` are set on the instance)."""
 
-    def hold(agent: RoleAgent) -> None:
-        agent.model = Held(agent.model, log, post_s)
+    log: EventLog
+    post_s: float
 
-    class Observed(cls):  # type: ignore[valid-type,misc]
-        async def setup(self, bus: Bus) -> None:
-            await super().setup(bus)  # wraps the provider in the response cache
-            hold(self)
+    async def setup(self, bus: Bus) -> None:
+        await super().setup(bus)  # wraps the provider in the response cache
+        assert self.model is not None
+        self.model = Held(self.model, self.log, self.post_s)
 
-        async def _dispatch(self, bus: Bus, msg: Msg, delivery: Delivery) -> None:
-            log.write("handle", delivered=delivery.delivered, seq=delivery.stream_seq)
-            await super()._dispatch(bus, msg, delivery)
-
-    return Observed
+    async def dispatch(self, bus: Bus, env: Envelope[Message], delivery: Delivery) -> None:
+        self.log.write("handle", delivered=delivery.delivered, seq=delivery.stream_seq)
+        await super().dispatch(bus, env, delivery)
 
 
-async def passing_report(files: Sequence[SourceFile], **_: Any) -> TestReport:
+async def passing_report(files: Sequence[SourceFile]) -> TestReport:
     """Stands in for the sandbox: the submitted tests pass."""
     return TestReport(passed=1, exit_code=0, output="1 passed")
 
 
-def fake_sandbox() -> None:
-    import swarmbus.agents.roles._team as roles
+def fake_tools() -> dict[str, Tool]:
+    """``sandbox.pytest`` on a runner that always passes (no pytest subprocess)."""
+    return {"sandbox.pytest": SandboxPytest(passing_report)}
 
-    roles.run_tests = passing_report  # type: ignore[attr-defined]
 
-
-def record_peaks(path: Path) -> None:
-    """Append ``{"durable", "held"}`` whenever a consumer in this process holds a new
-    maximum of delivered, unsettled messages (checked on every delivery)."""
+async def record_peaks(swarm: Swarm, path: Path) -> None:
+    """Append ``{"durable", "held"}`` whenever a consumer of ``swarm`` held a new maximum
+    of delivered, unsettled messages (its ``peak_in_flight``, exact however late read)."""
     peaks: Counter[str] = Counter()
-    fh = path.open("a", buffering=1)
-    on_msg = PullConsumer._on_msg
-
-    async def counted(self: PullConsumer, msg: Msg) -> None:
-        await on_msg(self, msg)
-        held = len(self._in_flight)
-        if held > peaks[self.durable]:
-            peaks[self.durable] = held
-            fh.write(json.dumps({"durable": self.durable, "held": held}) + "\n")
-
-    PullConsumer._on_msg = counted  # type: ignore[method-assign]
+    with path.open("a", buffering=1) as fh:
+        while True:
+            for durable, replicas in swarm.stats().items():
+                held = max((s.peak_in_flight for s in replicas), default=0)
+                if held > peaks[durable]:
+                    peaks[durable] = held
+                    fh.write(json.dumps({"durable": durable, "held": held}) + "\n")
+            await anyio.sleep(0.05)
 
 
 def read_peaks(path: Path) -> dict[str, int]:
@@ -257,26 +250,42 @@ async def subject_counts(bus: Bus, topic: str) -> dict[str, int]:
     prefix = f"swarm.{bus.namespace}."
     info = await bus.js.stream_info(bus.stream_name, subjects_filter=f"{prefix}*.{topic}")
     subjects = info.state.subjects or {}
-    return {s[len(prefix):].rsplit(".", 1)[0]: n for s, n in subjects.items()}
+    return {s[len(prefix):-len(topic) - 1]: n for s, n in subjects.items()}
 
 
 # -- entry points ----------------------------------------------------------------------------
 
 
 async def _serve_role(a: argparse.Namespace) -> None:
-    from _team_helpers import Script
+    from _team_helpers import Script, team
 
-    if a.fake_sandbox:
-        fake_sandbox()
     log = EventLog(a.events, a.role)
     model = Provider(Script(prefix="f").models()[a.role], log, (a.latency[0], a.latency[1]))
-    classes: dict[str, type[RoleAgent]] = {
-        "architect": Architect, "coder": Coder, "reviewer": Reviewer}
     settings = ConsumerSettings(ack_wait_s=a.ack_wait, concurrency=a.concurrency,
                                 max_deliver=10, retry_delay_s=0.2)
-    agent = observed(classes[a.role], log, a.post)(model, consumer=settings)
+    agents = team({a.role: model}, roles=[a.role], consumers={a.role: settings},
+                  classes={a.role: Observed}, tools=fake_tools() if a.fake_sandbox else None,
+                  supervisor=a.role == "reviewer")
+    for agent in agents:
+        if isinstance(agent, Observed):
+            agent.log, agent.post_s = log, a.post
     nats = NatsSettings(servers=[a.nats], reconnect_wait_s=0.25)
-    await Swarm([agent], nats=nats, namespace=a.namespace, grace_s=5).serve()
+    await Swarm(agents, nats=nats, namespace=a.namespace, grace_s=5).serve()
+
+
+async def _serve_daemon(a: argparse.Namespace) -> None:
+    """What ``swarmbus up --offline --nats URL`` runs, with the sandbox faked."""
+    from swarmbus.agents.app import build_agents, configure_logging, load_config
+
+    configure_logging("json")
+    cfg = load_config(None, offline=True, namespace=a.namespace, nats={"servers": a.nats})
+    swarm = Swarm(build_agents(cfg, tools=fake_tools()), nats=cfg.nats,
+                  namespace=cfg.namespace, grace_s=cfg.grace_s)
+    async with anyio.create_task_group() as tg:
+        if a.peaks:
+            tg.start_soon(record_peaks, swarm, a.peaks)
+        await swarm.serve()
+        tg.cancel_scope.cancel()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -297,15 +306,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("namespace")
     p.add_argument("--peaks", type=Path)
     a = ap.parse_args(argv)
-    if a.command == "role":
-        anyio.run(_serve_role, a)
-        return 0
-    from swarmbus.agents.app import main as cli_main
-
-    fake_sandbox()
-    if a.peaks:
-        record_peaks(a.peaks)
-    return cli_main(["up", "--offline", "--nats", a.nats, "--namespace", a.namespace])
+    anyio.run(_serve_role if a.command == "role" else _serve_daemon, a)
+    return 0
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import argparse
 import re
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,7 +26,8 @@ from pydantic import BaseModel
 
 from swarmbus.agents import Agent, Swarm
 from swarmbus.agents.models import FunctionModel, Model, ModelRequest, ModelResponse
-from swarmbus.agents.roles import Architect, Coder, Reviewer
+from swarmbus.agents.workflow import load_workflow
+from swarmbus.agents.workflow import team as workflow_team
 from swarmbus.bus import StoredMessage, SwarmClient
 from swarmbus.protocols import (
     Code,
@@ -37,6 +39,7 @@ from swarmbus.protocols import (
     TaskRequest,
     TaskResult,
     Verdict,
+    Work,
     headers,
 )
 
@@ -47,7 +50,8 @@ ADD_OK = "def add(a, b):\n    return a + b\n"
 ADD_BUG = "def add(a, b):\n    return a - b\n"
 ADD_TEST = "from calc import add\n\n\ndef test_add():\n    assert add(2, 3) == 5\n"
 T = TypeVar("T", bound=BaseModel)
-_PASSED = re.compile(r"## Test report\s+exit code 0, passed [1-9]\d*, failed 0, errors 0")
+_PASSED = re.compile(r"## Test report[^\n]*\s+exit code 0, passed [1-9]\d*, failed 0, errors 0")
+CODE_REVIEW = load_workflow("builtin:code-review")
 
 
 def prompt_of(request: ModelRequest[Any]) -> str:
@@ -55,7 +59,7 @@ def prompt_of(request: ModelRequest[Any]) -> str:
 
 
 def has_findings(prompt: str) -> bool:
-    return "## Findings from the reviewer" in prompt
+    return "## Findings to address" in prompt
 
 
 @dataclass(frozen=True)
@@ -134,9 +138,11 @@ class Priced(Model):
         return replace(r, provenance=prov)
 
 
-def team(models: dict[str, Model] | dict[str, FunctionModel], **kw: Any) -> list[Agent]:
-    return [Architect(models["architect"], **kw), Coder(models["coder"], **kw),
-            Reviewer(models["reviewer"], **kw)]
+def team(models: Mapping[str, Model], **kw: Any) -> list[Agent]:
+    """The built-in workflow's agents on ``models`` (role -> model), response cache on
+    unless ``cache_ttl_s=None`` is passed."""
+    kw.setdefault("cache_ttl_s", 3600.0)
+    return workflow_team(CODE_REVIEW, models=dict(models), **kw)
 
 
 async def run_task(
@@ -167,6 +173,26 @@ def messages(trail: list[StoredMessage], topic: str) -> list[tuple[Message, dict
     return out
 
 
+def works(trail: list[StoredMessage], source: str) -> list[tuple[Work, dict[str, str]]]:
+    """The work messages the step ``source`` published, with their headers."""
+    out = []
+    for s in trail:
+        msg = s.decode().message
+        if isinstance(msg, Work) and msg.source == source:
+            out.append((msg, s.headers))
+    return out
+
+
+def path(trail: list[StoredMessage]) -> list[str]:
+    """The producers in order: ``task``, each work message's source step, ``result``."""
+    out = []
+    for s in trail:
+        env = s.decode()
+        msg = env.message
+        out.append(msg.source if isinstance(msg, Work) else env.topic)
+    return out
+
+
 def model_header(h: dict[str, str]) -> str | None:
     return h.get(headers.MODEL)
 
@@ -181,7 +207,7 @@ def spawn_role(role: str, nats_url: str, namespace: str, log: Path,
 
 
 async def _serve_role(role: str, nats_url: str, namespace: str, script: Script) -> None:
-    agents = [a for a in team(script.models()) if a.name == role]
+    agents = team(script.models(), roles=[role], supervisor=role == "reviewer")
     await Swarm(agents, nats=nats_url, namespace=namespace, grace_s=5).serve()
 
 

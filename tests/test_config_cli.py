@@ -62,7 +62,8 @@ def test_no_models_and_not_offline_is_a_clear_error() -> None:
 
 
 def test_unknown_role_and_bad_agent_path(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="unknown roles"):
+    with pytest.raises(ConfigError, match=r"roles \['tester'\] in swarm.yaml are not roles of "
+                       r"workflow 'code-review' \(architect, coder, reviewer\)"):
         build_agents(load_config(None, environ={}, roles={"tester": {}}))
     with pytest.raises(ConfigError, match="cannot import agent"):
         build_agents(load_config(None, environ={}, offline=True, agents=["nope.mod:Agent"]))
@@ -110,11 +111,12 @@ async def test_agents_command_lists_live_swarm(nats_url: str, namespace: str) ->
                     check=False,
                 )
                 listed = json.loads(proc.stdout) if proc.returncode == 0 else []
-                if len(listed) == 3:
+                if len(listed) == 4:
                     break
                 await anyio.sleep(0.2)
-    assert {a["agent"] for a in listed} == {"architect", "coder", "reviewer"}
+    assert {a["agent"] for a in listed} == {"architect", "coder", "reviewer", "supervisor"}
     coder = next(a for a in listed if a["agent"] == "coder")
-    assert coder["topics"] == ["design", "revise.code"]
+    assert coder["topics"] == ["step.implement"]
+    assert coder["settings"] == {"ack_wait_s": 60.0, "max_deliver": 5, "concurrency": 8}
     assert coder["model"] == "scripted:coder"
     assert coder["namespace"] == namespace

@@ -14,7 +14,7 @@ import pytest
 from agent_proc import until, until_true, wait_announced
 
 from swarmbus.bus import Bus
-from swarmbus.protocols import Code, CodeSubmission, SourceFile, TaskRequest, WorkState, subject
+from swarmbus.protocols import Code, SourceFile, TaskRequest, Work, WorkState, subject
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -46,8 +46,9 @@ async def test_custom_agent_example(
             await bus.publish_raw(subject(namespace, "wf1", "audit.request"), text)
             # And a message of the team's own, on a topic the built-in reviewer also takes.
             files = [SourceFile(path="a.py", content="x = 1  # TODO\ny = x\n")]
-            state = WorkState(task=TaskRequest(goal="g"), code=Code(files=files))
-            await bus.publish("wf2", "code", CodeSubmission(state=state), msg_id="code-1")
+            state = WorkState(task=TaskRequest(goal="g"),
+                              artifacts={"code": Code(files=files).model_dump()})
+            await bus.publish("wf2", "step.review", Work(state=state), msg_id="code-1")
             first = await until(lambda: bus.last("wf1", "audit.report"))
             second = await until(lambda: bus.last("wf2", "audit.report"))
     assert first.headers["Swarm-Type"] == "example.AuditReport/1"

@@ -30,24 +30,25 @@ from _fault_helpers import (
     spawn_role,
     subject_counts,
 )
-from _team_helpers import GOAL
+from _team_helpers import CODE_REVIEW, GOAL
 
-from swarmbus.agents._swarm import AGENTS_BUCKET
-from swarmbus.agents.roles._prompts import render_state
-from swarmbus.bus import Bus, EmbeddedServer, NatsSettings, SwarmClient
+from swarmbus.agents.workflow import render_work
+from swarmbus.bus import AGENTS_BUCKET, Bus, EmbeddedServer, NatsSettings, SwarmClient
 from swarmbus.protocols import (
     AgentAnnouncement,
-    CodeSubmission,
-    DesignSpec,
+    Code,
+    Design,
+    SourceFile,
     TaskRequest,
     TaskResult,
     TestReport,
+    Work,
     WorkState,
 )
 
 pytestmark = pytest.mark.anyio
 
-WORKFLOW_TOPICS = ("task", "design", "code", "result")
+WORKFLOW_TOPICS = ("task", "step.implement", "step.review", "result")
 
 
 async def poll(check: Any, *, every_s: float = 0.05) -> Any:
@@ -133,7 +134,7 @@ async def check_one_of_each(bus: Bus, wfs: list[str]) -> dict[str, TaskResult]:
         assert sorted(counts) == sorted(wfs), f"{topic}: {len(counts)} of {len(wfs)} workflows"
         extra = {wf: n for wf, n in counts.items() if n != 1}
         assert not extra, f"more than one {topic} message: {extra}"
-    for topic in ("revise.code", "revise.design", "deadletter"):
+    for topic in ("step.design", "deadletter"):  # no send-back, no dead letter
         assert await subject_counts(bus, topic) == {}, topic
     results = {}
     for wf in wfs:
@@ -225,11 +226,11 @@ async def test_kill_9_coder_twice_and_reviewer_once_mid_work(
             results = await check_one_of_each(bus, wfs)
             trail: dict[str, bool] = {}  # request hash -> from_cache, of what was published
             for wf in wfs:
-                for topic, kind in (("design", DesignSpec), ("code", CodeSubmission)):
+                for topic in ("step.implement", "step.review"):
                     stored = await bus.last(wf, topic)
                     assert stored is not None
                     msg = stored.decode().message
-                    assert isinstance(msg, kind) and msg.provenance is not None
+                    assert isinstance(msg, Work) and msg.provenance is not None
                     trail[msg.provenance.request_hash] = msg.provenance.from_cache
 
     every = [e for r in ROLES for e in read_events(events[r])]
@@ -275,10 +276,17 @@ def test_reviewer_request_does_not_depend_on_how_long_the_tests_took() -> None:
     """The sandbox's output ends with pytest's wall time; a redelivered review reruns the
     tests, and must still ask the model the same thing (same cache key)."""
     task = TaskRequest(goal=GOAL)
-    fast, slow = (WorkState(task=task, round=1, test_report=TestReport(
-        passed=1, exit_code=0, output=f"1 passed in {t}")) for t in ("0.01s", "61.20s (0:01:01)"))
-    assert render_state(fast, for_role="reviewer") == render_state(slow, for_role="reviewer")
-    assert "1 passed\n" in render_state(fast, for_role="reviewer")
+    review = CODE_REVIEW.steps["review"]
+    inputs = {"design": Design(summary="d"),
+              "code": Code(files=[SourceFile(path="a.py", content="x = 1")])}
+
+    def shown(took: str) -> str:
+        state = WorkState(task=task, round=1, test_report=TestReport(
+            passed=1, exit_code=0, output=f"1 passed in {took}"))
+        return render_work(review, state, inputs, None, show_report=True, all_findings=True)
+
+    assert shown("0.01s") == shown("61.20s (0:01:01)")
+    assert "1 passed\n" in shown("0.01s")
 
 
 # -- 2. NATS restart -------------------------------------------------------------------------
@@ -398,7 +406,7 @@ async def test_one_daemon_takes_1000_workflows_at_once(
            concurrency=concurrency)
     assert mem["VmHWM"] < MAX_RSS_MB * 1024, mem
     assert mem2["VmHWM"] - mem["VmHWM"] < MAX_GROWTH_MB * 1024, (mem, mem2)
-    assert set(concurrency) == set(ROLES)
+    assert set(concurrency) == {*ROLES, "supervisor"}
     held = read_peaks(peaks)
     for role in ROLES:  # the daemon never held more messages than it has slots
         assert held[role] == concurrency[role], (role, held, concurrency)

@@ -524,8 +524,7 @@ async def test_unknown_fields_are_forwarded_by_an_agent(nats_url: str, namespace
 
 def test_json_schema_export_has_every_type() -> None:
     schemas = registry.json_schemas()
-    builtin = {"TaskRequest", "DesignSpec", "CodeSubmission", "RevisionRequest", "TaskResult",
-               "DeadLetter", "AgentAnnouncement"}
+    builtin = {"TaskRequest", "Work", "TaskResult", "DeadLetter", "AgentAnnouncement"}
     assert {f"swarmbus.{name}/1" for name in builtin} <= set(schemas)
     assert set(schemas) == {cls.swarm_type for cls in registry}
     assert "tests.Note/1" in schemas

@@ -15,14 +15,14 @@ from collections.abc import Iterator
 
 import anyio
 import pytest
+from _team_helpers import team
 from models._model_fakes import Canned, FakeServer, openai_body, openai_error
 
 from swarmbus.agents import Swarm
 from swarmbus.agents.app import offline_models, render_trail
-from swarmbus.agents.models import FallbackModel, OpenAIModel, block_real_models
-from swarmbus.agents.roles import Architect, Coder, Reviewer
+from swarmbus.agents.models import FallbackModel, Model, OpenAIModel, block_real_models
 from swarmbus.bus import StoredMessage, SwarmClient
-from swarmbus.protocols import Code, CodeSubmission, SourceFile, headers
+from swarmbus.protocols import Code, SourceFile, Work, headers
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 
@@ -46,10 +46,10 @@ def fake() -> Iterator[FakeServer]:
         server.stop()
 
 
-def code_step(trail: list[StoredMessage]) -> tuple[str | None, CodeSubmission]:
-    (stored,) = [s for s in trail if s.subject.endswith(".code")]
+def code_step(trail: list[StoredMessage]) -> tuple[str | None, Work]:
+    (stored,) = [s for s in trail if s.subject.endswith(".step.review")]
     msg = stored.decode().message
-    assert isinstance(msg, CodeSubmission) and msg.provenance is not None
+    assert isinstance(msg, Work) and msg.provenance is not None
     return stored.headers.get(headers.MODEL), msg
 
 
@@ -64,13 +64,15 @@ async def test_primary_outage_fallback_cooldown_recovery(
     offline = offline_models()
     chain = FallbackModel([primary, offline["coder"]], cooldown_s=COOLDOWN_S,
                           failures_before_cooldown=2)
-    agents = [Architect(offline["architect"]), Coder(chain), Reviewer(offline["reviewer"])]
+    models: dict[str, Model] = {"architect": offline["architect"], "coder": chain,
+                                "reviewer": offline["reviewer"]}
+    agents = team(models)
 
     async with (
         Swarm(agents, nats=nats_url, namespace=namespace, grace_s=3),
         await SwarmClient.connect(nats_url, namespace=namespace) as client,
     ):
-        async def run(wf: str) -> tuple[str | None, CodeSubmission, list[StoredMessage]]:
+        async def run(wf: str) -> tuple[str | None, Work, list[StoredMessage]]:
             # A different goal each time: the response cache must not answer for the model.
             await client.submit(f"Write solve() for case {wf}", workflow_id=wf)
             result = await client.result(wf, timeout_s=20)
@@ -116,8 +118,8 @@ async def test_primary_outage_fallback_cooldown_recovery(
 
     # The trail says who produced each step (what `swarmbus trail` prints).
     by_topic = {s.subject.split(".", 3)[-1]: s.headers.get(headers.MODEL) for s in trail}
-    assert by_topic == {"task": None, "design": "scripted:architect", "code": PRIMARY,
-                        "result": "scripted:reviewer"}
+    assert by_topic == {"task": None, "step.implement": "scripted:architect",
+                        "step.review": PRIMARY, "result": "scripted:reviewer"}
     rendered = render_trail("wf6", trail)
     assert PRIMARY in rendered and "scripted:architect" in rendered
     # Every request the fake saw was a structured-output request for the coder's Code.

@@ -12,9 +12,9 @@ import pytest
 from swarmbus.agents import Swarm
 from swarmbus.protocols import (
     Code,
-    CodeSubmission,
     SourceFile,
     TaskRequest,
+    Work,
     WorkState,
     registry,
 )
@@ -57,9 +57,10 @@ async def test_custom_agent_snippet_runs(nats_url: str, namespace: str) -> None:
     auditor = scope["SecurityAuditor"]()
     code = Code(files=[SourceFile(path="a.py", content="API_KEY = 'x'"),
                        SourceFile(path="b.py", content="print(1)")])
-    msg = CodeSubmission(state=WorkState(task=TaskRequest(goal="g"), code=code))
+    state = WorkState(task=TaskRequest(goal="g"), artifacts={"code": code.model_dump()})
+    msg = Work(state=state, source="implement", output="code")
     async with Swarm([auditor], nats=nats_url, namespace=namespace) as swarm:
-        await swarm.bus.publish("wf-readme", "code", msg, msg_id="readme-1")
+        await swarm.bus.publish("wf-readme", "step.review", msg, msg_id="readme-1")
         with anyio.fail_after(10):
             while (stored := await swarm.bus.last("wf-readme", "audit")) is None:
                 await anyio.sleep(0.02)

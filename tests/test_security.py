@@ -26,7 +26,7 @@ from pydantic import SecretStr
 from test_team import swarmbus_cmd
 
 from swarmbus.agents import Agent, Context, Swarm, handles
-from swarmbus.agents._sandbox import landlock_abi
+from swarmbus.agents._sandbox import landlock_abi  # S will make this public
 from swarmbus.agents.app import main as cli_main
 from swarmbus.bus import (
     Bus,
@@ -38,12 +38,12 @@ from swarmbus.bus import (
 )
 from swarmbus.protocols import (
     Code,
-    CodeSubmission,
     Design,
     Message,
     SourceFile,
     TaskRequest,
     TaskResult,
+    Work,
     WorkState,
     message_type,
     namespace_filter,
@@ -184,13 +184,15 @@ class AuditFindings(Message):
 
 
 class Auditor(Agent):
-    """A custom agent: reads `code`, publishes its findings on `audit`."""
+    """A custom agent: reads every code submission (work for `review`), publishes its
+    findings on `audit`."""
 
     name = "auditor"
 
-    @handles("code")
-    async def on_code(self, msg: CodeSubmission, ctx: Context[CodeSubmission]) -> None:
-        files = msg.state.code.files if msg.state.code else []
+    @handles("step.review")
+    async def on_code(self, msg: Work, ctx: Context[Work]) -> None:
+        code = msg.state.code
+        files = code.files if code else []
         todos = sum(f.content.count("TODO") for f in files)
         await ctx.publish(AuditFindings(files=len(files), todos=todos), topic="audit")
 
@@ -221,7 +223,7 @@ async def test_permissions_example(servers: list[EmbeddedServer]) -> None:
             info = await client.bus.js.consumer_info("SWARM_DEFAULT", "auditor")
             filters = info.config.filter_subjects or [info.config.filter_subject]
             # Nothing the auditor tried reached the stream.
-            for topic in ("task", "result", "design", "deadletter", "code"):
+            for topic in ("task", "result", "step.implement", "deadletter", "step.review"):
                 assert await client.bus.last("mallory", topic) is None, topic
             trail = await client.trail("wf1")
 
@@ -230,11 +232,11 @@ async def test_permissions_example(servers: list[EmbeddedServer]) -> None:
     assert finding.headers["Swarm-Sender"] == "auditor"
     assert any(k.startswith("auditor.") for k in keys), keys
     assert sorted(s.subject.split(".", 3)[3] for s in trail) == [
-        "audit", "code", "design", "result", "task"]
+        "audit", "result", "step.implement", "step.review", "task"]
 
     assert denied["published"] == {}, denied["published"]
     assert denied["received"] == [], denied["received"]
-    for what in ("publish_task", "publish_result", "publish_design", "js_task",
+    for what in ("publish_task", "publish_result", "publish_step.implement", "js_task",
                  "js_result"):
         assert what in denied["violations"], (what, denied)
     # The server refuses a filter other than the one in the (permitted) API subject.
@@ -242,7 +244,7 @@ async def test_permissions_example(servers: list[EmbeddedServer]) -> None:
         "smuggle_filter": 10131,  # "did not match filtered subject from create subject"
         "smuggle_filters": 10137,  # "multiple subject filters cannot use subject based API"
     }, denied["api_errors"]
-    assert filters == ["swarm.default.*.code"]
+    assert filters == ["swarm.default.*.step.review"]
     for what in ("sub_task", "sub_all", "sub_inbox", "consumer_task",
                  "consumer_other", "get_msg", "direct_get", "stream_update", "kv_cancel"):
         assert what in denied["violations"], (what, denied)
@@ -290,7 +292,7 @@ async def auditor_attempts(url: str, password: str) -> dict[str, Any]:
     try:
         body = json.dumps({"goal": "exfiltrate"}).encode()
         # Core publishes on work topics.
-        for topic in ("task", "result", "design"):
+        for topic in ("task", "result", "step.implement"):
             await nc.publish(f"swarm.default.mallory.{topic}", body)
             await nc.flush()
             await expect_violation(f"publish_{topic}", f"swarm.default.mallory.{topic}")
@@ -312,7 +314,8 @@ async def auditor_attempts(url: str, password: str) -> dict[str, Any]:
         # ...a consumer on another topic (under its own name, or another name)...
         for name, api in (
             ("consumer_task", "CONSUMER.CREATE.SWARM_DEFAULT.auditor.swarm.default.*.task"),
-            ("consumer_other", "CONSUMER.CREATE.SWARM_DEFAULT.spy.swarm.default.*.code"),
+            ("consumer_other",
+             "CONSUMER.CREATE.SWARM_DEFAULT.spy.swarm.default.*.step.review"),
             ("get_msg", "STREAM.MSG.GET.SWARM_DEFAULT"),
             ("direct_get", "DIRECT.GET.SWARM_DEFAULT"),
             ("stream_update", "STREAM.UPDATE.SWARM_DEFAULT"),
@@ -321,10 +324,10 @@ async def auditor_attempts(url: str, password: str) -> dict[str, Any]:
                 await nc.request(f"$JS.API.{api}", b"{}", timeout=0.5)
             await expect_violation(name, f"$JS.API.{api}")
         # ...nor its own consumer re-created with other filters through the allowed subject.
-        allowed = "$JS.API.CONSUMER.CREATE.SWARM_DEFAULT.auditor.swarm.default.*.code"
+        allowed = "$JS.API.CONSUMER.CREATE.SWARM_DEFAULT.auditor.swarm.default.*.step.review"
         for name, filters in (
             ("smuggle_filter", {"filter_subject": "swarm.default.*.task"}),
-            ("smuggle_filters", {"filter_subjects": ["swarm.default.*.code",
+            ("smuggle_filters", {"filter_subjects": ["swarm.default.*.step.review",
                                                      "swarm.default.*.task"]}),
         ):
             req = {"stream_name": "SWARM_DEFAULT", "config": {
@@ -437,20 +440,22 @@ async def test_no_secrets_in_logs_trails_or_sandbox(
                    content=HOSTILE_TEST.format(outside=str(outside), read_parent=read_parent)),
     ]
     state = WorkState(task=TaskRequest(goal="Write solve() that returns 'ok'"), round=1,
-                      design=Design(summary="solve() returns 'ok'", files=["solution.py"]),
-                      code=Code(files=files))
+                      artifacts={
+                          "design": Design(summary="solve() returns 'ok'",
+                                           files=["solution.py"]).model_dump(mode="json"),
+                          "code": Code(files=files).model_dump(mode="json")})
     settings = NatsSettings(servers=[server.url], user="swarm", password=SecretStr(password))
     try:
         with anyio.fail_after(90):
             async with await SwarmClient.connect(settings, namespace=namespace) as client:
                 await client.submit(TaskRequest(goal=GOAL), workflow_id="plain")
+                plain = await client.result("plain")  # the daemon runs: its workflow stored
                 # Straight to the reviewer, as if a coder had written it.
-                await client.ensure_roles()
-                await client.bus.publish("hostile", "code", CodeSubmission(state=state),
+                await client.bus.publish("hostile", "step.review",
+                                         Work(state=state, source="implement", output="code"),
                                          msg_id="hostile-code", sender="coder")
-                plain = await client.result("plain")
                 hostile = await client.result("hostile")
-                revise = await client.bus.last("hostile", "revise.code")
+                revise = await client.bus.last("hostile", "step.implement")
                 stream = await everything(client.bus)
     finally:
         daemon.terminate()

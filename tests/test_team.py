@@ -28,15 +28,16 @@ from _team_helpers import (
     Script,
     messages,
     model_header,
+    path,
     run_task,
     spawn_role,
     team,
-    topics,
+    works,
 )
 
 from swarmbus.agents import Agent, Context, Swarm, handles
 from swarmbus.agents.app import main as cli_main
-from swarmbus.agents.app import render_trail
+from swarmbus.agents.app import render_status, render_trail
 from swarmbus.agents.models import (
     FallbackModel,
     FunctionModel,
@@ -45,23 +46,21 @@ from swarmbus.agents.models import (
     ProviderServerError,
     Reply,
 )
-from swarmbus.agents.roles import Coder
+from swarmbus.agents.workflow import StepAgent, StepCall
 from swarmbus.bus import ConsumerSettings, Reject, SwarmClient
 from swarmbus.protocols import (
-    CodeSubmission,
     DeadLetter,
-    DesignSpec,
     Limits,
-    RevisionRequest,
     TaskRequest,
     TaskResult,
-    WorkState,
+    Verdict,
+    Work,
     headers,
 )
 
 pytestmark = pytest.mark.anyio
 
-ROLE_TOPICS_IN_ORDER = ["task", "design", "code", "result"]
+FIRST_PASS = ["task", "design", "implement", "result"]
 
 
 def code_of(result: TaskResult) -> str:
@@ -114,16 +113,25 @@ async def test_approve_on_first_pass(nats_url: str, namespace: str) -> None:
     assert result.total.cost_usd == pytest.approx(0.003)
     assert result.total.calls == 3
 
-    assert topics(trail) == ROLE_TOPICS_IN_ORDER
+    assert path(trail) == FIRST_PASS
+    assert [s.decode().topic for s in trail] == ["task", "step.implement", "step.review",
+                                                  "result"]
     senders = [s.headers.get(headers.SENDER) for s in trail]
     assert senders == ["client", "architect", "coder", "reviewer"]
     assert model_header(trail[0].headers) is None
     for stored, role in zip(trail[1:], ["architect", "coder", "reviewer"], strict=True):
         assert model_header(stored.headers) == f"paid:{role}"
-    (design, _), = messages(trail, "design")
-    assert isinstance(design, DesignSpec) and design.provenance is not None
+        assert stored.headers[headers.WORKFLOW] == result.workflow
+    (design, _), = works(trail, "design")
+    assert design.provenance is not None and design.usage is not None
     assert design.provenance.name == "paid:architect"
-    assert design.provenance.cost_usd == pytest.approx(0.001)
+    assert design.usage.cost_usd == pytest.approx(0.001)
+    # the step that ended the workflow shows its own model and cost: steps sum to the total
+    assert result.step == "review" and result.usage is not None
+    assert result.provenance is not None and result.provenance.name == "paid:reviewer"
+    steps = [w.usage.cost_usd for w, _ in (*works(trail, "design"), *works(trail, "implement"))
+             if w.usage is not None]
+    assert sum(steps) + result.usage.cost_usd == pytest.approx(result.total.cost_usd)
     for role in models:
         assert len(models[role].requests) == 1, role
 
@@ -137,17 +145,18 @@ async def test_send_back_to_coder(nats_url: str, namespace: str) -> None:
     assert (result.code_revisions, result.design_revisions, result.rounds) == (1, 0, 2)
     assert code_of(result) == ADD_OK
     assert result.findings == []
-    assert topics(trail) == ["task", "design", "code", "revise.code", "code", "result"]
-    codes = [m for m, _ in messages(trail, "code")]
-    assert isinstance(codes[0], CodeSubmission) and codes[0].state.code is not None
+    assert path(trail) == ["task", "design", "implement", "review", "implement", "result"]
+    codes = [m for m, _ in works(trail, "implement")]
+    assert codes[0].state.code is not None
     assert codes[0].state.code.files[0].content == ADD_BUG
-    (revise, h), = messages(trail, "revise.code")
-    assert isinstance(revise, RevisionRequest)
+    (revise, h), = works(trail, "review")
+    assert revise.edge == "review.revise_code"
     # the reviewer ran the buggy code's tests in the sandbox and saw them fail
     report = revise.state.test_report
     assert report is not None and report.failed == 1 and not report.ok
     assert any("test_add" in t for t in report.failed_tests)
-    assert revise.verdict.decision == "revise_code"
+    verdict = revise.state.artifact("verdict", Verdict)
+    assert verdict is not None and verdict.decision == "revise_code"
     assert [f.target for f in revise.state.findings] == ["coder"]
     assert h.get(headers.ROUND) == "2"
     assert result.spend["coder"].calls == 2 and result.spend["architect"].calls == 1
@@ -162,16 +171,15 @@ async def test_send_back_to_architect(nats_url: str, namespace: str) -> None:
     assert result.status == "approved", result.reason
     assert (result.design_revisions, result.code_revisions, result.rounds) == (1, 0, 2)
     assert result.design is not None and result.design.summary == DESIGN_V2
-    assert topics(trail) == [
-        "task", "design", "code", "revise.design", "design", "code", "result"]
-    (revise, _), = messages(trail, "revise.design")
-    assert isinstance(revise, RevisionRequest)
-    assert [f.target for f in revise.verdict.findings] == ["architect"]
-    designs = [m for m, _ in messages(trail, "design")]
-    assert [d.state.design.summary for d in designs  # type: ignore[attr-defined]
-            ] == [DESIGN_V1, DESIGN_V2]
+    assert path(trail) == ["task", "design", "implement", "review", "design", "implement",
+                           "result"]
+    (revise, _), = works(trail, "review")
+    assert revise.edge == "review.revise_design"
+    assert [f.target for f in revise.state.findings] == ["architect"]
+    designs = [m for m, _ in works(trail, "design")]
+    assert [d.state.design.summary for d in designs if d.state.design] == [DESIGN_V1, DESIGN_V2]
     # the revised design no longer carries the finding it addressed
-    assert designs[1].state.findings == []  # type: ignore[attr-defined]
+    assert designs[1].state.findings == []
     assert result.spend["architect"].calls == 2
 
 
@@ -190,7 +198,7 @@ async def test_code_revision_cap_ends_with_best_attempt(nats_url: str, namespace
     assert result.findings and all(f.target == "coder" for f in result.findings)
     assert any("test_add" in f.explanation for f in result.findings)
     assert result.test_report is not None and result.test_report.failed == 1
-    assert topics(trail) == ["task", "design", "code", "revise.code", "code", "result"]
+    assert path(trail) == ["task", "design", "implement", "review", "implement", "result"]
     assert len(models["coder"].requests) == 2
 
 
@@ -203,13 +211,13 @@ async def test_design_revision_cap_ends_with_best_attempt(
         result, trail = await run_task(nats_url, namespace, team(models), task=task)
 
     assert result.status == "rounds_exhausted", result.reason
-    assert "design sent back 1 times" in result.reason
+    assert "review.revise_design taken 1 times (cap 1)" in result.reason
     assert result.design_revisions == 1 and result.code_revisions == 0
     assert result.design is not None and result.design.summary == DESIGN_V1
     assert code_of(result) == ADD_OK
     assert result.findings and all(f.target == "architect" for f in result.findings)
-    assert topics(trail) == [
-        "task", "design", "code", "revise.design", "design", "code", "result"]
+    assert path(trail) == ["task", "design", "implement", "review", "design", "implement",
+                           "result"]
     assert len(models["architect"].requests) == 2
 
 
@@ -231,15 +239,15 @@ async def test_budget_exhausted(nats_url: str, namespace: str) -> None:
         {"architect": 0.01, "coder": 0.01, "reviewer": 0.01})
     assert result.design is not None and code_of(result) == ADD_BUG
     assert result.findings and result.findings[0].target == "coder"
-    assert topics(trail) == ["task", "design", "code", "revise.code", "result"]
+    assert path(trail) == ["task", "design", "implement", "review", "result"]
     assert len(models["coder"].requests) == 1  # the over-budget call was never made
     (_, h), = messages(trail, "result")
     assert h.get(headers.SENDER) == "coder"
 
 
 async def test_deadline(nats_url: str, namespace: str) -> None:
-    # The reviewer's first call outlasts the deadline (timeout_s from the architect's
-    # first step), so the coder's revision finds it passed before calling its model.
+    # The reviewer's first call outlasts the deadline (timeout_s from submission), so
+    # the coder's revision finds it passed before calling its model.
     script = Script(buggy_first=True)
     models = script.models()
     models["reviewer"] = FunctionModel(script.reviewer, name="t:reviewer", latency_s=2.1)
@@ -252,7 +260,7 @@ async def test_deadline(nats_url: str, namespace: str) -> None:
     assert result.design is not None and code_of(result) == ADD_BUG
     assert result.findings and result.findings[0].target == "coder"
     assert result.test_report is not None and result.test_report.failed == 1
-    assert topics(trail) == ["task", "design", "code", "revise.code", "result"]
+    assert path(trail) == ["task", "design", "implement", "review", "result"]
     assert len(models["coder"].requests) == 1
     (_, h), = messages(trail, "result")
     assert h.get(headers.SENDER) == "coder"
@@ -268,7 +276,7 @@ async def test_cancel_mid_run(nats_url: str, namespace: str) -> None:
             wf = await client.submit(TaskRequest(goal=GOAL))
             async with aclosing(client.events(wf)) as events:
                 async for env in events:
-                    if env.topic == "design":
+                    if isinstance(env.message, Work):
                         break
             # the coder is in its model call now; the reviewer must not call its model
             await client.cancel(wf)
@@ -282,6 +290,27 @@ async def test_cancel_mid_run(nats_url: str, namespace: str) -> None:
     assert len(models["coder"].requests) == 1
     assert status.result is not None and status.result.status == "cancelled"
     assert status.working == "done"
+
+
+async def test_status_names_a_role_nobody_runs(nats_url: str, namespace: str) -> None:
+    agents = team(Script().models(), roles=["architect", "reviewer"])
+    with anyio.fail_after(20):
+        async with (
+            Swarm(agents, nats=nats_url, namespace=namespace, grace_s=3),
+            await SwarmClient.connect(nats_url, namespace=namespace) as client,
+        ):
+            wf = await client.submit(TaskRequest(goal=GOAL))
+            async with aclosing(client.events(wf)) as events:
+                async for env in events:
+                    if isinstance(env.message, Work):
+                        break
+            while (status := await client.status(wf)).live is None:
+                await anyio.sleep(0.05)
+    assert (status.step, status.role, status.live) == ("implement", "coder", False)
+    assert status.working == "waiting for coder"
+    assert render_status(status, namespace) == (
+        f"{wf}: running; waiting: no coder is running in namespace {namespace}, round 1, "
+        f"{status.steps} messages, spent $0.0000")
 
 
 # -- processes -------------------------------------------------------------------------------
@@ -353,9 +382,10 @@ async def test_provider_failure_mid_workflow_falls_back(nats_url: str, namespace
 
     assert result.status == "approved", result.reason
     assert calls["primary"] == 2 and len(backup.requests) == 1
-    codes = messages(trail, "code")
+    codes = works(trail, "implement")
     assert [model_header(h) for _, h in codes] == ["primary:coder", "backup:coder"]
-    provs = [m.provenance for m, _ in codes]  # type: ignore[attr-defined]
+    provs = [m.provenance for m, _ in codes]
+    assert provs[0] is not None and provs[1] is not None
     assert provs[0].name == "primary:coder" and provs[0].tried == []
     assert provs[1].name == "backup:coder" and provs[1].tried == ["primary:coder"]
     assert result.spend["coder"].calls == 2
@@ -374,9 +404,8 @@ async def test_provider_down_for_good_fails_with_best_attempt(
     models: dict[str, Model] = dict(script.models())
     coder_model = FunctionModel(down, name="down:coder")
     models["coder"] = coder_model
-    agents = team(models)
     fast = ConsumerSettings(retry_delay_s=0.05, ack_wait_s=10, max_deliver=3, concurrency=4)
-    agents[1] = Coder(coder_model, consumer=fast)
+    agents = team(models, consumers={"coder": fast})
     with anyio.fail_after(20):
         result, trail = await run_task(nats_url, namespace, agents)
 
@@ -386,63 +415,76 @@ async def test_provider_down_for_good_fails_with_best_attempt(
     assert result.code is None
     # retried with a delay while deliveries remained, then gave up (one left spare)
     assert len(coder_model.requests) == 2
-    assert topics(trail) == ["task", "design", "result"]
+    assert path(trail) == ["task", "design", "result"]
 
 
-class CoderCrashingOnce(Coder):
+class CoderCrashingOnce(StepAgent):
     """Crashes after its model answered, on the first delivery only."""
 
     crashes = 0
 
-    async def ask(self, ctx: Context[Any], state: WorkState, output_type: Any) -> Any:
-        answer = await super().ask(ctx, state, output_type)
-        if ctx.deliveries == 1:
-            self.crashes += 1
+    async def perform(self, call: StepCall) -> Any:
+        answer = await super().perform(call)
+        if call.ctx.deliveries == 1:
+            type(self).crashes += 1
             raise RuntimeError("crash after the model answered")
         return answer
 
 
 async def test_redelivered_message_does_not_pay_twice(nats_url: str, namespace: str) -> None:
-    models = Script().models()
+    models: dict[str, Model] = dict(Script().models())
+    inner = models["coder"]
+    assert isinstance(inner, FunctionModel)
+    models["coder"] = Priced(inner, 0.01)
     fast = ConsumerSettings(retry_delay_s=0.05, ack_wait_s=10, max_deliver=3, concurrency=4)
-    agents = team(models)
-    crasher = CoderCrashingOnce(Priced(models["coder"], 0.01), consumer=fast)
-    agents[1] = crasher
+    agents = team(models, consumers={"coder": fast}, classes={"coder": CoderCrashingOnce})
     with anyio.fail_after(20):
         result, trail = await run_task(nats_url, namespace, agents)
 
-    assert crasher.crashes == 1
+    assert CoderCrashingOnce.crashes == 1
     assert result.status == "approved", result.reason
-    assert len(models["coder"].requests) == 1  # the redelivery was answered from the cache
+    assert len(inner.requests) == 1  # the redelivery was answered from the cache
     # ...and the call the crashed attempt paid for is still charged, once.
     assert result.spend["coder"].calls == 1
     assert result.spend["coder"].cost_usd == pytest.approx(0.01)
-    (code, _), = messages(trail, "code")  # and published once
-    assert isinstance(code, CodeSubmission) and code.provenance is not None
-    assert code.provenance.from_cache
+    (code, _), = works(trail, "implement")  # and published once
+    assert code.provenance is not None and code.provenance.from_cache
     assert code.provenance.name == "t:coder"
 
 
-async def test_same_request_is_served_from_the_cache(nats_url: str, namespace: str) -> None:
+@pytest.mark.parametrize("shared", [False, True])
+async def test_a_resubmitted_task_gets_fresh_answers(
+    nats_url: str, namespace: str, shared: bool
+) -> None:
+    """The cache serves redeliveries of one workflow; a new workflow with the same goal
+    pays for fresh answers unless sharing across workflows is set explicitly."""
     models = Script().models()
+    priced = {role: Priced(m, 0.01) for role, m in models.items()}
     with anyio.fail_after(20):
         async with (
-            Swarm(team(models), nats=nats_url, namespace=namespace, grace_s=3),
+            Swarm(team(priced, share_cache=shared), nats=nats_url, namespace=namespace,
+                  grace_s=3),
             await SwarmClient.connect(nats_url, namespace=namespace) as client,
         ):
+            results = []
             for wf in ("first", "second"):
                 await client.submit(TaskRequest(goal=GOAL), workflow_id=wf)
-                assert (await client.result(wf)).status == "approved"
-            first, second = await client.trail("first"), await client.trail("second")
+                results.append(await client.result(wf))
+            second = await client.trail("second")
 
-    for role, topic in (("architect", "design"), ("coder", "code")):
-        assert len(models[role].requests) == 1, role
-        (m1, _), = messages(first, topic)
-        (m2, h2), = messages(second, topic)
-        p1, p2 = m1.provenance, m2.provenance  # type: ignore[attr-defined]
-        assert not p1.from_cache and p2.from_cache, role
-        assert p2.request_hash == p1.request_hash
-        assert model_header(h2) == f"t:{role}"
+    assert [r.status for r in results] == ["approved", "approved"]
+    assert results[0].total.cost_usd == pytest.approx(0.03)
+    for role in ("architect", "coder"):
+        assert len(models[role].requests) == (1 if shared else 2), role
+    (m2, h2), = works(second, "design")
+    assert m2.provenance is not None and m2.provenance.from_cache is shared
+    assert model_header(h2) == "t:architect"
+    if shared:  # a fresh hit costs nothing now, and says it came from the cache
+        assert results[1].total.cost_usd == pytest.approx(0.0)
+        assert results[1].total.cache_hits == 3 and results[1].total.calls == 0
+    else:
+        assert results[1].total.cost_usd == pytest.approx(0.03)
+        assert results[1].total.cache_hits == 0 and results[1].total.calls == 3
 
 
 # -- CLI -------------------------------------------------------------------------------------
@@ -471,7 +513,6 @@ async def test_cli_against_running_swarm(
     nats_url: str, namespace: str, tmp_path: Path, procs: list[subprocess.Popen[bytes]]
 ) -> None:
     log = tmp_path / "up.log"
-    procs.append(start_daemon(nats_url, namespace, tmp_path))
     kw = {"nats_url": nats_url, "namespace": namespace}
     ran: dict[str, subprocess.CompletedProcess[bytes]] = {}
 
@@ -479,9 +520,17 @@ async def test_cli_against_running_swarm(
         ran[name] = await cli("submit", GOAL, "--json", *args, **kw)
 
     with anyio.fail_after(60):
-        # cancel before the task runs: the architect ends it before its model call
+        code, text = await cli_here("cancel", "cli-cancel", **kw)
+        assert code == 1  # an unknown workflow id is said to be unknown
+        # submitted while no agent runs, cancelled before any step: it ends before its
+        # first model call once the daemon starts
+        code, text = await cli_here("submit", GOAL, "--no-wait", "--id", "cli-cancel", **kw)
+        assert code == 0 and text.strip() == "cli-cancel"
+        code, text = await cli_here("status", "cli-cancel", **kw)
+        assert code == 0 and "waiting: no swarm has started in namespace" in text, text
         code, text = await cli_here("cancel", "cli-cancel", **kw)
         assert code == 0 and "cancel requested for cli-cancel" in text
+        procs.append(start_daemon(nats_url, namespace, tmp_path))
         async with anyio.create_task_group() as tg:
             tg.start_soon(submit, "approved")
             tg.start_soon(submit, "cancelled", "--id", "cli-cancel")
@@ -513,14 +562,15 @@ async def test_cli_against_running_swarm(
         code, text = await cli_here("trail", "cli-nowait", **kw)
         assert code == 0
         assert "trail of cli-nowait: 4 messages" in text
-        for word in ("task", "design", "code", "result", "scripted:architect",
-                     "scripted:coder", "scripted:reviewer", "APPROVED"):
+        for word in ("task", "design -> implement", "implement -> review",
+                     "review -> result", "scripted:architect", "scripted:coder",
+                     "scripted:reviewer", "APPROVED"):
             assert word in text, word
         code, text = await cli_here("trail", "cli-nowait", "--json", **kw)
         assert code == 0
         steps = json.loads(text)
         assert [s["type"] for s in steps] == [
-            "swarmbus.TaskRequest/1", "swarmbus.DesignSpec/1", "swarmbus.CodeSubmission/1",
+            "swarmbus.TaskRequest/1", "swarmbus.Work/1", "swarmbus.Work/1",
             "swarmbus.TaskResult/1"]
         assert steps[2]["headers"][headers.MODEL] == "scripted:coder"
         code, text = await cli_here("trail", "no-such-workflow", **kw)
@@ -535,18 +585,18 @@ async def test_cli_demo(tmp_path: Path) -> None:
     out = r.stdout.decode()
     assert r.returncode == 0, (out, r.stderr.decode()[-3000:])
     assert "trail of demo-fizzbuzz" in out and "trail of demo-slugify" in out
-    assert "revise.code" in out and "revise.design" in out
+    assert "revise_code" in out and "revise_design" in out
     assert out.count(": approved") == 2
     assert "demo passed" in r.stderr.decode()
 
 
 class _GivesUpOnCode(Agent):
-    """A custom agent on `code` that rejects everything (a strict auditor)."""
+    """A custom agent beside the reviewer on its step that rejects everything."""
 
     name = "strict_auditor"
 
-    @handles("code")
-    async def on_code(self, msg: CodeSubmission, ctx: Context[CodeSubmission]) -> None:
+    @handles("step.review")
+    async def on_code(self, msg: Work, ctx: Context[Work]) -> None:
         raise Reject("not auditing today")
 
 

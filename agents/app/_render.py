@@ -178,6 +178,8 @@ def _doing(st: WorkflowStatus, namespace: str) -> str:
         return f"waiting: no {st.role} is running in namespace {namespace}"
     if st.role:
         return f"{st.role} working" + (f" on {st.step}" if st.step else "")
+    if st.last_topic == "task" and not st.workflow:
+        return f"waiting: no swarm has started in namespace {namespace} yet"
     return "waiting"
 
 

@@ -3,14 +3,16 @@ with their models, the supervisor, and custom agents."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import structlog
 
 from swarmbus.protocols import CompiledWorkflow, ConfigError
 
 from .._agent import Agent
 from ..models import FallbackModel, Model, build_model, price_for
-from ..workflow import default_tools, load_workflow, team
-from ._config import SwarmConfig
+from ..workflow import Tool, default_tools, load_workflow, team
+from ._config import RoleConfig, SwarmConfig
 from ._demo import offline_models
 
 __all__ = ["build_agents", "unpriced_models"]
@@ -27,9 +29,15 @@ def _runs(cfg: SwarmConfig, wf: CompiledWorkflow, role: str) -> bool:
     return all(wf.steps[s].model is not None for s in wf.roles[role])
 
 
-def build_agents(cfg: SwarmConfig, *, workflow: CompiledWorkflow | None = None) -> list[Agent]:
+def build_agents(
+    cfg: SwarmConfig,
+    *,
+    workflow: CompiledWorkflow | None = None,
+    tools: Mapping[str, Tool] | None = None,
+) -> list[Agent]:
     """The agents ``swarmbus up`` runs: every role of the workflow that has a model
     here (all of them with ``offline``), the supervisor, and the custom agents.
+    ``tools`` replaces the tools steps use (default: the real sandbox).
 
     Raises ``ConfigError`` (``WorkflowError``) for a workflow that does not load,
     a role in ``roles:`` the workflow lacks, a missing API key, or nothing to run.
@@ -56,10 +64,10 @@ def build_agents(cfg: SwarmConfig, *, workflow: CompiledWorkflow | None = None) 
     cache = cfg.cache.ttl_s if cfg.cache.enabled else None
     agents = team(
         wf, models=models, build=build, roles=running,
-        tools=default_tools(cfg.sandbox),
-        settings={r: rc.settings for r, rc in cfg.roles.items()},
-        consumers={r: rc.consumer() for r, rc in cfg.roles.items()},
-        replicas={r: rc.replicas for r, rc in cfg.roles.items()},
+        tools=tools if tools is not None else default_tools(cfg.sandbox),
+        settings={r: cfg.roles.get(r, RoleConfig()).settings for r in running},
+        consumers={r: cfg.roles.get(r, RoleConfig()).consumer() for r in running},
+        replicas={r: cfg.roles.get(r, RoleConfig()).replicas for r in running},
         cache_ttl_s=cache, share_cache=cfg.cache.share_across_workflows,
     )
     agents.extend(cfg.custom_agents())

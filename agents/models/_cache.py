@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -13,6 +14,7 @@ from pydantic import ValidationError
 from swarmbus.protocols import Provenance
 
 from ._base import Model, ModelRequest, ModelResponse, T
+from ._ledger import current_ledger
 
 __all__ = ["CachedModel", "MemoryStore", "ResponseStore"]
 
@@ -72,6 +74,9 @@ class CachedModel(Model):
     async def complete(self, request: ModelRequest[T]) -> ModelResponse[T]:
         started = time.perf_counter()
         key = request.request_hash(self.name)
+        ledger = current_ledger()
+        if ledger is not None and ledger.scope:  # answers are the workflow's own by default
+            key = hashlib.sha256(f"{ledger.scope}\x00{key}".encode()).hexdigest()
         hit = await self._lookup(key, request)
         if hit is not None:
             self.hits += 1

@@ -108,8 +108,14 @@ class StepCall:
             raise ConfigError(
                 f"no model for step {self.step.id!r} (role {self.step.role!r}): give "
                 f"`roles.{self.step.role}.model` in swarm.yaml or `model:` in the workflow")
+        ledger = current_ledger()
+        booked = len(ledger.records) if ledger is not None else 0
         response = await self.model.complete(self.request())
         self.provenance = response.provenance
+        if ledger is not None and len(ledger.records) == booked:
+            # A model that does not book its calls itself (a user's own Model): book the
+            # answer, so nothing it reports is left out of the spend.
+            ledger.record(response.provenance)
         return response.output
 
 

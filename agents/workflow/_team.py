@@ -44,14 +44,16 @@ def team(
     share_cache: bool = False,
     supervisor: bool = True,
     make_default: bool = True,
+    classes: Mapping[str, type[StepAgent]] | None = None,
 ) -> list[Agent]:
     """A ``StepAgent`` for each role of ``workflow`` (or of ``roles``), sharing one
     ``Workflows`` and one ``Guards``, plus the ``Supervisor``.
 
     ``models`` gives each role's model (steps naming their own are built with
-    ``build``); ``tools`` defaults to the real sandbox. A role whose steps name
-    an ``agent`` class runs as that class. Raises ``ConfigError`` for a role the
-    workflow does not have, or steps of one role bound to different classes.
+    ``build``); ``tools`` defaults to the real sandbox. A role runs as its class
+    in ``classes``, else the ``agent`` its steps name, else ``StepAgent``. Raises
+    ``ConfigError`` for a role the workflow does not have, or steps of one role
+    bound to different classes.
     """
     wanted = list(roles) if roles is not None else list(workflow.roles)
     unknown = [r for r in wanted if r not in workflow.roles]
@@ -63,7 +65,7 @@ def team(
     toolbox = dict(tools) if tools is not None else default_tools()
     agents: list[Agent] = []
     for role in wanted:
-        cls = _agent_class(workflow, role)
+        cls = (classes or {}).get(role) or _agent_class(workflow, role)
         agents.append(cls(
             role, workflows=shared, model=(models or {}).get(role), build=build, tools=toolbox,
             settings=(settings or {}).get(role), cache_ttl_s=cache_ttl_s,

@@ -72,7 +72,7 @@ async def test_a_failing_store_never_fails_the_call() -> None:
 
 async def test_in_a_jetstream_bucket(nats_url: str, namespace: str) -> None:
     async with await Bus.connect(nats_url, namespace=namespace) as bus:
-        store = await bus.key_value("model_cache", ttl_s=3600)
+        store = await bus.key_value("modelcache", ttl_s=3600)
         scripted = ScriptedModel([PLAN], name="demo:coder")
         model = CachedModel(scripted, store)
         first = await model.complete(plan_request())
