@@ -136,16 +136,27 @@ class Swarm:
         await consumer.run(grace_s=self.grace_s, task_status=task_status)
 
     async def serve(self) -> None:
-        """Run in the foreground until SIGTERM/SIGINT (what process managers expect)."""
+        """Run in the foreground until SIGTERM/SIGINT (what process managers expect).
+
+        The first signal stops fetching and lets in-flight work finish within
+        ``grace_s``; a second one forces the exit now (in-flight work is nak'ed, so
+        it is redelivered, not lost)."""
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._watch_signals)
+            tg.start_soon(self._watch_signals, tg.cancel_scope)
             await self.run()
             tg.cancel_scope.cancel()
 
-    async def _watch_signals(self) -> None:
+    async def _watch_signals(self, scope: anyio.CancelScope) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
-                log.info("signal received, stopping", signal=signal.Signals(signum).name)
+                name = signal.Signals(signum).name
+                if self._stop.is_set():
+                    log.warning("second signal: forcing the exit; in-flight work is nak'ed",
+                                signal=name)
+                    scope.cancel()
+                    return
+                log.info("signal received, stopping (again to force)", signal=name,
+                         grace_s=self.grace_s)
                 self.stop()
 
     async def _announce_loop(self) -> None:

@@ -31,6 +31,7 @@ from ._control import Reject, Retry
 from ._deadletter import dead_letter
 from ._embedded import EmbeddedServer, NatsServerNotFoundError, find_nats_server, free_port
 from ._kv import KeyValueStore, WatchedKeys
+from ._objects import OBJECTS_BUCKET, ArtifactStore
 from ._secrets import MASK, register_secret, registered_secrets, scrub, scrub_bytes
 from ._workflows import WORKFLOWS_BUCKET, UnknownWorkflowError, WorkflowStore
 
@@ -39,7 +40,9 @@ __all__ = (
     "AGENTS_TTL_S",
     "CANCEL_BUCKET",
     "MASK",
+    "OBJECTS_BUCKET",
     "WORKFLOWS_BUCKET",
+    "ArtifactStore",
     "Bus",
     "BusUnavailableError",
     "ConsumerSettings",

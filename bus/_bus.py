@@ -172,7 +172,7 @@ class Bus:
             log.info("nats reconnected")
 
         async def disconnected() -> None:
-            if not (holder and holder[0]._closing):
+            if holder and not holder[0]._closing:  # not while still connecting
                 log.warning("nats disconnected")
 
         nc = await connect(settings, reconnected_cb=reconnected, disconnected_cb=disconnected)

@@ -7,6 +7,7 @@ reads who works on what from the workflow stored in the namespace.
 from __future__ import annotations
 
 import contextlib
+import json
 import uuid
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
@@ -15,15 +16,18 @@ from datetime import UTC, datetime
 import anyio
 import nats.errors
 from nats.js import api
+from pydantic import JsonValue
 
 from swarmbus.protocols import (
     AgentAnnouncement,
+    ArtifactRef,
     DeadLetter,
     Message,
     SwarmbusError,
     TaskRequest,
     TaskResult,
     Work,
+    WorkState,
     check_workflow_id,
     workflow_filter,
 )
@@ -32,6 +36,7 @@ from ._bus import Bus, StoredMessage, StreamSettings, SubjectTakenError
 from ._codec import Envelope
 from ._connect import NatsSettings
 from ._kv import KeyValueStore
+from ._objects import ArtifactStore
 from ._workflows import WorkflowStore
 
 __all__ = [
@@ -105,6 +110,7 @@ class SwarmClient:
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
         self._workflows: WorkflowStore | None = None
+        self._objects: ArtifactStore | None = None
 
     @classmethod
     async def connect(
@@ -225,6 +231,19 @@ class SwarmClient:
                 f"no workflow {workflow_id!r} in namespace {self.bus.namespace!r}")
         store = await cancel_flags(self.bus)
         await store.put(workflow_id, b"1")
+
+    async def artifact(self, result: TaskResult | WorkState, name: str) -> JsonValue:
+        """Artifact ``name`` of a result (or state) as JSON, read from the namespace's
+        object store when it travels by reference. Raises ``KeyError`` when absent,
+        ``ExternalError`` when the stored object is gone."""
+        value = result.artifacts[name]
+        ref = ArtifactRef.of(value)
+        if ref is None:
+            return value
+        if self._objects is None:
+            self._objects = await ArtifactStore.open(self.bus)
+        loaded: JsonValue = json.loads(await self._objects.get(ref))
+        return loaded
 
     async def agents(self) -> list[AgentAnnouncement]:
         """The live agents of the namespace."""

@@ -16,11 +16,14 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from swarmbus.protocols import ConfigError, ExternalError
 
+from ._secrets import register_secret
+
 __all__ = ["BusUnavailableError", "NatsSettings", "connect"]
 
 log = structlog.get_logger("swarmbus.bus")
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
+_SCHEMES = frozenset({"nats", "tls", "ws", "wss"})
 
 
 class BusUnavailableError(ExternalError, ConnectionError):
@@ -36,7 +39,9 @@ class NatsSettings(BaseModel):
     name: str = "swarmbus"
     user: str | None = None
     password: SecretStr | None = None
+    password_file: Path | None = Field(None, description="A file holding the password.")
     token: SecretStr | None = None
+    token_file: Path | None = Field(None, description="A file holding the token.")
     creds_file: Path | None = Field(None, description="A .creds file (JWT + nkey seed).")
     nkey_seed_file: Path | None = Field(None, description="A file holding an nkey seed.")
     tls_ca_file: Path | None = None
@@ -62,7 +67,26 @@ class NatsSettings(BaseModel):
     def _non_empty(cls, v: list[str]) -> list[str]:
         if not v:
             raise ValueError("at least one NATS server URL is needed")
+        for url in v:
+            scheme, sep, rest = url.partition("://")
+            if not sep or scheme not in _SCHEMES or not rest:
+                raise ValueError(f"{_shown([url])} is not a NATS URL: use nats://host:4222 "
+                                 "(or tls://, ws://, wss://)")
         return v
+
+    def secret(self, name: str) -> str | None:
+        """The password or token: the setting itself, else read from its ``*_file``
+        (stripped). Raises ``ConfigError`` when the file cannot be read."""
+        value: SecretStr | None = getattr(self, name)
+        path: Path | None = getattr(self, f"{name}_file")
+        if value is not None:
+            return value.get_secret_value()
+        if path is None:
+            return None
+        try:
+            return path.read_text(encoding="utf-8").strip()
+        except OSError as e:
+            raise ConfigError(f"cannot read the NATS {name} file {path}: {e.strerror}") from None
 
     def tls_context(self) -> ssl.SSLContext | None:
         if not (self.tls_ca_file or self.tls_cert_file):
@@ -100,11 +124,19 @@ async def connect(settings: NatsSettings | None = None, **callbacks: Any) -> NAT
         "allow_reconnect": True,
         "error_cb": _on_error,
     }
+    password, token = s.secret("password"), s.secret("token")
+    register_secret(password, source="NATS password")
+    register_secret(token, source="NATS token")
+    for path in (s.creds_file, s.nkey_seed_file):  # the nkey seed inside never leaves either
+        if path is not None:
+            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+                if line.strip().startswith("SU"):
+                    register_secret(line.strip(), source=str(path))
     if s.user is not None:
         opts["user"] = s.user
-        opts["password"] = s.password.get_secret_value() if s.password else ""
-    if s.token is not None:
-        opts["token"] = s.token.get_secret_value()
+        opts["password"] = password or ""
+    if token is not None:
+        opts["token"] = token
     if s.creds_file is not None:
         opts["user_credentials"] = str(s.creds_file)
     if s.nkey_seed_file is not None:

@@ -12,6 +12,7 @@ from ._messages import (
     DEFAULT_BUDGET_USD,
     DEFAULT_TIMEOUT_S,
     AgentAnnouncement,
+    ArtifactRef,
     DeadLetter,
     DeadLetterReason,
     Limits,
@@ -48,6 +49,7 @@ from ._workflow import (
     WorkflowError,
     WorkflowLimits,
     step_topic,
+    workflow_json_schema,
 )
 
 __all__ = (
@@ -56,6 +58,7 @@ __all__ = (
     "END",
     "SCHEMA_ID",
     "AgentAnnouncement",
+    "ArtifactRef",
     "Code",
     "CompiledWorkflow",
     "Component",
@@ -111,4 +114,5 @@ __all__ = (
     "subject",
     "topic_filter",
     "workflow_filter",
+    "workflow_json_schema",
 )

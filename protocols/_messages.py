@@ -21,6 +21,7 @@ __all__ = [
     "DEFAULT_BUDGET_USD",
     "DEFAULT_TIMEOUT_S",
     "AgentAnnouncement",
+    "ArtifactRef",
     "DeadLetter",
     "DeadLetterReason",
     "Limits",
@@ -91,6 +92,32 @@ class TaskRequest(Message):
         None, description="When it was submitted; absent: the stream's time of the message.")
     acceptance_tests: list[SourceFile] = Field(
         default_factory=list, description="Hidden tests: never shown to any model.")
+
+
+class ArtifactRef(_Data):
+    """An artifact kept in the namespace's object store instead of in the message.
+
+    In ``WorkState.artifacts`` it appears as ``{"swarmbus_ref": {...}}``: a peer that
+    finds one reads the object ``key`` (its SHA-256) from bucket
+    ``swarm_<namespace>_<bucket>``; its bytes are the artifact's JSON.
+    """
+
+    bucket: str
+    key: str
+    size: int = Field(ge=0, description="Bytes.")
+    media_type: str = "application/json"
+
+    def as_value(self) -> dict[str, JsonValue]:
+        return {"swarmbus_ref": self.model_dump(mode="json")}
+
+    @classmethod
+    def of(cls, value: JsonValue) -> ArtifactRef | None:
+        """The reference ``value`` holds, or None when it is an artifact itself."""
+        if isinstance(value, dict) and set(value) == {"swarmbus_ref"}:
+            inner = value["swarmbus_ref"]
+            if isinstance(inner, dict):
+                return cls.model_validate(inner)
+        return None
 
 
 class WorkState(_Data):

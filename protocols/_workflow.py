@@ -15,9 +15,16 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    WithJsonSchema,
+    field_validator,
+)
 
 from ._errors import ConfigError
 
@@ -33,6 +40,7 @@ __all__ = [
     "WorkflowError",
     "WorkflowLimits",
     "step_topic",
+    "workflow_json_schema",
 ]
 
 SCHEMA_ID = "swarmbus.workflow/v1"
@@ -41,6 +49,18 @@ END = "end"
 
 _NAME = r"^[A-Za-z0-9_-]{1,64}$"
 _ARTIFACT = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+
+
+_NAMES = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
+_ROUTES = {
+    "type": "object",
+    "additionalProperties": {"anyOf": [
+        {"type": "string"},
+        {"type": "object", "properties": {"to": {"type": "string"},
+                                          "max": {"type": ["integer", "null"], "minimum": 0}},
+         "required": ["to"], "additionalProperties": False},
+    ]},
+}
 
 
 def step_topic(step_id: str) -> str:
@@ -108,11 +128,15 @@ class StepSpec(BaseModel):
     task: str = Field("", description="Instructions for this step (a template: {{ inputs.goal }}).")
     prompt: str | None = Field(None, description="A file with the system prompt (a template).")
     system: str | None = Field(None, description="The system prompt text (the loaded `prompt`).")
-    input: list[str] = Field(default_factory=list, description="Artifact names ('a + b').")
+    input: Annotated[list[str], WithJsonSchema(_NAMES)] = Field(
+        default_factory=list, description="Artifact names: a list, or one string 'a + b'.")
     output: str | None = Field(None, pattern=_ARTIFACT, description="The artifact it produces.")
-    tools: list[str] = Field(default_factory=list, description="e.g. sandbox.pytest.")
+    tools: Annotated[list[str], WithJsonSchema(_NAMES)] = Field(
+        default_factory=list, description="e.g. sandbox.pytest.")
     route_on: str = Field("decision", description="The output field whose value picks a route.")
-    routes: dict[str, Edge] = Field(default_factory=dict, description="Value -> edge.")
+    routes: Annotated[dict[str, Edge], WithJsonSchema(_ROUTES)] = Field(
+        default_factory=dict, description="A value of the route_on field -> a step, 'end', "
+        "or {to, max}.")
     next: str | None = Field(None, description="Where to go without routes (default: next step).")
     on_cap: Literal["end_best", "fail"] = Field(
         "end_best", description="A capped edge used up: end with the best attempt, or fail.")
@@ -156,16 +180,17 @@ class Workflow(BaseModel):
         default_factory=dict, description="Artifact name -> data type (swarmbus.Design).")
     steps: list[StepSpec] = Field(min_length=1)
 
-    @model_validator(mode="after")
-    def _unique_ids(self) -> Workflow:
+    @field_validator("steps")
+    @classmethod
+    def _unique_ids(cls, steps: list[StepSpec]) -> list[StepSpec]:
         seen: set[str] = set()
-        for step in self.steps:
+        for step in steps:
             if step.id in seen:
                 raise ValueError(f"two steps have the id {step.id!r}: give each a unique `id`")
             if step.id == END:
                 raise ValueError(f"{END!r} is reserved for the end of the workflow")
             seen.add(step.id)
-        return self
+        return steps
 
     @classmethod
     def parse(cls, data: Any, *, default_name: str = "workflow", source: str = "") -> Workflow:
@@ -177,7 +202,8 @@ class Workflow(BaseModel):
             return cls.model_validate(data)
         except ValidationError as e:
             problems = [
-                Problem(_path(err["loc"]), err["msg"]) for err in e.errors(include_url=False)
+                Problem(_path(err["loc"]), err["msg"].removeprefix("Value error, "))
+                for err in e.errors(include_url=False)
             ]
             raise WorkflowError(source or default_name, problems) from None
 
@@ -185,6 +211,33 @@ class Workflow(BaseModel):
         return json.dumps(
             self.model_dump(mode="json", by_alias=True), sort_keys=True, separators=(",", ":")
         )
+
+
+def workflow_json_schema() -> dict[str, Any]:
+    """The JSON Schema of a workflow file, from ``Workflow`` (its single source): the long
+    form, or the short form (``workflow:`` with a list of steps whose ``id`` may be left
+    out). Editors validate files against it; ``swarmbus schema`` prints it."""
+    long = Workflow.model_json_schema(by_alias=True)
+    defs = long.pop("$defs", {})
+    step = dict(defs["StepSpec"])
+    step["required"] = [r for r in step.get("required", []) if r != "id"]
+    defs["ShortStep"] = step
+    short = {
+        "type": "object",
+        "title": "Workflow (short form)",
+        "properties": {
+            "name": long["properties"]["name"],
+            "workflow": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/ShortStep"}},
+        },
+        "required": ["workflow"],
+        "additionalProperties": False,
+    }
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "swarmbus workflow (swarmbus.workflow/v1)",
+        "anyOf": [long, short],
+        "$defs": defs,
+    }
 
 
 def normalize(data: Any, *, default_name: str) -> Any:

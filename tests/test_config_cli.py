@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -120,3 +121,53 @@ async def test_agents_command_lists_live_swarm(nats_url: str, namespace: str) ->
     assert coder["settings"] == {"ack_wait_s": 60.0, "max_deliver": 5, "concurrency": 8}
     assert coder["model"] == "scripted:coder"
     assert coder["namespace"] == namespace
+
+
+# -- every mistake: one line, exit 2, no traceback -------------------------------------------
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("SWARMBUS_")}
+    base["SWARMBUS_NATS__CONNECT_TIMEOUT_S"] = "1"
+    proc = subprocess.run([*SWARMBUS, *args], capture_output=True, text=True, timeout=60,
+                          check=False, env={**base, **(env or {})})
+    return proc.returncode, proc.stderr
+
+
+@pytest.mark.parametrize(("args", "env", "expected"), [
+    (["submit", ""], {}, "goal: String should have at least 1 character"),
+    (["submit", "g", "--budget", "-1"], {}, "budget_usd: Input should be greater than or equal"),
+    (["submit", "g", "--budget", "nan"], {}, "budget_usd: Input should be a finite number"),
+    (["submit", "g", "--timeout", "0"], {}, "timeout_s: Input should be greater than 0"),
+    (["submit", "g", "--max-code-revisions", "-2"], {}, "max_code_revisions"),
+    (["submit", "g", "--id", ""], {}, "invalid workflow id ''"),
+    (["submit", "g", "--input", "novalue"], {}, "--input 'novalue': give NAME=VALUE"),
+    (["submit", "g", "--nats", "http://127.0.0.1:4222"], {}, "use nats://"),
+    (["status", "wf", "--nats", "127.0.0.1:4222"], {}, "use nats://"),
+    (["up", "--offline", "--nats", "nats://127.0.0.1:9"], {}, "cannot reach NATS"),
+    (["up", "--offline"], {"SWARMBUS_NAMESPACE": "Bad Name!"}, "namespace"),
+    (["up", "--offline"], {"SWARMBUS_ROLES__CODER__CONCURRENCY": "lots"},
+     "roles.coder.concurrency (from the environment variable SWARMBUS_ROLES__CODER__CONCURRENCY)"),
+    (["up", "--workflow", "/no/such.yaml"], {}, "invalid workflow /no/such.yaml"),
+])
+def test_every_mistake_is_one_line(args: list[str], env: dict[str, str], expected: str) -> None:
+    code, err = _cli(*args, env=env)
+    assert code == 2, err
+    assert err.startswith("error: "), err
+    assert expected in err, err
+    assert "Traceback" not in err
+
+
+def test_secrets_from_the_environment_are_raw_strings(tmp_path: Path) -> None:
+    for password in ("[pr0d]", "s3cr3t: v2", "{a: b}", "12345", "- x"):
+        cfg = load_config(None, environ={"SWARMBUS_NATS__PASSWORD": password,
+                                         "SWARMBUS_NATS__TOKEN": password})
+        assert cfg.nats.secret("password") == password
+        assert cfg.nats.secret("token") == password
+    secret = tmp_path / "pw"
+    secret.write_text("[from-a-file]\n")
+    cfg = load_config(None, environ={"SWARMBUS_NATS__PASSWORD_FILE": str(secret)})
+    assert cfg.nats.password is None and cfg.nats.secret("password") == "[from-a-file]"
+    # lists and mappings are still YAML where the setting takes one
+    cfg = load_config(None, environ={"SWARMBUS_ROLES__CODER__MODEL": "[openai:gpt-4o, x:y]"})
+    assert cfg.roles["coder"].model == ["openai:gpt-4o", "x:y"]

@@ -17,11 +17,9 @@ import anyio
 from pydantic import ValidationError
 
 from swarmbus.bus import (
-    BusUnavailableError,
     EmbeddedServer,
     SwarmClient,
     UnknownWorkflowIdError,
-    WorkflowIdTakenError,
     WorkflowStatus,
     apply_event,
 )
@@ -31,8 +29,9 @@ from swarmbus.protocols import (
     SwarmbusError,
     TaskRequest,
     TaskResult,
-    Workflow,
+    check_workflow_id,
     registry,
+    workflow_json_schema,
 )
 
 from .._swarm import Swarm
@@ -187,6 +186,8 @@ async def cmd_submit(args: argparse.Namespace) -> int:
     }.items() if v is not None})
     task = TaskRequest(goal=args.goal, constraints=args.constraint, limits=limits,
                        inputs=_inputs(args.input), workflow=args.workflow)
+    if args.id is not None:
+        check_workflow_id(args.id)  # a mistake is said before connecting
     async with await _client(cfg) as client:
         wf = await client.submit(task, workflow_id=args.id)
         if args.no_wait:
@@ -274,7 +275,7 @@ def cmd_workflow(args: argparse.Namespace) -> int:
 
 def cmd_schema(args: argparse.Namespace) -> int:
     schemas = registry.json_schemas()
-    schemas["swarmbus.workflow/v1"] = Workflow.model_json_schema(by_alias=True)
+    schemas["swarmbus.workflow/v1"] = workflow_json_schema()
     if not args.out:
         print(json.dumps(schemas, indent=2))
         return 0
@@ -316,31 +317,43 @@ def _one_line(e: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def _leaf(e: BaseException) -> BaseException:
+    """The exception a task group raised on behalf of (its first), or ``e`` itself."""
+    while isinstance(e, BaseExceptionGroup):
+        e = e.exceptions[0]
+    return e
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "schema":
+        return cmd_schema(args)
+    if args.command == "workflow":
+        return cmd_workflow(args)
+    commands = {
+        "up": cmd_up, "submit": cmd_submit, "status": cmd_status, "trail": cmd_trail,
+        "cancel": cmd_cancel, "agents": cmd_agents, "demo": cmd_demo, "nats": cmd_nats,
+    }
+    return anyio.run(commands[args.command], args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``swarmbus`` command; returns the exit code (0 ok, 1 not approved or
-    unknown workflow, 2 a mistake or NATS unreachable, 130 interrupted)."""
+    unknown workflow, 2 a mistake or NATS unreachable, 130 interrupted). A mistake is
+    one line on stderr, ``error: ...``, never a traceback."""
     args = _parser().parse_args(argv)
     try:
-        if args.command == "schema":
-            return cmd_schema(args)
-        if args.command == "workflow":
-            return cmd_workflow(args)
-        commands = {
-            "up": cmd_up, "submit": cmd_submit, "status": cmd_status, "trail": cmd_trail,
-            "cancel": cmd_cancel, "agents": cmd_agents, "demo": cmd_demo, "nats": cmd_nats,
-        }
-        return anyio.run(commands[args.command], args)
-    except KeyboardInterrupt:
-        return 130
-    except WorkflowIdTakenError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except ValidationError as e:
-        print(f"error: {_one_line(e)}", file=sys.stderr)
-        return 2
-    except (SwarmbusError, BusUnavailableError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return _run(args)
+    except BaseException as raised:
+        e = _leaf(raised)
+        if isinstance(e, KeyboardInterrupt):
+            return 130
+        if isinstance(e, ValidationError):
+            print(f"error: {_one_line(e)}", file=sys.stderr)
+            return 2
+        if isinstance(e, SwarmbusError):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == "__main__":

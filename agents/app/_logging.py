@@ -1,16 +1,32 @@
-"""structlog set-up: JSON lines when not on a terminal, readable lines when on one."""
+"""structlog set-up: JSON lines when not on a terminal, readable lines when on one.
+
+Every line, ours or a library's (nats-py logs through the standard ``logging``),
+has every registered secret scrubbed before it is written: a provider that
+echoes an API key in an error never puts it in a log.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
-from typing import Literal
+from typing import Any, Literal
 
 import structlog
+
+from swarmbus.bus import scrub
 
 __all__ = ["configure_logging"]
 
 LogFormat = Literal["auto", "json", "console"]
+
+
+def _scrubbed(_logger: Any, _method: str, line: Any) -> Any:
+    return scrub(line) if isinstance(line, str) else line
+
+
+class _ScrubbingFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return scrub(super().format(record))
 
 
 def configure_logging(fmt: LogFormat = "auto", *, level: str = "INFO") -> None:
@@ -31,9 +47,12 @@ def configure_logging(fmt: LogFormat = "auto", *, level: str = "INFO") -> None:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             renderer,
+            _scrubbed,  # the rendered line, whatever field a secret hid in
         ],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
-    logging.basicConfig(level=max(lvl, logging.WARNING), stream=sys.stderr, force=True)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_ScrubbingFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=max(lvl, logging.WARNING), handlers=[handler], force=True)

@@ -143,8 +143,8 @@ def compile_workflow(
         output = step.output
         if output is None and preset is not None:
             output = update["output"] = preset.output
-        if output and output not in artifacts and preset is not None and output == preset.output:
-            artifacts[output] = preset.type
+        if output and output not in artifacts and preset is not None:
+            artifacts[output] = preset.type  # what the role produces, whatever it is named
         prompt = step.prompt
         if step.system is None and prompt is None and preset is not None:
             prompt, folder_for = preset.prompt, None

@@ -18,10 +18,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from swarmbus.bus import Bus, PayloadTooLargeError, Reject, Retry, same_task
+from swarmbus.bus import ArtifactStore, Bus, PayloadTooLargeError, Reject, Retry, same_task
 from swarmbus.protocols import (
     DEFAULT_BUDGET_USD,
     DEFAULT_TIMEOUT_S,
+    ArtifactRef,
     Code,
     CompiledWorkflow,
     ConfigError,
@@ -59,6 +60,10 @@ from ._tools import Tool
 __all__ = ["StepAgent", "StepCall"]
 
 _CACHE_BUCKET = "responses"
+INLINE_BYTES = 128 * 1024
+"""Artifacts larger than this (as JSON) travel by reference (the object store)."""
+MAX_ARTIFACT_BYTES = 16 * 1024 * 1024
+"""Larger outputs end the workflow (``failed``, with the best attempt)."""
 
 
 @dataclass
@@ -145,6 +150,8 @@ class StepAgent(Agent):
         cache_ttl_s: float | None = None,
         share_cache: bool = False,
         guards: Guards | None = None,
+        inline_bytes: int = INLINE_BYTES,
+        max_artifact_bytes: int = MAX_ARTIFACT_BYTES,
         **kwargs: Any,
     ) -> None:
         self.role = role
@@ -155,8 +162,11 @@ class StepAgent(Agent):
         self.settings = settings or ModelSettings()
         self.cache_ttl_s = cache_ttl_s
         self.guards = guards or Guards(share_cache=share_cache)
+        self.inline_bytes = inline_bytes
+        self.max_artifact_bytes = max_artifact_bytes
         self._step_models: dict[str, Model] = {}
         self._cache_store: Any = None
+        self._objects: ArtifactStore | None = None
         kwargs.setdefault("name", role)
         super().__init__(**kwargs)
 
@@ -178,6 +188,7 @@ class StepAgent(Agent):
         await super().setup(bus)
         await self.guards.setup(bus, self)
         await self.workflows.setup(bus)
+        self._objects = await ArtifactStore.open(bus)
         if self.cache_ttl_s is not None:
             self._cache_store = await bus.key_value(_CACHE_BUCKET, ttl_s=self.cache_ttl_s)
             if self.model is not None and not isinstance(self.model, CachedModel):
@@ -260,8 +271,8 @@ class StepAgent(Agent):
         output_type = wf.types[step.output] if step.output else _NoOutput
         call = StepCall(
             workflow=wf, step=step, state=state,
-            inputs={n: wf.types[n].model_validate(state.artifacts[n]) for n in step.input},
-            previous=(output_type.model_validate(state.artifacts[step.output])
+            inputs={n: await self._artifact(state, n, wf.types[n]) for n in step.input},
+            previous=(await self._artifact(state, step.output, output_type)
                       if step.output and step.output in state.artifacts else None),
             output_type=output_type, model=self.model_for(step), settings=self.settings,
             ctx=ctx,
@@ -284,7 +295,12 @@ class StepAgent(Agent):
         state.steps += 1
         previous_value = state.artifacts.get(step.output or "")
         if step.output:
-            state.artifacts[step.output] = output.model_dump(mode="json")
+            try:
+                state.artifacts[step.output] = await self._store(output)
+            except _TooLarge as e:
+                await self._end(ctx, wf, state, "failed", f"step {step.id!r}: {e}", step,
+                                call.provenance, usage)
+                return
         _update_findings(state, step, output)
         prov = call.provenance
         if prov is not None:
@@ -311,6 +327,26 @@ class StepAgent(Agent):
             await self._end(ctx, wf, state, "failed",
                             f"step {step.id!r}: its output cannot be passed on: {e}",
                             step, prov, Usage())
+
+    async def _artifact(self, state: WorkState, name: str, type_: type[BaseModel]) -> BaseModel:
+        """Artifact ``name`` as ``type_``, read from the object store when by reference."""
+        value = state.artifacts[name]
+        ref = ArtifactRef.of(value)
+        if ref is None:
+            return type_.model_validate(value)
+        assert self._objects is not None
+        return type_.model_validate_json(await self._objects.get(ref))
+
+    async def _store(self, output: BaseModel) -> Any:
+        """The output as it goes in the state: inline, or by reference when large.
+        Raises ``_TooLarge`` above ``max_artifact_bytes``."""
+        data = output.model_dump_json().encode()
+        if len(data) > self.max_artifact_bytes:
+            raise _TooLarge(f"its {type(output).__name__} output is {len(data):,} bytes, "
+                            f"above the limit of {self.max_artifact_bytes:,} bytes")
+        if len(data) <= self.inline_bytes or self._objects is None:
+            return output.model_dump(mode="json")
+        return (await self._objects.put(data)).as_value()
 
     async def _model_failed(
         self, ctx: Context[Any], wf: CompiledWorkflow, step: StepSpec, call: StepCall,
@@ -353,6 +389,10 @@ class StepAgent(Agent):
                              provenance=prov, usage=usage)
         await end_workflow(ctx, result)
         self.guards.mark_ended(ctx.workflow_id)
+
+
+class _TooLarge(Exception):
+    pass
 
 
 class _NoOutput(BaseModel):
