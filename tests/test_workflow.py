@@ -337,7 +337,7 @@ def test_the_bound_is_per_round_not_sum_plus_steps() -> None:
 
 
 def test_steps_are_typed() -> None:
-    step = StepSpec(id="x", role="r", input="a + b", tools="sandbox.pytest",  # type: ignore[arg-type]
-                    routes={"approve": "end"})  # type: ignore[dict-item]
+    step = StepSpec.model_validate({"id": "x", "role": "r", "input": "a + b",
+                                    "tools": "sandbox.pytest", "routes": {"approve": "end"}})
     assert step.input == ["a", "b"] and step.tools == ["sandbox.pytest"]
     assert step.routes == {"approve": Edge(to="end")}
