@@ -1,4 +1,5 @@
-"""The real architect -> coder -> reviewer roles on scripted models, for the benchmarks.
+"""The built-in workflow (architect -> coder -> reviewer) on the generic step runtime,
+on scripted models, for the benchmarks.
 
 Used by ``_worker.py team`` (``pipeline.py --paths ...,team`` runs one role per
 process; ``load.py`` runs all three in one daemon process).
@@ -8,14 +9,12 @@ process; ``load.py`` runs all three in one daemon process).
   text -- validated into the output type like a real provider's reply. Their
   latency is ``latency_s`` (0 for the framework-overhead pipeline, 0.1 s for the
   load test).
-- The response cache is off (``cache_ttl_s=None``): every workflow makes three
-  real model calls.
-- ``sandbox=False`` uses ``SandboxSkippedReviewer``, a benchmark-only Reviewer
-  whose sandbox call returns a fixed passing ``TestReport`` instead of running
-  pytest in a subprocess (which costs ~100+ ms of CPU per review and would hide
-  the framework's own cost). It is **not** part of the swarmbus package;
-  everything else it does is the real ``Reviewer.on_code``. ``sandbox=True``
-  uses the real ``Reviewer`` (the coder's tests really run).
+- The response cache is off: every workflow makes three real model calls.
+- ``sandbox=False`` gives the ``sandbox.pytest`` tool a test runner that returns a
+  fixed passing ``TestReport`` (injected through the public ``tools=`` of
+  ``team()``, nothing patched) instead of running pytest in a subprocess (~100+ ms
+  of CPU per review, which would hide the framework's own cost). Everything else
+  is the real step runtime. ``sandbox=True`` uses the real sandbox.
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ from typing import Any
 
 from swarmbus.agents import Agent, Swarm
 from swarmbus.agents.models import FunctionModel, Model, ModelRequest
-from swarmbus.agents.roles import Architect, Coder, Reviewer
+from swarmbus.agents.workflow import SandboxPytest, default_tools, load_workflow, team
 from swarmbus.bus import ConsumerSettings
 from swarmbus.protocols import Code, Component, Design, SourceFile, TestReport, Verdict
 
@@ -66,30 +65,15 @@ def scripted_models(latency_s: float = 0.0) -> dict[str, Model]:
         return reply
 
     return {
-        role: FunctionModel(fixed(replies[role]), name=f"bench:{role}", latency_s=latency_s)
+        role: FunctionModel(fixed(replies[role]), name=f"bench:{role}", latency_s=latency_s,
+                            keep_requests=10)
         for role in ROLES
     }
 
 
-async def _passing_report(*_args: Any, **_kwargs: Any) -> TestReport:
+async def passing(_files: Sequence[SourceFile]) -> TestReport:
+    """BENCHMARK ONLY: the submitted tests "pass" without running."""
     return PASSING.model_copy()
-
-
-class SandboxSkippedReviewer(Reviewer):
-    """BENCHMARK ONLY: the real ``Reviewer`` except that the sandbox is not run;
-    every submission gets a fixed passing ``TestReport``.
-
-    ``Reviewer.on_code`` calls the module-level ``run_tests`` of
-    ``swarmbus.agents.roles._team``; ``setup`` replaces that name, for this
-    process, with a coroutine returning ``PASSING``. Run it only in a process
-    whose other Reviewers (if any) may skip the sandbox too.
-    """
-
-    async def setup(self, bus: Any) -> None:
-        import swarmbus.agents.roles._team as team_module
-
-        team_module.run_tests = _passing_report  # type: ignore[assignment]
-        await super().setup(bus)
 
 
 def team_agents(
@@ -99,14 +83,14 @@ def team_agents(
     sandbox: bool,
     consumer: ConsumerSettings,
 ) -> list[Agent]:
-    """The role agents, cache off, each with ``consumer`` (concurrency, batch)."""
-    models = scripted_models(latency_s)
-    classes: dict[str, type[Architect | Coder | Reviewer]] = {
-        "architect": Architect,
-        "coder": Coder,
-        "reviewer": Reviewer if sandbox else SandboxSkippedReviewer,
-    }
-    return [classes[r](models[r], cache_ttl_s=None, consumer=consumer) for r in roles]
+    """The workflow's step agents for ``roles`` (cache off), each with ``consumer``;
+    the supervisor runs beside the reviewer."""
+    tools = default_tools() if sandbox else {"sandbox.pytest": SandboxPytest(passing)}
+    return team(
+        load_workflow("builtin:code-review"), models=scripted_models(latency_s),
+        roles=roles, tools=tools, consumers=dict.fromkeys(roles, consumer),
+        supervisor="reviewer" in roles,
+    )
 
 
 async def run_team(
@@ -131,11 +115,4 @@ async def run_team(
         await stop.wait()
 
 
-__all__ = [
-    "PASSING",
-    "ROLES",
-    "SandboxSkippedReviewer",
-    "run_team",
-    "scripted_models",
-    "team_agents",
-]
+__all__ = ["PASSING", "ROLES", "passing", "run_team", "scripted_models", "team_agents"]

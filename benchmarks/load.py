@@ -11,7 +11,7 @@ Issue 4, item 11b. For each agent concurrency C (``--concurrency``, a list):
   fixed small replies after ``--latency`` seconds (100 ms), response cache off
   (every workflow makes 3 model calls), each role's consumer with concurrency
   C, logging like ``swarmbus up`` (JSON lines at INFO);
-- the reviewer's sandbox is **skipped** by default (``_team.SandboxSkippedReviewer``,
+- the reviewer's sandbox is **skipped** by default (``_team.passing``, a test runner
   benchmark-only: a fixed passing ``TestReport``), so the bound below holds;
   ``--sandbox`` runs the real sandbox (a pytest subprocess per review);
 - the client submits ``-n`` workflows at once (``SwarmClient.submit``, all
@@ -131,7 +131,6 @@ async def one(url: str, server_pid: int | None, c: int, a: argparse.Namespace) -
             f"swarm.{ns}.*.result", cb=on_result, pending_msgs_limit=-1, pending_bytes_limit=-1
         )
         await nc.flush()
-        await client.ensure_roles()
         c_bound = math.ceil(a.n / c) * a.latency + (len(ROLES) - 1) * a.latency
 
         t0 = time.perf_counter()
@@ -239,7 +238,7 @@ def report(results: list[LoadResult], a: argparse.Namespace) -> str:
         + (
             "REAL (a pytest subprocess per review; the bound ignores it)"
             if a.sandbox
-            else "skipped (SandboxSkippedReviewer, benchmark-only: fixed passing TestReport)"
+            else "skipped (benchmark-only test runner: fixed passing TestReport)"
         ),
     ]
     bad = [r for r in results if r.statuses.get("approved", 0) != r.n]

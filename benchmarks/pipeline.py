@@ -92,9 +92,9 @@ def stage_workers(kind: str, a: argparse.Namespace) -> WorkersFor:
 # -- the architect -> coder -> reviewer team (issue 4, item 11a) ------------------------------
 
 TEAM = {
-    "architect": ("task", "design"),
-    "coder": ("design", "code"),
-    "reviewer": ("code", "result"),
+    "architect": ("task", "step.implement"),
+    "coder": ("step.implement", "step.review"),
+    "reviewer": ("step.review", "result"),
 }
 """Each role's process, with the topic it takes and the one it publishes (approve: result)."""
 

@@ -3,6 +3,7 @@ stored workflows, the embedded server, and ``SwarmClient``. Never imports
 ``swarmbus.agents``; knows no role and no particular workflow."""
 
 from ._bus import (
+    EXPECT_FIRST,
     Bus,
     ConsumerSettings,
     PayloadTooLargeError,
@@ -39,6 +40,7 @@ __all__ = (
     "AGENTS_BUCKET",
     "AGENTS_TTL_S",
     "CANCEL_BUCKET",
+    "EXPECT_FIRST",
     "MASK",
     "OBJECTS_BUCKET",
     "WORKFLOWS_BUCKET",

@@ -34,6 +34,7 @@ from ._kv import KeyValueStore
 from ._secrets import scrub, scrub_bytes
 
 __all__ = [
+    "EXPECT_FIRST",
     "Bus",
     "ConsumerSettings",
     "PayloadTooLargeError",
@@ -44,6 +45,8 @@ __all__ = [
 ]
 
 _WRONG_LAST_SEQUENCE = 10071
+EXPECT_FIRST = "Nats-Expected-Last-Subject-Sequence"
+"""The JetStream header a ``first=True`` publish sets to ``0``; the stored message keeps it."""
 
 log = structlog.get_logger("swarmbus.bus")
 
@@ -330,7 +333,7 @@ class Bus:
         )
         subj = subject(self.namespace, workflow_id, topic)
         if first:
-            hdrs["Nats-Expected-Last-Subject-Sequence"] = "0"
+            hdrs[EXPECT_FIRST] = "0"
         return await self.publish_raw(subj, body, hdrs)
 
     async def publish_raw(

@@ -48,7 +48,9 @@ class Usage(_Data):
     cache_hits: int = Field(0, description="Answers served from the response cache (no call).")
 
     def __add__(self, other: Usage) -> Usage:
-        return Usage(
+        # Both sides are valid already: construct without validating again (this runs on
+        # every budget check).
+        return Usage.model_construct(
             input_tokens=self.input_tokens + other.input_tokens,
             output_tokens=self.output_tokens + other.output_tokens,
             cached_tokens=self.cached_tokens + other.cached_tokens,

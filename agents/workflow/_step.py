@@ -18,7 +18,15 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from swarmbus.bus import ArtifactStore, Bus, PayloadTooLargeError, Reject, Retry, same_task
+from swarmbus.bus import (
+    EXPECT_FIRST,
+    ArtifactStore,
+    Bus,
+    PayloadTooLargeError,
+    Reject,
+    Retry,
+    same_task,
+)
 from swarmbus.protocols import (
     DEFAULT_BUDGET_USD,
     DEFAULT_TIMEOUT_S,
@@ -235,7 +243,11 @@ class StepAgent(Agent):
 
     async def _first_task(self, task: TaskRequest, ctx: Context[TaskRequest]) -> bool:
         """Workflow ids are single-use: a later, different task under a used id is
-        dead-lettered (the first run goes on untouched); the same task is a no-op."""
+        dead-lettered (the first run goes on untouched); the same task is a no-op.
+        A task published with ``Nats-Expected-Last-Subject-Sequence: 0`` (as
+        ``SwarmClient.submit`` does) is first by the server's own check."""
+        if ctx.envelope.headers.get(EXPECT_FIRST) == "0":
+            return True
         first = await ctx.bus.first(ctx.workflow_id, "task")
         mine = ctx.delivery.stream_seq
         if first is None or not mine or first.seq == mine:
