@@ -177,6 +177,8 @@ class StepAgent(Agent):
         self._objects: ArtifactStore | None = None
         kwargs.setdefault("name", role)
         super().__init__(**kwargs)
+        for step_id in workflows.default.roles.get(role, []):  # a bad model fails at start
+            self.model_for(workflows.default.steps[step_id])
 
     @property
     def model_name(self) -> str:
@@ -201,6 +203,10 @@ class StepAgent(Agent):
             self._cache_store = await bus.key_value(_CACHE_BUCKET, ttl_s=self.cache_ttl_s)
             if self.model is not None and not isinstance(self.model, CachedModel):
                 self.model = CachedModel(self.model, self._cache_store, ttl_s=self.cache_ttl_s)
+            for key, model in self._step_models.items():
+                if not isinstance(model, CachedModel):
+                    self._step_models[key] = CachedModel(model, self._cache_store,
+                                                         ttl_s=self.cache_ttl_s)
 
     async def aclose(self) -> None:
         await self.guards.aclose()
@@ -322,8 +328,9 @@ class StepAgent(Agent):
         if isinstance(decision, Finish):
             await self._end(ctx, wf, state, decision.status, decision.reason, step, prov, usage)
             return
-        if decision.capped:
+        if not decision.edge.endswith(".next"):  # every route taken counts; caps use them
             state.edges[decision.edge] = state.edges.get(decision.edge, 0) + 1
+        if decision.capped:
             state.round += 1
         work = Work(state=state, source=step.id, output=step.output or "", edge=decision.edge,
                     provenance=prov, usage=usage)
