@@ -4,6 +4,7 @@ code back once, and a step served by a user's own agent class bound by import pa
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from swarmbus.protocols import (
     SourceFile,
     TaskRequest,
     TaskResult,
+    TestReport,
     Verdict,
     Workflow,
 )
@@ -173,7 +175,7 @@ async def test_a_step_bound_to_your_own_agent_class(nats_url: str, namespace: st
     models: dict[str, Model] = {"architect": scripted(design, "t:architect"),
                                 "coder": scripted(code, "t:coder")}
 
-    async def never(_files: Any) -> Any:
+    async def never(files: Sequence[SourceFile]) -> TestReport:
         raise AssertionError("no step of this workflow runs tests")
 
     agents = team(wf, models=models, tools={"sandbox.pytest": SandboxPytest(never)})
