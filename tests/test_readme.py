@@ -67,3 +67,26 @@ async def test_custom_agent_snippet_runs(nats_url: str, namespace: str) -> None:
     report = stored.decode().message
     assert report.model_dump()["files"] == 2
     assert report.model_dump()["secrets_found"] == ["a.py"]
+
+
+@pytest.mark.anyio
+async def test_step_agent_snippet_serves_a_step(nats_url: str, namespace: str) -> None:
+    from _team_helpers import Script, run_task
+
+    from swarmbus.agents.workflow import compile_workflow, team
+    from swarmbus.protocols import Workflow
+
+    snippet = next(b for b in _blocks("python") if "class KeywordAuditor" in b)
+    scope: dict[str, Any] = {"__name__": "readme_step_snippet"}
+    exec(compile(snippet, "README.md", "exec"), scope)
+    wf = compile_workflow(Workflow.parse({
+        "name": "readme", "artifacts": {"audit": "swarmbus.Verdict"},
+        "steps": [{"role": "architect"}, {"role": "coder", "input": "design"},
+                  {"id": "audit", "role": "auditor", "input": "code", "output": "audit",
+                   "routes": {"approve": "end", "revise_code": {"to": "coder", "max": 1},
+                              "revise_design": "end"}}]}))
+    models = Script().models()
+    agents = team(wf, models={"architect": models["architect"], "coder": models["coder"]},
+                  classes={"auditor": scope["KeywordAuditor"]})
+    result, _ = await run_task(nats_url, namespace, agents)
+    assert result.status == "approved" and result.reason == "no eval"
