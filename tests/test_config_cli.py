@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import anyio
@@ -171,3 +173,36 @@ def test_secrets_from_the_environment_are_raw_strings(tmp_path: Path) -> None:
     # lists and mappings are still YAML where the setting takes one
     cfg = load_config(None, environ={"SWARMBUS_ROLES__CODER__MODEL": "[openai:gpt-4o, x:y]"})
     assert cfg.roles["coder"].model == ["openai:gpt-4o", "x:y"]
+
+
+def test_up_on_a_port_names_unpriced_models_and_stops_on_sigterm(tmp_path: Path) -> None:
+    from swarmbus.bus import free_port
+
+    port = free_port()
+    (tmp_path / "swarm.yaml").write_text(
+        "roles:\n" + "".join(
+            f"  {role}: {{model: {{name: 'openai-compatible:my-model', "
+            f"base_url: 'http://127.0.0.1:9/v1'}}}}\n"
+            for role in ("architect", "coder", "reviewer")))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWARMBUS_")}
+    log = tmp_path / "up.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*SWARMBUS, "up", "-c", "swarm.yaml", "--port", str(port), "--log-format", "json"],
+            cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while '"swarm running"' not in log.read_text():
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        lines = [json.loads(x) for x in log.read_text().splitlines() if x.startswith("{")]
+        unpriced = [x for x in lines if x["event"].startswith("model has no price")]
+        assert sorted(x["role"] for x in unpriced) == ["architect", "coder", "reviewer"]
+        assert {x["model"] for x in unpriced} == {"openai-compatible:my-model"}
+        assert f"embedded nats-server on nats://127.0.0.1:{port}" in log.read_text()
+        assert (tmp_path / ".swarmbus" / "nats").is_dir()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+    assert code == 0, log.read_text()[-2000:]
