@@ -228,7 +228,10 @@ class Driver:
         await self.js.publish(
             f"swarm.{self.ns}.{wf}.{self.in_topic}",
             msg.model_dump_json().encode(),
-            headers={"Nats-Msg-Id": wf, "Swarm-Type": msg.swarm_type},
+            # As SwarmClient.submit publishes: the server checks the id is unused (the
+            # same header on every path, so every path's driver does the same work).
+            headers={"Nats-Msg-Id": wf, "Swarm-Type": msg.swarm_type,
+                     "Nats-Expected-Last-Subject-Sequence": "0"},
         )
         try:
             t1 = await asyncio.wait_for(fut, 60.0)
