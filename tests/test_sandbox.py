@@ -16,7 +16,7 @@ import anyio
 import pydantic
 import pytest
 
-from swarmbus.agents._sandbox import SandboxLimits, landlock_abi, run_tests
+from swarmbus.agents.sandbox import SandboxLimits, landlock_abi, run_tests
 from swarmbus.protocols import SourceFile, TestReport
 
 pytestmark = pytest.mark.anyio
@@ -394,7 +394,7 @@ def test_limits_are_validated() -> None:
 
 _ORPHAN_DRIVER = """
 import sys, anyio
-from swarmbus.agents._sandbox import SandboxLimits, run_tests
+from swarmbus.agents.sandbox import SandboxLimits, run_tests
 from swarmbus.protocols import SourceFile
 test = "import time\\n\\ndef test_sleeps():\\n    print('SANDBOX-STARTED', flush=True)\\n" \\
        "    time.sleep(120)\\n"
@@ -426,7 +426,7 @@ async def test_sigkilled_owner_leaves_no_orphan_and_its_dir_is_swept(tmp_path: P
     stale = list(tmp_path.glob(f"swarmbus-sandbox-{owner.pid}-*"))
     assert stale, "a SIGKILLed owner cannot remove its sandbox directory"
     proc = subprocess.run(
-        [sys.executable, "-c", "import anyio\nfrom swarmbus.agents._sandbox import run_tests\n"
+        [sys.executable, "-c", "import anyio\nfrom swarmbus.agents.sandbox import run_tests\n"
          "anyio.run(run_tests, [])"],
         env=env, check=True, timeout=60,
     )
