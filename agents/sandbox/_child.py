@@ -14,11 +14,12 @@ standard library until pytest, and nothing submitted runs before it is done:
    dies (Landlock backend), then run pytest with the harness plugin.
 
 The harness counts outcomes from pytest's hooks and writes one JSON line to the report
-pipe when the session ends, with the token only if every check passed. Counts are
-produced in the process that runs submitted code: a hostile submission can forge them.
-The token shows only that the session reached its end with exit status 0 after the
-checks, which defeats an early ``os._exit(0)`` or a printed fake report; code that
-introspects this process can still find it.
+pipe when the session ends, carrying the run's random token, which the parent handed
+over on a pipe read (and closed) before anything submitted was imported. A line
+without the token is not believed, so an early ``os._exit(0)``, a fake line on the
+report pipe or a printed fake summary count for nothing. Counts are still produced in
+the process that runs submitted code: code that introspects this process (finds the
+token in memory, patches pytest) can forge them.
 """
 
 from __future__ import annotations
@@ -248,10 +249,8 @@ def run_pytest(cfg: Config, token: str | None) -> NoReturn:
                 counts[outcome] += 1
             doc: dict[str, Any] = {"passed": counts["passed"], "failed": counts["failed"],
                    "errors": counts["error"], "skipped": counts["skipped"],
-                   "failed_tests": self.names[:200], "exitstatus": int(exitstatus)}
-            if token and int(exitstatus) == 0 and counts["passed"] and not (
-                    counts["failed"] or counts["error"]):
-                doc["token"] = token  # only now, after every check ran and passed
+                   "failed_tests": self.names[:200], "exitstatus": int(exitstatus),
+                   "token": token}  # only now, once every collected test has run
             data = (json.dumps(doc) + "\n").encode()
             with contextlib.suppress(OSError):
                 while data:

@@ -240,14 +240,14 @@ class _Tree:
 async def _execute(
     iso: Isolation, limits: SandboxLimits, run: RunDir, python: str, hidden: list[str]
 ) -> TestReport:
-    token = secrets.token_hex(16) if hidden else None
+    token = secrets.token_hex(16)  # authenticates the runner's report line
     pipes = {"status": _Pipe(64 << 10), "report": _Pipe(_REPORT_CAP), "info": _Pipe(4096)}
     token_r, token_w = os.pipe2(os.O_CLOEXEC)
     os.write(token_w, (token or "").encode() + b"\n")
     os.close(token_w)
     os.set_inheritable(token_r, True)
     fds: dict[str, int | None] = {name: p.child_end() for name, p in pipes.items()}
-    fds["token"] = token_r if token else None
+    fds["token"] = token_r
     if iso.backend != "bubblewrap":
         fds["info"] = None
     cg = None
@@ -310,22 +310,26 @@ async def _execute(
             f"the sandbox could not start ({iso.describe()}): "
             f"{(status or output.text()).strip()[-1500:]}"
         )
-    report = await _parse(bytes(pipes["report"].data), pipes["report"].overflow)
-    return _report(iso, limits, proc.returncode, timed_out, output, report, limits_hit, token)
+    report = await _parse(bytes(pipes["report"].data), token)
+    return _report(iso, limits, proc.returncode, timed_out, output, report, limits_hit,
+                   token if hidden else None)  # fmt: skip
 
 
-async def _parse(data: bytes, overflow: bool) -> dict[str, object] | None:
-    """The runner's JSON line (the first one), parsed under a time bound; None if absent
-    or malformed."""
-    if overflow or not data.strip():
-        return None
+async def _parse(data: bytes, token: str) -> dict[str, object] | None:
+    """The runner's report: the first JSON line that carries the run's token, parsed
+    under a time bound (the data is already capped); None if there is none."""
 
     def parse() -> dict[str, object] | None:
-        try:
-            doc = json.loads(data.split(b"\n", 1)[0])
-        except (ValueError, RecursionError):
-            return None
-        return doc if isinstance(doc, dict) else None
+        for line in data.split(b"\n")[:1000]:
+            if token.encode() not in line:
+                continue
+            try:
+                doc = json.loads(line)
+            except (ValueError, RecursionError):
+                continue
+            if isinstance(doc, dict) and doc.get("token") == token:
+                return doc
+        return None
 
     with anyio.move_on_after(_PARSE_S):
         return await anyio.to_thread.run_sync(parse, abandon_on_cancel=True)
@@ -365,13 +369,18 @@ def _report(
     if doc is None:
         if not timed_out:
             notes.append("the test runner sent no report (it exited or was killed before "
-                         "the end of the session); nothing counts as passed")
+                         "the end of the session, or the report was forged); nothing "
+                         "counts as passed")
         doc = {}
     else:
         names = doc.get("failed_tests", [])
         if isinstance(names, list):
             failed_tests = [str(n)[:300] for n in names[:200]]
-    verified = token is not None and doc.get("token") == token and code == 0
+    verified = (
+        token is not None and doc.get("token") == token and code == 0
+        and doc.get("exitstatus") == 0 and _count(doc, "passed") > 0
+        and not _count(doc, "failed") and not _count(doc, "errors")
+    )  # fmt: skip
     if token is not None and not verified and not timed_out:
         notes.append("acceptance: the run's token did not come back after the checks, so "
                      "the run does not count as passed")
