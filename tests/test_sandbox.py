@@ -345,7 +345,7 @@ def test_limits_are_validated() -> None:
     with pytest.raises(pydantic.ValidationError, match="must fit in the box"):
         SandboxLimits(disk_mb=8, max_total_bytes=9 << 20)
     with pytest.raises(pydantic.ValidationError):
-        SandboxLimits(isolation="docker")  # type: ignore[arg-type]
+        SandboxLimits(isolation="docker")
 
 
 _ORPHAN_DRIVER = """
