@@ -95,7 +95,8 @@ def plan(
     work = f"{box}/work"
     reads = [*interpreter_dirs(python), str(sandbox / "boot"), str(sandbox / "src")]
     if bwrap:
-        reads += ["/usr", "/etc", "/dev", *(d for d in _SYSTEM if os.path.isdir(d))]
+        # /proc here is the sandbox's own (its PID namespace; bwrap keeps /proc/sys read-only)
+        reads += ["/usr", "/etc", "/dev", "/proc", *(d for d in _SYSTEM if os.path.isdir(d))]
     else:
         reads += ["/usr", *_SYSTEM, "/etc/passwd", "/etc/group", "/etc/hosts",
                   "/etc/resolv.conf", *(f"/etc/{name}" for name in _ETC)]  # fmt: skip
