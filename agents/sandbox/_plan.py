@@ -102,7 +102,8 @@ def plan(
                   "/etc/resolv.conf", *(f"/etc/{name}" for name in _ETC)]  # fmt: skip
     dump_after = max(limits.timeout_s / 2, limits.timeout_s - 10)  # name the stuck test
     ini = str(sandbox / "boot" / "pytest.ini")
-    args = ["-q", "-p", "no:cacheprovider", "-c", ini, f"--rootdir={work}",
+    rootdir = str(sandbox / "src" / "hidden") if hidden else work  # names tests relative to it
+    args = ["-q", "-p", "no:cacheprovider", "-c", ini, f"--rootdir={rootdir}",
             "--import-mode=append", "-o", f"faulthandler_timeout={dump_after:.3f}",
             *(a for name in limits.pytest_plugins for a in ("-p", name))]  # fmt: skip
     pythonpath = [work]
