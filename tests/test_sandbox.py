@@ -16,10 +16,18 @@ from pathlib import Path
 import anyio
 import pydantic
 import pytest
-from _sandbox_helpers import BACKENDS, marker, run
+from _sandbox_helpers import BACKENDS, BWRAP, marker, needs_bwrap, run
 
-from swarmbus.agents.sandbox import SandboxLimits, landlock_abi, run_tests
-from swarmbus.protocols import SourceFile
+from swarmbus.agents.sandbox import (
+    SandboxLimits,
+    SandboxUnavailableError,
+    check_isolation,
+    describe_isolation,
+    install_hint,
+    landlock_abi,
+    run_tests,
+)
+from swarmbus.protocols import ConfigError, SourceFile
 
 pytestmark = pytest.mark.anyio
 __all__ = ["marker"]  # a fixture, imported for its tests
@@ -424,3 +432,53 @@ def _exists(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+# -- which isolation, and refusing to start without the one required --------------------------
+
+MISSING = "/nonexistent/bwrap"
+
+
+def test_untrusted_code_requires_bubblewrap_with_the_install_command() -> None:
+    for limits in (SandboxLimits(bwrap_path=MISSING),
+                   SandboxLimits(isolation="bubblewrap", bwrap_path=MISSING)):
+        with pytest.raises(SandboxUnavailableError) as caught:
+            check_isolation(limits)
+        assert install_hint() in str(caught.value) and "isolation: landlock" in str(caught.value)
+        assert isinstance(caught.value, ConfigError)
+    assert "bubblewrap" in install_hint()
+
+
+@pytest.mark.skipif(landlock_abi() < 1, reason="kernel without Landlock")
+def test_the_weaker_backend_says_what_it_does_not_isolate() -> None:
+    explicit = check_isolation(SandboxLimits(isolation="landlock"))
+    trusted = check_isolation(SandboxLimits(bwrap_path=MISSING), untrusted=False)
+    for iso in (explicit, trusted):
+        assert iso.backend == "landlock" and iso.describe().startswith("Landlock only (weaker)")
+        assert any("network" in gap for gap in iso.gaps)
+        assert any("PID namespace" in gap for gap in iso.gaps)
+
+
+async def test_a_missing_required_backend_is_a_config_error_not_a_report() -> None:
+    with pytest.raises(SandboxUnavailableError):
+        await run_tests([SourceFile(path="test_x.py", content="def test_x():\n    pass\n")],
+                        limits=SandboxLimits(isolation="bubblewrap", bwrap_path=MISSING))
+
+
+@needs_bwrap
+async def test_the_report_names_the_isolation() -> None:
+    iso = check_isolation(BWRAP)
+    assert iso.backend == "bubblewrap" and not iso.gaps, iso.gaps
+    assert describe_isolation(BWRAP).startswith("bubblewrap ")
+    report = await run("def test_x():\n    pass\n", limits=BWRAP)
+    assert report.ok and report.isolation == iso.describe() and report.self_reported
+    assert report.output.endswith(f"[sandbox] isolation: {iso.describe()}")
+
+
+def test_the_public_surface() -> None:
+    import swarmbus.agents.sandbox as pkg
+
+    assert isinstance(pkg.__all__, tuple) and len(set(pkg.__all__)) == len(pkg.__all__)
+    public = {n for n, v in vars(pkg).items() if not n.startswith("_")
+              and not isinstance(v, type(pkg))}  # fmt: skip
+    assert public == set(pkg.__all__)
