@@ -482,3 +482,14 @@ def test_the_public_surface() -> None:
     public = {n for n, v in vars(pkg).items() if not n.startswith("_")
               and not isinstance(v, type(pkg))}  # fmt: skip
     assert public == set(pkg.__all__)
+
+
+def test_the_readme_sandbox_block_is_valid() -> None:
+    import re
+
+    import yaml
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = next(b for b in re.findall(r"```yaml\n(.*?)```", readme, flags=re.S)
+                 if b.startswith("sandbox:"))  # fmt: skip
+    assert SandboxLimits(**yaml.safe_load(block)["sandbox"]) == SandboxLimits()
