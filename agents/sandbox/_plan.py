@@ -95,8 +95,9 @@ def plan(
     work = f"{box}/work"
     reads = [*interpreter_dirs(python), str(sandbox / "boot"), str(sandbox / "src")]
     if bwrap:
-        # /proc here is the sandbox's own (its PID namespace; bwrap keeps /proc/sys read-only)
-        reads += ["/usr", "/etc", "/dev", "/proc", *(d for d in _SYSTEM if os.path.isdir(d))]
+        # not /proc: even the sandbox's own shows its init's command line and the host's
+        # kernel details, and nothing a test needs is there
+        reads += ["/usr", "/etc", "/dev", *(d for d in _SYSTEM if os.path.isdir(d))]
     else:
         reads += ["/usr", *_SYSTEM, "/etc/passwd", "/etc/group", "/etc/hosts",
                   "/etc/resolv.conf", *(f"/etc/{name}" for name in _ETC)]  # fmt: skip
