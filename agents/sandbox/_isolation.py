@@ -89,7 +89,7 @@ def _system_bind(d: str) -> list[str]:
 class Isolation:
     """What one sandboxed run gets on this host. ``backend`` is the mechanism;
     ``describe()`` is one line for logs and reports; ``gaps`` lists what it does not
-    isolate (empty for bubblewrap with cgroups)."""
+    isolate (empty for bubblewrap under a root daemon with cgroups)."""
 
     backend: Literal["bubblewrap", "landlock", "none"]
     bwrap: str | None = None
@@ -129,6 +129,9 @@ class Isolation:
                 f"the daemon's uid ({os.geteuid()}): the child runs as the same user",
                 "the box is a host directory: no bound on disk or inodes",
             ]
+        if self.backend == "bubblewrap" and not self.root:
+            out += ["the box's inode count (bwrap's tmpfs takes a size only), and /dev/shm is "
+                    "a second tmpfs of the same size"]
         if self.backend == "none":
             out += ["the filesystem: the child can read and write whatever the user can"]
         if not self.tree_limits:

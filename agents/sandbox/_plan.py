@@ -195,7 +195,9 @@ def _bwrap_argv(
         ro_bind(str(run.boot / "etc" / name), f"/etc/{name}")
     ro_bind(str(run.boot), "/sandbox/boot")
     ro_bind(str(run.src), "/sandbox/src")
-    argv += ["--proc", "/proc", "--dev", "/dev", "--symlink", "/box/tmp", "/tmp"]
+    argv += ["--proc", "/proc", "--dev", "/dev"]
+    if "/tmp" not in made:  # else an interpreter lives under /tmp; TMPDIR is in the box anyway
+        argv += ["--symlink", "/box/tmp", "/tmp"]
     if not iso.root:
         argv += ["--size", str(limits.disk_mb << 20), "--tmpfs", "/dev/shm"]
     argv += ["--chdir", "/", "--"]
