@@ -159,10 +159,11 @@ class _Pipe:
     """The parent's read end of a pipe from the child: read without blocking, up to
     ``cap`` bytes (the rest is discarded), until every writer has closed it."""
 
-    def __init__(self, cap: int) -> None:
+    def __init__(self, cap: int, *, marker: bytes = b"\n") -> None:
         self.read_fd, self.write_fd = os.pipe2(os.O_CLOEXEC)
         os.set_blocking(self.read_fd, False)
         self.cap, self.data, self.overflow = cap, bytearray(), False
+        self.marker, self.marked = marker, anyio.Event()  # set once marker arrived, or EOF
         self.done = anyio.Event()
 
     def child_end(self) -> int:
@@ -170,8 +171,10 @@ class _Pipe:
         return self.write_fd
 
     def close_child_end(self) -> None:
-        with suppress(OSError):
+        # Once only: a second close could hit a number another run has reused since.
+        if self.write_fd >= 0:
             os.close(self.write_fd)
+            self.write_fd = -1
 
     async def drain(self) -> None:
         try:
@@ -186,13 +189,17 @@ class _Pipe:
                 room = self.cap - len(self.data)
                 self.data += chunk[: max(room, 0)]
                 self.overflow |= len(chunk) > room
+                if self.marker in chunk:
+                    self.marked.set()
         finally:
+            self.marked.set()
             self.done.set()
 
     def close(self) -> None:
         self.close_child_end()
-        with suppress(OSError):
+        if self.read_fd >= 0:
             os.close(self.read_fd)
+            self.read_fd = -1
 
 
 class _Tree:
@@ -230,18 +237,23 @@ class _Tree:
         if self.pidfd >= 0:
             with anyio.move_on_after(0.2):
                 await anyio.wait_readable(self.pidfd)
-                os.close(self.pidfd)
-                self.pidfd = -1
+                self.close()
             if self.pidfd >= 0:
                 return False
         return self.cg is None or not self.cg.pids()
+
+    def close(self) -> None:
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
 
 
 async def _execute(
     iso: Isolation, limits: SandboxLimits, run: RunDir, python: str, hidden: list[str]
 ) -> TestReport:
     token = secrets.token_hex(16)  # authenticates the runner's report line
-    pipes = {"status": _Pipe(64 << 10), "report": _Pipe(_REPORT_CAP), "info": _Pipe(4096)}
+    pipes = {"status": _Pipe(64 << 10), "report": _Pipe(_REPORT_CAP),
+             "info": _Pipe(4096, marker=b"}")}  # fmt: skip
     token_r, token_w = os.pipe2(os.O_CLOEXEC)
     os.write(token_w, (token or "").encode() + b"\n")
     os.close(token_w)
@@ -251,12 +263,12 @@ async def _execute(
     if iso.backend != "bubblewrap":
         fds["info"] = None
     cg = None
-    if "memory" in iso.cgroups or "pids" in iso.cgroups:
-        with suppress(OSError):
-            cg = await anyio.to_thread.run_sync(lambda: RunCgroup.create(
-                f"swarmbus-{run.name}", memory_bytes=limits.memory_mb << 20,
-                max_tasks=limits.max_processes))  # fmt: skip
     try:
+        if "memory" in iso.cgroups or "pids" in iso.cgroups:
+            with suppress(OSError):
+                cg = await anyio.to_thread.run_sync(lambda: RunCgroup.create(
+                    f"swarmbus-{run.name}", memory_bytes=limits.memory_mb << 20,
+                    max_tasks=limits.max_processes))  # fmt: skip
         p = await anyio.to_thread.run_sync(lambda: plan(
             iso, limits, run, python, procs=cg.procs if cg else [], fds=fds, hidden=hidden))
         try:
@@ -269,6 +281,7 @@ async def _execute(
             raise ConfigError(f"cannot start the sandbox ({p.argv[0]!r}): {exc}") from exc
         finally:
             os.close(token_r)
+            token_r = -1
             for pipe in pipes.values():
                 pipe.close_child_end()
         tree = _Tree(proc, cg)
@@ -280,9 +293,8 @@ async def _execute(
                 for pipe in pipes.values():
                     tg.start_soon(pipe.drain)
                 with anyio.move_on_after(limits.timeout_s):
-                    if iso.backend == "bubblewrap":
-                        with anyio.move_on_after(limits.timeout_s):
-                            await pipes["info"].done.wait()
+                    if iso.backend == "bubblewrap":  # bwrap names the sandbox's pid 1 first
+                        await pipes["info"].marked.wait()
                         tree.watch_init(bytes(pipes["info"].data))
                     await proc.wait()
                 timed_out = proc.returncode is None
@@ -295,10 +307,13 @@ async def _execute(
         finally:
             with anyio.CancelScope(shield=True):
                 await tree.kill()
+                tree.close()
                 with anyio.move_on_after(1):
                     await proc.aclose()
         limits_hit = cg.limits_hit() if cg else []
     finally:
+        if token_r >= 0:
+            os.close(token_r)
         for pipe in pipes.values():
             pipe.close()
         if cg is not None:
