@@ -229,10 +229,10 @@ async def run_demo(*, json_out: bool = False) -> int:
     from swarmbus.protocols import TaskRequest, TaskResult
 
     from .._swarm import Swarm
+    from ..sandbox import describe_isolation
     from ._cli import follow
     from ._config import load_config
     from ._render import render_result, render_trail
-    from ..sandbox import describe_isolation
     from ._team import build_agents
 
     with tempfile.TemporaryDirectory(prefix="swarmbus-demo-") as tmp:

@@ -10,8 +10,8 @@ from swarmbus.protocols import CompiledWorkflow, ConfigError, SourceFile, TestRe
 
 from .._agent import Agent
 from .._guards import Guards
-from ..sandbox import SandboxLimits, run_acceptance, run_tests
 from ..models import Model, ModelConfig, ModelSettings
+from ..sandbox import SandboxLimits, run_acceptance, run_tests
 from ._registry import Workflows
 from ._step import StepAgent
 from ._supervisor import Supervisor
