@@ -89,3 +89,12 @@ async def test_a_solution_that_never_ends_times_out() -> None:
 async def test_acceptance_needs_tests() -> None:
     with pytest.raises(ConfigError):
         await run_acceptance(slug(CORRECT), [])
+
+
+async def test_the_workflow_tool_runs_hidden_tests_through_run_acceptance() -> None:
+    from swarmbus.agents.workflow import SandboxPytest, default_tools
+
+    tool = default_tools(AUTO)["sandbox.pytest"]
+    assert isinstance(tool, SandboxPytest) and tool.acceptance is not None
+    report = await tool.acceptance(slug(CORRECT), HIDDEN)
+    assert report.kind == "acceptance" and report.ok and report.token_verified, report.output
