@@ -216,13 +216,18 @@ class _Tree:
 
     async def kill(self) -> None:
         """SIGKILLs the tree and waits (bounded) until no process of it is left."""
+        first = True
         with anyio.move_on_after(_KILL_WAIT_S):
             while True:
                 if self.cg is not None:
                     self.cg.kill()
-                # the session leader: bwrap (whose pid 1 then dies), or the child itself
-                with suppress(ProcessLookupError, PermissionError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
+                # The session leader's group: bwrap (whose pid 1 then dies), or the child and
+                # what stayed in its group. Once the leader is reaped its number could be
+                # reused, so only while it is not, and in the round right after.
+                if self.proc.returncode is None or first:
+                    with suppress(ProcessLookupError, PermissionError):
+                        os.killpg(self.proc.pid, signal.SIGKILL)
+                first = False
                 if await self._gone():
                     return
                 await anyio.sleep(0.02)
