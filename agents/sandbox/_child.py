@@ -13,6 +13,12 @@ standard library until pytest, and nothing submitted runs before it is done:
    and abstract unix sockets) and the seccomp filter, ask for SIGKILL if the parent
    dies (Landlock backend), then run pytest with the harness plugin.
 
+Landlock is applied with the few ctypes calls below rather than a binding: the
+``landlock`` package (1.0.0.dev5) has no network or scope rules and decides failure
+from errno instead of the return value; ``py-landlock`` (0.1.1, alpha) is newer than
+our needs are old. Neither could be imported here anyway without trusting the
+sandbox interpreter's site-packages before Landlock is on.
+
 The harness counts outcomes from pytest's hooks and writes one JSON line to the report
 pipe when the session ends, carrying the run's random token, which the parent handed
 over on a pipe read (and closed) before anything submitted was imported. A line
