@@ -15,9 +15,9 @@ standard library until pytest, and nothing submitted runs before it is done:
 
 Landlock is applied with the few ctypes calls below rather than a binding: the
 ``landlock`` package (1.0.0.dev5) has no network or scope rules and decides failure
-from errno instead of the return value; ``py-landlock`` (0.1.1, alpha) is newer than
-our needs are old. Neither could be imported here anyway without trusting the
-sandbox interpreter's site-packages before Landlock is on.
+from errno instead of the return value; ``py-landlock`` (0.1.1, alpha, one author)
+rejects a read rule on a single file through its high-level API. These calls run on
+every sandboxed test run, so the tests cover them.
 
 The harness counts outcomes from pytest's hooks and writes one JSON line to the report
 pipe when the session ends, carrying the run's random token, which the parent handed
