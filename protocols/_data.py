@@ -84,7 +84,15 @@ class Verdict(_Data):
 
 @data_type("swarmbus.TestReport")
 class TestReport(_Data):
-    """What running tests in the sandbox showed."""
+    """What running tests in the sandbox showed.
+
+    ``passed``, ``failed``, ``errors``, ``failed_tests`` and ``output`` come from the
+    process that ran the submitted code when ``self_reported`` is true: a hostile
+    submission can forge them. ``timed_out``, ``limits_hit`` and a negative
+    ``exit_code`` (killed by that signal) are observed from outside the sandbox.
+    ``kind="acceptance"`` is a run of hidden tests; it counts only with
+    ``token_verified`` (the run's random token came back after the checks).
+    """
 
     __test__ = False  # not a pytest class
 
@@ -96,14 +104,27 @@ class TestReport(_Data):
     timed_out: bool = False
     output: str = ""
     truncated: bool = False
+    kind: Literal["submitted", "acceptance"] = "submitted"
+    isolation: str = Field("", description="How the run was isolated, in one line.")
+    self_reported: bool = Field(
+        True, description="The counts come from the submission's own process (forgeable)."
+    )
+    token_verified: bool = Field(
+        False, description="Acceptance: the per-run token came back after every check."
+    )
+    limits_hit: list[str] = Field(
+        default_factory=list, description="Enforced from outside: timeout, cpu, memory, processes."
+    )
 
     @property
     def ok(self) -> bool:
-        """Tests ran, at least one passed, none failed or errored, exit code 0."""
+        """Tests ran, at least one passed, none failed or errored, exit code 0, no
+        timeout; for an acceptance run also the token."""
         return (
             self.exit_code == 0
             and self.passed > 0
             and self.failed == 0
             and self.errors == 0
             and not self.timed_out
+            and (self.kind != "acceptance" or self.token_verified)
         )

@@ -251,7 +251,7 @@ async def test_kill_9_coder_twice_and_reviewer_once_mid_work(
            paid_before_cache_put=len(uncached), paid_twice=len(paid_twice),
            redeliveries=redelivered, from_cache_in_trail=sum(trail.values()),
            # a SIGKILLed reviewer cannot remove the directories of its sandbox runs
-           sandbox_dirs_left=len(list(tmpdir.glob("swarmbus-sandbox-*"))),
+           sandbox_dirs_left=len(list(tmpdir.glob("swarmbus-sandbox-*/*"))),
            kills=[(k.role, len(k.mid_call), len(k.held), len(k.fresh)) for k in kills])
 
     assert [k.role for k in kills] == ["coder", "coder", "reviewer"]

@@ -1,4 +1,8 @@
-"""The executable-review sandbox: limits, secrets, truncation, escapes (issues 4 and 5)."""
+"""The executable-review sandbox: limits, secrets, truncation, escapes (issues 4 and 5).
+
+These run with ``isolation: auto`` (bubblewrap where it works, as in CI); the attacks
+of the root-daemon issue are in test_sandbox_attacks.py, acceptance runs in
+test_sandbox_acceptance.py."""
 
 from __future__ import annotations
 
@@ -6,60 +10,29 @@ import os
 import socket
 import subprocess
 import sys
-import textwrap
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
 import pydantic
 import pytest
+from _sandbox_helpers import BACKENDS, BWRAP, marker, needs_bwrap, run
 
-from swarmbus.agents._sandbox import SandboxLimits, landlock_abi, run_tests
-from swarmbus.protocols import SourceFile, TestReport
+from swarmbus.agents.sandbox import (
+    SandboxLimits,
+    SandboxUnavailableError,
+    check_isolation,
+    describe_isolation,
+    install_hint,
+    landlock_abi,
+    run_tests,
+)
+from swarmbus.protocols import ConfigError, SourceFile
 
 pytestmark = pytest.mark.anyio
+__all__ = ["marker"]  # a fixture, imported for its tests
 
 FAST = SandboxLimits(timeout_s=20)
-needs_landlock = pytest.mark.skipif(landlock_abi() < 1, reason="kernel without Landlock")
-
-
-@pytest.fixture
-def anyio_backend() -> tuple[str, dict[str, bool]]:
-    return ("asyncio", {"debug": True})  # asyncio debug mode: hostile tests
-
-
-async def run(
-    source: str, *, limits: SandboxLimits = FAST, path: str = "test_sub.py"
-) -> TestReport:
-    return await run_tests([SourceFile(path=path, content=textwrap.dedent(source))], limits=limits)
-
-
-def alive_with(marker: str) -> list[int]:
-    """Live (non-zombie) processes whose command line carries ``marker``."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if marker.encode() in cmdline and state != "Z":
-            pids.append(int(entry))
-    return pids
-
-
-@pytest.fixture
-def marker() -> Iterator[str]:
-    value = f"sandbox-marker-{uuid.uuid4().hex}"
-    yield value
-    deadline = time.monotonic() + 0.5  # SIGKILLed processes need a moment to exit
-    while alive_with(value) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert alive_with(value) == []
 
 
 async def test_passing_suite_is_counted() -> None:
@@ -233,89 +206,70 @@ async def test_child_environment_has_no_secrets(monkeypatch: pytest.MonkeyPatch)
         assert name not in report.output
         assert value not in report.output
     home = report.output.split("ENV HOME=", 1)[1].split()[0]
-    assert home != os.environ.get("HOME") and "swarmbus-" in home
+    assert home != os.environ.get("HOME") and (home == "/box/home" or "swarmbus-" in home)
 
 
-@needs_landlock
-async def test_child_cannot_read_the_host(tmp_path: Path) -> None:
+@pytest.mark.parametrize("limits", BACKENDS)
+async def test_child_cannot_read_the_host(limits: SandboxLimits, tmp_path: Path) -> None:
+    # Landlock refuses (PermissionError); under bubblewrap the paths are not there at all,
+    # or /proc/1 is the sandbox's own init, owned by another uid.
     secret = tmp_path / "secret.env"
     secret.write_text("OPENAI_API_KEY=sk-canary-file\n")
+    project = Path(__file__).resolve().parent / "conftest.py"
     report = await run(
         f"""
         import os, pytest
 
         @pytest.mark.parametrize("path", [
             "{secret}", "/proc/{os.getpid()}/environ", "/proc/1/environ",
-            "/proc/{os.getpid()}/cmdline", os.path.expanduser("~root/.bashrc"),
+            "/proc/{os.getpid()}/cmdline", "/root/.bashrc", "{project}",
         ])
         def test_read(path):
-            with pytest.raises(PermissionError):
+            with pytest.raises(OSError):
                 open(path, "rb").read()
-        """
+        """,
+        limits=limits,
     )
-    assert report.passed == 5 and report.ok, report.output
+    assert report.passed == 6 and report.ok, report.output
     assert "sk-canary-file" not in report.output
 
 
-@pytest.mark.parametrize(
-    "attempt",
-    [
-        "open(TARGET, 'w').write('x')",
-        "os.close(os.open(TARGET, os.O_WRONLY | os.O_CREAT))",
-        "shutil.copyfile(__file__, TARGET)",
-        "os.symlink(TARGET, 'link'); open('link', 'w').write('x')",
-        "open('moved', 'w').write('x'); os.rename('moved', TARGET)",
-        "os.link(VICTIM, 'hard'); open('hard', 'w').write('x')",
-        "open(VICTIM, 'a').write('x')",
-        "os.truncate(VICTIM, 0)",
-        "os.remove(VICTIM)",
-    ],
-)
-async def test_python_cannot_write_outside_the_sandbox(attempt: str, tmp_path: Path) -> None:
+_WRITES = [
+    "open(TARGET, 'w').write('x')",
+    "os.close(os.open(TARGET, os.O_WRONLY | os.O_CREAT))",
+    "shutil.copyfile(__file__, TARGET)",
+    "os.symlink(TARGET, 'link'); open('link', 'w').write('x')",
+    "open('moved', 'w').write('x'); os.rename('moved', TARGET)",
+    "os.link(VICTIM, 'hard'); open('hard', 'w').write('x')",
+    "open(VICTIM, 'a').write('x')",
+    "os.truncate(VICTIM, 0)",
+    "os.remove(VICTIM)",
+    "subprocess.run(['sh', '-c', 'echo x > ' + TARGET]); assert os.path.exists(TARGET)",
+    "assert ctypes.CDLL(None).creat(TARGET.encode(), 0o644) >= 0",
+    "subprocess.run([sys.executable, '-I', '-c', f'open({TARGET!r}, \"w\")'], check=True)",
+]
+
+
+@pytest.mark.parametrize("limits", BACKENDS)
+async def test_nothing_writes_outside_the_sandbox(limits: SandboxLimits, tmp_path: Path) -> None:
+    # Python, libc through ctypes, a shell and a fresh interpreter: the kernel refuses
+    # them all (Landlock), or the host path is not in the sandbox's view at all.
     target, victim = tmp_path / "pwned", tmp_path / "victim.txt"
     victim.write_text("original")
-    report = await run(
-        f"""
-        import os, shutil
-        TARGET, VICTIM = {str(target)!r}, {str(victim)!r}
-
-        def test_escape():
-            {attempt}
-        """
+    tests = "\n".join(
+        f"def test_escape_{i}():\n    {attempt}\n" for i, attempt in enumerate(_WRITES)
     )
-    assert report.failed_tests == ["test_sub.py::test_escape"], report.output
-    assert "PermissionError" in report.output
+    report = await run(
+        "import ctypes, os, shutil, subprocess, sys\n"
+        f"TARGET, VICTIM = {str(target)!r}, {str(victim)!r}\n\n{tests}",
+        limits=limits,
+    )
+    assert report.failed == len(_WRITES) and report.passed == 0, report.output
     assert not target.exists() and victim.read_text() == "original"
 
 
-@needs_landlock
-@pytest.mark.parametrize(
-    "attempt",
-    [
-        "subprocess.run(['sh', '-c', 'echo x > ' + TARGET]); ok = os.path.exists(TARGET)",
-        "ok = ctypes.CDLL(None).creat(TARGET.encode(), 0o644) >= 0",
-        "subprocess.run([sys.executable, '-I', '-c', f'open({TARGET!r}, \"w\")']); ok = False",
-    ],
-    ids=["shell", "ctypes", "python-without-hook"],
-)
-async def test_non_python_writes_are_stopped_by_the_kernel(attempt: str, tmp_path: Path) -> None:
-    target = tmp_path / "pwned"
-    report = await run(
-        f"""
-        import ctypes, os, subprocess, sys
-        TARGET = {str(target)!r}
-
-        def test_escape():
-            {attempt}
-            assert not ok
-        """
-    )
-    assert report.ok, report.output
-    assert not target.exists()
-
-
-@pytest.mark.skipif(landlock_abi() < 4, reason="Landlock network rules need ABI 4")
 async def test_network_is_refused_unless_allowed() -> None:
+    # Refused by Landlock (ABI 4+) or unreachable from bubblewrap's network namespace.
     with socket.create_server(("127.0.0.1", 0)) as server:
         port = server.getsockname()[1]
         source = f"""
@@ -326,20 +280,26 @@ async def test_network_is_refused_unless_allowed() -> None:
             """
         refused = await run(source)
         allowed = await run(source, limits=SandboxLimits(timeout_s=20, allow_network=True))
-    assert refused.failed == 1 and "PermissionError" in refused.output
+    assert refused.failed == 1 and ("PermissionError" in refused.output
+                                    or "ConnectionRefusedError" in refused.output)
     assert allowed.ok, allowed.output
 
 
-@pytest.mark.skipif(landlock_abi() < 6, reason="Landlock signal scoping needs ABI 6")
-async def test_child_cannot_signal_the_host() -> None:
+@pytest.mark.parametrize("limits", BACKENDS)
+async def test_child_cannot_signal_the_host(limits: SandboxLimits) -> None:
+    if limits.isolation == "landlock" and landlock_abi() < 6:
+        pytest.skip("Landlock signal scoping needs ABI 6")
     report = await run(
         f"""
         import os, pytest
 
         def test_signal_parent():
-            with pytest.raises(PermissionError):
-                os.kill({os.getpid()}, 0)  # a probe: even a harmless signal is refused
-        """
+            # a probe: even a harmless signal is refused (Landlock), or the pid is not
+            # in the sandbox's PID namespace at all (bubblewrap)
+            with pytest.raises((PermissionError, ProcessLookupError)):
+                os.kill({os.getpid()}, 0)
+        """,
+        limits=limits,
     )
     assert report.ok, report.output
 
@@ -390,43 +350,51 @@ def test_limits_are_validated() -> None:
         SandboxLimits(timeout_s=0)
     with pytest.raises(pydantic.ValidationError):
         SandboxLimits(memroy_mb=10)  # type: ignore[call-arg]
+    with pytest.raises(pydantic.ValidationError, match="must fit in the box"):
+        SandboxLimits(disk_mb=8, max_total_bytes=9 << 20)
+    with pytest.raises(pydantic.ValidationError):
+        SandboxLimits(isolation="docker")
 
 
 _ORPHAN_DRIVER = """
 import sys, anyio
-from swarmbus.agents._sandbox import SandboxLimits, run_tests
+from swarmbus.agents.sandbox import SandboxLimits, run_tests
 from swarmbus.protocols import SourceFile
 test = "import time\\n\\ndef test_sleeps():\\n    print('SANDBOX-STARTED', flush=True)\\n" \\
        "    time.sleep(120)\\n"
 anyio.run(lambda: run_tests([SourceFile(path="test_s.py", content=test)],
-                            limits=SandboxLimits(timeout_s=100)))
+                            limits=SandboxLimits(timeout_s=100, isolation=sys.argv[1])))
 """
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(sys.platform != "linux", reason="parent-death signal is Linux-only")
-async def test_sigkilled_owner_leaves_no_orphan_and_its_dir_is_swept(tmp_path: Path) -> None:
+@pytest.mark.parametrize("limits", BACKENDS)
+async def test_sigkilled_owner_leaves_no_orphan_and_its_dir_is_swept(
+    limits: SandboxLimits, tmp_path: Path
+) -> None:
     env = {**os.environ, "TMPDIR": str(tmp_path)}
-    owner = subprocess.Popen([sys.executable, "-c", _ORPHAN_DRIVER], env=env)
+    base = tmp_path / f"swarmbus-sandbox-{os.geteuid()}"
+    owner = subprocess.Popen([sys.executable, "-c", _ORPHAN_DRIVER, limits.isolation], env=env)
     try:
         with anyio.fail_after(30):
-            while not list(tmp_path.glob(f"swarmbus-sandbox-{owner.pid}-*")) or not _sandboxed(
-                owner.pid
+            while not list(base.glob(f"{owner.pid}-*")) or not any(
+                b"child.py" in _cmdline(pid) for pid in _tree(owner.pid)
             ):
                 await anyio.sleep(0.05)
-        children = _sandboxed(owner.pid)
+        await anyio.sleep(0.3)
+        tree = _tree(owner.pid)  # bwrap, the sandbox's init and the child; or the child
         owner.kill()
         owner.wait()
-        with anyio.fail_after(10):  # PR_SET_PDEATHSIG: the sandbox dies with its owner
-            while any(_exists(pid) for pid in children):
+        with anyio.fail_after(10):  # the sandbox dies with its owner
+            while any(_exists(pid) for pid in tree):
                 await anyio.sleep(0.05)
     finally:
         if owner.poll() is None:
             owner.kill()
-    stale = list(tmp_path.glob(f"swarmbus-sandbox-{owner.pid}-*"))
+    stale = list(base.glob(f"{owner.pid}-*"))
     assert stale, "a SIGKILLed owner cannot remove its sandbox directory"
     proc = subprocess.run(
-        [sys.executable, "-c", "import anyio\nfrom swarmbus.agents._sandbox import run_tests\n"
+        [sys.executable, "-c", "import anyio\nfrom swarmbus.agents.sandbox import run_tests\n"
          "anyio.run(run_tests, [])"],
         env=env, check=True, timeout=60,
     )
@@ -434,17 +402,28 @@ async def test_sigkilled_owner_leaves_no_orphan_and_its_dir_is_swept(tmp_path: P
     assert not any(p.exists() for p in stale), "the next sandbox run sweeps dead owners' dirs"
 
 
-def _sandboxed(owner: int) -> list[int]:
-    """Direct children of ``owner`` (the sandboxed interpreter)."""
-    out = []
+def _tree(owner: int) -> list[int]:
+    """Every descendant of ``owner`` (bwrap, the sandbox's init, the interpreter...)."""
+    children: dict[int, list[int]] = {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             stat = Path(f"/proc/{pid}/stat").read_text()
         except OSError:
             continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == owner:
-            out.append(int(pid))
+        children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(pid))
+    out, todo = [], [owner]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
     return out
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def _exists(pid: int) -> bool:
@@ -453,3 +432,64 @@ def _exists(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+# -- which isolation, and refusing to start without the one required --------------------------
+
+MISSING = "/nonexistent/bwrap"
+
+
+def test_untrusted_code_requires_bubblewrap_with_the_install_command() -> None:
+    for limits in (SandboxLimits(bwrap_path=MISSING),
+                   SandboxLimits(isolation="bubblewrap", bwrap_path=MISSING)):
+        with pytest.raises(SandboxUnavailableError) as caught:
+            check_isolation(limits)
+        assert install_hint() in str(caught.value) and "isolation: landlock" in str(caught.value)
+        assert isinstance(caught.value, ConfigError)
+    assert "bubblewrap" in install_hint()
+
+
+@pytest.mark.skipif(landlock_abi() < 1, reason="kernel without Landlock")
+def test_the_weaker_backend_says_what_it_does_not_isolate() -> None:
+    explicit = check_isolation(SandboxLimits(isolation="landlock"))
+    trusted = check_isolation(SandboxLimits(bwrap_path=MISSING), untrusted=False)
+    for iso in (explicit, trusted):
+        assert iso.backend == "landlock" and iso.describe().startswith("Landlock only (weaker)")
+        assert any("network" in gap for gap in iso.gaps)
+        assert any("PID namespace" in gap for gap in iso.gaps)
+
+
+async def test_a_missing_required_backend_is_a_config_error_not_a_report() -> None:
+    with pytest.raises(SandboxUnavailableError):
+        await run_tests([SourceFile(path="test_x.py", content="def test_x():\n    pass\n")],
+                        limits=SandboxLimits(isolation="bubblewrap", bwrap_path=MISSING))
+
+
+@needs_bwrap
+async def test_the_report_names_the_isolation() -> None:
+    iso = check_isolation(BWRAP)
+    assert iso.backend == "bubblewrap" and not iso.gaps, iso.gaps
+    assert describe_isolation(BWRAP).startswith("bubblewrap ")
+    report = await run("def test_x():\n    pass\n", limits=BWRAP)
+    assert report.ok and report.isolation == iso.describe() and report.self_reported
+    assert report.output.endswith(f"[sandbox] isolation: {iso.describe()}")
+
+
+def test_the_public_surface() -> None:
+    import swarmbus.agents.sandbox as pkg
+
+    assert isinstance(pkg.__all__, tuple) and len(set(pkg.__all__)) == len(pkg.__all__)
+    public = {n for n, v in vars(pkg).items() if not n.startswith("_")
+              and not isinstance(v, type(pkg))}  # fmt: skip
+    assert public == set(pkg.__all__)
+
+
+def test_the_readme_sandbox_block_is_valid() -> None:
+    import re
+
+    import yaml
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = next(b for b in re.findall(r"```yaml\n(.*?)```", readme, flags=re.S)
+                 if b.startswith("sandbox:"))  # fmt: skip
+    assert SandboxLimits(**yaml.safe_load(block)["sandbox"]) == SandboxLimits()

@@ -26,8 +26,8 @@ from pydantic import SecretStr
 from test_team import swarmbus_cmd
 
 from swarmbus.agents import Agent, Context, Swarm, handles
-from swarmbus.agents._sandbox import landlock_abi  # S will make this public
 from swarmbus.agents.app import main as cli_main
+from swarmbus.agents.sandbox import landlock_abi
 from swarmbus.bus import (
     Bus,
     BusUnavailableError,

@@ -27,8 +27,8 @@ from swarmbus.bus import ConsumerSettings, NatsSettings, StreamSettings
 from swarmbus.protocols import ConfigError, check_namespace
 
 from .._agent import Agent
-from .._sandbox import SandboxLimits
 from ..models import ModelConfig, ModelSettings
+from ..sandbox import SandboxLimits
 from ..workflow import DEFAULT_WORKFLOW
 
 __all__ = ["ENV_PREFIX", "CacheConfig", "RoleConfig", "SwarmConfig", "load_config"]

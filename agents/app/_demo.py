@@ -229,6 +229,7 @@ async def run_demo(*, json_out: bool = False) -> int:
     from swarmbus.protocols import TaskRequest, TaskResult
 
     from .._swarm import Swarm
+    from ..sandbox import describe_isolation
     from ._cli import follow
     from ._config import load_config
     from ._render import render_result, render_trail
@@ -236,8 +237,11 @@ async def run_demo(*, json_out: bool = False) -> int:
 
     with tempfile.TemporaryDirectory(prefix="swarmbus-demo-") as tmp:
         async with EmbeddedServer(data_dir=tmp) as server:
-            print(f"embedded nats-server on {server.url}; scripted models (offline)\n")
             cfg = load_config(None, environ={}, offline=True, namespace="demo")
+            # The demo runs the project's own scripted code: any isolation will do, say which.
+            sandbox = describe_isolation(cfg.sandbox, untrusted=False)
+            print(f"embedded nats-server on {server.url}; scripted models (offline)\n"
+                  f"sandbox: {sandbox}\n")
             async with Swarm(build_agents(cfg), nats=server.url, namespace="demo", grace_s=5):
                 client = await SwarmClient.connect(server.url, namespace="demo")
                 async with client:

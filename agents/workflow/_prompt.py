@@ -141,6 +141,14 @@ def report_text(r: TestReport) -> str:
         f"exit code {r.exit_code}, passed {r.passed}, failed {r.failed}, errors {r.errors}"
         + (", TIMED OUT" if r.timed_out else "")
     )
+    if r.self_reported:
+        head += (
+            "\n(The counts, the failing test names and the output come from the submission's"
+            " own process, which could forge them; the timeout, limits hit and a kill by"
+            " signal are observed from outside.)"
+        )
+    if r.limits_hit:
+        head += f"\nLimits enforced by the sandbox: {', '.join(r.limits_hit)}"
     failed = "\n".join(f"- {name}" for name in r.failed_tests)
     output = _DURATION.sub("", r.output)
     return f"{head}\n{failed}\n\nOutput:\n```\n{output}\n```"

@@ -10,8 +10,8 @@ from swarmbus.protocols import CompiledWorkflow, ConfigError, SourceFile, TestRe
 
 from .._agent import Agent
 from .._guards import Guards
-from .._sandbox import SandboxLimits, run_tests
 from ..models import Model, ModelConfig, ModelSettings
+from ..sandbox import SandboxLimits, run_acceptance, run_tests
 from ._registry import Workflows
 from ._step import StepAgent
 from ._supervisor import Supervisor
@@ -21,13 +21,17 @@ __all__ = ["default_tools", "team"]
 
 
 def default_tools(sandbox: SandboxLimits | None = None) -> dict[str, Tool]:
-    """The tools a workflow can name, with the real sandbox behind ``sandbox.pytest``."""
+    """The tools a workflow can name, with the real sandbox behind ``sandbox.pytest``
+    (the submission's own tests, then the task's hidden acceptance tests, if any)."""
     limits = sandbox or SandboxLimits()
 
     async def runner(files: Sequence[SourceFile]) -> TestReport:
         return await run_tests(files, limits=limits)
 
-    return {"sandbox.pytest": SandboxPytest(runner)}
+    async def acceptance(files: Sequence[SourceFile], tests: Sequence[SourceFile]) -> TestReport:
+        return await run_acceptance(files, tests, limits=limits)
+
+    return {"sandbox.pytest": SandboxPytest(runner, acceptance=acceptance)}
 
 
 def team(
