@@ -85,8 +85,11 @@ class WorkflowError(ConfigError):
     def __init__(self, source: str, problems: list[Problem]) -> None:
         self.source = source
         self.problems = list(problems)
-        lines = "\n".join(f"  {p}" for p in self.problems)
-        super().__init__(f"invalid workflow {source}:\n{lines}")
+        if len(self.problems) == 1:  # one mistake, one line
+            super().__init__(f"invalid workflow {source}: {self.problems[0]}")
+        else:
+            lines = "\n".join(f"  {p}" for p in self.problems)
+            super().__init__(f"invalid workflow {source}:\n{lines}")
 
 
 class Edge(BaseModel):

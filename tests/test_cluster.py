@@ -92,6 +92,7 @@ async def test_swarm_survives_losing_a_node(tmp_path: Path) -> None:
                     f"{st}/supervisor", adv, f"{adv}/swarmbus_deadletter",
                     *(f"KV_swarm_{NS}_{b}" for b in (
                         "agents", "cancel", "carry", "responses", "workflows")),
+                    f"OBJ_swarm_{NS}_artifacts",
                 ]), got
                 assert all(r == (3, 3) for r in got.values()), got
 

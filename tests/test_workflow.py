@@ -177,8 +177,8 @@ def test_each_fault_names_the_file_the_path_and_the_fix(tmp_path: Path, case: st
     assert any(p.path == path and words in p.message for p in err.problems), err.problems
     code, out, stderr = run_cli("workflow", "check", str(file))
     assert code == 2 and out == ""
-    assert stderr.startswith(f"error: invalid workflow {file}:\n")
-    assert f"  {path}: " in stderr and "Traceback" not in stderr
+    assert stderr.startswith(f"error: invalid workflow {file}:")
+    assert f"{path}: " in stderr and "Traceback" not in stderr
 
 
 def test_check_and_show_from_the_command_line() -> None:

@@ -207,8 +207,11 @@ def load_config(
             loc = tuple(str(x) for x in err["loc"])
             var = next((v for p, v in sources.items() if loc[: len(p)] == p), None)
             shown = ".".join(loc) + (f" (from the environment variable {var})" if var else "")
-            lines.append(f"  {shown}: {err['msg']}")
-        raise ConfigError(f"invalid swarm config{where}:\n" + "\n".join(lines)) from None
+            lines.append(f"{shown}: {err['msg'].removeprefix('Value error, ')}")
+        if len(lines) == 1:  # one mistake, one line
+            raise ConfigError(f"invalid swarm config{where}: {lines[0]}") from None
+        body = "\n".join(f"  {line}" for line in lines)
+        raise ConfigError(f"invalid swarm config{where}:\n{body}") from None
     except ConfigError as e:
         where = f" in {path}" if path else ""
         raise ConfigError(f"invalid swarm config{where}: namespace: {e}") from None

@@ -11,6 +11,7 @@ from swarmbus.protocols import CompiledWorkflow, ConfigError
 
 from .._agent import Agent
 from ..models import FallbackModel, Model, build_model, price_for
+from ..sandbox import check_isolation
 from ..workflow import Tool, default_tools, load_workflow, team
 from ._config import RoleConfig, SwarmConfig
 from ._demo import offline_models
@@ -71,6 +72,14 @@ def build_agents(
         cache_ttl_s=cache, share_cache=cfg.cache.share_across_workflows,
     )
     agents.extend(cfg.custom_agents())
+    if tools is None and any("sandbox.pytest" in wf.steps[s].tools
+                             for r in running for s in wf.roles[r]):
+        # Model-written code runs in the sandbox: refuse to start without the isolation it
+        # needs (the offline models' code is the project's own, so any isolation will do).
+        iso = check_isolation(cfg.sandbox, untrusted=not cfg.offline)
+        log.info("sandbox", isolation=iso.describe())
+        for gap in iso.gaps:
+            log.warning("sandbox does not isolate", gap=gap)
     if not running and not cfg.agents:
         raise ConfigError(
             f"no agents to run: give the roles of workflow {wf.name!r} "
