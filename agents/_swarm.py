@@ -17,6 +17,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from swarmbus.bus import (
     AGENTS_BUCKET,
+    AGENTS_STORAGE,
     Bus,
     ConsumerStats,
     NatsSettings,
@@ -34,6 +35,8 @@ __all__ = ["Swarm"]
 log = structlog.get_logger("swarmbus.swarm")
 
 _ANNOUNCE_EVERY_S = 5.0
+_END_TOPICS = ("result",)
+"""A workflow with a message here has ended (its only result)."""
 
 
 class Swarm:
@@ -44,6 +47,10 @@ class Swarm:
     block stops fetching, lets in-flight handlers finish within ``grace_s``,
     naks the rest and drains the connection. ``serve()`` does the same until
     SIGTERM or SIGINT. Pass ``bus=`` to share a connection you own.
+
+    Consumers that exist already keep their server-side settings (ack wait, max
+    deliveries; a warning names both values) unless ``update_consumers``, which
+    rewrites them with the agents' (``swarmbus up --update-consumers``).
     """
 
     def __init__(
@@ -57,6 +64,7 @@ class Swarm:
         grace_s: float = 30.0,
         dead_letters: bool = True,
         announce: bool = True,
+        update_consumers: bool = False,
     ) -> None:
         names = [a.name for a in agents]
         if len(set(names)) != len(names):
@@ -71,6 +79,7 @@ class Swarm:
         self._owns_bus = bus is None
         self._dead_letters = dead_letters
         self._announce = announce
+        self._update_consumers = update_consumers
         self._consumers: dict[str, list[PullConsumer]] = {}
         self._stop = anyio.Event()
         self._tg: TaskGroup | None = None
@@ -107,10 +116,14 @@ class Swarm:
                     for _ in range(agent.replicas):
                         consumer = PullConsumer(
                             bus, agent.name, handler, topics=agent.topics, settings=agent.consumer,
-                            deliver_all=agent.deliver_all,
+                            start=agent.start, update=self._update_consumers,
+                            end_topics=_END_TOPICS if agent.start == "pending" else (),
                         )
                         self._consumers.setdefault(agent.name, []).append(consumer)
                         await tg.start(self._run_consumer, consumer)
+                    # The settings in force (an existing consumer's win): the agent decides
+                    # with them (e.g. its last delivery), and announces them.
+                    agent.consumer = self._consumers[agent.name][0].settings
                 if self._dead_letters:
                     dlw = dead_letter_worker(bus)
                     self._consumers[dlw.durable] = [dlw]
@@ -160,12 +173,16 @@ class Swarm:
                 self.stop()
 
     async def _announce_loop(self) -> None:
-        store = await self.bus.key_value(AGENTS_BUCKET, ttl_s=_ANNOUNCE_TTL_S)
+        store = await self.bus.key_value(AGENTS_BUCKET, ttl_s=_ANNOUNCE_TTL_S,
+                                         storage=AGENTS_STORAGE)
         keys = {a.name: f"{a.name}.{self.instance}" for a in self.agents}
         try:
             while not self._stop.is_set():
+                stalled = self.bus.stalled.status if self.bus.stalled is not None else ""
                 for agent in self.agents:
-                    all_stats = [c.stats for c in self._consumers[agent.name]]
+                    consumers = self._consumers[agent.name]
+                    all_stats = [c.stats for c in consumers]
+                    settings = consumers[0].settings  # in force (adopted or updated)
                     stats = ConsumerStats(
                         in_flight=sum(s.in_flight for s in all_stats),
                         handled=sum(s.handled for s in all_stats),
@@ -177,12 +194,14 @@ class Swarm:
                         namespace=self.namespace, model=agent.model_name,
                         version=agent.version, host=socket.gethostname(), pid=os.getpid(),
                         started_at=self._started_at,
-                        concurrency=agent.consumer.concurrency * agent.replicas,
+                        concurrency=settings.concurrency * agent.replicas,
                         in_flight=stats.in_flight, handled=stats.handled, failed=stats.retried,
                         dead_lettered=stats.dead_lettered,
-                        settings={"ack_wait_s": agent.consumer.ack_wait_s,
-                                  "max_deliver": agent.consumer.max_deliver,
-                                  "concurrency": agent.consumer.concurrency},
+                        settings={"ack_wait_s": settings.ack_wait_s,
+                                  "max_deliver": settings.max_deliver,
+                                  "max_ack_pending": settings.max_ack_pending,
+                                  "concurrency": settings.concurrency},
+                        stalled=stalled,
                     )
                     try:
                         await store.put(keys[agent.name], ann.model_dump_json().encode())

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextvars
 import math
 import re
+import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -31,6 +33,7 @@ from swarmbus.protocols import (
 from ._codec import DecodeError, Envelope, decode, encode
 from ._connect import NatsSettings, connect
 from ._kv import KeyValueStore
+from ._resume import pending_messages
 from ._secrets import scrub, scrub_bytes
 
 __all__ = [
@@ -39,12 +42,28 @@ __all__ = [
     "ConsumerSettings",
     "PayloadTooLargeError",
     "PublishResult",
+    "StoreUnavailableError",
     "StoredMessage",
     "StreamSettings",
     "SubjectTakenError",
 ]
 
+# JetStream error codes (nats-server's errors.json).
 _WRONG_LAST_SEQUENCE = 10071
+_SUBJECT_BUSY = frozenset({
+    10164,  # wrong last sequence, no number: another expecting publish on the subject in flight
+    10163,  # expected last sequence per subject temporarily unavailable
+})
+_NO_STORAGE = frozenset({
+    10023,  # insufficient resources: the server's max_file_store / max_memory_store reached
+    10002,  # resource limits exceeded for account
+    10047,  # insufficient storage resources available
+    10028,  # insufficient memory resources available
+})
+_STORE_FAILED = 10077  # the stream's own limits (max_bytes, max_msgs with discard new), or IO
+_OFFLINE = frozenset({10008, 10118, 10194})  # cluster unavailable, stream offline
+_MESSAGE_TOO_LARGE = 10054
+_STREAM_NOT_FOUND = 10059
 EXPECT_FIRST = "Nats-Expected-Last-Subject-Sequence"
 """The JetStream header a ``first=True`` publish sets to ``0``; the stored message keeps it."""
 
@@ -65,6 +84,34 @@ class SubjectTakenError(SwarmbusError):
         self.last_seq = last_seq
 
 
+class StoreUnavailableError(ExternalError):
+    """JetStream cannot store a message now: out of storage (``reason="full"``), or the
+    stream is offline or gone (``"unavailable"``). Not the message's fault: publish it
+    again later. ``str()`` says what to do (free space, raise a limit)."""
+
+    def __init__(self, message: str, *, stream: str, reason: Literal["full", "unavailable"],
+                 code: int | None = None) -> None:
+        super().__init__(message)
+        self.stream = stream
+        self.reason: Literal["full", "unavailable"] = reason
+        self.code = code
+
+    @property
+    def status(self) -> str:
+        """``storage full`` or ``stream unavailable`` (what ``status`` shows)."""
+        return "storage full" if self.reason == "full" else "stream unavailable"
+
+
+_holding: contextvars.ContextVar[bool] = contextvars.ContextVar("swarmbus_hold", default=False)
+
+
+def hold_publishes() -> None:
+    """In the calling task (and tasks it starts), a publish the store cannot take now
+    waits until it can instead of raising ``StoreUnavailableError`` (what a consumer's
+    workers do: the delivery is held, so an answer already paid for is not lost)."""
+    _holding.set(True)
+
+
 class StreamSettings(BaseModel):
     """The namespace's stream (the work queue and the audit trail)."""
 
@@ -77,6 +124,10 @@ class StreamSettings(BaseModel):
         600, gt=0, description="De-duplication window for Nats-Msg-Id; covers redeliveries."
     )
     storage: Literal["file", "memory"] = "file"
+    max_bytes: int = Field(
+        0, ge=0, description="Cap on the stream's size in bytes (0: none). A full stream "
+        "refuses new messages (agents hold their outputs until space returns); it never "
+        "drops queued work.")
 
 
 class ConsumerSettings(BaseModel):
@@ -98,6 +149,28 @@ class ConsumerSettings(BaseModel):
         ``retry_delay_s`` doubling per delivery, at most ``max_retry_delay_s``."""
         base = self.retry_delay_s * math.pow(2, max(0, delivered - 1))
         return min(base, self.max_retry_delay_s)
+
+
+ConsumerStart = Literal["new", "all", "pending"]
+"""Where a new durable consumer starts (see ``Bus.ensure_consumer``)."""
+
+_SERVER_SIDE = ("ack_wait_s", "max_deliver", "max_ack_pending")
+
+
+@dataclass(frozen=True, slots=True)
+class EnsuredConsumer:
+    """The consumer as it is now: ``settings`` in force (the existing consumer's
+    server-side values win, see ``Bus.ensure_consumer``); ``created`` when this
+    call made it. A consumer created at ``"pending"`` has read the stream up to
+    ``replay_until``: of those messages it is to handle only ``pending`` (stream
+    sequences); the others were answered already. ``ack_floor``: the stream
+    sequence below which everything is acknowledged (0 when unknown)."""
+
+    settings: ConsumerSettings
+    created: bool = False
+    replay_until: int = 0
+    pending: frozenset[int] | None = None
+    ack_floor: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +224,14 @@ class Bus:
         self.reconnects = 0
         self._closing = False
         self._kv: dict[str, KeyValueStore] = {}
+        self.stalled: StoreUnavailableError | None = None
+        """Why publishes are held right now (None: the store takes messages)."""
+        self._held = 0
+        self._store_ok = anyio.Event()
+        self._store_ok.set()
+        self._stalled_at = 0.0
+        self._reminded = 0.0
+        self._healing: anyio.Lock = anyio.Lock()
 
     @classmethod
     async def connect(
@@ -213,6 +294,8 @@ class Bus:
                 num_replicas=s.replicas,
                 max_age=s.max_age_s or None,
                 max_msg_size=s.max_msg_bytes,
+                max_bytes=s.max_bytes or -1,
+                discard=api.DiscardPolicy.NEW,
                 duplicate_window=s.duplicate_window_s,
                 allow_direct=True,
             ),
@@ -251,6 +334,8 @@ class Bus:
             or current.max_msg_size != config.max_msg_size
             or (config.max_age is not None and current.max_age != config.max_age)
             or current.duplicate_window != config.duplicate_window
+            or (config.max_bytes or -1) != (current.max_bytes or -1)
+            or (config.discard is not None and current.discard != config.discard)
         ):
             await self.js.update_stream(config)
 
@@ -262,46 +347,83 @@ class Bus:
         *,
         stream: str | None = None,
         filters: list[str] | None = None,
-        deliver_all: bool = False,
-        update: bool = True,
-    ) -> None:
-        """Create (from "now", or from the start with ``deliver_all``) or update the
-        durable pull consumer for ``topics``. ``update=False`` leaves an existing one."""
-        s = settings or ConsumerSettings()
+        start: ConsumerStart = "new",
+        after_seq: int = 0,
+        end_topics: tuple[str, ...] = (),
+        update: bool = False,
+    ) -> EnsuredConsumer:
+        """Create the durable pull consumer for ``topics``, or adopt the existing one.
+
+        A new consumer starts at ``start``: ``"new"`` (only what comes next),
+        ``"all"`` (the oldest message), or ``"pending"``: the oldest message of its
+        topics (after ``after_seq``) that ``durable`` has not answered (no message
+        with its ``Swarm-Sender`` caused by it) in a workflow with nothing on
+        ``end_topics``; ``EnsuredConsumer.pending`` then lists what to handle of
+        what was in the stream (the rest is done).
+
+        An existing consumer's server-side settings (ack wait, max deliveries, max
+        ack pending) win over ``settings`` — with a warning naming both — unless
+        ``update=True``, which rewrites them. Its filters follow ``topics`` (a
+        changed workflow) and its replicas the stream's. The settings in force are
+        returned: a replica must use them (keep-alives follow the ack wait).
+        """
+        own = settings or ConsumerSettings()
         want = filters or sorted(topic_filter(self.namespace, t) for t in topics)
-        config = api.ConsumerConfig(
-            name=durable,
-            durable_name=durable,
-            deliver_policy=api.DeliverPolicy.ALL if deliver_all else api.DeliverPolicy.NEW,
-            ack_policy=api.AckPolicy.EXPLICIT,
-            ack_wait=s.ack_wait_s,
-            max_deliver=s.max_deliver,
-            max_ack_pending=s.max_ack_pending,
-            filter_subjects=want if len(want) > 1 else None,
-            filter_subject=want[0] if len(want) == 1 else None,
-            num_replicas=self.stream.replicas,
-        )
         stream = stream or self.stream_name
         try:
             info = await self.js.consumer_info(stream, durable)
         except nats.js.errors.NotFoundError:
-            await self.js.add_consumer(stream, config)
-            return
-        if not update:
-            return
+            info = None
+        if info is None:
+            pending: frozenset[int] | None = None
+            until = 0
+            config = _consumer_config(durable, want, own, self.stream.replicas)
+            if start == "all":
+                config.deliver_policy = api.DeliverPolicy.ALL
+            elif start == "pending":
+                first, until, found = await pending_messages(
+                    self, stream, want, durable, after_seq=after_seq, end_topics=end_topics)
+                pending = frozenset(found)
+                config.deliver_policy = api.DeliverPolicy.BY_START_SEQUENCE
+                config.opt_start_seq = first
+            try:
+                await self.js.add_consumer(stream, config)
+            except nats.js.errors.BadRequestError:  # created concurrently: adopt that one
+                return await self.ensure_consumer(
+                    durable, topics, settings, stream=stream, filters=filters, update=update)
+            return EnsuredConsumer(own, created=True, replay_until=until, pending=pending)
         cur = info.config
         have = sorted(cur.filter_subjects or ([cur.filter_subject] if cur.filter_subject else []))
-        if (
-            have != want
-            or cur.ack_wait != s.ack_wait_s
-            or cur.max_deliver != s.max_deliver
-            or cur.max_ack_pending != s.max_ack_pending
-            or (cur.num_replicas or 0) < self.stream.replicas  # scaled up since
-        ):
+        theirs = own.model_copy(update={
+            "ack_wait_s": cur.ack_wait if cur.ack_wait is not None else own.ack_wait_s,
+            "max_deliver": cur.max_deliver if cur.max_deliver is not None else own.max_deliver,
+            "max_ack_pending": cur.max_ack_pending or own.max_ack_pending,
+        })
+        differ = {k: (getattr(theirs, k), getattr(own, k)) for k in _SERVER_SIDE
+                  if getattr(theirs, k) != getattr(own, k)}
+        effective = own if update else theirs
+        if differ and not update:
+            log.warning(
+                "consumer settings differ from this process's: using the existing consumer's",
+                consumer=durable, differ={k: {"consumer": a, "configured": b}
+                                          for k, (a, b) in differ.items()},
+                fix=f"configure {', '.join(f'{k}={a}' for k, (a, _) in differ.items())} for "
+                    f"{durable} to match, or start with --update-consumers to apply "
+                    f"{', '.join(f'{k}={b}' for k, (_, b) in differ.items())}")
+        elif differ:
+            log.warning("updating the consumer's settings (--update-consumers)",
+                        consumer=durable, changes={k: {"from": a, "to": b}
+                                                   for k, (a, b) in differ.items()})
+        if have != want:
+            log.warning("consumer filters follow this process's topics", consumer=durable,
+                        had=have, now=want)
+        if (differ and update) or have != want or (cur.num_replicas or 0) < self.stream.replicas:
+            config = _consumer_config(durable, want, effective, self.stream.replicas)
             config.deliver_policy = cur.deliver_policy
             config.opt_start_seq = cur.opt_start_seq
             config.opt_start_time = cur.opt_start_time
             await self.js.add_consumer(stream, config)
+        return EnsuredConsumer(effective, created=False, ack_floor=_ack_floor(info))
 
     async def publish(
         self,
@@ -343,7 +465,10 @@ class Bus:
         and headers first (the one way out to the stream). Raises
         ``PayloadTooLargeError`` before sending what the server would refuse (it
         closes the connection for it), ``SubjectTakenError`` when an expected last
-        subject sequence does not hold."""
+        subject sequence does not hold, ``StoreUnavailableError`` when the store
+        cannot take it now (full, offline) — except in a task that holds publishes
+        (a consumer's handlers, see ``hold_publishes``), where it waits, retrying,
+        until the store takes it. A deleted stream is re-created (with a warning)."""
         body = scrub_bytes(body)
         if headers:
             headers = {k: scrub(v) for k, v in headers.items()}
@@ -354,45 +479,197 @@ class Bus:
                 f"message of {size} bytes (body and headers) for {subj} exceeds the limit of "
                 f"{limit} bytes (server max_payload / stream.max_msg_bytes)"
             )
+        held = False
+        backoff = 0.2
         try:
-            ack = await self.js.publish(subj, body, headers=headers, timeout=10.0)
-        except (nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError) as e:
-            raise ExternalError(f"JetStream did not confirm publish to {subj}: {e!r}") from e
-        except nats.js.errors.BadRequestError as e:
-            if e.err_code == _WRONG_LAST_SEQUENCE:
-                last = (e.description or "").rsplit(":", 1)[-1].strip()
-                raise SubjectTakenError(subj, int(last) if last.isdigit() else 0) from None
-            raise
-        return PublishResult(seq=ack.seq, duplicate=bool(ack.duplicate))
+            while True:
+                try:
+                    result = await self._publish_once(subj, body, headers)
+                except StoreUnavailableError as e:
+                    if not _holding.get():
+                        raise
+                    if not held:
+                        held = True
+                        self._stall(e)
+                    self._remind(e)
+                    with anyio.move_on_after(backoff):
+                        await self._store_ok.wait()
+                    backoff = min(backoff * 2, 5.0)
+                    continue
+                self._unstall()
+                return result
+        finally:
+            if held:
+                self._held -= 1
+                if self._held == 0 and self.stalled is not None:
+                    self._unstall(force=True)  # nobody left to retry: let the next one probe
+
+    async def _publish_once(
+        self, subj: str, body: bytes, headers: dict[str, str] | None
+    ) -> PublishResult:
+        busy = 0
+        healed = False
+        while True:
+            try:
+                ack = await self.js.publish(subj, body, headers=headers, timeout=10.0)
+            except nats.js.errors.NoStreamResponseError as e:
+                # No stream takes the subject: deleted (re-create it once), or not up yet.
+                if not healed and await self._heal_stream():
+                    healed = True
+                    continue
+                raise StoreUnavailableError(
+                    f"no stream takes {subj} (stream {self.stream_name} missing or not "
+                    "ready); it is re-created when possible", stream=self.stream_name,
+                    reason="unavailable") from e
+            except nats.errors.TimeoutError as e:
+                raise ExternalError(f"JetStream did not confirm publish to {subj}: {e!r}") from e
+            except nats.js.errors.APIError as e:
+                code = e.err_code
+                if code == _WRONG_LAST_SEQUENCE:
+                    last = (e.description or "").rsplit(":", 1)[-1].strip()
+                    raise SubjectTakenError(subj, int(last) if last.isdigit() else 0) from None
+                if code in _SUBJECT_BUSY and busy < 40:
+                    # Another publish expecting this subject's last sequence is in flight:
+                    # its outcome decides ours (taken, or ours goes in).
+                    busy += 1
+                    await anyio.sleep(min(0.01 * 2**busy, 0.25))
+                    continue
+                if code == _MESSAGE_TOO_LARGE or (
+                    code == _STORE_FAILED and "size" in (e.description or "").lower()
+                ):
+                    raise PayloadTooLargeError(f"{subj}: {e.description}") from None
+                if code in _NO_STORAGE or code == _STORE_FAILED or code in _OFFLINE or (
+                    isinstance(e, nats.js.errors.ServiceUnavailableError)
+                ):
+                    raise await self._store_error(e) from None
+                raise
+            return PublishResult(seq=ack.seq, duplicate=bool(ack.duplicate))
+
+    async def _store_error(self, e: nats.js.errors.APIError) -> StoreUnavailableError:
+        """What the server said, with the figures an operator needs to act on it."""
+        name, code = self.stream_name, e.err_code
+        detail = e.description or f"error {code}"
+        if code in _OFFLINE or (code not in _NO_STORAGE and code != _STORE_FAILED):
+            return StoreUnavailableError(
+                f"stream {name} is unavailable ({detail}, code {code}); it is retried",
+                stream=name, reason="unavailable", code=code)
+        held, cap = await self._stream_bytes()
+        if code == _STORE_FAILED and cap:
+            msg = (f"stream {name} is full: {_mb(held)} of {_mb(cap)}; free space or raise "
+                   "max_bytes (stream.max_bytes)")
+        else:
+            msg = (f"stream {name} is full: the server has no JetStream storage left "
+                   f"({detail}; the stream holds {_mb(held)}); free space or raise the "
+                   "server's max_file_store (jetstream { max_file_store })")
+        return StoreUnavailableError(msg, stream=name, reason="full", code=code)
+
+    async def _stream_bytes(self) -> tuple[int, int]:
+        """(bytes stored, max_bytes or 0) of the namespace's stream; (0, 0) if unknown."""
+        try:
+            info = await self.js.stream_info(self.stream_name)
+        except (nats.errors.Error, OSError):
+            return 0, 0
+        return int(info.state.bytes or 0), max(0, info.config.max_bytes or 0)
+
+    def _stall(self, e: StoreUnavailableError) -> None:
+        self._held += 1
+        if self.stalled is None:
+            self.stalled = e
+            self._stalled_at = time.monotonic()
+            self._reminded = self._stalled_at
+            self._store_ok = anyio.Event()
+            log.error(str(e), stream=e.stream, code=e.code,
+                      what="holding outputs already paid for; pulling no new work")
+
+    def _remind(self, e: StoreUnavailableError) -> None:
+        now = time.monotonic()
+        if now - self._reminded >= 30.0:
+            self._reminded = now
+            log.error(str(e), stream=e.stream, code=e.code, held=self._held,
+                      stalled_for_s=round(now - self._stalled_at))
+
+    def _unstall(self, *, force: bool = False) -> None:
+        if self.stalled is None:
+            return
+        if not force:
+            log.warning("the store takes messages again: publishing held outputs",
+                        stream=self.stalled.stream, held=self._held,
+                        stalled_for_s=round(time.monotonic() - self._stalled_at, 1))
+        self.stalled = None
+        self._store_ok.set()
+
+    async def store_available(self) -> None:
+        """Return once no publish of this bus is held for a full or missing store."""
+        while self.stalled is not None:
+            await self._store_ok.wait()
+
+    async def _heal_stream(self) -> bool:
+        """Re-create the namespace's streams if gone; True if they exist now."""
+        async with self._healing:
+            try:
+                await self.js.stream_info(self.stream_name)
+                return True
+            except nats.js.errors.NotFoundError:
+                pass
+            except (nats.errors.Error, OSError):
+                return False
+            log.warning("stream was deleted: re-creating it (its messages are gone; work "
+                        "published from now on is kept)", stream=self.stream_name)
+            try:
+                await self.setup()
+            except (nats.errors.Error, OSError) as e:
+                log.error("could not re-create the stream", stream=self.stream_name,
+                          error=repr(e))
+                return False
+            return True
 
     async def key_value(
-        self, name: str, *, ttl_s: float | None = None, history: int = 1
+        self, name: str, *, ttl_s: float | None = None, history: int = 1,
+        storage: Literal["file", "memory"] | None = None,
     ) -> KeyValueStore:
         """Get or create the namespace's bucket ``name`` (same replicas as the stream).
 
         ``name`` is lower-case letters and digits; the bucket is
         ``swarm_<namespace>_<name>``, so two namespaces never share one (``x-y``
-        and ``x_y`` included). Raises ``ValueError`` for another name.
+        and ``x_y`` included). ``storage`` (of a bucket made now) defaults to the
+        stream's; ``memory`` suits short-lived entries (liveness), which then stay
+        writable when the file store is full. A bucket deleted later is re-created
+        on next use (with a warning). Raises ``ValueError`` for another name.
         """
         if not re.fullmatch(r"[a-z0-9]{1,32}", name):
             raise ValueError(f"bucket names are lower-case letters and digits, got {name!r}")
         bucket = f"swarm_{self.namespace}_{name}"
         store = self._kv.get(bucket)
         if store is None:
-            try:
-                kv = await self.js.key_value(bucket)
-            except nats.js.errors.BucketNotFoundError:
-                kv = await self.js.create_key_value(
-                    bucket=bucket, ttl=ttl_s, history=history, replicas=self.stream.replicas
-                )
-            else:  # made before the stream was scaled up: follow it (never scale down)
-                info = await self.js.stream_info(f"KV_{bucket}")
-                if (info.config.num_replicas or 1) < self.stream.replicas:
-                    info.config.num_replicas = self.stream.replicas
-                    await self.js.update_stream(info.config)
-            store = KeyValueStore(kv)
+            async def open_bucket() -> Any:
+                return await self._open_bucket(bucket, ttl_s, history, storage)
+
+            store = KeyValueStore(await open_bucket(), reopen=open_bucket)
             self._kv[bucket] = store
         return store
+
+    async def _open_bucket(
+        self, bucket: str, ttl_s: float | None, history: int,
+        storage: Literal["file", "memory"] | None,
+    ) -> Any:
+        kind = storage or self.stream.storage
+        want = api.StorageType.MEMORY if kind == "memory" else api.StorageType.FILE
+        try:
+            kv = await self.js.key_value(bucket)
+        except nats.js.errors.BucketNotFoundError:
+            return await self.js.create_key_value(
+                bucket=bucket, ttl=ttl_s, history=history, replicas=self.stream.replicas,
+                storage=want)
+        info = await self.js.stream_info(f"KV_{bucket}")
+        if storage is not None and info.config.storage != want:
+            # Deleting it here would race with its other users: say how to change it.
+            log.warning("bucket has other storage than asked: using it as it is (delete the "
+                        "bucket to have it made anew)", bucket=bucket, wanted=kind)
+        if (info.config.num_replicas or 1) < self.stream.replicas:
+            # Made before the stream was scaled up: follow it (never scale down).
+            info.config.num_replicas = self.stream.replicas
+            await self.js.update_stream(info.config)
+        return kv
 
     async def get(self, seq: int, *, stream: str | None = None) -> StoredMessage | None:
         try:
@@ -455,6 +732,32 @@ class Bus:
         await self.aclose()
 
 
+def _consumer_config(
+    durable: str, filters: list[str], s: ConsumerSettings, replicas: int
+) -> api.ConsumerConfig:
+    return api.ConsumerConfig(
+        name=durable,
+        durable_name=durable,
+        deliver_policy=api.DeliverPolicy.NEW,
+        ack_policy=api.AckPolicy.EXPLICIT,
+        ack_wait=s.ack_wait_s,
+        max_deliver=s.max_deliver,
+        max_ack_pending=s.max_ack_pending,
+        filter_subjects=filters if len(filters) > 1 else None,
+        filter_subject=filters[0] if len(filters) == 1 else None,
+        num_replicas=replicas,
+    )
+
+
+def _ack_floor(info: api.ConsumerInfo) -> int:
+    floor = info.ack_floor
+    return int(floor.stream_seq or 0) if floor is not None else 0
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
 def _adopt(settings: StreamSettings, current: api.StreamConfig) -> StreamSettings:
     """``settings`` with every field it leaves unset taken from the existing stream."""
     existing = {
@@ -463,6 +766,7 @@ def _adopt(settings: StreamSettings, current: api.StreamConfig) -> StreamSetting
         "max_msg_bytes": current.max_msg_size if (current.max_msg_size or 0) > 0 else None,
         "duplicate_window_s": current.duplicate_window or None,
         "storage": "memory" if current.storage == api.StorageType.MEMORY else "file",
+        "max_bytes": max(0, current.max_bytes or 0),
     }
     unset = {
         k: v for k, v in existing.items() if k not in settings.model_fields_set and v is not None

@@ -55,6 +55,8 @@ CANCEL_BUCKET = "cancel"
 CANCEL_TTL_S = 7 * 24 * 3600
 AGENTS_BUCKET = "agents"
 AGENTS_TTL_S = 20.0
+AGENTS_STORAGE = "memory"
+"""Announcements live in memory: short-lived, and writable when the file store is full."""
 
 
 class WorkflowIdTakenError(SwarmbusError, ValueError):
@@ -272,7 +274,7 @@ async def cancel_flags(bus: Bus) -> KeyValueStore:
 
 async def live_agents(bus: Bus) -> list[AgentAnnouncement]:
     """Every agent replica announced in the namespace, by agent then instance."""
-    store = await bus.key_value(AGENTS_BUCKET, ttl_s=AGENTS_TTL_S)
+    store = await bus.key_value(AGENTS_BUCKET, ttl_s=AGENTS_TTL_S, storage=AGENTS_STORAGE)
     out = []
     for key in await store.keys():
         raw = await store.get(key)
