@@ -315,7 +315,22 @@ class Bus:
             current = (await self.js.stream_info(self.advisory_stream)).config
         except nats.js.errors.NotFoundError:
             current = None
+            await self._drop_legacy_advisories(advisories.subjects or [])
         await self._ensure_stream(advisories, current)
+
+    async def _drop_legacy_advisories(self, subjects: list[str]) -> None:
+        """Versions before 0.2 named the advisory stream ``SWARM_<NS>_ADVISORIES``, which
+        is also the stream of namespace ``<ns>_advisories``: delete ours (its subjects
+        say so) so the new one can take the advisories."""
+        legacy = self.stream_name + "_ADVISORIES"
+        try:
+            info = await self.js.stream_info(legacy)
+        except nats.js.errors.NotFoundError:
+            return
+        if info.config.subjects == subjects:
+            log.warning("replacing the advisory stream of an older version",
+                        old=legacy, new=self.advisory_stream)
+            await self.js.delete_stream(legacy)
 
     async def _ensure_stream(
         self, config: api.StreamConfig, current: api.StreamConfig | None
@@ -372,7 +387,11 @@ class Bus:
         stream = stream or self.stream_name
         try:
             info = await self.js.consumer_info(stream, durable)
-        except nats.js.errors.NotFoundError:
+        except nats.js.errors.NotFoundError as e:
+            if e.err_code == _STREAM_NOT_FOUND and stream in (
+                self.stream_name, self.advisory_stream
+            ):
+                await self._heal_stream(stream)
             info = None
         if info is None:
             pending: frozenset[int] | None = None
@@ -563,6 +582,12 @@ class Bus:
                    "server's max_file_store (jetstream { max_file_store })")
         return StoreUnavailableError(msg, stream=name, reason="full", code=code)
 
+    async def stream_full(self) -> bool:
+        """Whether the stream is at its own ``max_bytes`` (the next message of the
+        largest size would be refused). False when it has no such cap."""
+        held, cap = await self._stream_bytes()
+        return bool(cap) and held + self.stream.max_msg_bytes > cap
+
     async def _stream_bytes(self) -> tuple[int, int]:
         """(bytes stored, max_bytes or 0) of the namespace's stream; (0, 0) if unknown."""
         try:
@@ -603,18 +628,19 @@ class Bus:
         while self.stalled is not None:
             await self._store_ok.wait()
 
-    async def _heal_stream(self) -> bool:
-        """Re-create the namespace's streams if gone; True if they exist now."""
+    async def _heal_stream(self, stream: str | None = None) -> bool:
+        """Re-create the namespace's streams if ``stream`` (default: the namespace's) is
+        gone, with a warning; True if it exists now."""
         async with self._healing:
             try:
-                await self.js.stream_info(self.stream_name)
+                await self.js.stream_info(stream or self.stream_name)
                 return True
             except nats.js.errors.NotFoundError:
                 pass
             except (nats.errors.Error, OSError):
                 return False
             log.warning("stream was deleted: re-creating it (its messages are gone; work "
-                        "published from now on is kept)", stream=self.stream_name)
+                        "published from now on is kept)", stream=stream or self.stream_name)
             try:
                 await self.setup()
             except (nats.errors.Error, OSError) as e:

@@ -60,6 +60,8 @@ async def pending_messages(
     """
     info = await bus.js.stream_info(stream)
     last, first = int(info.state.last_seq or 0), int(info.state.first_seq or 0)
+    if after_seq > last:  # a stream made anew since: read it all
+        after_seq = 0
     begin = max(first, after_seq + 1, 1)
     if last < begin:
         return last + 1, last, set()
