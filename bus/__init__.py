@@ -5,16 +5,10 @@ stored workflows, the embedded server, and ``SwarmClient``. Never imports
 from ._bus import (
     EXPECT_FIRST,
     Bus,
-    ConsumerSettings,
-    ConsumerStart,
-    EnsuredConsumer,
     PayloadTooLargeError,
     PublishResult,
     StoredMessage,
-    StoreUnavailableError,
-    StreamSettings,
     SubjectTakenError,
-    hold_publishes,
 )
 from ._client import (
     AGENTS_BUCKET,
@@ -39,6 +33,8 @@ from ._embedded import EmbeddedServer, NatsServerNotFoundError, find_nats_server
 from ._kv import KeyValueStore, WatchedKeys
 from ._objects import OBJECTS_BUCKET, ArtifactStore
 from ._secrets import MASK, register_secret, registered_secrets, scrub, scrub_bytes
+from ._settings import ConsumerSettings, ConsumerStart, EnsuredConsumer, StreamSettings
+from ._store import StoreGate, StoreUnavailableError, hold_publishes
 from ._workflows import WORKFLOWS_BUCKET, UnknownWorkflowError, WorkflowStore
 
 __all__ = (
@@ -70,6 +66,7 @@ __all__ = (
     "PullConsumer",
     "Reject",
     "Retry",
+    "StoreGate",
     "StoreUnavailableError",
     "StoredMessage",
     "StreamSettings",

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import contextvars
-import math
 import re
-import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -15,7 +12,6 @@ import nats.js.errors
 import structlog
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext, api
-from pydantic import BaseModel, ConfigDict, Field
 
 from swarmbus.protocols import (
     ExternalError,
@@ -26,44 +22,40 @@ from swarmbus.protocols import (
     namespace_filter,
     stream_name,
     subject,
-    topic_filter,
     workflow_filter,
 )
 
 from ._codec import DecodeError, Envelope, decode, encode
 from ._connect import NatsSettings, connect
+from ._durable import ensure_durable
 from ._kv import KeyValueStore
-from ._resume import pending_messages
 from ._secrets import scrub, scrub_bytes
+from ._settings import (
+    ConsumerSettings,
+    ConsumerStart,
+    EnsuredConsumer,
+    StreamSettings,
+    adopt_stream,
+)
+from ._store import (
+    MESSAGE_TOO_LARGE,
+    STORE_FAILED,
+    SUBJECT_BUSY,
+    WRONG_LAST_SEQUENCE,
+    StoreGate,
+    StoreUnavailableError,
+    storage_problem,
+)
 
 __all__ = [
     "EXPECT_FIRST",
     "Bus",
-    "ConsumerSettings",
     "PayloadTooLargeError",
     "PublishResult",
-    "StoreUnavailableError",
     "StoredMessage",
-    "StreamSettings",
     "SubjectTakenError",
 ]
 
-# JetStream error codes (nats-server's errors.json).
-_WRONG_LAST_SEQUENCE = 10071
-_SUBJECT_BUSY = frozenset({
-    10164,  # wrong last sequence, no number: another expecting publish on the subject in flight
-    10163,  # expected last sequence per subject temporarily unavailable
-})
-_NO_STORAGE = frozenset({
-    10023,  # insufficient resources: the server's max_file_store / max_memory_store reached
-    10002,  # resource limits exceeded for account
-    10047,  # insufficient storage resources available
-    10028,  # insufficient memory resources available
-})
-_STORE_FAILED = 10077  # the stream's own limits (max_bytes, max_msgs with discard new), or IO
-_OFFLINE = frozenset({10008, 10118, 10194})  # cluster unavailable, stream offline
-_MESSAGE_TOO_LARGE = 10054
-_STREAM_NOT_FOUND = 10059
 EXPECT_FIRST = "Nats-Expected-Last-Subject-Sequence"
 """The JetStream header a ``first=True`` publish sets to ``0``; the stored message keeps it."""
 
@@ -82,95 +74,6 @@ class SubjectTakenError(SwarmbusError):
         super().__init__(f"{subject} already holds a message (stream sequence {last_seq})")
         self.subject = subject
         self.last_seq = last_seq
-
-
-class StoreUnavailableError(ExternalError):
-    """JetStream cannot store a message now: out of storage (``reason="full"``), or the
-    stream is offline or gone (``"unavailable"``). Not the message's fault: publish it
-    again later. ``str()`` says what to do (free space, raise a limit)."""
-
-    def __init__(self, message: str, *, stream: str, reason: Literal["full", "unavailable"],
-                 code: int | None = None) -> None:
-        super().__init__(message)
-        self.stream = stream
-        self.reason: Literal["full", "unavailable"] = reason
-        self.code = code
-
-    @property
-    def status(self) -> str:
-        """``storage full`` or ``stream unavailable`` (what ``status`` shows)."""
-        return "storage full" if self.reason == "full" else "stream unavailable"
-
-
-_holding: contextvars.ContextVar[bool] = contextvars.ContextVar("swarmbus_hold", default=False)
-
-
-def hold_publishes() -> None:
-    """In the calling task (and tasks it starts), a publish the store cannot take now
-    waits until it can instead of raising ``StoreUnavailableError`` (what a consumer's
-    workers do: the delivery is held, so an answer already paid for is not lost)."""
-    _holding.set(True)
-
-
-class StreamSettings(BaseModel):
-    """The namespace's stream (the work queue and the audit trail)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    replicas: int = Field(1, ge=1, le=5, description="3 in a cluster.")
-    max_age_s: float = Field(30 * 24 * 3600, ge=0, description="0 keeps messages forever.")
-    max_msg_bytes: int = Field(1024 * 1024, gt=0)
-    duplicate_window_s: float = Field(
-        600, gt=0, description="De-duplication window for Nats-Msg-Id; covers redeliveries."
-    )
-    storage: Literal["file", "memory"] = "file"
-    max_bytes: int = Field(
-        0, ge=0, description="Cap on the stream's size in bytes (0: none). A full stream "
-        "refuses new messages (agents hold their outputs until space returns); it never "
-        "drops queued work.")
-
-
-class ConsumerSettings(BaseModel):
-    """One agent type's durable consumer, and how a replica pulls from it."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    ack_wait_s: float = Field(30, gt=0)
-    max_deliver: int = Field(5, ge=1)
-    max_ack_pending: int = Field(1000, ge=1)
-    concurrency: int = Field(16, ge=1, description="Handlers in flight per replica.")
-    batch: int = Field(100, ge=1, description="Largest pull request.")
-    retry_delay_s: float = Field(1.0, ge=0, description="First nak delay; doubles per delivery.")
-    max_retry_delay_s: float = Field(60.0, ge=0)
-    max_body_bytes: int = Field(512 * 1024, gt=0, description="Larger bodies are dead-lettered.")
-
-    def retry_delay(self, delivered: int) -> float:
-        """Seconds to wait before redelivering a message delivered ``delivered`` times:
-        ``retry_delay_s`` doubling per delivery, at most ``max_retry_delay_s``."""
-        base = self.retry_delay_s * math.pow(2, max(0, delivered - 1))
-        return min(base, self.max_retry_delay_s)
-
-
-ConsumerStart = Literal["new", "all", "pending"]
-"""Where a new durable consumer starts (see ``Bus.ensure_consumer``)."""
-
-_SERVER_SIDE = ("ack_wait_s", "max_deliver", "max_ack_pending")
-
-
-@dataclass(frozen=True, slots=True)
-class EnsuredConsumer:
-    """The consumer as it is now: ``settings`` in force (the existing consumer's
-    server-side values win, see ``Bus.ensure_consumer``); ``created`` when this
-    call made it. A consumer created at ``"pending"`` has read the stream up to
-    ``replay_until``: of those messages it is to handle only ``pending`` (stream
-    sequences); the others were answered already. ``ack_floor``: the stream
-    sequence below which everything is acknowledged (0 when unknown)."""
-
-    settings: ConsumerSettings
-    created: bool = False
-    replay_until: int = 0
-    pending: frozenset[int] | None = None
-    ack_floor: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,13 +127,8 @@ class Bus:
         self.reconnects = 0
         self._closing = False
         self._kv: dict[str, KeyValueStore] = {}
-        self.stalled: StoreUnavailableError | None = None
-        """Why publishes are held right now (None: the store takes messages)."""
-        self._held = 0
-        self._store_ok = anyio.Event()
-        self._store_ok.set()
-        self._stalled_at = 0.0
-        self._reminded = 0.0
+        self.gate = StoreGate()
+        """Holds publishes the store cannot take now (see ``hold_publishes``)."""
         self._healing: anyio.Lock = anyio.Lock()
 
     @classmethod
@@ -282,7 +180,7 @@ class Bus:
         except nats.js.errors.NotFoundError:
             current = None
         if current is not None:
-            self.stream = _adopt(self.stream, current)
+            self.stream = adopt_stream(self.stream, current)
         s = self.stream
         storage = api.StorageType.FILE if s.storage == "file" else api.StorageType.MEMORY
         await self._ensure_stream(
@@ -382,67 +280,9 @@ class Bus:
         changed workflow) and its replicas the stream's. The settings in force are
         returned: a replica must use them (keep-alives follow the ack wait).
         """
-        own = settings or ConsumerSettings()
-        want = filters or sorted(topic_filter(self.namespace, t) for t in topics)
-        stream = stream or self.stream_name
-        try:
-            info = await self.js.consumer_info(stream, durable)
-        except nats.js.errors.NotFoundError as e:
-            if e.err_code == _STREAM_NOT_FOUND and stream in (
-                self.stream_name, self.advisory_stream
-            ):
-                await self._heal_stream(stream)
-            info = None
-        if info is None:
-            pending: frozenset[int] | None = None
-            until = 0
-            config = _consumer_config(durable, want, own, self.stream.replicas)
-            if start == "all":
-                config.deliver_policy = api.DeliverPolicy.ALL
-            elif start == "pending":
-                first, until, found = await pending_messages(
-                    self, stream, want, durable, after_seq=after_seq, end_topics=end_topics)
-                pending = frozenset(found)
-                config.deliver_policy = api.DeliverPolicy.BY_START_SEQUENCE
-                config.opt_start_seq = first
-            try:
-                await self.js.add_consumer(stream, config)
-            except nats.js.errors.BadRequestError:  # created concurrently: adopt that one
-                return await self.ensure_consumer(
-                    durable, topics, settings, stream=stream, filters=filters, update=update)
-            return EnsuredConsumer(own, created=True, replay_until=until, pending=pending)
-        cur = info.config
-        have = sorted(cur.filter_subjects or ([cur.filter_subject] if cur.filter_subject else []))
-        theirs = own.model_copy(update={
-            "ack_wait_s": cur.ack_wait if cur.ack_wait is not None else own.ack_wait_s,
-            "max_deliver": cur.max_deliver if cur.max_deliver is not None else own.max_deliver,
-            "max_ack_pending": cur.max_ack_pending or own.max_ack_pending,
-        })
-        differ = {k: (getattr(theirs, k), getattr(own, k)) for k in _SERVER_SIDE
-                  if getattr(theirs, k) != getattr(own, k)}
-        effective = own if update else theirs
-        if differ and not update:
-            log.warning(
-                "consumer settings differ from this process's: using the existing consumer's",
-                consumer=durable, differ={k: {"consumer": a, "configured": b}
-                                          for k, (a, b) in differ.items()},
-                fix=f"configure {', '.join(f'{k}={a}' for k, (a, _) in differ.items())} for "
-                    f"{durable} to match, or start with --update-consumers to apply "
-                    f"{', '.join(f'{k}={b}' for k, (_, b) in differ.items())}")
-        elif differ:
-            log.warning("updating the consumer's settings (--update-consumers)",
-                        consumer=durable, changes={k: {"from": a, "to": b}
-                                                   for k, (a, b) in differ.items()})
-        if have != want:
-            log.warning("consumer filters follow this process's topics", consumer=durable,
-                        had=have, now=want)
-        if (differ and update) or have != want or (cur.num_replicas or 0) < self.stream.replicas:
-            config = _consumer_config(durable, want, effective, self.stream.replicas)
-            config.deliver_policy = cur.deliver_policy
-            config.opt_start_seq = cur.opt_start_seq
-            config.opt_start_time = cur.opt_start_time
-            await self.js.add_consumer(stream, config)
-        return EnsuredConsumer(effective, created=False, ack_floor=_ack_floor(info))
+        return await ensure_durable(
+            self, durable, topics, settings, stream=stream, filters=filters, start=start,
+            after_seq=after_seq, end_topics=end_topics, update=update)
 
     async def publish(
         self,
@@ -498,30 +338,7 @@ class Bus:
                 f"message of {size} bytes (body and headers) for {subj} exceeds the limit of "
                 f"{limit} bytes (server max_payload / stream.max_msg_bytes)"
             )
-        held = False
-        backoff = 0.2
-        try:
-            while True:
-                try:
-                    result = await self._publish_once(subj, body, headers)
-                except StoreUnavailableError as e:
-                    if not _holding.get():
-                        raise
-                    if not held:
-                        held = True
-                        self._stall(e)
-                    self._remind(e)
-                    with anyio.move_on_after(backoff):
-                        await self._store_ok.wait()
-                    backoff = min(backoff * 2, 5.0)
-                    continue
-                self._unstall()
-                return result
-        finally:
-            if held:
-                self._held -= 1
-                if self._held == 0 and self.stalled is not None:
-                    self._unstall(force=True)  # nobody left to retry: let the next one probe
+        return await self.gate.run(lambda: self._publish_once(subj, body, headers))
 
     async def _publish_once(
         self, subj: str, body: bytes, headers: dict[str, str] | None
@@ -544,22 +361,20 @@ class Bus:
                 raise ExternalError(f"JetStream did not confirm publish to {subj}: {e!r}") from e
             except nats.js.errors.APIError as e:
                 code = e.err_code
-                if code == _WRONG_LAST_SEQUENCE:
+                if code == WRONG_LAST_SEQUENCE:
                     last = (e.description or "").rsplit(":", 1)[-1].strip()
                     raise SubjectTakenError(subj, int(last) if last.isdigit() else 0) from None
-                if code in _SUBJECT_BUSY and busy < 40:
+                if code in SUBJECT_BUSY and busy < 40:
                     # Another publish expecting this subject's last sequence is in flight:
                     # its outcome decides ours (taken, or ours goes in).
                     busy += 1
                     await anyio.sleep(min(0.01 * 2**busy, 0.25))
                     continue
-                if code == _MESSAGE_TOO_LARGE or (
-                    code == _STORE_FAILED and "size" in (e.description or "").lower()
+                if code == MESSAGE_TOO_LARGE or (
+                    code == STORE_FAILED and "size" in (e.description or "").lower()
                 ):
                     raise PayloadTooLargeError(f"{subj}: {e.description}") from None
-                if code in _NO_STORAGE or code == _STORE_FAILED or code in _OFFLINE or (
-                    isinstance(e, nats.js.errors.ServiceUnavailableError)
-                ):
+                if storage_problem(e) is not None:
                     raise await self._store_error(e) from None
                 raise
             return PublishResult(seq=ack.seq, duplicate=bool(ack.duplicate))
@@ -568,12 +383,12 @@ class Bus:
         """What the server said, with the figures an operator needs to act on it."""
         name, code = self.stream_name, e.err_code
         detail = e.description or f"error {code}"
-        if code in _OFFLINE or (code not in _NO_STORAGE and code != _STORE_FAILED):
+        if storage_problem(e) != "full":
             return StoreUnavailableError(
                 f"stream {name} is unavailable ({detail}, code {code}); it is retried",
                 stream=name, reason="unavailable", code=code)
         held, cap = await self._stream_bytes()
-        if code == _STORE_FAILED and cap:
+        if code == STORE_FAILED and cap:
             msg = (f"stream {name} is full: {_mb(held)} of {_mb(cap)}; free space or raise "
                    "max_bytes (stream.max_bytes)")
         else:
@@ -596,37 +411,14 @@ class Bus:
             return 0, 0
         return int(info.state.bytes or 0), max(0, info.config.max_bytes or 0)
 
-    def _stall(self, e: StoreUnavailableError) -> None:
-        self._held += 1
-        if self.stalled is None:
-            self.stalled = e
-            self._stalled_at = time.monotonic()
-            self._reminded = self._stalled_at
-            self._store_ok = anyio.Event()
-            log.error(str(e), stream=e.stream, code=e.code,
-                      what="holding outputs already paid for; pulling no new work")
-
-    def _remind(self, e: StoreUnavailableError) -> None:
-        now = time.monotonic()
-        if now - self._reminded >= 30.0:
-            self._reminded = now
-            log.error(str(e), stream=e.stream, code=e.code, held=self._held,
-                      stalled_for_s=round(now - self._stalled_at))
-
-    def _unstall(self, *, force: bool = False) -> None:
-        if self.stalled is None:
-            return
-        if not force:
-            log.warning("the store takes messages again: publishing held outputs",
-                        stream=self.stalled.stream, held=self._held,
-                        stalled_for_s=round(time.monotonic() - self._stalled_at, 1))
-        self.stalled = None
-        self._store_ok.set()
+    @property
+    def stalled(self) -> StoreUnavailableError | None:
+        """Why this connection holds publishes now (None: the store takes them)."""
+        return self.gate.stalled
 
     async def store_available(self) -> None:
         """Return once no publish of this bus is held for a full or missing store."""
-        while self.stalled is not None:
-            await self._store_ok.wait()
+        await self.gate.available()
 
     async def _heal_stream(self, stream: str | None = None) -> bool:
         """Re-create the namespace's streams if ``stream`` (default: the namespace's) is
@@ -758,46 +550,8 @@ class Bus:
         await self.aclose()
 
 
-def _consumer_config(
-    durable: str, filters: list[str], s: ConsumerSettings, replicas: int
-) -> api.ConsumerConfig:
-    return api.ConsumerConfig(
-        name=durable,
-        durable_name=durable,
-        deliver_policy=api.DeliverPolicy.NEW,
-        ack_policy=api.AckPolicy.EXPLICIT,
-        ack_wait=s.ack_wait_s,
-        max_deliver=s.max_deliver,
-        max_ack_pending=s.max_ack_pending,
-        filter_subjects=filters if len(filters) > 1 else None,
-        filter_subject=filters[0] if len(filters) == 1 else None,
-        num_replicas=replicas,
-    )
-
-
-def _ack_floor(info: api.ConsumerInfo) -> int:
-    floor = info.ack_floor
-    return int(floor.stream_seq or 0) if floor is not None else 0
-
-
 def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
-
-
-def _adopt(settings: StreamSettings, current: api.StreamConfig) -> StreamSettings:
-    """``settings`` with every field it leaves unset taken from the existing stream."""
-    existing = {
-        "replicas": current.num_replicas or 1,
-        "max_age_s": current.max_age or 0.0,
-        "max_msg_bytes": current.max_msg_size if (current.max_msg_size or 0) > 0 else None,
-        "duplicate_window_s": current.duplicate_window or None,
-        "storage": "memory" if current.storage == api.StorageType.MEMORY else "file",
-        "max_bytes": max(0, current.max_bytes or 0),
-    }
-    unset = {
-        k: v for k, v in existing.items() if k not in settings.model_fields_set and v is not None
-    }
-    return settings.model_copy(update=unset)
 
 
 def _stored(raw: Any) -> StoredMessage:

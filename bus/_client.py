@@ -33,11 +33,12 @@ from swarmbus.protocols import (
     workflow_filter,
 )
 
-from ._bus import Bus, StoredMessage, StreamSettings, SubjectTakenError
+from ._bus import Bus, StoredMessage, SubjectTakenError
 from ._codec import Envelope
 from ._connect import NatsSettings
 from ._kv import KeyValueStore
 from ._objects import ArtifactStore
+from ._settings import StreamSettings
 from ._workflows import WorkflowStore
 
 __all__ = [

@@ -26,7 +26,7 @@ from nats.aio.subscription import Subscription
 
 from swarmbus.protocols import Message, headers
 
-from ._bus import Bus, ConsumerSettings, ConsumerStart, hold_publishes
+from ._bus import Bus
 from ._codec import Envelope, decode
 from ._control import Reject, Retry
 from ._deadletter import (
@@ -35,7 +35,9 @@ from ._deadletter import (
     handle_max_deliveries_advisory,
     max_deliveries_filter,
 )
-from ._resume import answered
+from ._durable import answered
+from ._settings import ConsumerSettings, ConsumerStart
+from ._store import hold_publishes
 
 __all__ = ["ConsumerStats", "Delivery", "Handler", "PullConsumer", "dead_letter_worker"]
 
@@ -230,7 +232,8 @@ class PullConsumer:
                 if not self.bus.nc.is_connected or isinstance(e, nats.errors.ConnectionClosedError):
                     log.info("waiting for NATS", consumer=self.durable, error=repr(e))
                 else:
-                    log.warning("consumer loop error, re-subscribing", error=repr(e))
+                    log.warning("consumer loop error, re-subscribing", consumer=self.durable,
+                                error=f"{type(e).__name__}: {e}")  # nats' reprs are bare
                 if self.bus.nc.is_closed:
                     raise
                 with anyio.move_on_after(backoff):
