@@ -214,6 +214,8 @@ class Bus:
         except nats.js.errors.NotFoundError:
             current = None
             await self._drop_legacy_advisories(advisories.subjects or [])
+            if self.advisory_stream != advisories.name:
+                return
         await self._ensure_stream(advisories, current)
 
     async def _drop_legacy_advisories(self, subjects: list[str]) -> None:
@@ -225,10 +227,16 @@ class Bus:
             info = await self.js.stream_info(legacy)
         except nats.js.errors.NotFoundError:
             return
-        if info.config.subjects == subjects:
-            log.warning("replacing the advisory stream of an older version",
-                        old=legacy, new=self.advisory_stream)
+        if info.config.subjects != subjects:
+            return  # namespace <ns>_advisories's own stream: not ours
+        log.warning("replacing the advisory stream of an older version",
+                    old=legacy, new=self.advisory_stream)
+        try:
             await self.js.delete_stream(legacy)
+        except nats.errors.Error as e:  # e.g. not permitted: keep using the old one
+            log.warning("could not delete the older advisory stream; using it",
+                        stream=legacy, error=f"{type(e).__name__}: {e}")
+            self.advisory_stream = legacy
 
     async def _ensure_stream(
         self, config: api.StreamConfig, current: api.StreamConfig | None
