@@ -34,6 +34,7 @@ from swarmbus.bus import (
     ConsumerSettings,
     EmbeddedServer,
     StoreUnavailableError,
+    StreamSettings,
     SwarmClient,
 )
 from swarmbus.protocols import TaskRequest, TaskResult, headers, stream_name
@@ -167,6 +168,29 @@ async def test_full_store_holds_paid_answers_and_every_workflow_ends_once_freed(
     report("full store", accepted=len(everything), results=len(everything),
            waiting_when_full=len(waiting), results_while_full=results_while_full,
            model_calls=sum(calls.values()), steps=3 * len(everything), filler_msgs=filled)
+
+
+@pytest.mark.timeout(30)
+async def test_a_stream_at_its_max_bytes_refuses_new_work_and_keeps_the_queued(
+    nats_url: str, namespace: str
+) -> None:
+    """The stream's own cap (``stream.max_bytes``) never drops queued work to make room:
+    it refuses, naming the limit to raise, and ``status`` says the workflow is stalled."""
+    capped = StreamSettings(max_bytes=64 * 1024, max_msg_bytes=16 * 1024)
+    with anyio.fail_after(20):
+        async with await SwarmClient.connect(nats_url, namespace=namespace,
+                                             stream=capped) as client:
+            accepted: list[str] = []
+            with pytest.raises(StoreUnavailableError) as e:
+                for i in range(100):
+                    await client.submit(TaskRequest(goal=f"{GOAL} {'x' * 4000} {i}"),
+                                        workflow_id=f"m{i}")
+                    accepted.append(f"m{i}")
+            assert str(e.value) == (f"stream {client.bus.stream_name} is full: "
+                                    "0.1 MB of 0.1 MB; free space or raise max_bytes "
+                                    "(stream.max_bytes)")
+            assert accepted and all([await client.bus.first(wf, "task") for wf in accepted])
+            assert (await client.status(accepted[0])).working == "stalled: storage full"
 
 
 # -- a deleted durable consumer --------------------------------------------------------------
