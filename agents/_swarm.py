@@ -19,6 +19,7 @@ from swarmbus.bus import (
     AGENTS_BUCKET,
     AGENTS_STORAGE,
     Bus,
+    ConsumerSettings,
     ConsumerStats,
     NatsSettings,
     PullConsumer,
@@ -82,6 +83,7 @@ class Swarm:
         self._update_consumers = update_consumers
         self._consumers: dict[str, list[PullConsumer]] = {}
         self._stop = anyio.Event()
+        self._announce_now = anyio.Event()
         self._tg: TaskGroup | None = None
         self._started_at = datetime.now(UTC)
 
@@ -98,6 +100,7 @@ class Swarm:
     def stop(self) -> None:
         """Stop fetching; ``run`` returns once in-flight work is settled."""
         self._stop.set()
+        self._announce_now.set()
         for cs in self._consumers.values():
             for c in cs:
                 c.stop()
@@ -111,6 +114,8 @@ class Swarm:
             for agent in self.agents:
                 await agent.setup(bus)
             async with anyio.create_task_group() as tg:
+                if self._announce:  # announced before it takes any work
+                    await tg.start(self._announce_loop)
                 for agent in self.agents:
                     handler = functools.partial(agent.dispatch, bus)
                     for _ in range(agent.replicas):
@@ -118,18 +123,16 @@ class Swarm:
                             bus, agent.name, handler, topics=agent.topics, settings=agent.consumer,
                             start=agent.start, update=self._update_consumers,
                             end_topics=_END_TOPICS if agent.start == "pending" else (),
+                            # The settings in force (an existing consumer's win): the agent
+                            # decides with them (e.g. on its last delivery).
+                            on_settings=functools.partial(self._settings_in_force, agent),
                         )
                         self._consumers.setdefault(agent.name, []).append(consumer)
                         await tg.start(self._run_consumer, consumer)
-                    # The settings in force (an existing consumer's win): the agent decides
-                    # with them (e.g. its last delivery), and announces them.
-                    agent.consumer = self._consumers[agent.name][0].settings
                 if self._dead_letters:
                     dlw = dead_letter_worker(bus)
                     self._consumers[dlw.durable] = [dlw]
                     await tg.start(self._run_consumer, dlw)
-                if self._announce:
-                    tg.start_soon(self._announce_loop)
                 log.info("swarm running", namespace=self.namespace, instance=self.instance,
                          agents=[a.name for a in self.agents])
                 task_status.started()
@@ -172,17 +175,27 @@ class Swarm:
                          grace_s=self.grace_s)
                 self.stop()
 
-    async def _announce_loop(self) -> None:
+    def _settings_in_force(self, agent: Agent, settings: ConsumerSettings) -> None:
+        """A consumer's settings in force (an existing consumer's win): the agent decides
+        with them (e.g. on its last delivery), and announces them at once."""
+        agent.consumer = settings
+        self._announce_now.set()
+
+    async def _announce_loop(
+        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         store = await self.bus.key_value(AGENTS_BUCKET, ttl_s=_ANNOUNCE_TTL_S,
                                          storage=AGENTS_STORAGE)
         keys = {a.name: f"{a.name}.{self.instance}" for a in self.agents}
+        started = False
         try:
             while not self._stop.is_set():
+                self._announce_now = anyio.Event()
                 stalled = self.bus.stalled.status if self.bus.stalled is not None else ""
                 for agent in self.agents:
-                    consumers = self._consumers[agent.name]
+                    consumers = self._consumers.get(agent.name, [])
                     all_stats = [c.stats for c in consumers]
-                    settings = consumers[0].settings  # in force (adopted or updated)
+                    settings = agent.consumer  # in force once its consumer is ensured
                     stats = ConsumerStats(
                         in_flight=sum(s.in_flight for s in all_stats),
                         handled=sum(s.handled for s in all_stats),
@@ -207,8 +220,13 @@ class Swarm:
                         await store.put(keys[agent.name], ann.model_dump_json().encode())
                     except Exception as e:  # liveness is best effort; work goes on
                         log.debug("announce failed", error=repr(e))
+                if not started:
+                    started = True
+                    task_status.started()
                 with anyio.move_on_after(_ANNOUNCE_EVERY_S):
-                    await self._stop.wait()
+                    await self._announce_now.wait()
+            if not started:  # stopped before the first announcement
+                task_status.started()
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                 for key in keys.values():

@@ -108,6 +108,7 @@ class PullConsumer:
     (``"pending"``: the work of its topics not answered yet; ``end_topics`` name
     what ends a workflow). While the store cannot take outputs (``Bus.stalled``)
     it pulls nothing and holds what it has, with in-progress acks.
+    ``on_settings`` hears the settings in force whenever they change.
 
     A message that does not decode (bytes, schema, unknown type, oversize) is
     dead-lettered without reaching the handler. Outcome of the handler: return
@@ -131,6 +132,7 @@ class PullConsumer:
         start: ConsumerStart = "new",
         end_topics: tuple[str, ...] = (),
         update: bool = False,
+        on_settings: Callable[[ConsumerSettings], None] | None = None,
         _raw: _RawHandler | None = None,
     ) -> None:
         self.bus = bus
@@ -151,6 +153,7 @@ class PullConsumer:
         self._start: ConsumerStart = start
         self._end_topics = tuple(end_topics)
         self._update = update
+        self._on_settings = on_settings
         self._known = False  # the durable existed when we last looked
         self._ack_floor = 0
         self._replay_until = 0
@@ -250,7 +253,7 @@ class PullConsumer:
             filters=self.filters, start=self._start, after_seq=self._ack_floor,
             end_topics=self._end_topics, update=self._update,
         )
-        self.settings = ensured.settings
+        self._follow(ensured.settings)
         self._ack_floor = max(self._ack_floor, ensured.ack_floor)
         self._last_check = time.monotonic()
         if ensured.created:
@@ -284,7 +287,12 @@ class PullConsumer:
             log.warning("consumer settings changed on the server: following them",
                         consumer=self.durable, now=changed,
                         before={k: getattr(self.settings, k) for k in changed})
-            self.settings = self.settings.model_copy(update=changed)
+            self._follow(self.settings.model_copy(update=changed))
+
+    def _follow(self, settings: ConsumerSettings) -> None:
+        self.settings = settings
+        if self._on_settings is not None:
+            self._on_settings(settings)
 
     async def _subscribe(self) -> None:
         inbox = self.bus.nc.new_inbox()
@@ -441,6 +449,12 @@ class PullConsumer:
                 await msg.ack()
         except (nats.errors.Error, OSError) as e:
             log.warning("could not settle message; JetStream will redeliver", error=repr(e))
+        except anyio.get_cancelled_exc_class():
+            # A forced exit: give it back now, not after the ack wait. (The run's own nak of
+            # what is in flight may come first or not at all, as tasks are cancelled.)
+            with anyio.CancelScope(shield=True):
+                await _quietly(msg.nak())
+            raise
         finally:
             self._settled(msg)
             if self._free() >= 1:

@@ -172,10 +172,15 @@ async def ensure_durable(
             config.opt_start_seq = first
         try:
             await bus.js.add_consumer(stream, config)
-        except nats.js.errors.BadRequestError:  # created concurrently: adopt that one
+        except nats.js.errors.BadRequestError as refused:
+            try:  # created concurrently (with another start): adopt that one
+                await bus.js.consumer_info(stream, durable)
+            except nats.js.errors.NotFoundError:
+                raise refused from None  # the config itself was refused
             return await ensure_durable(
-                bus,
-                durable, topics, settings, stream=stream, filters=filters, update=update)
+                bus, durable, topics, settings, stream=stream, filters=filters, update=update)
+        log.info("durable consumer created", consumer=durable, stream=stream, start=start,
+                 from_seq=config.opt_start_seq, pending=len(pending or ()))
         return EnsuredConsumer(own, created=True, replay_until=until, pending=pending)
     cur = info.config
     have = sorted(cur.filter_subjects or ([cur.filter_subject] if cur.filter_subject else []))
