@@ -13,6 +13,8 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.kv import KeyValue
 
+from ._store import StoreUnavailableError, storage_problem
+
 if TYPE_CHECKING:
     from ._bus import Bus
 
@@ -75,12 +77,23 @@ class KeyValueStore:
         return None  # pragma: no cover - the loop returns or raises
 
     async def put(self, key: str, value: bytes) -> None:
+        """Raises ``StoreUnavailableError`` when the server cannot store it now."""
         try:
-            await self._kv.put(key, value)
-        except nats.errors.Error as e:
-            if not await self._heal(e):
+            try:
+                await self._kv.put(key, value)
+            except nats.errors.Error as e:
+                if not await self._heal(e):
+                    raise
+                await self._kv.put(key, value)
+        except nats.js.errors.APIError as e:
+            problem = storage_problem(e)
+            if problem is None:
                 raise
-            await self._kv.put(key, value)
+            raise StoreUnavailableError(
+                f"bucket {self.bucket} cannot store now ({e.description or e.err_code}): "
+                + ("free space or raise the server's max_file_store" if problem == "full"
+                   else "its stream is unavailable"),
+                stream=f"KV_{self.bucket}", reason=problem, code=e.err_code) from None
 
     async def delete(self, key: str) -> None:
         with contextlib.suppress(nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
