@@ -11,7 +11,15 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import structlog
 
-from swarmbus.bus import Bus, ConsumerSettings, Delivery, Envelope, PublishResult, Reject
+from swarmbus.bus import (
+    Bus,
+    ConsumerSettings,
+    ConsumerStart,
+    Delivery,
+    Envelope,
+    PublishResult,
+    Reject,
+)
 from swarmbus.bus import output_msg_id as _output_msg_id
 from swarmbus.protocols import ConfigError, Message, check_topic, check_workflow_id, registry
 
@@ -159,15 +167,18 @@ class Agent:
     consumer (work is load-balanced); different names each get every message.
     ``consumer`` tunes concurrency, ack wait, max deliveries and retries;
     ``middleware`` wraps every handler (``Guards()`` checks budget, deadline and
-    cancel before every model call). ``deliver_all`` makes a new consumer start
-    at the oldest message of its topics instead of "now".
+    cancel before every model call). ``start`` says where a new (or re-created)
+    consumer begins: ``"new"`` (what comes next), ``"all"`` (the oldest message of
+    its topics), ``"pending"`` (the oldest message of its topics this agent has
+    not answered, in a workflow without a result: nothing waiting is skipped and
+    nothing answered is redone).
     """
 
     name: str = ""
     version: ClassVar[str] = ""
     consumer: ConsumerSettings = ConsumerSettings()
     middleware: Sequence[Middleware] = ()
-    deliver_all: bool = False
+    start: ClassVar[ConsumerStart] = "new"
     replicas: int = 1
     """Pull loops on the shared consumer in this process (more processes scale further)."""
 

@@ -204,11 +204,12 @@ class Guards:
 
     async def ended(self, ctx: Context[Any]) -> bool:
         """Whether the workflow has its result in the stream: known here, or asked of the
-        server when a result was heard published or the message is a redelivery."""
+        server when a result was heard published or the message is a redelivery (or
+        replayed by a re-created consumer)."""
         wf = ctx.workflow_id
         if wf in self._ended:
             return True
-        if ctx.deliveries > 1 or wf in self._maybe_ended:
+        if ctx.deliveries > 1 or ctx.delivery.replayed or wf in self._maybe_ended:
             self._maybe_ended.discard(wf)
             if await ctx.bus.last(wf, "result") is not None:
                 self.mark_ended(wf)

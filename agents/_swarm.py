@@ -17,7 +17,9 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from swarmbus.bus import (
     AGENTS_BUCKET,
+    AGENTS_STORAGE,
     Bus,
+    ConsumerSettings,
     ConsumerStats,
     NatsSettings,
     PullConsumer,
@@ -34,6 +36,8 @@ __all__ = ["Swarm"]
 log = structlog.get_logger("swarmbus.swarm")
 
 _ANNOUNCE_EVERY_S = 5.0
+_END_TOPICS = ("result",)
+"""A workflow with a message here has ended (its only result)."""
 
 
 class Swarm:
@@ -44,6 +48,10 @@ class Swarm:
     block stops fetching, lets in-flight handlers finish within ``grace_s``,
     naks the rest and drains the connection. ``serve()`` does the same until
     SIGTERM or SIGINT. Pass ``bus=`` to share a connection you own.
+
+    Consumers that exist already keep their server-side settings (ack wait, max
+    deliveries; a warning names both values) unless ``update_consumers``, which
+    rewrites them with the agents' (``swarmbus up --update-consumers``).
     """
 
     def __init__(
@@ -57,6 +65,7 @@ class Swarm:
         grace_s: float = 30.0,
         dead_letters: bool = True,
         announce: bool = True,
+        update_consumers: bool = False,
     ) -> None:
         names = [a.name for a in agents]
         if len(set(names)) != len(names):
@@ -71,8 +80,10 @@ class Swarm:
         self._owns_bus = bus is None
         self._dead_letters = dead_letters
         self._announce = announce
+        self._update_consumers = update_consumers
         self._consumers: dict[str, list[PullConsumer]] = {}
         self._stop = anyio.Event()
+        self._announce_now = anyio.Event()
         self._tg: TaskGroup | None = None
         self._started_at = datetime.now(UTC)
 
@@ -89,6 +100,7 @@ class Swarm:
     def stop(self) -> None:
         """Stop fetching; ``run`` returns once in-flight work is settled."""
         self._stop.set()
+        self._announce_now.set()
         for cs in self._consumers.values():
             for c in cs:
                 c.stop()
@@ -102,12 +114,18 @@ class Swarm:
             for agent in self.agents:
                 await agent.setup(bus)
             async with anyio.create_task_group() as tg:
+                if self._announce:  # announced before it takes any work
+                    await tg.start(self._announce_loop)
                 for agent in self.agents:
                     handler = functools.partial(agent.dispatch, bus)
                     for _ in range(agent.replicas):
                         consumer = PullConsumer(
                             bus, agent.name, handler, topics=agent.topics, settings=agent.consumer,
-                            deliver_all=agent.deliver_all,
+                            start=agent.start, update=self._update_consumers,
+                            end_topics=_END_TOPICS if agent.start == "pending" else (),
+                            # The settings in force (an existing consumer's win): the agent
+                            # decides with them (e.g. on its last delivery).
+                            on_settings=functools.partial(self._settings_in_force, agent),
                         )
                         self._consumers.setdefault(agent.name, []).append(consumer)
                         await tg.start(self._run_consumer, consumer)
@@ -115,8 +133,6 @@ class Swarm:
                     dlw = dead_letter_worker(bus)
                     self._consumers[dlw.durable] = [dlw]
                     await tg.start(self._run_consumer, dlw)
-                if self._announce:
-                    tg.start_soon(self._announce_loop)
                 log.info("swarm running", namespace=self.namespace, instance=self.instance,
                          agents=[a.name for a in self.agents])
                 task_status.started()
@@ -159,13 +175,27 @@ class Swarm:
                          grace_s=self.grace_s)
                 self.stop()
 
-    async def _announce_loop(self) -> None:
-        store = await self.bus.key_value(AGENTS_BUCKET, ttl_s=_ANNOUNCE_TTL_S)
+    def _settings_in_force(self, agent: Agent, settings: ConsumerSettings) -> None:
+        """A consumer's settings in force (an existing consumer's win): the agent decides
+        with them (e.g. on its last delivery), and announces them at once."""
+        agent.consumer = settings
+        self._announce_now.set()
+
+    async def _announce_loop(
+        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        store = await self.bus.key_value(AGENTS_BUCKET, ttl_s=_ANNOUNCE_TTL_S,
+                                         storage=AGENTS_STORAGE)
         keys = {a.name: f"{a.name}.{self.instance}" for a in self.agents}
+        started = False
         try:
             while not self._stop.is_set():
+                self._announce_now = anyio.Event()
+                stalled = self.bus.stalled.status if self.bus.stalled is not None else ""
                 for agent in self.agents:
-                    all_stats = [c.stats for c in self._consumers[agent.name]]
+                    consumers = self._consumers.get(agent.name, [])
+                    all_stats = [c.stats for c in consumers]
+                    settings = agent.consumer  # in force once its consumer is ensured
                     stats = ConsumerStats(
                         in_flight=sum(s.in_flight for s in all_stats),
                         handled=sum(s.handled for s in all_stats),
@@ -177,19 +207,26 @@ class Swarm:
                         namespace=self.namespace, model=agent.model_name,
                         version=agent.version, host=socket.gethostname(), pid=os.getpid(),
                         started_at=self._started_at,
-                        concurrency=agent.consumer.concurrency * agent.replicas,
+                        concurrency=settings.concurrency * agent.replicas,
                         in_flight=stats.in_flight, handled=stats.handled, failed=stats.retried,
                         dead_lettered=stats.dead_lettered,
-                        settings={"ack_wait_s": agent.consumer.ack_wait_s,
-                                  "max_deliver": agent.consumer.max_deliver,
-                                  "concurrency": agent.consumer.concurrency},
+                        settings={"ack_wait_s": settings.ack_wait_s,
+                                  "max_deliver": settings.max_deliver,
+                                  "max_ack_pending": settings.max_ack_pending,
+                                  "concurrency": settings.concurrency},
+                        stalled=stalled,
                     )
                     try:
                         await store.put(keys[agent.name], ann.model_dump_json().encode())
                     except Exception as e:  # liveness is best effort; work goes on
                         log.debug("announce failed", error=repr(e))
+                if not started:
+                    started = True
+                    task_status.started()
                 with anyio.move_on_after(_ANNOUNCE_EVERY_S):
-                    await self._stop.wait()
+                    await self._announce_now.wait()
+            if not started:  # stopped before the first announcement
+                task_status.started()
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                 for key in keys.values():

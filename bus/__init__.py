@@ -5,15 +5,14 @@ stored workflows, the embedded server, and ``SwarmClient``. Never imports
 from ._bus import (
     EXPECT_FIRST,
     Bus,
-    ConsumerSettings,
     PayloadTooLargeError,
     PublishResult,
     StoredMessage,
-    StreamSettings,
     SubjectTakenError,
 )
 from ._client import (
     AGENTS_BUCKET,
+    AGENTS_STORAGE,
     AGENTS_TTL_S,
     CANCEL_BUCKET,
     SwarmClient,
@@ -34,10 +33,13 @@ from ._embedded import EmbeddedServer, NatsServerNotFoundError, find_nats_server
 from ._kv import KeyValueStore, WatchedKeys
 from ._objects import OBJECTS_BUCKET, ArtifactStore
 from ._secrets import MASK, register_secret, registered_secrets, scrub, scrub_bytes
+from ._settings import ConsumerSettings, ConsumerStart, EnsuredConsumer, StreamSettings
+from ._store import StoreGate, StoreUnavailableError, hold_publishes
 from ._workflows import WORKFLOWS_BUCKET, UnknownWorkflowError, WorkflowStore
 
 __all__ = (
     "AGENTS_BUCKET",
+    "AGENTS_STORAGE",
     "AGENTS_TTL_S",
     "CANCEL_BUCKET",
     "EXPECT_FIRST",
@@ -48,10 +50,12 @@ __all__ = (
     "Bus",
     "BusUnavailableError",
     "ConsumerSettings",
+    "ConsumerStart",
     "ConsumerStats",
     "DecodeError",
     "Delivery",
     "EmbeddedServer",
+    "EnsuredConsumer",
     "Envelope",
     "Handler",
     "KeyValueStore",
@@ -62,6 +66,8 @@ __all__ = (
     "PullConsumer",
     "Reject",
     "Retry",
+    "StoreGate",
+    "StoreUnavailableError",
     "StoredMessage",
     "StreamSettings",
     "SubjectTakenError",
@@ -81,6 +87,7 @@ __all__ = (
     "encode",
     "find_nats_server",
     "free_port",
+    "hold_publishes",
     "live_agents",
     "output_msg_id",
     "register_secret",

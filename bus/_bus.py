@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -13,7 +12,6 @@ import nats.js.errors
 import structlog
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext, api
-from pydantic import BaseModel, ConfigDict, Field
 
 from swarmbus.protocols import (
     ExternalError,
@@ -24,27 +22,40 @@ from swarmbus.protocols import (
     namespace_filter,
     stream_name,
     subject,
-    topic_filter,
     workflow_filter,
 )
 
 from ._codec import DecodeError, Envelope, decode, encode
 from ._connect import NatsSettings, connect
+from ._durable import ensure_durable
 from ._kv import KeyValueStore
 from ._secrets import scrub, scrub_bytes
+from ._settings import (
+    ConsumerSettings,
+    ConsumerStart,
+    EnsuredConsumer,
+    StreamSettings,
+    adopt_stream,
+)
+from ._store import (
+    MESSAGE_TOO_LARGE,
+    STORE_FAILED,
+    SUBJECT_BUSY,
+    WRONG_LAST_SEQUENCE,
+    StoreGate,
+    StoreUnavailableError,
+    storage_problem,
+)
 
 __all__ = [
     "EXPECT_FIRST",
     "Bus",
-    "ConsumerSettings",
     "PayloadTooLargeError",
     "PublishResult",
     "StoredMessage",
-    "StreamSettings",
     "SubjectTakenError",
 ]
 
-_WRONG_LAST_SEQUENCE = 10071
 EXPECT_FIRST = "Nats-Expected-Last-Subject-Sequence"
 """The JetStream header a ``first=True`` publish sets to ``0``; the stored message keeps it."""
 
@@ -63,41 +74,6 @@ class SubjectTakenError(SwarmbusError):
         super().__init__(f"{subject} already holds a message (stream sequence {last_seq})")
         self.subject = subject
         self.last_seq = last_seq
-
-
-class StreamSettings(BaseModel):
-    """The namespace's stream (the work queue and the audit trail)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    replicas: int = Field(1, ge=1, le=5, description="3 in a cluster.")
-    max_age_s: float = Field(30 * 24 * 3600, ge=0, description="0 keeps messages forever.")
-    max_msg_bytes: int = Field(1024 * 1024, gt=0)
-    duplicate_window_s: float = Field(
-        600, gt=0, description="De-duplication window for Nats-Msg-Id; covers redeliveries."
-    )
-    storage: Literal["file", "memory"] = "file"
-
-
-class ConsumerSettings(BaseModel):
-    """One agent type's durable consumer, and how a replica pulls from it."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    ack_wait_s: float = Field(30, gt=0)
-    max_deliver: int = Field(5, ge=1)
-    max_ack_pending: int = Field(1000, ge=1)
-    concurrency: int = Field(16, ge=1, description="Handlers in flight per replica.")
-    batch: int = Field(100, ge=1, description="Largest pull request.")
-    retry_delay_s: float = Field(1.0, ge=0, description="First nak delay; doubles per delivery.")
-    max_retry_delay_s: float = Field(60.0, ge=0)
-    max_body_bytes: int = Field(512 * 1024, gt=0, description="Larger bodies are dead-lettered.")
-
-    def retry_delay(self, delivered: int) -> float:
-        """Seconds to wait before redelivering a message delivered ``delivered`` times:
-        ``retry_delay_s`` doubling per delivery, at most ``max_retry_delay_s``."""
-        base = self.retry_delay_s * math.pow(2, max(0, delivered - 1))
-        return min(base, self.max_retry_delay_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +127,9 @@ class Bus:
         self.reconnects = 0
         self._closing = False
         self._kv: dict[str, KeyValueStore] = {}
+        self.gate = StoreGate()
+        """Holds publishes the store cannot take now (see ``hold_publishes``)."""
+        self._healing: anyio.Lock = anyio.Lock()
 
     @classmethod
     async def connect(
@@ -201,7 +180,7 @@ class Bus:
         except nats.js.errors.NotFoundError:
             current = None
         if current is not None:
-            self.stream = _adopt(self.stream, current)
+            self.stream = adopt_stream(self.stream, current)
         s = self.stream
         storage = api.StorageType.FILE if s.storage == "file" else api.StorageType.MEMORY
         await self._ensure_stream(
@@ -213,6 +192,8 @@ class Bus:
                 num_replicas=s.replicas,
                 max_age=s.max_age_s or None,
                 max_msg_size=s.max_msg_bytes,
+                max_bytes=s.max_bytes or -1,
+                discard=api.DiscardPolicy.NEW,
                 duplicate_window=s.duplicate_window_s,
                 allow_direct=True,
             ),
@@ -232,7 +213,30 @@ class Bus:
             current = (await self.js.stream_info(self.advisory_stream)).config
         except nats.js.errors.NotFoundError:
             current = None
+            await self._drop_legacy_advisories(advisories.subjects or [])
+            if self.advisory_stream != advisories.name:
+                return
         await self._ensure_stream(advisories, current)
+
+    async def _drop_legacy_advisories(self, subjects: list[str]) -> None:
+        """Versions before 0.2 named the advisory stream ``SWARM_<NS>_ADVISORIES``, which
+        is also the stream of namespace ``<ns>_advisories``: delete ours (its subjects
+        say so) so the new one can take the advisories."""
+        legacy = self.stream_name + "_ADVISORIES"
+        try:
+            info = await self.js.stream_info(legacy)
+        except nats.js.errors.NotFoundError:
+            return
+        if info.config.subjects != subjects:
+            return  # namespace <ns>_advisories's own stream: not ours
+        log.warning("replacing the advisory stream of an older version",
+                    old=legacy, new=self.advisory_stream)
+        try:
+            await self.js.delete_stream(legacy)
+        except nats.errors.Error as e:  # e.g. not permitted: keep using the old one
+            log.warning("could not delete the older advisory stream; using it",
+                        stream=legacy, error=f"{type(e).__name__}: {e}")
+            self.advisory_stream = legacy
 
     async def _ensure_stream(
         self, config: api.StreamConfig, current: api.StreamConfig | None
@@ -251,6 +255,8 @@ class Bus:
             or current.max_msg_size != config.max_msg_size
             or (config.max_age is not None and current.max_age != config.max_age)
             or current.duplicate_window != config.duplicate_window
+            or (config.max_bytes or -1) != (current.max_bytes or -1)
+            or (config.discard is not None and current.discard != config.discard)
         ):
             await self.js.update_stream(config)
 
@@ -262,46 +268,29 @@ class Bus:
         *,
         stream: str | None = None,
         filters: list[str] | None = None,
-        deliver_all: bool = False,
-        update: bool = True,
-    ) -> None:
-        """Create (from "now", or from the start with ``deliver_all``) or update the
-        durable pull consumer for ``topics``. ``update=False`` leaves an existing one."""
-        s = settings or ConsumerSettings()
-        want = filters or sorted(topic_filter(self.namespace, t) for t in topics)
-        config = api.ConsumerConfig(
-            name=durable,
-            durable_name=durable,
-            deliver_policy=api.DeliverPolicy.ALL if deliver_all else api.DeliverPolicy.NEW,
-            ack_policy=api.AckPolicy.EXPLICIT,
-            ack_wait=s.ack_wait_s,
-            max_deliver=s.max_deliver,
-            max_ack_pending=s.max_ack_pending,
-            filter_subjects=want if len(want) > 1 else None,
-            filter_subject=want[0] if len(want) == 1 else None,
-            num_replicas=self.stream.replicas,
-        )
-        stream = stream or self.stream_name
-        try:
-            info = await self.js.consumer_info(stream, durable)
-        except nats.js.errors.NotFoundError:
-            await self.js.add_consumer(stream, config)
-            return
-        if not update:
-            return
-        cur = info.config
-        have = sorted(cur.filter_subjects or ([cur.filter_subject] if cur.filter_subject else []))
-        if (
-            have != want
-            or cur.ack_wait != s.ack_wait_s
-            or cur.max_deliver != s.max_deliver
-            or cur.max_ack_pending != s.max_ack_pending
-            or (cur.num_replicas or 0) < self.stream.replicas  # scaled up since
-        ):
-            config.deliver_policy = cur.deliver_policy
-            config.opt_start_seq = cur.opt_start_seq
-            config.opt_start_time = cur.opt_start_time
-            await self.js.add_consumer(stream, config)
+        start: ConsumerStart = "new",
+        after_seq: int = 0,
+        end_topics: tuple[str, ...] = (),
+        update: bool = False,
+    ) -> EnsuredConsumer:
+        """Create the durable pull consumer for ``topics``, or adopt the existing one.
+
+        A new consumer starts at ``start``: ``"new"`` (only what comes next),
+        ``"all"`` (the oldest message), or ``"pending"``: the oldest message of its
+        topics (after ``after_seq``) that ``durable`` has not answered (no message
+        with its ``Swarm-Sender`` caused by it) in a workflow with nothing on
+        ``end_topics``; ``EnsuredConsumer.pending`` then lists what to handle of
+        what was in the stream (the rest is done).
+
+        An existing consumer's server-side settings (ack wait, max deliveries, max
+        ack pending) win over ``settings`` — with a warning naming both — unless
+        ``update=True``, which rewrites them. Its filters follow ``topics`` (a
+        changed workflow) and its replicas the stream's. The settings in force are
+        returned: a replica must use them (keep-alives follow the ack wait).
+        """
+        return await ensure_durable(
+            self, durable, topics, settings, stream=stream, filters=filters, start=start,
+            after_seq=after_seq, end_topics=end_topics, update=update)
 
     async def publish(
         self,
@@ -343,7 +332,10 @@ class Bus:
         and headers first (the one way out to the stream). Raises
         ``PayloadTooLargeError`` before sending what the server would refuse (it
         closes the connection for it), ``SubjectTakenError`` when an expected last
-        subject sequence does not hold."""
+        subject sequence does not hold, ``StoreUnavailableError`` when the store
+        cannot take it now (full, offline) — except in a task that holds publishes
+        (a consumer's handlers, see ``hold_publishes``), where it waits, retrying,
+        until the store takes it. A deleted stream is re-created (with a warning)."""
         body = scrub_bytes(body)
         if headers:
             headers = {k: scrub(v) for k, v in headers.items()}
@@ -354,45 +346,156 @@ class Bus:
                 f"message of {size} bytes (body and headers) for {subj} exceeds the limit of "
                 f"{limit} bytes (server max_payload / stream.max_msg_bytes)"
             )
+        return await self.gate.run(lambda: self._publish_once(subj, body, headers))
+
+    async def _publish_once(
+        self, subj: str, body: bytes, headers: dict[str, str] | None
+    ) -> PublishResult:
+        busy = 0
+        healed = False
+        while True:
+            try:
+                ack = await self.js.publish(subj, body, headers=headers, timeout=10.0)
+            except nats.js.errors.NoStreamResponseError as e:
+                # No stream takes the subject: deleted (re-create it once), or not up yet.
+                if not healed and await self._heal_stream():
+                    healed = True
+                    continue
+                raise StoreUnavailableError(
+                    f"no stream takes {subj} (stream {self.stream_name} missing or not "
+                    "ready); it is re-created when possible", stream=self.stream_name,
+                    reason="unavailable") from e
+            except nats.errors.TimeoutError as e:
+                raise ExternalError(f"JetStream did not confirm publish to {subj}: {e!r}") from e
+            except nats.js.errors.APIError as e:
+                code = e.err_code
+                if code == WRONG_LAST_SEQUENCE:
+                    last = (e.description or "").rsplit(":", 1)[-1].strip()
+                    raise SubjectTakenError(subj, int(last) if last.isdigit() else 0) from None
+                if code in SUBJECT_BUSY and busy < 40:
+                    # Another publish expecting this subject's last sequence is in flight:
+                    # its outcome decides ours (taken, or ours goes in).
+                    busy += 1
+                    await anyio.sleep(min(0.01 * 2**busy, 0.25))
+                    continue
+                if code == MESSAGE_TOO_LARGE or (
+                    code == STORE_FAILED and "size" in (e.description or "").lower()
+                ):
+                    raise PayloadTooLargeError(f"{subj}: {e.description}") from None
+                if storage_problem(e) is not None:
+                    raise await self._store_error(e) from None
+                raise
+            return PublishResult(seq=ack.seq, duplicate=bool(ack.duplicate))
+
+    async def _store_error(self, e: nats.js.errors.APIError) -> StoreUnavailableError:
+        """What the server said, with the figures an operator needs to act on it."""
+        name, code = self.stream_name, e.err_code
+        detail = e.description or f"error {code}"
+        if storage_problem(e) != "full":
+            return StoreUnavailableError(
+                f"stream {name} is unavailable ({detail}, code {code}); it is retried",
+                stream=name, reason="unavailable", code=code)
+        held, cap = await self._stream_bytes()
+        if code == STORE_FAILED and cap:
+            msg = (f"stream {name} is full: {_mb(held)} of {_mb(cap)}; free space or raise "
+                   "max_bytes (stream.max_bytes)")
+        else:
+            msg = (f"stream {name} is full: the server has no JetStream storage left "
+                   f"({detail}; the stream holds {_mb(held)}); free space or raise the "
+                   "server's max_file_store (jetstream { max_file_store })")
+        return StoreUnavailableError(msg, stream=name, reason="full", code=code)
+
+    async def stream_full(self) -> bool:
+        """Whether the stream is at its own ``max_bytes`` (the next message of the
+        largest size would be refused). False when it has no such cap."""
+        held, cap = await self._stream_bytes()
+        return bool(cap) and held + self.stream.max_msg_bytes > cap
+
+    async def _stream_bytes(self) -> tuple[int, int]:
+        """(bytes stored, max_bytes or 0) of the namespace's stream; (0, 0) if unknown."""
         try:
-            ack = await self.js.publish(subj, body, headers=headers, timeout=10.0)
-        except (nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError) as e:
-            raise ExternalError(f"JetStream did not confirm publish to {subj}: {e!r}") from e
-        except nats.js.errors.BadRequestError as e:
-            if e.err_code == _WRONG_LAST_SEQUENCE:
-                last = (e.description or "").rsplit(":", 1)[-1].strip()
-                raise SubjectTakenError(subj, int(last) if last.isdigit() else 0) from None
-            raise
-        return PublishResult(seq=ack.seq, duplicate=bool(ack.duplicate))
+            info = await self.js.stream_info(self.stream_name)
+        except (nats.errors.Error, OSError):
+            return 0, 0
+        return int(info.state.bytes or 0), max(0, info.config.max_bytes or 0)
+
+    @property
+    def stalled(self) -> StoreUnavailableError | None:
+        """Why this connection holds publishes now (None: the store takes them)."""
+        return self.gate.stalled
+
+    async def store_available(self) -> None:
+        """Return once no publish of this bus is held for a full or missing store."""
+        await self.gate.available()
+
+    async def _heal_stream(self, stream: str | None = None) -> bool:
+        """Re-create the namespace's streams if ``stream`` (default: the namespace's) is
+        gone, with a warning; True if it exists now."""
+        async with self._healing:
+            try:
+                await self.js.stream_info(stream or self.stream_name)
+                return True
+            except nats.js.errors.NotFoundError:
+                pass
+            except (nats.errors.Error, OSError):
+                return False
+            log.warning("stream was deleted: re-creating it (its messages are gone; work "
+                        "published from now on is kept)", stream=stream or self.stream_name)
+            try:
+                await self.setup()
+            except (nats.errors.Error, OSError) as e:
+                log.error("could not re-create the stream", stream=self.stream_name,
+                          error=repr(e))
+                return False
+            return True
 
     async def key_value(
-        self, name: str, *, ttl_s: float | None = None, history: int = 1
+        self, name: str, *, ttl_s: float | None = None, history: int = 1,
+        storage: Literal["file", "memory"] | None = None,
     ) -> KeyValueStore:
         """Get or create the namespace's bucket ``name`` (same replicas as the stream).
 
         ``name`` is lower-case letters and digits; the bucket is
         ``swarm_<namespace>_<name>``, so two namespaces never share one (``x-y``
-        and ``x_y`` included). Raises ``ValueError`` for another name.
+        and ``x_y`` included). ``storage`` (of a bucket made now) defaults to the
+        stream's; ``memory`` suits short-lived entries (liveness), which then stay
+        writable when the file store is full. A bucket deleted later is re-created
+        on next use (with a warning). Raises ``ValueError`` for another name.
         """
         if not re.fullmatch(r"[a-z0-9]{1,32}", name):
             raise ValueError(f"bucket names are lower-case letters and digits, got {name!r}")
         bucket = f"swarm_{self.namespace}_{name}"
         store = self._kv.get(bucket)
         if store is None:
-            try:
-                kv = await self.js.key_value(bucket)
-            except nats.js.errors.BucketNotFoundError:
-                kv = await self.js.create_key_value(
-                    bucket=bucket, ttl=ttl_s, history=history, replicas=self.stream.replicas
-                )
-            else:  # made before the stream was scaled up: follow it (never scale down)
-                info = await self.js.stream_info(f"KV_{bucket}")
-                if (info.config.num_replicas or 1) < self.stream.replicas:
-                    info.config.num_replicas = self.stream.replicas
-                    await self.js.update_stream(info.config)
-            store = KeyValueStore(kv)
+            async def open_bucket() -> Any:
+                return await self._open_bucket(bucket, ttl_s, history, storage)
+
+            store = KeyValueStore(await open_bucket(), reopen=open_bucket)
             self._kv[bucket] = store
         return store
+
+    async def _open_bucket(
+        self, bucket: str, ttl_s: float | None, history: int,
+        storage: Literal["file", "memory"] | None,
+    ) -> Any:
+        kind = storage or self.stream.storage
+        want = api.StorageType.MEMORY if kind == "memory" else api.StorageType.FILE
+        try:
+            kv = await self.js.key_value(bucket)
+        except nats.js.errors.BucketNotFoundError:
+            return await self.js.create_key_value(
+                bucket=bucket, ttl=ttl_s, history=history, replicas=self.stream.replicas,
+                storage=want)
+        info = await self.js.stream_info(f"KV_{bucket}")
+        if storage is not None and info.config.storage != want:
+            # Deleting it here would race with its other users: say how to change it.
+            log.warning("bucket has other storage than asked: using it as it is (delete the "
+                        "bucket to have it made anew)", bucket=bucket, wanted=kind)
+        if (info.config.num_replicas or 1) < self.stream.replicas:
+            # Made before the stream was scaled up: follow it (never scale down).
+            info.config.num_replicas = self.stream.replicas
+            await self.js.update_stream(info.config)
+        return kv
 
     async def get(self, seq: int, *, stream: str | None = None) -> StoredMessage | None:
         try:
@@ -455,19 +558,8 @@ class Bus:
         await self.aclose()
 
 
-def _adopt(settings: StreamSettings, current: api.StreamConfig) -> StreamSettings:
-    """``settings`` with every field it leaves unset taken from the existing stream."""
-    existing = {
-        "replicas": current.num_replicas or 1,
-        "max_age_s": current.max_age or 0.0,
-        "max_msg_bytes": current.max_msg_size if (current.max_msg_size or 0) > 0 else None,
-        "duplicate_window_s": current.duplicate_window or None,
-        "storage": "memory" if current.storage == api.StorageType.MEMORY else "file",
-    }
-    unset = {
-        k: v for k, v in existing.items() if k not in settings.model_fields_set and v is not None
-    }
-    return settings.model_copy(update=unset)
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
 
 
 def _stored(raw: Any) -> StoredMessage:

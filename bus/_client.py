@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Literal
 
 import anyio
 import nats.errors
@@ -32,11 +33,12 @@ from swarmbus.protocols import (
     workflow_filter,
 )
 
-from ._bus import Bus, StoredMessage, StreamSettings, SubjectTakenError
+from ._bus import Bus, StoredMessage, SubjectTakenError
 from ._codec import Envelope
 from ._connect import NatsSettings
 from ._kv import KeyValueStore
 from ._objects import ArtifactStore
+from ._settings import StreamSettings
 from ._workflows import WorkflowStore
 
 __all__ = [
@@ -55,6 +57,8 @@ CANCEL_BUCKET = "cancel"
 CANCEL_TTL_S = 7 * 24 * 3600
 AGENTS_BUCKET = "agents"
 AGENTS_TTL_S = 20.0
+AGENTS_STORAGE: Literal["memory"] = "memory"
+"""Announcements live in memory: short-lived, and writable when the file store is full."""
 
 
 class WorkflowIdTakenError(SwarmbusError, ValueError):
@@ -71,7 +75,9 @@ class WorkflowStatus:
 
     ``step`` is the step whose work is waiting or running, ``role`` the agent
     type that serves it (from the stored workflow), ``live`` whether any agent
-    of that role is running in the namespace (None: not checked).
+    of that role is running in the namespace (None: not checked). ``stalled``
+    says why it cannot go on now (``storage full``: the stream takes no
+    messages, agents hold their outputs), empty otherwise.
     """
 
     workflow_id: str
@@ -86,12 +92,16 @@ class WorkflowStatus:
     workflow: str = ""
     result: TaskResult | None = None
     dead_letters: list[DeadLetter] = field(default_factory=list)
+    stalled: str = ""
 
     @property
     def working(self) -> str:
-        """Who is on it: ``coder``, ``waiting for coder``, ``done`` (for progress lines)."""
+        """Who is on it: ``coder``, ``waiting for coder``, ``stalled: storage full``,
+        ``done`` (for progress lines)."""
         if self.result is not None:
             return "done"
+        if self.stalled:
+            return f"stalled: {self.stalled}"
         if not self.role:
             return ""
         return self.role if self.live is not False else f"waiting for {self.role}"
@@ -205,9 +215,15 @@ class SwarmClient:
         return st
 
     async def describe(self, st: WorkflowStatus) -> None:
-        """Fill ``role`` and ``live`` from the stored workflow and the live agents."""
+        """Fill ``role``, ``live`` and ``stalled`` from the stored workflow, the live
+        agents (one stalled on storage stalls every workflow: the store is shared)
+        and the stream's own limit."""
         if st.result is not None or not st.last_topic:
             return
+        agents = await live_agents(self.bus)
+        st.stalled = next((a.stalled for a in agents if a.stalled), "")
+        if not st.stalled and await self.bus.stream_full():
+            st.stalled = "storage full"
         store = await self.workflows()
         ref = st.workflow or await store.resolve(None)
         wf = await store.get(ref) if ref else None
@@ -215,7 +231,7 @@ class SwarmClient:
             return
         st.role = wf.role_of_topic(st.last_topic) or ""
         if st.role:
-            st.live = any(a.agent == st.role for a in await live_agents(self.bus))
+            st.live = any(a.agent == st.role for a in agents)
 
     async def trail(self, workflow_id: str) -> list[StoredMessage]:
         """The workflow's whole history as stored (the audit trail); empty if unknown."""
@@ -272,7 +288,7 @@ async def cancel_flags(bus: Bus) -> KeyValueStore:
 
 async def live_agents(bus: Bus) -> list[AgentAnnouncement]:
     """Every agent replica announced in the namespace, by agent then instance."""
-    store = await bus.key_value(AGENTS_BUCKET, ttl_s=AGENTS_TTL_S)
+    store = await bus.key_value(AGENTS_BUCKET, ttl_s=AGENTS_TTL_S, storage=AGENTS_STORAGE)
     out = []
     for key in await store.keys():
         raw = await store.get(key)

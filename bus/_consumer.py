@@ -24,9 +24,9 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from swarmbus.protocols import Message
+from swarmbus.protocols import Message, headers
 
-from ._bus import Bus, ConsumerSettings
+from ._bus import Bus
 from ._codec import Envelope, decode
 from ._control import Reject, Retry
 from ._deadletter import (
@@ -35,6 +35,9 @@ from ._deadletter import (
     handle_max_deliveries_advisory,
     max_deliveries_filter,
 )
+from ._durable import answered
+from ._settings import ConsumerSettings, ConsumerStart
+from ._store import hold_publishes
 
 __all__ = ["ConsumerStats", "Delivery", "Handler", "PullConsumer", "dead_letter_worker"]
 
@@ -50,6 +53,9 @@ class Delivery(NamedTuple):
     delivered: int
     stream_seq: int
     timestamp: float = 0.0
+    replayed: bool = False
+    """Delivered by a consumer re-created at the pending work: handled before perhaps
+    (its workflow may have ended meanwhile), so check before acting on it."""
 
     @classmethod
     def of(cls, msg: Msg) -> Delivery:
@@ -73,6 +79,7 @@ log = structlog.get_logger("swarmbus.consumer")
 
 _EXPIRES_S = 10.0
 _HEARTBEAT_S = 2.0
+_CHECK_S = 5.0
 
 
 @dataclass(slots=True)
@@ -86,10 +93,22 @@ class ConsumerStats:
     redelivered: int = 0
     dead_lettered: int = 0
     resubscribed: int = 0
+    skipped: int = 0
+    """Replayed messages acked unhandled: answered before the consumer was re-created."""
+    recreated: int = 0
+    """Times the durable consumer was found missing and made again."""
 
 
 class PullConsumer:
     """Pulls from a durable consumer, decodes each message and runs ``handler`` on it.
+
+    ``settings`` are what this replica wants; an existing consumer's server-side
+    settings win unless ``update`` (see ``Bus.ensure_consumer``): ``settings``
+    then holds the ones in force. A deleted consumer is re-created, at ``start``
+    (``"pending"``: the work of its topics not answered yet; ``end_topics`` name
+    what ends a workflow). While the store cannot take outputs (``Bus.stalled``)
+    it pulls nothing and holds what it has, with in-progress acks.
+    ``on_settings`` hears the settings in force whenever they change.
 
     A message that does not decode (bytes, schema, unknown type, oversize) is
     dead-lettered without reaching the handler. Outcome of the handler: return
@@ -110,7 +129,10 @@ class PullConsumer:
         stream: str | None = None,
         settings: ConsumerSettings | None = None,
         dead_letter_on_reject: bool = True,
-        deliver_all: bool = False,
+        start: ConsumerStart = "new",
+        end_topics: tuple[str, ...] = (),
+        update: bool = False,
+        on_settings: Callable[[ConsumerSettings], None] | None = None,
         _raw: _RawHandler | None = None,
     ) -> None:
         self.bus = bus
@@ -128,7 +150,16 @@ class PullConsumer:
             raise TypeError("PullConsumer needs a handler")
         self.stats = ConsumerStats()
         self._dead_letter_on_reject = dead_letter_on_reject
-        self._deliver_all = deliver_all
+        self._start: ConsumerStart = start
+        self._end_topics = tuple(end_topics)
+        self._update = update
+        self._on_settings = on_settings
+        self._known = False  # the durable existed when we last looked
+        self._ack_floor = 0
+        self._replay_until = 0
+        self._pending: frozenset[int] | None = None
+        self._last_check = 0.0
+        self._settled_one = anyio.Event()
         self._in_flight: dict[int, tuple[Msg, float]] = {}
         self._send: MemoryObjectSendStream[Msg] | None = None
         self._credit = 0
@@ -193,10 +224,7 @@ class PullConsumer:
         backoff = 0.1
         while not self._stopping.is_set():
             try:
-                await self.bus.ensure_consumer(
-                    self.durable, self.topics, self.settings, stream=self.stream,
-                    filters=self.filters, deliver_all=self._deliver_all,
-                )
+                await self._ensure()
                 await self._subscribe()
                 if not started:
                     started = True
@@ -207,7 +235,8 @@ class PullConsumer:
                 if not self.bus.nc.is_connected or isinstance(e, nats.errors.ConnectionClosedError):
                     log.info("waiting for NATS", consumer=self.durable, error=repr(e))
                 else:
-                    log.warning("consumer loop error, re-subscribing", error=repr(e))
+                    log.warning("consumer loop error, re-subscribing", consumer=self.durable,
+                                error=f"{type(e).__name__}: {e}")  # nats' reprs are bare
                 if self.bus.nc.is_closed:
                     raise
                 with anyio.move_on_after(backoff):
@@ -217,6 +246,53 @@ class PullConsumer:
                 await self._unsubscribe()
         if not started:
             task_status.started()
+
+    async def _ensure(self) -> None:
+        ensured = await self.bus.ensure_consumer(
+            self.durable, self.topics, self.settings, stream=self.stream,
+            filters=self.filters, start=self._start, after_seq=self._ack_floor,
+            end_topics=self._end_topics, update=self._update,
+        )
+        self._follow(ensured.settings)
+        self._ack_floor = max(self._ack_floor, ensured.ack_floor)
+        self._last_check = time.monotonic()
+        if ensured.created:
+            if self._known:
+                self.stats.recreated += 1
+                log.warning(
+                    "durable consumer was deleted: re-created it", consumer=self.durable,
+                    start=self._start, from_seq=self._ack_floor + 1,
+                    pending=len(ensured.pending or ()), read_up_to=ensured.replay_until)
+            if ensured.pending is not None:
+                self._replay_until, self._pending = ensured.replay_until, ensured.pending
+        self._known = True
+
+    async def _check_consumer(self) -> None:
+        """Every few seconds: is the consumer still there, with which settings."""
+        self._last_check = time.monotonic()
+        try:
+            info = await self.bus.js.consumer_info(self.stream, self.durable)
+        except nats.js.errors.NotFoundError:
+            self._consumer_gone = True
+            return
+        cur = info.config
+        floor = info.ack_floor.stream_seq if info.ack_floor else 0
+        self._ack_floor = max(self._ack_floor, int(floor or 0))
+        changed = {}
+        for key, value in (("ack_wait_s", cur.ack_wait), ("max_deliver", cur.max_deliver),
+                           ("max_ack_pending", cur.max_ack_pending)):
+            if value is not None and value != getattr(self.settings, key):
+                changed[key] = value
+        if changed:
+            log.warning("consumer settings changed on the server: following them",
+                        consumer=self.durable, now=changed,
+                        before={k: getattr(self.settings, k) for k in changed})
+            self._follow(self.settings.model_copy(update=changed))
+
+    def _follow(self, settings: ConsumerSettings) -> None:
+        self.settings = settings
+        if self._on_settings is not None:
+            self._on_settings(settings)
 
     async def _subscribe(self) -> None:
         inbox = self.bus.nc.new_inbox()
@@ -250,6 +326,16 @@ class PullConsumer:
             if self._consumer_gone:
                 raise nats.errors.Error(f"consumer {self.durable} was deleted: re-creating it")
             now = time.monotonic()
+            if now - self._last_check > _CHECK_S:
+                await self._check_consumer()
+                continue
+            if self.bus.stalled is not None:
+                # The store takes no outputs: pull nothing new (held work keeps its
+                # in-progress acks) until a held publish goes through.
+                with anyio.move_on_after(_HEARTBEAT_S):
+                    await self.bus.store_available()
+                self._last_activity = time.monotonic()
+                continue
             if self._credit > 0 and now - self._last_activity > 3 * _HEARTBEAT_S:
                 raise nats.errors.Error("no heartbeat from the consumer: re-subscribing")
             free = self._free()
@@ -306,11 +392,27 @@ class PullConsumer:
     # -- handling ----------------------------------------------------------------------------
 
     async def _worker(self, recv: MemoryObjectReceiveStream[Msg]) -> None:
+        hold_publishes()  # a handler's outputs wait for a full store; the message stays held
         async for msg in recv:
             await self._handle(msg)
 
+    async def _replay(self, msg: Msg, delivery: Delivery) -> bool:
+        """For a message read again by a re-created consumer: True when it was answered
+        already (ack it, do not handle it again)."""
+        seq = delivery.stream_seq
+        if self._pending is not None and seq not in self._pending:
+            return True
+        # The old consumer's delivery of it may still run here: its outcome decides.
+        while any(Delivery.of(m).stream_seq == seq for m, _ in self._in_flight.values()
+                  if m is not msg):
+            await self._settled_one.wait()
+        msg_id = (msg.headers or {}).get(headers.MSG_ID) or f"{self.bus.stream_name}-{seq}"
+        return await answered(self.bus, msg.subject, msg_id, self.durable, seq)
+
     def _settled(self, msg: Msg) -> None:
         self._in_flight.pop(id(msg), None)
+        self._settled_one.set()
+        self._settled_one = anyio.Event()
         self.stats.in_flight = len(self._in_flight)
         if not self._in_flight:
             self._idle.set()
@@ -322,6 +424,14 @@ class PullConsumer:
             delivered = delivery.delivered
             if delivered > 1:
                 self.stats.redelivered += 1
+            if self.bus.stalled is not None:
+                await self.bus.store_available()  # its answer could not be published now
+            if delivery.stream_seq and delivery.stream_seq <= self._replay_until:
+                if await self._replay(msg, delivery):
+                    self.stats.skipped += 1
+                    await msg.ack()
+                    return
+                delivery = delivery._replace(replayed=True)
             try:
                 await self._dispatch(msg, delivery)
             except Reject as e:
@@ -339,6 +449,12 @@ class PullConsumer:
                 await msg.ack()
         except (nats.errors.Error, OSError) as e:
             log.warning("could not settle message; JetStream will redeliver", error=repr(e))
+        except anyio.get_cancelled_exc_class():
+            # A forced exit: give it back now, not after the ack wait. (The run's own nak of
+            # what is in flight may come first or not at all, as tasks are cancelled.)
+            with anyio.CancelScope(shield=True):
+                await _quietly(msg.nak())
+            raise
         finally:
             self._settled(msg)
             if self._free() >= 1:
@@ -369,12 +485,13 @@ class PullConsumer:
         return self.settings.retry_delay(delivered)
 
     async def _keepalive(self) -> None:
-        period = self.settings.ack_wait_s / 3
         while True:
-            await anyio.sleep(period)
-            cutoff = time.monotonic() - period
-            for msg, started in list(self._in_flight.values()):
-                if started < cutoff:
+            period = self.settings.ack_wait_s / 3  # the ack wait in force, which may change
+            await anyio.sleep(min(period, _CHECK_S))
+            now = time.monotonic()
+            for key, (msg, touched) in list(self._in_flight.items()):
+                if touched < now - period and key in self._in_flight:
+                    self._in_flight[key] = (msg, now)
                     await _quietly(msg.in_progress())
 
 
@@ -400,5 +517,5 @@ def dead_letter_worker(bus: Bus, *, settings: ConsumerSettings | None = None) ->
     return PullConsumer(
         bus, ADVISORY_DURABLE, None, filters=[max_deliveries_filter(bus)],
         stream=bus.advisory_stream, settings=settings or ConsumerSettings(concurrency=4),
-        dead_letter_on_reject=False, deliver_all=True, _raw=handle,
+        dead_letter_on_reject=False, start="all", _raw=handle,
     )

@@ -3,49 +3,116 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import nats.errors
 import nats.js.errors
+import structlog
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.kv import KeyValue
+
+from ._store import StoreUnavailableError, storage_problem
 
 if TYPE_CHECKING:
     from ._bus import Bus
 
 __all__ = ["KeyValueStore", "WatchedKeys"]
 
+log = structlog.get_logger("swarmbus.bus")
+
+
+_STREAM_NOT_FOUND = 10059
+
+
+def _bucket_gone(e: BaseException) -> bool:
+    """Whether ``e`` says the bucket's stream is gone (not a missing key)."""
+    if isinstance(e, nats.js.errors.KeyValueError):
+        return False
+    if isinstance(e, nats.errors.NoRespondersError | nats.js.errors.NoStreamResponseError |
+                  nats.js.errors.BucketNotFoundError):
+        return True
+    return isinstance(e, nats.js.errors.NotFoundError) and e.err_code == _STREAM_NOT_FOUND
+
 
 class KeyValueStore:
-    """Bytes in, bytes out; a missing or deleted key reads as ``None``."""
+    """Bytes in, bytes out; a missing or deleted key reads as ``None``.
 
-    def __init__(self, kv: KeyValue) -> None:
+    With ``reopen`` (what ``Bus.key_value`` passes), a bucket deleted behind our
+    back is re-created on the next operation, with a warning, and the operation
+    retried once.
+    """
+
+    def __init__(self, kv: KeyValue, *, reopen: Callable[[], Awaitable[KeyValue]] | None = None,
+                 ) -> None:
         self._kv = kv
+        self._reopen = reopen
+        self.recreated = 0
 
     @property
     def bucket(self) -> str:
         return str(self._kv._name)
 
+    async def _heal(self, e: BaseException) -> bool:
+        if self._reopen is None or not _bucket_gone(e):
+            return False
+        log.warning("key-value bucket was deleted: re-creating it", bucket=self.bucket,
+                    error=repr(e))
+        self._kv = await self._reopen()
+        self.recreated += 1
+        return True
+
     async def get(self, key: str) -> bytes | None:
-        try:
-            entry = await self._kv.get(key)
-        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
-            return None
-        return entry.value
+        for attempt in (0, 1):
+            try:
+                entry = await self._kv.get(key)
+            except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+                return None
+            except nats.errors.Error as e:
+                if attempt or not await self._heal(e):
+                    raise
+                continue
+            return entry.value
+        return None  # pragma: no cover - the loop returns or raises
 
     async def put(self, key: str, value: bytes) -> None:
-        await self._kv.put(key, value)
+        """Raises ``StoreUnavailableError`` when the server cannot store it now."""
+        try:
+            try:
+                await self._kv.put(key, value)
+            except nats.errors.Error as e:
+                if not await self._heal(e):
+                    raise
+                await self._kv.put(key, value)
+        except nats.js.errors.APIError as e:
+            problem = storage_problem(e)
+            if problem is None:
+                raise
+            raise StoreUnavailableError(
+                f"bucket {self.bucket} cannot store now ({e.description or e.err_code}): "
+                + ("free space or raise the server's max_file_store" if problem == "full"
+                   else "its stream is unavailable"),
+                stream=f"KV_{self.bucket}", reason=problem, code=e.err_code) from None
 
     async def delete(self, key: str) -> None:
         with contextlib.suppress(nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
-            await self._kv.delete(key)
+            try:
+                await self._kv.delete(key)
+            except nats.errors.Error as e:
+                if not await self._heal(e):
+                    raise
 
     async def keys(self) -> list[str]:
-        try:
-            return list(await self._kv.keys())
-        except nats.js.errors.NoKeysError:
-            return []
+        for attempt in (0, 1):
+            try:
+                return list(await self._kv.keys())
+            except nats.js.errors.NoKeysError:
+                return []
+            except nats.errors.Error as e:
+                if attempt or not await self._heal(e):
+                    raise
+        return []  # pragma: no cover
 
 
 class WatchedKeys:

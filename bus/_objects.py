@@ -11,16 +11,22 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING
 
+import nats.errors
 import nats.js.errors
+import structlog
 from nats.js import api
 from nats.js.object_store import ObjectStore
 
 from swarmbus.protocols import ArtifactRef, ExternalError
 
+from ._store import storage_problem
+
 if TYPE_CHECKING:
     from ._bus import Bus
 
 __all__ = ["OBJECTS_BUCKET", "ArtifactStore"]
+
+log = structlog.get_logger("swarmbus.bus")
 
 OBJECTS_BUCKET = "artifacts"
 
@@ -29,33 +35,53 @@ class ArtifactStore:
     """Put and get artifact bytes by reference (``await ArtifactStore.open(bus)``).
 
     Objects live as long as the stream keeps messages (``stream.max_age_s``), with
-    the stream's replicas. Raises ``ExternalError`` when an object is missing.
+    the stream's replicas. A bucket deleted behind our back is made again (with a
+    warning); a put the store cannot take now waits like a publish does in a
+    consumer's handler (see ``hold_publishes``), else raises
+    ``StoreUnavailableError``. Raises ``ExternalError`` when an object is missing.
     """
 
-    def __init__(self, store: ObjectStore, bucket: str) -> None:
+    def __init__(self, store: ObjectStore, bucket: str, bus: Bus | None = None) -> None:
         self._store = store
         self.bucket = bucket
+        self._bus = bus
 
     @classmethod
     async def open(cls, bus: Bus) -> ArtifactStore:
         bucket = f"swarm_{bus.namespace}_{OBJECTS_BUCKET}"
-        try:
-            store = await bus.js.object_store(bucket)
-        except nats.js.errors.BucketNotFoundError:
-            store = await bus.js.create_object_store(bucket, config=api.ObjectStoreConfig(
-                bucket=bucket, ttl=bus.stream.max_age_s or None,
-                replicas=bus.stream.replicas,
-                storage=api.StorageType.FILE if bus.stream.storage == "file"
-                else api.StorageType.MEMORY))
-        return cls(store, bucket)
+        return cls(await _open(bus, bucket), bucket, bus)
 
     async def put(self, data: bytes, *, media_type: str = "application/json") -> ArtifactRef:
         """Store ``data``; returns its reference (the same data stores once)."""
         digest = hashlib.sha256(data).hexdigest()
-        try:
-            await self._store.get_info(digest)
-        except nats.js.errors.ObjectNotFoundError:
-            await self._store.put(digest, data)
+
+        async def attempt() -> None:
+            try:
+                try:
+                    await self._store.get_info(digest)
+                except nats.js.errors.ObjectNotFoundError:
+                    await self._store.put(digest, data)
+            except nats.js.errors.APIError as e:
+                if self._bus is None or storage_problem(e) is None:
+                    raise
+                raise await self._bus._store_error(e) from None
+
+        async def healing() -> None:
+            try:
+                await attempt()
+            except (nats.js.errors.NoStreamResponseError, nats.errors.NoRespondersError,
+                    nats.js.errors.BucketNotFoundError) as e:
+                if self._bus is None:
+                    raise
+                log.warning("object store bucket was deleted: re-creating it",
+                            bucket=self.bucket, error=repr(e))
+                self._store = await _open(self._bus, self.bucket)
+                await attempt()
+
+        if self._bus is None:
+            await healing()
+        else:
+            await self._bus.gate.run(healing)
         return ArtifactRef(bucket=OBJECTS_BUCKET, key=digest, size=len(data),
                            media_type=media_type)
 
@@ -70,3 +96,14 @@ class ArtifactStore:
         if hashlib.sha256(data).hexdigest() != ref.key:
             raise ExternalError(f"artifact {ref.key} in {self.bucket} does not match its digest")
         return data
+
+
+async def _open(bus: Bus, bucket: str) -> ObjectStore:
+    try:
+        return await bus.js.object_store(bucket)
+    except nats.js.errors.BucketNotFoundError:
+        return await bus.js.create_object_store(bucket, config=api.ObjectStoreConfig(
+            bucket=bucket, ttl=bus.stream.max_age_s or None,
+            replicas=bus.stream.replicas,
+            storage=api.StorageType.FILE if bus.stream.storage == "file"
+            else api.StorageType.MEMORY))

@@ -242,3 +242,6 @@ class AgentAnnouncement(Message):
     dead_lettered: int = 0
     settings: dict[str, JsonValue] = Field(
         default_factory=dict, description="Effective consumer settings (ack wait, deliveries).")
+    stalled: str = Field(
+        "", description="Why it holds its outputs and pulls no work ('storage full'); "
+        "empty while it works.")

@@ -106,5 +106,6 @@ def stream_name(namespace: str) -> str:
 
 
 def advisory_stream_name(namespace: str) -> str:
-    """Stream capturing the namespace's max-deliveries advisories (for dead-lettering)."""
-    return stream_name(namespace) + "_ADVISORIES"
+    """Stream capturing the namespace's max-deliveries advisories (for dead-lettering):
+    ``SWARMADV_<NAMESPACE>``, never the name of another namespace's stream."""
+    return "SWARMADV_" + check_namespace(namespace).upper()

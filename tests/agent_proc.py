@@ -29,7 +29,7 @@ import anyio
 from nats.js.api import ConsumerInfo
 
 from swarmbus.agents import Agent, Context, Swarm, handles
-from swarmbus.bus import Bus, ConsumerSettings
+from swarmbus.bus import AGENTS_BUCKET, AGENTS_STORAGE, Bus, ConsumerSettings
 from swarmbus.protocols import Message, message_type
 
 T = TypeVar("T")
@@ -157,7 +157,7 @@ async def until_true(check: Callable[[], object], *, every_s: float = 0.02) -> N
 
 async def wait_announced(bus: Bus, agent: str, pids: Sequence[int]) -> None:
     """Wait until each process in ``pids`` announces ``agent`` (its consumers are live)."""
-    store = await bus.key_value("agents", ttl_s=20)
+    store = await bus.key_value(AGENTS_BUCKET, ttl_s=20, storage=AGENTS_STORAGE)
 
     async def live() -> bool:
         keys = await store.keys()

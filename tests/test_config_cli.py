@@ -120,7 +120,9 @@ async def test_agents_command_lists_live_swarm(nats_url: str, namespace: str) ->
     assert {a["agent"] for a in listed} == {"architect", "coder", "reviewer", "supervisor"}
     coder = next(a for a in listed if a["agent"] == "coder")
     assert coder["topics"] == ["step.implement"]
-    assert coder["settings"] == {"ack_wait_s": 60.0, "max_deliver": 5, "concurrency": 8}
+    assert coder["settings"] == {"ack_wait_s": 60.0, "max_deliver": 5, "max_ack_pending": 1000,
+                                 "concurrency": 8}
+    assert coder["stalled"] == ""
     assert coder["model"] == "scripted:coder"
     assert coder["namespace"] == namespace
 

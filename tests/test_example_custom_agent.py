@@ -13,7 +13,7 @@ import anyio
 import pytest
 from agent_proc import until, until_true, wait_announced
 
-from swarmbus.bus import Bus
+from swarmbus.bus import AGENTS_BUCKET, AGENTS_STORAGE, Bus
 from swarmbus.protocols import Code, SourceFile, TaskRequest, Work, WorkState, subject
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -68,5 +68,5 @@ async def test_custom_agent_example(
     assert example.returncode == 0, log
     assert "signal received" in log
     async with await Bus.connect(nats_url, namespace=namespace) as bus:
-        live = await (await bus.key_value("agents", ttl_s=20)).keys()
+        live = await (await bus.key_value(AGENTS_BUCKET, ttl_s=20, storage=AGENTS_STORAGE)).keys()
     assert not [k for k in live if f"-{example.pid}-" in k], "its announcement is withdrawn"

@@ -33,7 +33,14 @@ from _fault_helpers import (
 from _team_helpers import CODE_REVIEW, GOAL
 
 from swarmbus.agents.workflow import render_work
-from swarmbus.bus import AGENTS_BUCKET, Bus, EmbeddedServer, NatsSettings, SwarmClient
+from swarmbus.bus import (
+    AGENTS_BUCKET,
+    AGENTS_STORAGE,
+    Bus,
+    EmbeddedServer,
+    NatsSettings,
+    SwarmClient,
+)
 from swarmbus.protocols import (
     AgentAnnouncement,
     Code,
@@ -75,7 +82,7 @@ async def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
 
 
 async def wait_announced(bus: Bus, agent: str, pid: int) -> None:
-    store = await bus.key_value(AGENTS_BUCKET, ttl_s=20)
+    store = await bus.key_value(AGENTS_BUCKET, ttl_s=20, storage=AGENTS_STORAGE)
 
     async def live() -> bool:
         return any(k.startswith(f"{agent}.") and f"-{pid}-" in k for k in await store.keys())
@@ -352,7 +359,7 @@ async def test_one_daemon_takes_1000_workflows_at_once(
 
     async def sample(bus: Bus, done: anyio.Event) -> None:
         nonlocal max_backlog
-        store = await bus.key_value(AGENTS_BUCKET, ttl_s=20)
+        store = await bus.key_value(AGENTS_BUCKET, ttl_s=20, storage=AGENTS_STORAGE)
         while not done.is_set():
             backlog = 0
             for role in ROLES:

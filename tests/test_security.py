@@ -29,6 +29,8 @@ from swarmbus.agents import Agent, Context, Swarm, handles
 from swarmbus.agents.app import main as cli_main
 from swarmbus.agents.sandbox import landlock_abi
 from swarmbus.bus import (
+    AGENTS_BUCKET,
+    AGENTS_STORAGE,
     Bus,
     BusUnavailableError,
     EmbeddedServer,
@@ -216,7 +218,7 @@ async def test_permissions_example(servers: list[EmbeddedServer]) -> None:
             result = await client.result("wf1")
             finding = await until(lambda: client.bus.last("wf1", "audit"))
             # The auditor announced itself (its key in the agents bucket).
-            agents = await client.bus.key_value("agents", ttl_s=20)
+            agents = await client.bus.key_value(AGENTS_BUCKET, ttl_s=20, storage=AGENTS_STORAGE)
             keys = await until(agents.keys, lambda ks: any(k.startswith("auditor.") for k in ks))
 
             denied = await auditor_attempts(server.url, auditor_pw)

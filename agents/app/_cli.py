@@ -60,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="embedded NATS data directory (default .swarmbus)")
     p.add_argument("--port", type=int, help="embedded NATS port (default 4222)")
     p.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
+    p.add_argument("--update-consumers", action="store_true",
+                   help="rewrite existing role consumers with this config's ack wait and max "
+                   "deliveries (default: adopt theirs and warn)")
 
     p = sub.add_parser("submit", help="submit a task and follow it")
     _client_args(p)
@@ -144,7 +147,8 @@ async def cmd_up(args: argparse.Namespace) -> int:
               file=sys.stderr)
     try:
         swarm = Swarm(agents, nats=server.url if server else cfg.nats, namespace=cfg.namespace,
-                      stream=cfg.stream, grace_s=cfg.grace_s)
+                      stream=cfg.stream, grace_s=cfg.grace_s,
+                      update_consumers=args.update_consumers)
         await swarm.serve()
     finally:
         if server is not None:
@@ -209,7 +213,8 @@ async def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({
             "workflow_id": st.workflow_id, "known": st.known, "step": st.step, "role": st.role,
-            "live": st.live, "working": st.working, "round": st.round, "steps": st.steps,
+            "live": st.live, "working": st.working, "stalled": st.stalled or None,
+            "round": st.round, "steps": st.steps,
             "spent_usd": st.spent_usd,
             "result": st.result.model_dump(mode="json") if st.result else None,
         }, indent=2))
@@ -254,11 +259,13 @@ async def cmd_agents(args: argparse.Namespace) -> int:
         print("no live agents in this namespace")
         return 0
     print(f"{'agent':<12} {'instance':<34} {'model':<28} {'ack wait':>8} {'deliver':>7} "
-          "in-flight handled")
+          f"{'slots':>5} in-flight handled")
     for a in anns:
         ack, deliver = a.settings.get("ack_wait_s", "-"), a.settings.get("max_deliver", "-")
+        slots = a.settings.get("concurrency", "-")
         print(f"{a.agent:<12} {a.instance:<34} {a.model or '-':<28} {ack!s:>8} {deliver!s:>7} "
-              f"{a.in_flight:>9} {a.handled:>7}")
+              f"{slots!s:>5} {a.in_flight:>9} {a.handled:>7}"
+              + (f"  STALLED: {a.stalled}" if a.stalled else ""))
     return 0
 
 

@@ -174,6 +174,8 @@ def render_result(workflow_id: str, r: TaskResult) -> str:
 
 
 def _doing(st: WorkflowStatus, namespace: str) -> str:
+    if st.stalled:
+        return f"stalled: {st.stalled}" + (f" ({st.role} holds its work)" if st.role else "")
     if st.live is False:
         return f"waiting: no {st.role} is running in namespace {namespace}"
     if st.role:

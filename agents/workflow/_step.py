@@ -141,10 +141,10 @@ class StepAgent(Agent):
     ``cache_ttl_s`` turns on the response cache (a key-value bucket; a
     redelivered message does not pay twice), scoped to the workflow unless
     ``share_cache``. Override ``perform`` to serve a step with your own code.
-    The role's consumer starts at the oldest waiting work, not at "now".
+    The role's consumer starts at the oldest work it has not answered, not at "now".
     """
 
-    deliver_all = True
+    start = "pending"
 
     def __init__(
         self,

@@ -34,7 +34,7 @@ class Supervisor(Agent):
     """Turns a dead-lettered step (or task) into the workflow's ``failed`` result."""
 
     name = "supervisor"
-    deliver_all = True
+    start = "pending"
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
