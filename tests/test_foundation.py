@@ -218,7 +218,7 @@ async def test_message_that_kills_its_process_ends_in_deadletter(
     async with await Bus.connect(nats_url, namespace=namespace) as bus:
         deaths = 0
         letter = None
-        with anyio.fail_after(30):
+        with anyio.fail_after(60):  # three process starts; slow on a busy machine
             while letter is None:
                 # A supervisor: (re)start the replica whenever it died.
                 ev = tmp_path / f"run{len(procs)}.jsonl"

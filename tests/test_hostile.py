@@ -398,6 +398,12 @@ def generate(ns: str) -> list[Hostile]:
             out.extend(variants)
 
     collect()
+    # Generation is random in how often it reaches the server's payload limit: a few
+    # inputs over it, fixed, so that class is always there.
+    big = b'{"goal": "' + b"p" * MAX_PAYLOAD + b'"}'
+    for i, hdrs in enumerate([{}, {headers.TYPE: TaskRequest.swarm_type}, {"x": "y"}] * 2):
+        out.append(Hostile(f"own/fixed{i}/over_max_payload", f"swarm.{ns}.big{i}.task", big,
+                           hdrs, frozenset({"edge:max_payload"})))
     return out
 
 
