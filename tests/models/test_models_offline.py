@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from _model_fakes import PLAN, PLAN_JSON, Canned, FakeServer, Plan, openai_body, plan_request
+from _vendor_fakes import PLAN, PLAN_JSON, Canned, FakeServer, Plan, openai_body, plan_request
 
 from swarmbus.agents.models import (
     BLOCK_ENV,
@@ -98,13 +98,11 @@ async def test_block_switch(
 
 
 def test_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
-    import swarmbus.agents.models._guard as guard
-
-    monkeypatch.setattr(guard, "_overrides", [])
-    monkeypatch.setenv(BLOCK_ENV, "1")
-    assert real_models_blocked()
-    monkeypatch.setenv(BLOCK_ENV, "0")
-    assert not real_models_blocked()
+    with block_real_models(None):  # the environment decides again
+        monkeypatch.setenv(BLOCK_ENV, "1")
+        assert real_models_blocked()
+        monkeypatch.setenv(BLOCK_ENV, "0")
+        assert not real_models_blocked()
 
 
 async def test_blocked_before_any_network(monkeypatch: pytest.MonkeyPatch) -> None:
