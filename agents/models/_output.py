@@ -21,7 +21,8 @@ _DECODER = json.JSONDecoder()
 
 def _unwrapped(text: str) -> Iterator[str]:
     """JSON that ``text`` carries in a wrapper: one fenced block as the whole content;
-    prose followed by one fenced object; prose followed by one JSON object."""
+    prose followed by one fenced object; prose (with no JSON object in it) followed
+    by one JSON object that ends the reply."""
     whole = _WHOLE_FENCE.match(text)
     if whole:
         yield whole.group(1)
@@ -36,12 +37,12 @@ def _unwrapped(text: str) -> Iterator[str]:
         try:
             value, end = _DECODER.raw_decode(body, start)
         except ValueError:
-            pass
-        else:
-            if end == len(body) and isinstance(value, dict):
-                yield body[start:end]
-                return
-        start = body.find("{", start + 1)
+            start = body.find("{", start + 1)
+            continue
+        # The first object found must be the only one, and end the reply.
+        if end == len(body) and isinstance(value, dict):
+            yield body[start:end]
+        return
 
 
 def validate_output(output_type: type[T], text: str) -> T:
