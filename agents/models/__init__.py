@@ -5,6 +5,11 @@ cache, record/replay, and a price table.
 Build from config with ``build_model("openai:gpt-4o")``; every answer is a
 validated instance of the request's output type plus its provenance
 (provider, model, tokens, cost, latency, request hash).
+
+Money: every provider call is booked into the current ``Ledger`` (see
+``metered``) as it happens, whatever happens next, and every ``ModelError``
+carries the ``usage`` of its calls and whether it is ``permanent``. Start-up:
+building a model reads its key but imports no SDK; ``Model.prepare()`` does.
 """
 
 import importlib as _importlib

@@ -315,10 +315,17 @@ class ProviderModel(Model):
 
     async def prepare(self) -> None:
         """Import the SDK (in a worker thread) and create the client; no network call.
-        Idempotent and safe to call concurrently; ``complete`` calls it if needed."""
+        Idempotent and safe to call concurrently; ``complete`` calls it if needed.
+        Raises ``MissingSDKError`` if the SDK is installed but cannot be imported."""
         if self._prepared:
             return
-        await anyio.to_thread.run_sync(self._import_sdk)
+        try:
+            await anyio.to_thread.run_sync(self._import_sdk)
+        except ImportError as exc:
+            raise MissingSDKError(
+                f"{self.name}: the {self.sdk_module!r} package cannot be imported ({exc}): "
+                f"pip install 'swarmbus[{self.extra}]'"
+            ) from None
         if not self._prepared:
             self._create_client()
             self._prepared = True
