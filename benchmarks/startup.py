@@ -6,6 +6,8 @@ for every role) and three vendors (Gemini, OpenAI, Anthropic), with fake keys:
 nothing calls a provider at start. For each run it measures
 
 - ready: from spawning the process to its ``swarm running`` log line (seconds);
+- clients: from spawning to ``models prepared`` (SDKs imported, clients created,
+  in the background after ready): roughly what ready took when SDKs loaded first;
 - RSS: the daemon's resident memory (MB, /proc) once its model clients exist
   (after the ``models prepared`` line) and it has idled ``--idle`` seconds;
   the nats-server child is reported apart.
@@ -83,6 +85,7 @@ def one_run(config: str | None, idle_s: float, timeout_s: float) -> dict[str, An
                                 env=env, text=True)
         assert proc.stderr is not None
         ready_s: float | None = None
+        prepared_s = float("nan")
         loop = "?"
         try:
             deadline = started + timeout_s
@@ -95,9 +98,10 @@ def one_run(config: str | None, idle_s: float, timeout_s: float) -> dict[str, An
                     loop = event.get("loop", "?")
                 if event.get("event") == "swarm running" and ready_s is None:
                     ready_s = time.perf_counter() - started
-                if event.get("event") == "models prepared" or (
-                    config is None and ready_s is not None
-                ):
+                if event.get("event") == "models prepared":
+                    prepared_s = time.perf_counter() - started
+                    break
+                if config is None and ready_s is not None:
                     break
                 if time.perf_counter() > deadline:
                     raise TimeoutError("swarmbus up did not get ready in time")
@@ -114,7 +118,8 @@ def one_run(config: str | None, idle_s: float, timeout_s: float) -> dict[str, An
                 proc.kill()
                 proc.wait()
             proc.stderr.close()
-    return {"ready_s": ready_s, "rss_mb": daemon, "server_rss_mb": server, "loop": loop}
+    return {"ready_s": ready_s, "prepared_s": prepared_s, "rss_mb": daemon,
+            "server_rss_mb": server, "loop": loop}
 
 
 def main() -> None:
@@ -131,16 +136,20 @@ def main() -> None:
     lines = [
         f"swarmbus up, embedded nats-server, median of {a.runs} runs "
         f"(python {sys.version.split()[0]}, {os.cpu_count()} CPUs)",
-        f"{'config':<15} {'ready s':>8} {'(min-max)':>13} {'RSS MB':>7} {'server MB':>10}  loop",
+        f"{'config':<15} {'ready s':>8} {'(min-max)':>13} {'clients s':>10} {'RSS MB':>7} "
+        f"{'server MB':>10}  loop",
     ]
     for name, config in CONFIGS.items():
         if a.only and name not in a.only:
             continue
         runs = [one_run(config, a.idle, a.timeout) for _ in range(a.runs)]
         ready = [r["ready_s"] for r in runs]
+        prepared = statistics.median(r["prepared_s"] for r in runs)
+        clients = "-" if prepared != prepared else f"{prepared:.2f}"  # nan: offline
         lines.append(
             f"{name:<15} {statistics.median(ready):>8.2f} "
             f"{f'({min(ready):.2f}-{max(ready):.2f})':>13} "
+            f"{clients:>10} "
             f"{statistics.median(r['rss_mb'] for r in runs):>7.1f} "
             f"{statistics.median(r['server_rss_mb'] for r in runs):>10.1f}  {runs[0]['loop']}"
         )
