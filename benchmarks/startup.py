@@ -1,7 +1,7 @@
 """Start-up: how long ``swarmbus up`` takes to be ready, and what it holds at idle.
 
-Runs ``swarmbus up`` (with the embedded nats-server, so 127.0.0.1:4222 must be
-free) for three configurations: offline (scripted models), one vendor (OpenAI
+Runs ``swarmbus up`` (with the embedded nats-server, on a free loopback port) for
+three configurations: offline (scripted models), one vendor (OpenAI
 for every role) and three vendors (Gemini, OpenAI, Anthropic), with fake keys:
 nothing calls a provider at start. For each run it measures
 
@@ -72,8 +72,11 @@ def children(pid: int) -> list[int]:
 
 def one_run(config: str | None, idle_s: float, timeout_s: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="swarmbus-startup-") as tmp:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
         args = [sys.executable, "-m", "swarmbus", "up", "--log-format", "json",
-                "--data-dir", tmp, "--namespace", "startup"]
+                "--data-dir", tmp, "--namespace", "startup", "--port", str(port)]
         if config is None:
             args.append("--offline")
         else:
@@ -130,9 +133,6 @@ def main() -> None:
     ap.add_argument("--out", help="also write the table to this file")
     ap.add_argument("--only", choices=sorted(CONFIGS), action="append")
     a = ap.parse_args()
-    with socket.socket() as sock:
-        if sock.connect_ex(("127.0.0.1", 4222)) == 0:
-            sys.exit("127.0.0.1:4222 is taken: swarmbus up starts its embedded server there")
     lines = [
         f"swarmbus up, embedded nats-server, median of {a.runs} runs "
         f"(python {sys.version.split()[0]}, {os.cpu_count()} CPUs)",
