@@ -5,7 +5,8 @@ three configurations: offline (scripted models), one vendor (OpenAI
 for every role) and three vendors (Gemini, OpenAI, Anthropic), with fake keys:
 nothing calls a provider at start. For each run it measures
 
-- ready: from spawning the process to its ``swarm running`` log line (seconds);
+- ready: from spawning the process to its ``swarm running`` log line (seconds;
+  the ``swarmbus up`` line that follows names the loop);
 - clients: from spawning to ``models prepared`` (SDKs imported, clients created,
   in the background after ready): roughly what ready took when SDKs loaded first;
 - RSS: the daemon's resident memory (MB, /proc) once its model clients exist
@@ -88,7 +89,7 @@ def one_run(config: str | None, idle_s: float, timeout_s: float) -> dict[str, An
                                 env=env, text=True)
         assert proc.stderr is not None
         ready_s: float | None = None
-        prepared_s = float("nan")
+        prepared_s = 0.0
         loop = "?"
         try:
             deadline = started + timeout_s
@@ -101,10 +102,8 @@ def one_run(config: str | None, idle_s: float, timeout_s: float) -> dict[str, An
                     loop = event.get("loop", "?")
                 if event.get("event") == "swarm running" and ready_s is None:
                     ready_s = time.perf_counter() - started
-                if event.get("event") == "models prepared":
+                if event.get("event") == "models prepared":  # offline: nothing to load
                     prepared_s = time.perf_counter() - started
-                    break
-                if config is None and ready_s is not None:
                     break
                 if time.perf_counter() > deadline:
                     raise TimeoutError("swarmbus up did not get ready in time")
@@ -144,8 +143,7 @@ def main() -> None:
             continue
         runs = [one_run(config, a.idle, a.timeout) for _ in range(a.runs)]
         ready = [r["ready_s"] for r in runs]
-        prepared = statistics.median(r["prepared_s"] for r in runs)
-        clients = "-" if prepared != prepared else f"{prepared:.2f}"  # nan: offline
+        clients = f"{statistics.median(r['prepared_s'] for r in runs):.2f}"
         lines.append(
             f"{name:<15} {statistics.median(ready):>8.2f} "
             f"{f'({min(ready):.2f}-{max(ready):.2f})':>13} "

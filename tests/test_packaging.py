@@ -20,7 +20,7 @@ import swarmbus
 
 ROOT = Path(__file__).resolve().parent.parent
 SDKS = ("openai", "anthropic", "google.genai", "httpx2", "pytest")
-CORE = {"pydantic", "anyio", "nats-py", "nkeys", "structlog", "pyyaml"}
+CORE = {"pydantic", "anyio", "nats-py", "nkeys", "structlog", "pyyaml", "jinja2"}
 
 
 def _name(requirement: str) -> str:
@@ -170,7 +170,9 @@ def test_up_names_its_loop_and_prepares_models_after_ready(nats_url: str, namesp
         proc.wait(timeout=30)
         proc.stderr.close()
     names = [e["event"] for e in events]
-    assert names.index("swarmbus up") < names.index("swarm running") < names.index(
+    # the daemon's own line comes once it is ready (a mistake before that is one
+    # "error:" line alone), and the SDKs are loaded after it
+    assert names.index("swarm running") < names.index("swarmbus up") < names.index(
         "models prepared")
     first = events[names.index("swarmbus up")]
     expected = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"

@@ -141,9 +141,6 @@ async def cmd_up(args: argparse.Namespace) -> int:
     from ._team import build_agents, prepare_models
 
     configure_logging(args.log_format)
-    loop = "uvloop" if type(asyncio.get_running_loop()).__module__.startswith("uvloop") else (
-        "asyncio")
-    structlog.get_logger("swarmbus.app").info("swarmbus up", version=_version(), loop=loop)
     cfg = _config(args, offline=True if args.offline else None, data_dir=args.data_dir or None,
                   workflow=args.workflow, port=args.port)
     agents = build_agents(cfg)
@@ -164,6 +161,10 @@ async def cmd_up(args: argparse.Namespace) -> int:
                       update_consumers=args.update_consumers)
         async with anyio.create_task_group() as tg:
             await tg.start(swarm.serve)
+            loop = type(asyncio.get_running_loop()).__module__.partition(".")[0]
+            structlog.get_logger("swarmbus.app").info(
+                "swarmbus up", version=_version(), loop="uvloop" if loop == "uvloop" else "asyncio",
+                namespace=cfg.namespace)
             tg.start_soon(prepare_models, agents)  # SDK imports: after ready, off the path
     finally:
         if server is not None:
