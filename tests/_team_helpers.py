@@ -25,7 +25,15 @@ import anyio
 from pydantic import BaseModel
 
 from swarmbus.agents import Agent, Swarm
-from swarmbus.agents.models import FunctionModel, Model, ModelRequest, ModelResponse
+from swarmbus.agents.models import (
+    FunctionModel,
+    Ledger,
+    Model,
+    ModelRequest,
+    ModelResponse,
+    current_ledger,
+    metered,
+)
 from swarmbus.agents.workflow import load_workflow
 from swarmbus.agents.workflow import team as workflow_team
 from swarmbus.bus import StoredMessage, SwarmClient
@@ -123,7 +131,8 @@ class Script:
 
 
 class Priced(Model):
-    """Wraps a model and reports a fixed cost and token count per call (like a paid API)."""
+    """Wraps a model and reports a fixed cost and token count per call (like a paid API),
+    booked into the current ledger in place of the inner model's free call."""
 
     def __init__(self, inner: Model, cost_usd: float) -> None:
         self.inner = inner
@@ -131,10 +140,14 @@ class Priced(Model):
         self.cost_usd = cost_usd
 
     async def complete(self, request: ModelRequest[T]) -> ModelResponse[T]:
-        r = await self.inner.complete(request)
+        outer = current_ledger()
+        with metered(Ledger()):  # the inner model books its free call here, not outside
+            r = await self.inner.complete(request)
         prov = r.provenance.model_copy(
             update={"cost_usd": self.cost_usd, "input_tokens": 100, "output_tokens": 20}
         )
+        if outer is not None:
+            outer.record(prov)
         return replace(r, provenance=prov)
 
 

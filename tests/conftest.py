@@ -5,6 +5,11 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
+from _vendor_fakes import SECRET, FakeServer
+
+pytest_plugins = ["swarmbus.agents.pytest_plugin"]
+
+KEY_ENVS = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY")
 
 
 @pytest.fixture
@@ -21,6 +26,36 @@ def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
         if p.poll() is None:
             p.kill()
         p.wait(timeout=10)
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeServer]:
+    """A loopback server speaking the vendors' wire formats (see ``_vendor_fakes``)."""
+    with FakeServer() as server:
+        yield server
+
+
+@pytest.fixture
+def fake2() -> Iterator[FakeServer]:
+    """A second one, for fallback chains."""
+    with FakeServer() as server:
+        yield server
+
+
+@pytest.fixture
+def fake_keys(monkeypatch: pytest.MonkeyPatch) -> str:
+    """Fake keys in every provider's variable; the fakes accept anything."""
+    for name in KEY_ENVS:
+        monkeypatch.setenv(name, SECRET)
+    monkeypatch.delenv("ANTHROPIC_BASE_URL", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    return SECRET
+
+
+@pytest.fixture
+def no_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in KEY_ENVS:
+        monkeypatch.delenv(name, raising=False)
 
 
 # A stray real model call fails the test (tests/models re-allows calls to its loopback fakes).

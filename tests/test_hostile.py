@@ -337,7 +337,9 @@ def _expect(skind: str, mode: str, topic: str | None, wf_ok: bool, hdrs: dict[st
     if mode == "js_refused":
         return {"edge:refused"}
     if skind == "wildcard":
-        return {"inert", "dl:invalid"}
+        # A consumer whose filter takes the literal "*" token decodes it: the codec checks
+        # the body size before the subject, so an oversize body is dead-lettered as such.
+        return {"inert", "dl:invalid"} | ({"dl:oversize"} if len(body) > MAX_BODY else set())
     if skind == "tokens" or topic not in CONSUMED:
         return {"inert"}
     if len(body) > MAX_BODY:

@@ -175,8 +175,8 @@ async def test_a_permanent_error_ends_the_workflow_at_once(
 
 
 async def test_retry_after_is_honoured(nats_url: str, namespace: str) -> None:
-    limited = ProviderRateLimitError("429 slow down", model="t:coder", status_code=429)
-    limited.retry_after_s = 1.5  # type: ignore[attr-defined]
+    limited = ProviderRateLimitError("429 slow down", model="t:coder", status_code=429,
+                                     retry_after_s=1.5)
     script, seen = Script(), []
 
     def timed(request: ModelRequest[Any]) -> Reply:

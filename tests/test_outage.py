@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import anyio
 import pytest
 from _team_helpers import team
-from models._model_fakes import Canned, FakeServer, openai_body, openai_error
+from _vendor_fakes import Canned, FakeServer, openai_body, openai_error
 
 from swarmbus.agents import Swarm
 from swarmbus.agents.app import offline_models, render_trail

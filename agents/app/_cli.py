@@ -4,7 +4,9 @@ demo, nats. Every mistake a user can make ends in one line, ``error: ...``, exit
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
+import importlib.util
 import json
 import signal
 import socket
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import structlog
 from pydantic import ValidationError
 
 from swarmbus.bus import (
@@ -49,8 +52,15 @@ def _client_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", help="swarm.yaml (for NATS settings and namespace)")
 
 
+def _version() -> str:
+    import swarmbus
+
+    return str(swarmbus.__version__)
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="swarmbus", description=__doc__)
+    ap.add_argument("--version", action="version", version=f"swarmbus {_version()}")
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("up", help="run a swarm in the foreground")
@@ -128,7 +138,7 @@ async def _client(cfg: SwarmConfig) -> SwarmClient:
 
 
 async def cmd_up(args: argparse.Namespace) -> int:
-    from ._team import build_agents
+    from ._team import build_agents, prepare_models
 
     configure_logging(args.log_format)
     cfg = _config(args, offline=True if args.offline else None, data_dir=args.data_dir or None,
@@ -149,7 +159,13 @@ async def cmd_up(args: argparse.Namespace) -> int:
         swarm = Swarm(agents, nats=server.url if server else cfg.nats, namespace=cfg.namespace,
                       stream=cfg.stream, grace_s=cfg.grace_s,
                       update_consumers=args.update_consumers)
-        await swarm.serve()
+        async with anyio.create_task_group() as tg:
+            await tg.start(swarm.serve)
+            loop = type(asyncio.get_running_loop()).__module__.partition(".")[0]
+            structlog.get_logger("swarmbus.app").info(
+                "swarmbus up", version=_version(), loop="uvloop" if loop == "uvloop" else "asyncio",
+                namespace=cfg.namespace)
+            tg.start_soon(prepare_models, agents)  # SDK imports: after ready, off the path
     finally:
         if server is not None:
             await server.stop()
@@ -340,7 +356,9 @@ def _run(args: argparse.Namespace) -> int:
         "up": cmd_up, "submit": cmd_submit, "status": cmd_status, "trail": cmd_trail,
         "cancel": cmd_cancel, "agents": cmd_agents, "demo": cmd_demo, "nats": cmd_nats,
     }
-    return anyio.run(commands[args.command], args)
+    # uvloop when installed (the `fast` extra): named in `swarmbus up`'s first log line.
+    options = {"use_uvloop": True} if importlib.util.find_spec("uvloop") is not None else {}
+    return anyio.run(commands[args.command], args, backend_options=options)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,6 +3,8 @@ with their models, the supervisor, and custom agents."""
 
 from __future__ import annotations
 
+import importlib.util
+import time
 from collections.abc import Mapping
 
 import structlog
@@ -16,7 +18,7 @@ from ..workflow import Tool, default_tools, load_workflow, team
 from ._config import RoleConfig, SwarmConfig
 from ._demo import offline_models
 
-__all__ = ["build_agents", "unpriced_models"]
+__all__ = ["build_agents", "prepare_models", "unpriced_models"]
 
 log = structlog.get_logger("swarmbus.app")
 
@@ -61,6 +63,13 @@ def build_agents(
             models[role] = offline.get(role) or offline["any"]
         elif rc is not None and rc.model is not None:
             models[role] = build_model(rc.model)
+    if tools is None and importlib.util.find_spec("pytest") is None and any(
+        "sandbox.pytest" in wf.steps[s].tools for r in running for s in wf.roles[r]
+    ):
+        raise ConfigError(
+            "a step of this workflow runs submitted tests with pytest (sandbox.pytest), "
+            "which is not installed: pip install 'swarmbus[sandbox]'"
+        )
     build = (lambda _config: offline["any"]) if cfg.offline else None
     cache = cfg.cache.ttl_s if cfg.cache.enabled else None
     agents = team(
@@ -116,3 +125,23 @@ def _names(model: object) -> list[str]:
         return [n for m in model.models for n in _names(m)]
     name = getattr(model, "name", "")
     return [name] if isinstance(name, str) and name else []
+
+
+async def prepare_models(agents: list[Agent]) -> None:
+    """Import the SDKs and create the clients of the agents' models, one after the
+    other (``Model.prepare``; no network). ``swarmbus up`` runs it once ready; a
+    failure is logged, and the first call tries again."""
+    started = time.perf_counter()
+    names = []
+    for agent in agents:
+        models = [getattr(agent, "model", None), *getattr(agent, "_step_models", {}).values()]
+        for model in models:
+            if not isinstance(model, Model):
+                continue
+            try:
+                await model.prepare()
+                names.append(model.name)
+            except Exception as exc:
+                log.warning("model not prepared; its first call tries again",
+                            model=model.name, error=repr(exc))
+    log.info("models prepared", models=names, seconds=round(time.perf_counter() - started, 3))

@@ -5,6 +5,11 @@ cache, record/replay, and a price table.
 Build from config with ``build_model("openai:gpt-4o")``; every answer is a
 validated instance of the request's output type plus its provenance
 (provider, model, tokens, cost, latency, request hash).
+
+Money: every provider call is booked into the current ``Ledger`` (see
+``metered``) as it happens, whatever happens next, and every ``ModelError``
+carries the ``usage`` of its calls and whether it is ``permanent``. Start-up:
+building a model reads its key but imports no SDK; ``Model.prepare()`` does.
 """
 
 import importlib as _importlib
@@ -17,10 +22,13 @@ from ._errors import (
     CassetteMissError,
     FallbackExhaustedError,
     MissingAPIKeyError,
+    MissingSDKError,
     ModelError,
     OutputTruncatedError,
     OutputValidationError,
     ProviderAuthError,
+    ProviderBadRequestError,
+    ProviderEmptyReplyError,
     ProviderError,
     ProviderRateLimitError,
     ProviderServerError,
@@ -30,21 +38,25 @@ from ._errors import (
     ScriptExhaustedError,
     UnknownModelError,
 )
-from ._fallback import FallbackModel
+from ._fallback import OUTPUT_ERRORS, FallbackModel
 from ._guard import BLOCK_ENV, block_real_models, real_models_blocked
 from ._ledger import Ledger, current_ledger, metered
 from ._names import qualify_model_name
-from ._offline import FunctionModel, Reply, ScriptedModel
+from ._offline import Billed, FunctionModel, OfflinePrice, Reply, ScriptedModel, Unmetered
+from ._output import validate_output
 from ._prices import (
     PRICES_ENV,
     Price,
     PriceTable,
     cost_usd,
+    is_priced,
     load_prices,
     price_for,
     price_table,
     set_price,
+    using_prices,
 )
+from ._provider import CHARS_PER_TOKEN
 from ._registry import (
     FallbackSpec,
     ModelConfig,
@@ -53,12 +65,16 @@ from ._registry import (
     build_model,
     known_providers,
     register_provider,
+    unregister_provider,
 )
 
 __all__ = (
     "BLOCK_ENV",
+    "CHARS_PER_TOKEN",
+    "OUTPUT_ERRORS",
     "PRICES_ENV",
     "AnthropicModel",
+    "Billed",
     "CachedModel",
     "CassetteMissError",
     "ChatMessage",
@@ -70,6 +86,7 @@ __all__ = (
     "Ledger",
     "MemoryStore",
     "MissingAPIKeyError",
+    "MissingSDKError",
     "Model",
     "ModelConfig",
     "ModelError",
@@ -77,12 +94,15 @@ __all__ = (
     "ModelResponse",
     "ModelSettings",
     "ModelSpec",
+    "OfflinePrice",
     "OpenAIModel",
     "OutputTruncatedError",
     "OutputValidationError",
     "Price",
     "PriceTable",
     "ProviderAuthError",
+    "ProviderBadRequestError",
+    "ProviderEmptyReplyError",
     "ProviderError",
     "ProviderFactory",
     "ProviderRateLimitError",
@@ -97,11 +117,13 @@ __all__ = (
     "ScriptExhaustedError",
     "ScriptedModel",
     "UnknownModelError",
+    "Unmetered",
     "block_real_models",
     "build_model",
     "cost_usd",
     "current_ledger",
     "gemini_schema",
+    "is_priced",
     "known_providers",
     "load_prices",
     "metered",
@@ -111,6 +133,9 @@ __all__ = (
     "real_models_blocked",
     "register_provider",
     "set_price",
+    "unregister_provider",
+    "using_prices",
+    "validate_output",
 )
 
 if _typing.TYPE_CHECKING:
@@ -127,7 +152,7 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> _typing.Any:
-    # The vendor SDKs take seconds to import; load them when a provider is used.
+    # The adapters import no SDK (Model.prepare() does); this keeps even them off start-up.
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import anthropic
-from anthropic.lib._parse._transform import transform_schema  # the SDK's own schema transform
+from pydantic import SecretStr
 
 from ._base import ChatMessage, ModelRequest
 from ._errors import ModelError, ProviderError, ProviderTimeoutError
@@ -16,10 +15,17 @@ from ._provider import (
     DEFAULT_MAX_RETRIES,
     ProviderModel,
     RawReply,
+    Tokens,
     error_for_status,
     forbid_extra,
+    no_retry_on_auth,
+    parse_retry_after,
+    require_sdk,
     resolve_api_key,
 )
+
+if TYPE_CHECKING:
+    import anthropic
 
 __all__ = ["AnthropicModel"]
 
@@ -40,12 +46,22 @@ class AnthropicModel(ProviderModel):
     """A Claude model through ``anthropic.AsyncAnthropic``.
 
     ``structured_output``: ``"native"`` sends ``output_config.format`` (a JSON
-    schema), ``"tool"`` forces a single tool whose input is the answer;
+    schema), ``"tool"`` forces a single tool whose input is the answer (an
+    input sent as a JSON string instead of an object is accepted as is);
     ``"auto"`` picks ``tool`` for models that predate structured outputs.
-    The key comes from ``api_key_file`` / ``api_key_env`` / ``ANTHROPIC_API_KEY``;
-    the base URL from ``base_url`` or ``ANTHROPIC_BASE_URL``. The Anthropic SDK
-    has no temperature parameter, so ``ModelSettings.temperature`` is not sent.
+    The key comes from ``api_key_file`` / ``api_key_env`` / ``ANTHROPIC_API_KEY``
+    (read, and registered for scrubbing, now); the base URL from ``base_url``
+    or ``ANTHROPIC_BASE_URL``. The client is created by ``prepare`` (or given as
+    ``client``, borrowed). The Anthropic SDK has no temperature parameter, so
+    ``ModelSettings.temperature`` is not sent.
+
+    Usage: Anthropic's ``input_tokens`` excludes cache reads and writes; ours
+    includes them, with cache writes split by TTL (5 minutes / 1 hour) for
+    pricing. Raises ``MissingSDKError`` now if ``anthropic`` is not installed.
     """
+
+    sdk_module = "anthropic"
+    extra = "anthropic"
 
     def __init__(
         self,
@@ -62,12 +78,17 @@ class AnthropicModel(ProviderModel):
     ) -> None:
         super().__init__("anthropic", model, price=price, timeout_s=timeout_s)
         self.base_url = base_url
+        self._max_retries = max_retries
         if structured_output == "auto":
             structured_output = "tool" if model.startswith(_TOOL_ONLY_PREFIXES) else "native"
         self.structured_output: StructuredMode = structured_output
+        self._client: anthropic.AsyncAnthropic | None = client
+        self._owns_client = client is None
+        self._key: SecretStr | None = None
         if client is not None:
-            self._client, self._owns_client = client, False
+            self._prepared = True
             return
+        require_sdk("anthropic", provider="anthropic", extra="anthropic")
         key = resolve_api_key(
             provider="anthropic",
             env=api_key_env,
@@ -76,23 +97,39 @@ class AnthropicModel(ProviderModel):
             required=True,
         )
         assert key is not None
-        # An explicit key also stops the SDK from reading profile files on disk.
-        self._client = anthropic.AsyncAnthropic(
-            api_key=key.get_secret_value(), base_url=base_url, max_retries=max_retries
-        )
-        self._owns_client = True
+        self._key, self._key_source = key.value, key.source
 
     def __repr__(self) -> str:
         where = f", base_url={self.base_url!r}" if self.base_url else ""
         return f"AnthropicModel({self.name!r}{where})"
 
+    def _import_sdk(self) -> None:
+        import anthropic  # noqa: F401
+
+    def _create_client(self) -> None:
+        import anthropic
+
+        assert self._key is not None
+        # An explicit key also stops the SDK from reading profile files on disk.
+        self._client = anthropic.AsyncAnthropic(
+            api_key=self._key.get_secret_value(),
+            base_url=self.base_url,
+            max_retries=self._max_retries,
+            http_client=anthropic.DefaultAsyncHttpxClient(
+                event_hooks={"response": [no_retry_on_auth]}
+            ),
+        )
+
     async def aclose(self) -> None:
-        if self._owns_client:
+        if self._owns_client and self._client is not None:
             await self._client.close()
 
     async def _call(
         self, request: ModelRequest[Any], history: list[ChatMessage], timeout_s: float
     ) -> RawReply:
+        from anthropic.lib._parse._transform import transform_schema  # the SDK's own transform
+
+        assert self._client is not None
         schema = forbid_extra(transform_schema(request.output_type))
         messages: list[Any] = [{"role": m.role, "content": m.content} for m in history]
         kwargs: dict[str, Any] = {}
@@ -115,49 +152,54 @@ class AnthropicModel(ProviderModel):
             timeout=timeout_s,
             **kwargs,
         )
-        usage = message.usage
-        cache_read = usage.cache_read_input_tokens or 0
-        # Anthropic's input_tokens excludes cache reads and writes; ours includes them.
-        input_tokens = usage.input_tokens + cache_read + (usage.cache_creation_input_tokens or 0)
+        tokens = _tokens(getattr(message, "usage", None))
         text = ""
         for block in message.content:
             if block.type == "tool_use" and block.name == _TOOL:
-                text = json.dumps(block.input)
+                answer: object = block.input
+                text = answer if isinstance(answer, str) else json.dumps(answer)
                 break
             if block.type == "text":
                 text += block.text
-        reply = RawReply(
-            text,
-            input_tokens=input_tokens,
-            output_tokens=usage.output_tokens,
-            cached_tokens=cache_read,
-        )
         if message.stop_reason == "refusal":
             details = message.stop_details
             reason = (details.explanation or details.category or "") if details else ""
-            return RawReply(
-                "",
-                input_tokens=reply.input_tokens,
-                output_tokens=reply.output_tokens,
-                cached_tokens=reply.cached_tokens,
-                stop="refusal",
-                refusal=reason or text,
-            )
+            return RawReply("", tokens, stop="refusal", refusal=reason or text)
         if message.stop_reason in ("max_tokens", "model_context_window_exceeded"):
-            return RawReply(
-                text,
-                input_tokens=reply.input_tokens,
-                output_tokens=reply.output_tokens,
-                cached_tokens=reply.cached_tokens,
-                stop="length",
-            )
-        return reply
+            return RawReply(text, tokens, stop="length")
+        return RawReply(text, tokens)
 
     def _map_error(self, exc: Exception) -> ModelError | None:
+        import anthropic
+
         if isinstance(exc, anthropic.APITimeoutError):
             return ProviderTimeoutError(f"{self.name}: request timed out", model=self.name)
         if isinstance(exc, anthropic.APIStatusError):
-            return error_for_status(exc.status_code, exc.message, model=self.name)
+            return error_for_status(
+                exc.status_code,
+                exc.message,
+                model=self.name,
+                retry_after_s=parse_retry_after(exc.response.headers),
+                key_source=self._key_source,
+            )
         if isinstance(exc, anthropic.APIConnectionError):
             return ProviderError(f"{self.name}: cannot connect: {exc.message}", model=self.name)
         return None
+
+
+def _tokens(usage: Any) -> Tokens | None:
+    if usage is None:
+        return None
+    reads = usage.cache_read_input_tokens or 0
+    writes = usage.cache_creation_input_tokens or 0
+    split = getattr(usage, "cache_creation", None)
+    writes_1h = (split.ephemeral_1h_input_tokens or 0) if split is not None else 0
+    details = getattr(usage, "output_tokens_details", None)
+    return Tokens(
+        input=(usage.input_tokens or 0) + reads + writes,
+        output=usage.output_tokens or 0,  # thinking tokens included
+        cached=reads,
+        cache_write=writes,
+        cache_write_1h=writes_1h,
+        reasoning=(getattr(details, "thinking_tokens", 0) or 0) if details is not None else 0,
+    )

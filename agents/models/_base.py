@@ -84,14 +84,28 @@ class Model(ABC):
     """A model answering typed requests.
 
     ``name`` is the ``provider:model`` string used in config. Implementations
-    raise ``ModelError`` subclasses (see ``swarmbus.agents.models``) and close
-    only the SDK clients they created, in ``aclose``.
+    raise ``ModelError`` subclasses (see ``swarmbus.agents.models``), book every
+    provider call into the current ``Ledger`` (``before_call`` before it,
+    ``record`` after every billed answer), and close only the SDK clients they
+    created, in ``aclose``.
     """
 
     name: str
 
     @abstractmethod
-    async def complete(self, request: ModelRequest[T]) -> ModelResponse[T]: ...
+    async def complete(self, request: ModelRequest[T]) -> ModelResponse[T]:
+        """Answer ``request`` with a validated output and its provenance.
+
+        Raises a ``ModelError`` (``permanent`` says whether retrying can help,
+        ``usage`` what the failed calls were billed), or whatever the current
+        ledger's check raised to stop a call, unchanged.
+        """
+
+    async def prepare(self) -> None:
+        """Make the first call fast: import the SDK and create its client, with no
+        network call. Idempotent; ``complete`` awaits it itself when it was not
+        called. A daemon calls it in the background once it reports ready."""
+        return None
 
     async def aclose(self) -> None:
         return None

@@ -1,4 +1,4 @@
-"""A response cache in front of any model, keyed by the hash of (model, request)."""
+"""A response cache in front of any model, keyed by the hash of (workflow, model, request)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ import json
 import logging
 import time
 from dataclasses import replace
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from pydantic import ValidationError
 
-from swarmbus.protocols import Provenance
+from swarmbus.protocols import Provenance, Usage
 
 from ._base import Model, ModelRequest, ModelResponse, T
-from ._ledger import current_ledger
+from ._ledger import current_ledger, tapped
 
 __all__ = ["CachedModel", "MemoryStore", "ResponseStore"]
 
@@ -48,42 +48,68 @@ class MemoryStore:
 class CachedModel(Model):
     """Answers a request seen before from ``store`` instead of calling ``model``.
 
-    The key is ``request.request_hash(model.name)``, so a redelivered message
-    does not pay the provider twice. Entries older than ``ttl_s`` (None: no
-    limit beyond the store's own) are ignored. A hit returns the stored output
-    with provenance ``from_cache=True``, zero tokens and ``cost_usd=0.0``
-    (nothing was spent now; the original call was accounted when it was made,
-    and ``original_usage`` says what it cost, so a redelivered message whose
-    first attempt paid but never published can still charge it),
-    ``latency_s`` the lookup time, and the original provider, model and hash.
-    The store failing never fails a call: it is logged and treated as a miss.
-    ``aclose`` closes the wrapped model; the store is borrowed.
+    Scope: by default the key is the hash of (the current ledger's ``scope``,
+    ``request.request_hash(model.name)``), the scope being the workflow id the
+    runtime puts on the ledger. So a redelivered message of the same workflow
+    does not pay the provider twice, while a resubmitted task (another
+    workflow) gets fresh answers. ``shared=True`` shares answers across
+    workflows (the key is the request hash alone); so does calling without a
+    ledger, or with an empty scope.
+
+    A hit returns the stored output with provenance ``from_cache=True``,
+    ``calls=0``, zero tokens and ``cost_usd=0.0`` (nothing was spent now),
+    ``latency_s`` the lookup time, the original provider, model and hash, and
+    ``original_usage``: what filling the entry cost (every call booked while
+    the wrapped model answered, fallback attempts included). The hit is booked
+    into the current ledger; a ledger marked ``redelivery`` charges
+    ``original_usage`` for it, because the attempt that paid never got to
+    publish its spend. A miss calls ``model``, which books its own calls.
+    Entries older than ``ttl_s`` (None: no limit beyond the store's own) are
+    ignored. The store failing never fails a call: it is logged and treated as
+    a miss. ``aclose`` closes the wrapped model; the store is borrowed.
     """
 
-    def __init__(self, model: Model, store: ResponseStore, *, ttl_s: float | None = None) -> None:
+    def __init__(
+        self,
+        model: Model,
+        store: ResponseStore,
+        *,
+        ttl_s: float | None = None,
+        shared: bool = False,
+    ) -> None:
         self.inner = model
         self.name = model.name
         self.store = store
         self.ttl_s = ttl_s
+        self.shared = shared
         self.hits = 0
         self.misses = 0
 
     def __repr__(self) -> str:
-        return f"CachedModel({self.inner!r})"
+        return f"CachedModel({self.inner!r}{', shared=True' if self.shared else ''})"
+
+    def key(self, request: ModelRequest[Any]) -> str:
+        """The store key for ``request`` under the current ledger's scope (see above)."""
+        base = request.request_hash(self.name)
+        ledger = current_ledger()
+        scope = "" if self.shared or ledger is None else ledger.scope
+        if not scope:
+            return base
+        return hashlib.sha256(f"{scope}\n{base}".encode()).hexdigest()
+
+    async def prepare(self) -> None:
+        await self.inner.prepare()
 
     async def complete(self, request: ModelRequest[T]) -> ModelResponse[T]:
         started = time.perf_counter()
-        key = request.request_hash(self.name)
-        ledger = current_ledger()
-        if ledger is not None and ledger.scope:  # answers are the workflow's own by default
-            key = hashlib.sha256(f"{ledger.scope}\x00{key}".encode()).hexdigest()
+        key = self.key(request)
         hit = await self._lookup(key, request)
         if hit is not None:
             self.hits += 1
-            output, provenance = hit
+            output, provenance, paid = hit
             provenance = provenance.model_copy(
                 update={
-                    "original_usage": provenance.original_usage or provenance.usage(),
+                    "original_usage": paid,
                     "input_tokens": 0,
                     "output_tokens": 0,
                     "cached_tokens": 0,
@@ -96,14 +122,20 @@ class CachedModel(Model):
                     "from_cache": True,
                 }
             )
+            ledger = current_ledger()
+            if ledger is not None:
+                ledger.record(provenance)
             return ModelResponse(output=output, provenance=provenance)
         self.misses += 1
-        response = await self.inner.complete(request)
+        with tapped() as tap:
+            response = await self.inner.complete(request)
+        paid = tap.usage if tap.records else response.provenance.usage()
         entry = {
             "v": _FORMAT,
             "stored_at": time.time(),
             "output": response.output.model_dump(mode="json"),
             "provenance": response.provenance.model_dump(mode="json"),
+            "paid": paid.model_dump(mode="json"),
         }
         try:
             await self.store.put(key, json.dumps(entry).encode())
@@ -111,7 +143,9 @@ class CachedModel(Model):
             log.warning("model cache put failed for %s: %r", self.name, exc)
         return replace(response)
 
-    async def _lookup(self, key: str, request: ModelRequest[T]) -> tuple[T, Provenance] | None:
+    async def _lookup(
+        self, key: str, request: ModelRequest[T]
+    ) -> tuple[T, Provenance, Usage] | None:
         try:
             blob = await self.store.get(key)
         except Exception as exc:
@@ -126,7 +160,10 @@ class CachedModel(Model):
             if self.ttl_s is not None and time.time() - float(entry["stored_at"]) > self.ttl_s:
                 return None
             output = request.output_type.model_validate(entry["output"])
-            return output, Provenance.model_validate(entry["provenance"])
+            provenance = Provenance.model_validate(entry["provenance"])
+            paid = entry.get("paid")
+            usage = Usage.model_validate(paid) if paid is not None else provenance.usage()
+            return output, provenance, usage
         except (ValueError, KeyError, TypeError, ValidationError) as exc:
             log.warning("ignoring an unreadable model cache entry %s: %r", key, exc)
             return None

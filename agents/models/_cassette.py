@@ -14,6 +14,7 @@ from swarmbus.protocols import Provenance
 
 from ._base import Model, ModelRequest, ModelResponse, T
 from ._errors import CassetteMissError
+from ._ledger import current_ledger
 
 __all__ = ["RecordingModel", "ReplayModel"]
 
@@ -71,6 +72,9 @@ class RecordingModel(Model):
         self.recorded += 1
         return response
 
+    async def prepare(self) -> None:
+        await self.inner.prepare()
+
     async def aclose(self) -> None:
         await self.inner.aclose()
 
@@ -83,8 +87,9 @@ class ReplayModel(Model):
     naming models (give ``model_name`` to restrict matches to one). Identical
     requests recorded several times are answered in recorded order, the last
     one repeating. Provenance is the recorded one (same tokens and cost, so
-    budgets behave as in the recorded run). A request not in the cassette
-    raises ``CassetteMissError`` naming its hash.
+    budgets behave as in the recorded run), booked into the current ledger
+    like a provider's answer (``before_call`` first). A request not in the
+    cassette raises ``CassetteMissError`` naming its hash.
     """
 
     def __init__(
@@ -129,12 +134,18 @@ class ReplayModel(Model):
             key = request.request_hash(model)
             recorded = entries.get(key)
             if recorded:
+                ledger = current_ledger()
+                if ledger is not None:
+                    ledger.before_call(model)
                 index = min(self._served[key], len(recorded) - 1)
                 self._served[key] += 1
                 entry = recorded[index]
+                provenance = Provenance.model_validate(entry["provenance"])
+                if ledger is not None:
+                    ledger.record(provenance)
                 return ModelResponse(
                     output=request.output_type.model_validate(entry["output"]),
-                    provenance=Provenance.model_validate(entry["provenance"]),
+                    provenance=provenance,
                 )
         wanted = ", ".join(f"{request.request_hash(m)} ({m})" for m in self._models) or (
             request.request_hash(self.name)

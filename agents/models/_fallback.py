@@ -1,4 +1,5 @@
-"""A chain of models: on provider failures the next one answers."""
+"""A chain of models: on provider failures (and, if configured, output errors) the next
+one answers."""
 
 from __future__ import annotations
 
@@ -9,9 +10,24 @@ from dataclasses import dataclass, replace
 from swarmbus.protocols import ConfigError
 
 from ._base import Model, ModelRequest, ModelResponse, T
-from ._errors import FallbackExhaustedError, ModelError, ProviderError
+from ._errors import (
+    FallbackExhaustedError,
+    ModelError,
+    OutputTruncatedError,
+    OutputValidationError,
+    ProviderError,
+    RefusalError,
+)
+from ._ledger import current_ledger
 
-__all__ = ["FallbackModel"]
+__all__ = ["OUTPUT_ERRORS", "FallbackModel"]
+
+OUTPUT_ERRORS: tuple[type[ModelError], ...] = (
+    OutputValidationError,
+    OutputTruncatedError,
+    RefusalError,
+)
+"""The model's own answer was unusable: invalid (after repair), cut off, or refused."""
 
 
 @dataclass(slots=True)
@@ -30,10 +46,18 @@ class FallbackModel(Model):
     lists in ``tried`` the ones that failed before it. When all fail,
     ``FallbackExhaustedError`` (a ``ProviderError``) carries each error.
 
-    By default only ``ProviderError`` (rate limits, timeouts, 5xx, connection
-    and auth failures) moves on: an invalid output or a refusal is the model's
-    answer. Pass ``fallback_on=(ModelError,)`` to move on for those too.
-    ``aclose`` closes every model of the chain.
+    By default only ``ProviderError`` (rate limits, timeouts, 5xx, empty
+    replies, connection and auth failures) moves on: an invalid output or a
+    refusal is the model's answer. Pass ``fallback_on=(ProviderError,
+    *OUTPUT_ERRORS)`` (``FallbackSpec(on=["provider", "output"])`` in config) to
+    move on after those too.
+
+    Money: every call a member made is booked into the current ledger by that
+    member as it happens, so the calls made before the chain moved on are in
+    the spend; ``FallbackExhaustedError.usage`` is their sum. Whatever the
+    ledger's check raises before a call (budget, deadline, cancel) is never
+    caught here: it stops the chain before the next model's request.
+    ``prepare`` and ``aclose`` apply to every model of the chain.
     """
 
     def __init__(
@@ -73,6 +97,10 @@ class FallbackModel(Model):
             return ready
         return sorted(range(len(self.models)), key=lambda i: self._health[i].cooled_until)
 
+    async def prepare(self) -> None:
+        for model in self.models:
+            await model.prepare()
+
     async def complete(self, request: ModelRequest[T]) -> ModelResponse[T]:
         errors: list[ModelError] = []
         tried: list[str] = []
@@ -81,6 +109,9 @@ class FallbackModel(Model):
             try:
                 response = await model.complete(request)
             except self.fallback_on as exc:
+                ledger = current_ledger()
+                if ledger is not None and ledger.stopped is exc:
+                    raise  # the ledger stopped the call: not a model failure
                 errors.append(exc)
                 tried.append(model.name)
                 health.failures += 1

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+import re
+from typing import TYPE_CHECKING, Any
 
-import httpx2
-from google import genai
-from google.genai import errors as genai_errors
-from google.genai import types as genai_types
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
 
 from swarmbus.protocols import ConfigError
 
@@ -20,9 +17,15 @@ from ._provider import (
     DEFAULT_MAX_RETRIES,
     ProviderModel,
     RawReply,
+    Tokens,
     error_for_status,
+    parse_retry_after,
+    require_sdk,
     resolve_api_key,
 )
+
+if TYPE_CHECKING:
+    from google import genai
 
 __all__ = ["GoogleModel", "gemini_schema"]
 
@@ -71,10 +74,21 @@ class GoogleModel(ProviderModel):
     """A Gemini model through ``google.genai.Client`` (Gemini Developer API).
 
     The key comes from ``api_key_file`` / ``api_key_env`` / ``GEMINI_API_KEY`` /
-    ``GOOGLE_API_KEY``. ``max_retries`` bounds the SDK's retries of 408 / 429 /
-    5xx and transport errors, starting ``retry_delay_s`` apart. Give ``client``
-    to borrow a ``genai.Client`` you manage.
+    ``GOOGLE_API_KEY`` (read, and registered for scrubbing, now); the client is
+    created by ``prepare`` (or given as ``client``, borrowed). ``max_retries``
+    bounds the SDK's retries of 408 / 429 / 5xx and transport errors (never of
+    401/403), starting ``retry_delay_s`` apart.
+
+    Usage: ``promptTokenCount`` (cached content included) as input;
+    ``candidatesTokenCount`` plus ``thoughtsTokenCount`` (separate on the wire,
+    both billed as output) as output; a reply without ``usageMetadata`` is
+    estimated. A reply with no candidates and no block reason is an empty reply
+    (``ProviderEmptyReplyError``), a block reason a refusal. Raises
+    ``MissingSDKError`` now if ``google-genai`` is not installed.
     """
+
+    sdk_module = "google.genai"
+    extra = "google"
 
     def __init__(
         self,
@@ -91,9 +105,15 @@ class GoogleModel(ProviderModel):
     ) -> None:
         super().__init__("google", model, price=price, timeout_s=timeout_s)
         self.base_url = base_url
+        self._max_retries = max_retries
+        self._retry_delay_s = retry_delay_s
+        self._client: genai.Client | None = client
+        self._owns_client = client is None
+        self._key: SecretStr | None = None
         if client is not None:
-            self._client, self._owns_client = client, False
+            self._prepared = True
             return
+        require_sdk("google.genai", provider="google", extra="google")
         key = resolve_api_key(
             provider="google",
             env=api_key_env,
@@ -102,32 +122,44 @@ class GoogleModel(ProviderModel):
             required=True,
         )
         assert key is not None
-        self._client = genai.Client(
-            api_key=key.get_secret_value(),
-            http_options=genai_types.HttpOptions(
-                base_url=base_url,
-                retry_options=genai_types.HttpRetryOptions(
-                    attempts=max_retries + 1,
-                    initial_delay=retry_delay_s,
-                    max_delay=8.0,
-                    jitter=retry_delay_s,  # the SDK's default jitter is a whole second
-                ),
-            ),
-        )
-        self._owns_client = True
+        self._key, self._key_source = key.value, key.source
 
     def __repr__(self) -> str:
         where = f", base_url={self.base_url!r}" if self.base_url else ""
         return f"GoogleModel({self.name!r}{where})"
 
+    def _import_sdk(self) -> None:
+        import google.genai  # noqa: F401
+
+    def _create_client(self) -> None:
+        from google import genai
+        from google.genai import types as genai_types
+
+        assert self._key is not None
+        self._client = genai.Client(
+            api_key=self._key.get_secret_value(),
+            http_options=genai_types.HttpOptions(
+                base_url=self.base_url,
+                retry_options=genai_types.HttpRetryOptions(
+                    attempts=self._max_retries + 1,
+                    initial_delay=self._retry_delay_s,
+                    max_delay=8.0,
+                    jitter=self._retry_delay_s,  # the SDK's default jitter is a whole second
+                ),
+            ),
+        )
+
     async def aclose(self) -> None:
-        if self._owns_client:
+        if self._owns_client and self._client is not None:
             await self._client.aio.aclose()
             self._client.close()
 
     async def _call(
         self, request: ModelRequest[Any], history: list[ChatMessage], timeout_s: float
     ) -> RawReply:
+        from google.genai import types as genai_types
+
+        assert self._client is not None
         contents = [
             genai_types.Content(
                 role="user" if m.role == "user" else "model",
@@ -147,48 +179,78 @@ class GoogleModel(ProviderModel):
             model=self.model, contents=contents, config=config
         )
         usage = response.usage_metadata
-        counts: dict[str, int] = {"input": 0, "output": 0, "cached": 0}
+        tokens: Tokens | None = None
         if usage is not None:
-            counts["input"] = usage.prompt_token_count or 0
-            # Thinking tokens are billed as output.
-            counts["output"] = (usage.candidates_token_count or 0) + (
-                usage.thoughts_token_count or 0
+            thoughts = usage.thoughts_token_count or 0
+            tokens = Tokens(
+                input=usage.prompt_token_count or 0,
+                output=(usage.candidates_token_count or 0) + thoughts,
+                cached=usage.cached_content_token_count or 0,
+                reasoning=thoughts,
             )
-            counts["cached"] = usage.cached_content_token_count or 0
-
-        def reply(text: str, stop: Any = "ok", refusal: str = "") -> RawReply:
-            return RawReply(
-                text,
-                input_tokens=counts["input"],
-                output_tokens=counts["output"],
-                cached_tokens=counts["cached"],
-                stop=stop,
-                refusal=refusal,
-            )
-
         feedback = response.prompt_feedback
         if feedback is not None and feedback.block_reason is not None:
-            return reply("", "refusal", f"prompt blocked: {_enum_name(feedback.block_reason)}")
+            reason = f"prompt blocked: {_enum_name(feedback.block_reason)}"
+            return RawReply("", tokens, stop="refusal", refusal=reason)
         if not response.candidates:
-            return reply("", "refusal", "no candidates returned")
+            return RawReply("", tokens, stop="empty")
         candidate = response.candidates[0]
         parts = candidate.content.parts if candidate.content and candidate.content.parts else []
         text = "".join(p.text for p in parts if p.text and not p.thought)
         finish = _enum_name(candidate.finish_reason) if candidate.finish_reason else ""
         if finish in _REFUSED:
-            return reply("", "refusal", f"finish reason {finish}")
+            return RawReply("", tokens, stop="refusal", refusal=f"finish reason {finish}")
         if finish == "MAX_TOKENS":
-            return reply(text, "length")
-        return reply(text)
+            return RawReply(text, tokens, stop="length")
+        return RawReply(text, tokens)
 
     def _map_error(self, exc: Exception) -> ModelError | None:
+        import httpx2
+        from google.genai import errors as genai_errors
+
         if isinstance(exc, genai_errors.APIError):
-            return error_for_status(exc.code, exc.message or exc.status or "", model=self.name)
+            status = exc.code
+            if _invalid_key(exc.details):
+                status = 401  # Gemini answers 400 INVALID_ARGUMENT for a bad key
+            headers = getattr(exc.response, "headers", None)
+            return error_for_status(
+                status,
+                exc.message or exc.status or "",
+                model=self.name,
+                retry_after_s=_retry_delay(exc.details) or parse_retry_after(headers),
+                key_source=self._key_source,
+            )
         if isinstance(exc, httpx2.TimeoutException):
             return ProviderTimeoutError(f"{self.name}: request timed out", model=self.name)
         if isinstance(exc, httpx2.TransportError):
             return ProviderError(f"{self.name}: cannot connect: {exc}", model=self.name)
         return None
+
+
+_DELAY = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
+
+
+def _details(body: Any) -> list[Any]:
+    error = body.get("error", body) if isinstance(body, dict) else None
+    details = error.get("details") if isinstance(error, dict) else None
+    return details if isinstance(details, list) else []
+
+
+def _retry_delay(body: Any) -> float | None:
+    """Seconds from a ``google.rpc.RetryInfo`` detail (``"retryDelay": "7s"``), if any."""
+    for detail in _details(body):
+        if isinstance(detail, dict) and str(detail.get("@type", "")).endswith("RetryInfo"):
+            match = _DELAY.match(str(detail.get("retryDelay", "")))
+            if match:
+                return float(match.group(1))
+    return None
+
+
+def _invalid_key(body: Any) -> bool:
+    return any(
+        isinstance(d, dict) and d.get("reason") in ("API_KEY_INVALID", "API_KEY_EXPIRED")
+        for d in _details(body)
+    )
 
 
 def _enum_name(value: object) -> str:

@@ -15,21 +15,24 @@ BLOCK_ENV = "SWARMBUS_BLOCK_REAL_MODELS"
 _TRUE = frozenset({"1", "true", "yes", "on"})
 
 _lock = threading.Lock()
-_overrides: list[bool] = []
+_overrides: list[bool | None] = []
 
 
 def real_models_blocked() -> bool:
     """True when real provider calls must fail: the innermost ``block_real_models``
-    wins, else the ``SWARMBUS_BLOCK_REAL_MODELS`` environment variable decides."""
+    wins, else (or when it says None) the ``SWARMBUS_BLOCK_REAL_MODELS`` environment
+    variable decides."""
     with _lock:
-        if _overrides:
-            return _overrides[-1]
+        setting = _overrides[-1] if _overrides else None
+    if setting is not None:
+        return setting
     return os.environ.get(BLOCK_ENV, "").strip().lower() in _TRUE
 
 
 @contextmanager
-def block_real_models(blocked: bool = True) -> Iterator[None]:
-    """Block (or, with ``blocked=False``, allow) real provider calls inside the block.
+def block_real_models(blocked: bool | None = True) -> Iterator[None]:
+    """Block (or, with ``blocked=False``, allow) real provider calls inside the block;
+    ``None`` lets the environment variable decide again.
 
     Process-wide, not per task: a test that blocks real calls blocks them for
     every agent it starts. Nests; the innermost wins.

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 
 from swarmbus.protocols import Provenance, Usage
 
-__all__ = ["Ledger", "current_ledger", "metered"]
+__all__ = ["Ledger", "current_ledger", "metered", "tapped"]
 
 CallCheck = Callable[["Ledger", str], None]
 """Called with the ledger and the model name before every provider call; raises to stop."""
@@ -38,7 +38,7 @@ class Ledger:
 
     __slots__ = (
         "_carry_taken", "_taken", "carried", "check", "records", "redelivery", "scope",
-        "spent_before",
+        "spent_before", "stopped",
     )
 
     def __init__(
@@ -59,11 +59,22 @@ class Ledger:
         self.records: list[Provenance] = []
         self._taken = 0
         self._carry_taken = False
+        self.stopped: BaseException | None = None
+        """The exception ``check`` raised, if it stopped a call: a fallback chain lets
+        exactly this exception through unchanged instead of moving on."""
 
     def before_call(self, model: str) -> None:
-        """Run the check (raises to stop the call)."""
+        """Run the check before a provider call to ``model`` (raises to stop the call).
+
+        Whatever the check raises propagates unchanged (also through fallback
+        chains and the response cache) and is kept in ``stopped``.
+        """
         if self.check is not None:
-            self.check(self, model)
+            try:
+                self.check(self, model)
+            except BaseException as exc:
+                self.stopped = exc
+                raise
 
     def record(self, provenance: Provenance) -> None:
         """Book one provider answer (or one cache hit)."""
@@ -79,7 +90,7 @@ class Ledger:
         total = Usage()
         for p in records:
             if p.from_cache and self.redelivery and p.original_usage is not None:
-                total = total + p.original_usage
+                total = total + p.original_usage + Usage(cache_hits=1)
             else:
                 total = total + p.usage()
         return total
@@ -123,3 +134,39 @@ def metered(ledger: Ledger) -> Iterator[Ledger]:
         yield ledger
     finally:
         _current.reset(token)
+
+
+class _Tap(Ledger):
+    """Books into ``parent`` (its check, its records) and keeps a copy of what it booked."""
+
+    __slots__ = ("parent",)
+
+    def __init__(self, parent: Ledger | None) -> None:
+        super().__init__(
+            scope=parent.scope if parent else "",
+            redelivery=parent.redelivery if parent else False,
+            spent_before=parent.total if parent else None,
+        )
+        self.parent = parent
+
+    def before_call(self, model: str) -> None:
+        if self.parent is None:
+            return
+        try:
+            self.parent.before_call(model)
+        except BaseException:
+            self.stopped = self.parent.stopped
+            raise
+
+    def record(self, provenance: Provenance) -> None:
+        if self.parent is not None:
+            self.parent.record(provenance)
+        self.records.append(provenance)
+
+
+@contextmanager
+def tapped() -> Iterator[Ledger]:
+    """Inside: calls are booked into the current ledger (if any) as usual, and the
+    ledger yielded holds a copy of them (e.g. what filling a cache entry cost)."""
+    with metered(_Tap(current_ledger())) as tap:
+        yield tap

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import os
-from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import openai
-from openai.lib._pydantic import to_strict_json_schema  # the SDK's own strict-schema transform
+from pydantic import SecretStr
 
 from ._base import ChatMessage, ModelRequest
 from ._errors import ModelError, ProviderError, ProviderTimeoutError
@@ -16,11 +14,18 @@ from ._provider import (
     DEFAULT_MAX_RETRIES,
     ProviderModel,
     RawReply,
+    Tokens,
     error_for_status,
     forbid_extra,
+    no_retry_on_auth,
+    parse_retry_after,
+    require_sdk,
     resolve_api_key,
     schema_name,
 )
+
+if TYPE_CHECKING:
+    import openai
 
 __all__ = ["OpenAIModel"]
 
@@ -33,11 +38,20 @@ class OpenAIModel(ProviderModel):
 
     ``provider`` names it in provenance and prices (``openai``, ``ollama``,
     ``vllm``, ...). Give ``client`` to borrow an ``AsyncOpenAI`` you manage
-    (it is then never closed here); otherwise one is created from
-    ``base_url`` and the key in ``api_key_file`` / ``api_key_env`` /
-    ``OPENAI_API_KEY`` and closed by ``aclose``. ``max_retries`` bounds the
-    SDK's own retries of 429 / 5xx / timeouts before a ``ProviderError``.
+    (it is then never closed here, and its key is not registered for
+    scrubbing: ``swarmbus.bus.register_secret`` it yourself); otherwise one is
+    created by ``prepare`` from ``base_url`` and the key in ``api_key_file`` /
+    ``api_key_env`` / ``OPENAI_API_KEY`` (read, and registered, now) and closed
+    by ``aclose``. ``max_retries`` bounds the SDK's own retries of 429 / 5xx /
+    timeouts (never of 401/403) before a ``ProviderError``.
+
+    Usage: ``prompt_tokens`` (cached ones included) and ``completion_tokens``
+    (reasoning included) as billed; a reply without ``usage`` is estimated.
+    Raises ``MissingSDKError`` now if the ``openai`` package is not installed.
     """
+
+    sdk_module = "openai"
+    extra = "openai"
 
     def __init__(
         self,
@@ -55,11 +69,16 @@ class OpenAIModel(ProviderModel):
     ) -> None:
         super().__init__(provider, model, price=price, timeout_s=timeout_s)
         self.base_url = base_url
+        self._max_retries = max_retries
         # OpenAI rejects max_tokens on newer models; many local servers only know max_tokens.
         self._native = provider == "openai"
+        self._client: openai.AsyncOpenAI | None = client
+        self._owns_client = client is None
+        self._key: SecretStr | None = None
         if client is not None:
-            self._client, self._owns_client = client, False
+            self._prepared = True
             return
+        require_sdk("openai", provider=provider, extra="openai")
         key = resolve_api_key(
             provider=provider,
             env=api_key_env,
@@ -67,24 +86,38 @@ class OpenAIModel(ProviderModel):
             default_envs=("OPENAI_API_KEY",) if provider == "openai" else (),
             required=require_key if require_key is not None else base_url is None,
         )
-        self._client = openai.AsyncOpenAI(
-            api_key=key.get_secret_value() if key else _NO_KEY,
-            base_url=base_url,
-            max_retries=max_retries,
-        )
-        self._owns_client = True
+        self._key = key.value if key else None
+        self._key_source = key.source if key else None
 
     def __repr__(self) -> str:
         where = f", base_url={self.base_url!r}" if self.base_url else ""
         return f"OpenAIModel({self.name!r}{where})"
 
+    def _import_sdk(self) -> None:
+        import openai  # noqa: F401
+
+    def _create_client(self) -> None:
+        import openai
+
+        self._client = openai.AsyncOpenAI(
+            api_key=self._key.get_secret_value() if self._key else _NO_KEY,
+            base_url=self.base_url,
+            max_retries=self._max_retries,
+            http_client=openai.DefaultAsyncHttpxClient(
+                event_hooks={"response": [no_retry_on_auth]}
+            ),
+        )
+
     async def aclose(self) -> None:
-        if self._owns_client:
+        if self._owns_client and self._client is not None:
             await self._client.close()
 
     async def _call(
         self, request: ModelRequest[Any], history: list[ChatMessage], timeout_s: float
     ) -> RawReply:
+        from openai.lib._pydantic import to_strict_json_schema  # the SDK's own transform
+
+        assert self._client is not None
         messages: list[Any] = [{"role": "system", "content": request.system}]
         messages += [{"role": m.role, "content": m.content} for m in history]
         extra: dict[str, Any] = {}
@@ -109,30 +142,42 @@ class OpenAIModel(ProviderModel):
             **extra,
         )
         usage = completion.usage
-        input_tokens = usage.prompt_tokens if usage else 0
-        output_tokens = usage.completion_tokens if usage else 0
-        details = usage.prompt_tokens_details if usage else None
-        cached = (details.cached_tokens or 0) if details else 0
-        base = RawReply(
-            "", input_tokens=input_tokens, output_tokens=output_tokens, cached_tokens=cached
-        )
+        tokens: Tokens | None = None
+        if usage is not None:
+            prompt = usage.prompt_tokens_details
+            done = usage.completion_tokens_details
+            tokens = Tokens(
+                input=usage.prompt_tokens or 0,
+                output=usage.completion_tokens or 0,  # reasoning tokens included
+                cached=(prompt.cached_tokens or 0) if prompt else 0,
+                cache_write=(getattr(prompt, "cache_write_tokens", None) or 0) if prompt else 0,
+                reasoning=(done.reasoning_tokens or 0) if done else 0,
+            )
         if not completion.choices:
-            return replace(base, stop="refusal", refusal="no choices returned")
+            return RawReply("", tokens, stop="empty")
         choice = completion.choices[0]
         message = choice.message
         if message.refusal:
-            return replace(base, stop="refusal", refusal=message.refusal)
+            return RawReply("", tokens, stop="refusal", refusal=message.refusal)
         if choice.finish_reason == "content_filter":
-            return replace(base, stop="refusal", refusal="content filter")
+            return RawReply("", tokens, stop="refusal", refusal="content filter")
         if choice.finish_reason == "length":
-            return replace(base, text=message.content or "", stop="length")
-        return replace(base, text=message.content or "")
+            return RawReply(message.content or "", tokens, stop="length")
+        return RawReply(message.content or "", tokens)
 
     def _map_error(self, exc: Exception) -> ModelError | None:
+        import openai
+
         if isinstance(exc, openai.APITimeoutError):
             return ProviderTimeoutError(f"{self.name}: request timed out", model=self.name)
         if isinstance(exc, openai.APIStatusError):
-            return error_for_status(exc.status_code, exc.message, model=self.name)
+            return error_for_status(
+                exc.status_code,
+                exc.message,
+                model=self.name,
+                retry_after_s=parse_retry_after(exc.response.headers),
+                key_source=self._key_source,
+            )
         if isinstance(exc, openai.APIConnectionError):
             return ProviderError(f"{self.name}: cannot connect: {exc.message}", model=self.name)
         return None

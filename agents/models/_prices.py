@@ -1,8 +1,9 @@
 """The price table: usage in tokens -> cost in USD.
 
-Shipped as ``prices.json`` (package data), extended by ``SWARMBUS_PRICES_FILE``
-(same format) and by ``set_price``. A model missing from the table is
-*unpriced*: its cost is ``None``, never a silent 0.
+Shipped as ``prices.json`` (package data; each entry says when it was checked,
+against which vendor page, and what is unsure), extended by
+``SWARMBUS_PRICES_FILE`` (same format) and by ``set_price``. A model missing
+from the table is *unpriced*: its cost is ``None``, never a silent 0.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import json
 import os
 import re
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -24,10 +27,12 @@ __all__ = [
     "Price",
     "PriceTable",
     "cost_usd",
+    "is_priced",
     "load_prices",
     "price_for",
     "price_table",
     "set_price",
+    "using_prices",
 ]
 
 PRICES_ENV = "SWARMBUS_PRICES_FILE"
@@ -36,29 +41,72 @@ PRICES_ENV = "SWARMBUS_PRICES_FILE"
 _SNAPSHOT = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{8}|latest)$")
 
 
+def _clamp(value: int, high: int) -> int:
+    return max(0, min(value, high))
+
+
 class Price(BaseModel):
-    """USD per million tokens. ``cached_input`` None bills cached input as ``input``."""
+    """USD per million tokens, by kind of token.
+
+    ``input``: plain input. ``cached_input``: input read from the provider's
+    prompt cache (None: billed as ``input``). ``cache_write``: input written to
+    the cache, Anthropic's 5-minute writes (None: billed as ``input``).
+    ``cache_write_1h``: Anthropic's 1-hour writes (None: billed as
+    ``cache_write``). ``output``: output, reasoning tokens included.
+    ``as_of`` / ``source`` / ``note``: when the entry was checked, against which
+    page, and what is unsure (informational).
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     input: float = Field(ge=0)
     output: float = Field(ge=0)
     cached_input: float | None = Field(None, ge=0)
+    cache_write: float | None = Field(None, ge=0)
+    cache_write_1h: float | None = Field(None, ge=0)
+    as_of: str | None = None
+    source: str | None = None
+    note: str | None = None
 
-    def cost(self, *, input_tokens: int, output_tokens: int, cached_tokens: int = 0) -> float:
-        """Cost of one call; ``input_tokens`` includes ``cached_tokens``."""
-        cached = min(cached_tokens, input_tokens)
+    def cost(
+        self,
+        *,
+        input_tokens: int,
+        output_tokens: int,
+        cached_tokens: int = 0,
+        cache_write_tokens: int = 0,
+        cache_write_1h_tokens: int = 0,
+    ) -> float:
+        """USD for one call.
+
+        ``input_tokens`` includes ``cached_tokens`` (cache reads) and
+        ``cache_write_tokens`` (cache writes, of which ``cache_write_1h_tokens``
+        at the 1-hour rate); ``output_tokens`` includes reasoning tokens.
+        Sub-counts larger than what contains them are clamped.
+        """
+        cached = _clamp(cached_tokens, input_tokens)
+        writes = _clamp(cache_write_tokens, input_tokens - cached)
+        writes_1h = _clamp(cache_write_1h_tokens, writes)
+        plain = input_tokens - cached - writes
         cached_rate = self.input if self.cached_input is None else self.cached_input
+        write_rate = self.input if self.cache_write is None else self.cache_write
+        write_1h_rate = write_rate if self.cache_write_1h is None else self.cache_write_1h
         total = (
-            (input_tokens - cached) * self.input
+            plain * self.input
             + cached * cached_rate
-            + output_tokens * self.output
+            + (writes - writes_1h) * write_rate
+            + writes_1h * write_1h_rate
+            + max(0, output_tokens) * self.output
         )
         return total / 1_000_000
 
 
 class PriceTable:
-    """Prices by ``provider:model`` name. Thread-safe; later entries override earlier ones."""
+    """Prices by ``provider:model`` name. Thread-safe; later entries override earlier ones.
+
+    ``get`` prices a dated or ``-latest`` snapshot (``openai:gpt-4o-2024-08-06``)
+    like its base model when the snapshot itself is not listed.
+    """
 
     def __init__(self, prices: dict[str, Price] | None = None) -> None:
         self._prices: dict[str, Price] = dict(prices or {})
@@ -68,6 +116,17 @@ class PriceTable:
     def from_file(cls, path: str | os.PathLike[str]) -> PriceTable:
         table = cls()
         table.load(path)
+        return table
+
+    @classmethod
+    def shipped(cls, *, environ: bool = True) -> PriceTable:
+        """A new table with the shipped prices, then (``environ``) the file named by
+        ``SWARMBUS_PRICES_FILE``. Raises ``ConfigError`` if that file is unreadable."""
+        text = resources.files(__package__).joinpath("prices.json").read_text("utf-8")
+        table = cls(_parse(text, source="prices.json"))
+        extra = os.environ.get(PRICES_ENV) if environ else None
+        if extra:
+            table.load(extra)
         return table
 
     def load(self, path: str | os.PathLike[str]) -> None:
@@ -98,13 +157,25 @@ class PriceTable:
             return price
 
     def cost(
-        self, name: str, *, input_tokens: int, output_tokens: int, cached_tokens: int = 0
+        self,
+        name: str,
+        *,
+        input_tokens: int,
+        output_tokens: int,
+        cached_tokens: int = 0,
+        cache_write_tokens: int = 0,
+        cache_write_1h_tokens: int = 0,
     ) -> float | None:
+        """USD for one call of ``name`` (see ``Price.cost``); None when it is unpriced."""
         price = self.get(name)
         if price is None:
             return None
         return price.cost(
-            input_tokens=input_tokens, output_tokens=output_tokens, cached_tokens=cached_tokens
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cached_tokens=cached_tokens,
+            cache_write_tokens=cache_write_tokens,
+            cache_write_1h_tokens=cache_write_1h_tokens,
         )
 
     def names(self) -> list[str]:
@@ -124,29 +195,58 @@ def _parse(text: str, *, source: str) -> dict[str, Price]:
 
 
 _default: PriceTable | None = None
+_overrides: list[PriceTable] = []
 _default_lock = threading.Lock()
 
 
 def price_table() -> PriceTable:
-    """The process-wide table: shipped prices, then ``SWARMBUS_PRICES_FILE``, then ``set_price``."""
+    """The table in use: the innermost ``using_prices`` table, else the process-wide
+    one (shipped prices, then ``SWARMBUS_PRICES_FILE``, then ``set_price``)."""
     global _default
     with _default_lock:
+        if _overrides:
+            return _overrides[-1]
         if _default is None:
-            shipped = resources.files(__package__).joinpath("prices.json").read_text("utf-8")
-            table = PriceTable(_parse(shipped, source="prices.json"))
-            extra = os.environ.get(PRICES_ENV)
-            if extra:
-                table.load(extra)
-            _default = table
+            _default = PriceTable.shipped()
         return _default
 
 
-def set_price(name: str, *, input: float, output: float, cached_input: float | None = None) -> None:
-    """Add or override the price of ``provider:model`` (USD per million tokens).
+@contextmanager
+def using_prices(table: PriceTable) -> Iterator[PriceTable]:
+    """Use ``table`` (process-wide) inside the block, e.g. a test's own
+    ``PriceTable.shipped()`` so that its ``set_price`` calls do not leak. Nests."""
+    with _default_lock:
+        _overrides.append(table)
+    try:
+        yield table
+    finally:
+        with _default_lock:
+            _overrides.remove(table)
+
+
+def set_price(
+    name: str,
+    *,
+    input: float,
+    output: float,
+    cached_input: float | None = None,
+    cache_write: float | None = None,
+    cache_write_1h: float | None = None,
+) -> None:
+    """Add or override the price of ``provider:model`` (USD per million tokens, see ``Price``).
 
     Use 0 for a local model you run yourself to make it priced and free.
     """
-    price_table().set(name, Price(input=input, output=output, cached_input=cached_input))
+    price_table().set(
+        name,
+        Price(
+            input=input,
+            output=output,
+            cached_input=cached_input,
+            cache_write=cache_write,
+            cache_write_1h=cache_write_1h,
+        ),
+    )
 
 
 def load_prices(path: str | os.PathLike[str]) -> None:
@@ -155,13 +255,31 @@ def load_prices(path: str | os.PathLike[str]) -> None:
 
 
 def price_for(name: str) -> Price | None:
+    """The price of ``provider:model`` (or of its base model for a snapshot), or None."""
     return price_table().get(name)
 
 
+def is_priced(name: str) -> bool:
+    """Whether calls to ``provider:model`` get a cost (False: counted as unpriced,
+    e.g. for a start-up warning). A ``ModelSpec.price`` also prices a model."""
+    return price_table().get(name) is not None
+
+
 def cost_usd(
-    name: str, *, input_tokens: int, output_tokens: int, cached_tokens: int = 0
+    name: str,
+    *,
+    input_tokens: int,
+    output_tokens: int,
+    cached_tokens: int = 0,
+    cache_write_tokens: int = 0,
+    cache_write_1h_tokens: int = 0,
 ) -> float | None:
-    """USD for one call of ``name``; None when the model is unpriced."""
+    """USD for one call of ``name`` (see ``Price.cost``); None when the model is unpriced."""
     return price_table().cost(
-        name, input_tokens=input_tokens, output_tokens=output_tokens, cached_tokens=cached_tokens
+        name,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        cached_tokens=cached_tokens,
+        cache_write_tokens=cache_write_tokens,
+        cache_write_1h_tokens=cache_write_1h_tokens,
     )

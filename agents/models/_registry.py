@@ -12,8 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ._base import Model
 from ._cache import CachedModel, ResponseStore
-from ._errors import UnknownModelError
-from ._fallback import FallbackModel
+from ._errors import ModelError, ProviderError, UnknownModelError
+from ._fallback import OUTPUT_ERRORS, FallbackModel
 from ._prices import Price
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "build_model",
     "known_providers",
     "register_provider",
+    "unregister_provider",
 ]
 
 
@@ -72,14 +73,38 @@ class ModelSpec(BaseModel):
         return self.name.partition(":")[2]
 
 
+FallbackOn: TypeAlias = Literal["provider", "output"]
+
+
 class FallbackSpec(BaseModel):
-    """A fallback chain: ``models`` in order, with cool-down of failing ones."""
+    """A fallback chain: ``fallback`` models in order, with cool-down of failing ones.
+
+    ``on`` says which failures move to the next model: ``provider`` (outages,
+    rate limits, timeouts, empty replies, auth failures: the default) and
+    ``output`` (output invalid after its repair attempt, cut off at the token
+    limit, or refused). The calls a model made before the chain moved on are
+    billed and counted against the budget either way.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     fallback: list[str | ModelSpec] = Field(min_length=1)
+    on: list[FallbackOn] = Field(
+        default_factory=lambda: list[FallbackOn](["provider"]),
+        min_length=1,
+        description="Failures that move on: 'provider' and/or 'output'.",
+    )
     cooldown_s: float = Field(60.0, ge=0)
     failures_before_cooldown: int = Field(2, ge=1)
+
+    def fallback_on(self) -> tuple[type[ModelError], ...]:
+        """The exception types ``on`` names, for ``FallbackModel(fallback_on=...)``."""
+        kinds: tuple[type[ModelError], ...] = ()
+        if "provider" in self.on:
+            kinds += (ProviderError,)
+        if "output" in self.on:
+            kinds += OUTPUT_ERRORS
+        return kinds
 
 
 ModelConfig: TypeAlias = str | ModelSpec | FallbackSpec | list[str | ModelSpec]
@@ -116,7 +141,7 @@ def _sdk_options(spec: ModelSpec) -> _SdkOptions:
 
 
 def _openai(spec: ModelSpec) -> Model:
-    from ._openai import OpenAIModel  # SDKs load on first use: the CLI starts fast
+    from ._openai import OpenAIModel  # imports no SDK: Model.prepare() does
 
     return OpenAIModel(spec.model, base_url=spec.base_url, **_sdk_options(spec))
 
@@ -170,6 +195,12 @@ def register_provider(name: str, factory: ProviderFactory) -> None:
         _providers[name] = factory
 
 
+def unregister_provider(name: str) -> None:
+    """Forget ``name`` (a provider added with ``register_provider``); no error if unknown."""
+    with _lock:
+        _providers.pop(name, None)
+
+
 def known_providers() -> list[str]:
     with _lock:
         return sorted(_providers)
@@ -203,16 +234,20 @@ def build_model(
     *,
     cache: ResponseStore | None = None,
     cache_ttl_s: float | None = None,
+    cache_shared: bool = False,
 ) -> Model:
     """Build a model from config.
 
     ``config`` is a ``provider:model`` string, a ``ModelSpec``, a list of them
     (a fallback chain with default cool-down) or a ``FallbackSpec``. With
-    ``cache``, the result is wrapped in ``CachedModel(model, cache, ttl_s=cache_ttl_s)``.
-    Keys are read now, so a missing key fails at start-up.
+    ``cache``, the result is wrapped in ``CachedModel(model, cache,
+    ttl_s=cache_ttl_s, shared=cache_shared)``. Keys are read (and registered
+    for scrubbing) now, so a missing key fails at start-up; SDKs are not
+    imported (``Model.prepare`` does that), only looked up.
 
     Raises ``UnknownModelError`` for an unknown provider or a malformed name,
-    ``MissingAPIKeyError`` when a provider's key is not set.
+    ``MissingAPIKeyError`` when a provider's key is not set, ``MissingSDKError``
+    (with the ``pip install`` line) when its SDK is not installed.
     """
     model: Model
     if isinstance(config, FallbackSpec):
@@ -220,6 +255,7 @@ def build_model(
             [_build_one(s) for s in config.fallback],
             cooldown_s=config.cooldown_s,
             failures_before_cooldown=config.failures_before_cooldown,
+            fallback_on=config.fallback_on(),
         )
     elif isinstance(config, list):
         chain = [_build_one(s) for s in config]
@@ -227,5 +263,5 @@ def build_model(
     else:
         model = _build_one(config)
     if cache is not None:
-        model = CachedModel(model, cache, ttl_s=cache_ttl_s)
+        model = CachedModel(model, cache, ttl_s=cache_ttl_s, shared=cache_shared)
     return model

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from _model_fakes import PLAN, PLAN_JSON, Canned, FakeServer, openai_body, plan_request
+from _vendor_fakes import PLAN, PLAN_JSON, Canned, FakeServer, openai_body, plan_request
 
 from swarmbus.agents.models import (
     CachedModel,

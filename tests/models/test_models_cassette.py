@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from _model_fakes import PLAN, Plan, plan_request
+from _vendor_fakes import PLAN, Plan, plan_request
 
 from swarmbus.agents.models import (
     CassetteMissError,

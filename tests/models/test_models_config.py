@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from _model_fakes import SECRET
+from _vendor_fakes import SECRET
 
 import swarmbus.agents.models as models
 from swarmbus.agents.models import (
@@ -20,15 +20,19 @@ from swarmbus.agents.models import (
     ModelSpec,
     OpenAIModel,
     Price,
+    PriceTable,
     ScriptedModel,
     UnknownModelError,
     build_model,
     cost_usd,
+    is_priced,
     known_providers,
     load_prices,
     price_for,
     register_provider,
     set_price,
+    unregister_provider,
+    using_prices,
 )
 from swarmbus.protocols import ConfigError
 
@@ -107,14 +111,15 @@ def test_chains_and_custom_providers(fake_keys: str) -> None:
         assert "demo" in known_providers()
         assert isinstance(build_model("demo:architect"), ScriptedModel)
     finally:
-        from swarmbus.agents.models import _registry
-
-        _registry._providers.pop("demo")
+        unregister_provider("demo")
+    assert "demo" not in known_providers()
 
 
 @pytest.mark.usefixtures("fresh_prices")
 def test_prices(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert price_for("openai:gpt-4o") == Price(input=2.5, output=10.0, cached_input=1.25)
+    gpt4o = price_for("openai:gpt-4o")
+    assert gpt4o is not None
+    assert (gpt4o.input, gpt4o.output, gpt4o.cached_input) == (2.5, 10.0, 1.25)
     assert price_for("openai:gpt-4o-2024-08-06") == price_for("openai:gpt-4o")  # snapshot
     assert price_for("openai:gpt-4o-mini") != price_for("openai:gpt-4o")
     assert price_for("local:unknown") is None
@@ -129,6 +134,7 @@ def test_prices(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     extra.write_text(json.dumps({"models": {"vllm:qwen": {"input": 0.1, "output": 0.2}}}))
     load_prices(extra)
     assert price_for("vllm:qwen") == Price(input=0.1, output=0.2)
+    assert is_priced("vllm:qwen") and not is_priced("local:unknown")
     extra.write_text("{not json")
     with pytest.raises(ConfigError, match="invalid price file"):
         load_prices(extra)
@@ -136,14 +142,14 @@ def test_prices(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         set_price("no-provider", input=1, output=1)
 
 
-def test_prices_file_from_environment(
-    fresh_prices: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_prices_file_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     extra = tmp_path / "prices.json"
     extra.write_text(json.dumps({"openai:gpt-4o": {"input": 9, "output": 9}}))
     monkeypatch.setenv(PRICES_ENV, str(extra))
-    assert price_for("openai:gpt-4o") == Price(input=9, output=9)
-    assert price_for("openai:gpt-4o-mini") is not None  # shipped prices still there
+    with using_prices(PriceTable.shipped()):
+        assert price_for("openai:gpt-4o") == Price(input=9, output=9)
+        assert is_priced("openai:gpt-4o")
+        assert price_for("openai:gpt-4o-mini") is not None  # shipped prices still there
 
 
 def test_public_surface() -> None:

@@ -2,23 +2,32 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
+from collections import deque
 
 import pytest
-from _model_fakes import PLAN, PLAN_JSON, Canned, FakeServer, Plan, openai_body, plan_request
+from _vendor_fakes import PLAN, PLAN_JSON, Canned, FakeServer, Plan, openai_body, plan_request
 
 from swarmbus.agents.models import (
     BLOCK_ENV,
+    Billed,
     FunctionModel,
+    Ledger,
     ModelRequest,
     OpenAIModel,
     OutputValidationError,
+    Price,
     ProviderRateLimitError,
     RealModelCallBlocked,
+    Reply,
     ScriptedModel,
     ScriptExhaustedError,
+    Unmetered,
     block_real_models,
     build_model,
+    metered,
     real_models_blocked,
 )
 from swarmbus.protocols import ConfigError
@@ -98,13 +107,11 @@ async def test_block_switch(
 
 
 def test_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
-    import swarmbus.agents.models._guard as guard
-
-    monkeypatch.setattr(guard, "_overrides", [])
-    monkeypatch.setenv(BLOCK_ENV, "1")
-    assert real_models_blocked()
-    monkeypatch.setenv(BLOCK_ENV, "0")
-    assert not real_models_blocked()
+    with block_real_models(None):  # the environment decides again
+        monkeypatch.setenv(BLOCK_ENV, "1")
+        assert real_models_blocked()
+        monkeypatch.setenv(BLOCK_ENV, "0")
+        assert not real_models_blocked()
 
 
 async def test_blocked_before_any_network(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -113,3 +120,65 @@ async def test_blocked_before_any_network(monkeypatch: pytest.MonkeyPatch) -> No
     async with model:
         with block_real_models(), pytest.raises(RealModelCallBlocked):
             await model.complete(plan_request())
+
+
+# -- offline billing: scripted costs sum exactly, like a provider's ------------------------
+
+
+@pytest.mark.usefixtures("fresh_prices")
+async def test_scripted_replies_are_billed_like_a_provider() -> None:
+    replies: list[Reply] = [
+        Billed("not json", input_tokens=1_000_000, output_tokens=8192),
+        Billed(PLAN, input_tokens=1_000_000, output_tokens=8192, cached_tokens=400_000),
+        Unmetered(PLAN),
+        Billed(ProviderRateLimitError("slow down"), input_tokens=1000),
+        ProviderRateLimitError("not billed"),
+    ]
+    model = ScriptedModel(replies, name="openai:gpt-4o")
+    with metered(Ledger(scope="wf")) as ledger:
+        first = await model.complete(plan_request())  # invalid, then repaired: two calls
+        estimated = await model.complete(plan_request())
+        with pytest.raises(ProviderRateLimitError) as billed:
+            await model.complete(plan_request())
+        with pytest.raises(ProviderRateLimitError) as free:
+            await model.complete(plan_request())
+    one_call = (1_000_000 * 2.5 + 8192 * 10.0) / 1e6
+    repaired = (600_000 * 2.5 + 400_000 * 1.25 + 8192 * 10.0) / 1e6
+    assert first.provenance.calls == 2
+    assert first.usage.cost_usd == pytest.approx(one_call + repaired)
+    assert estimated.provenance.estimated_calls == 1 and estimated.usage.cost_usd > 0
+    assert billed.value.usage.cost_usd == pytest.approx(1000 * 2.5 / 1e6)
+    assert free.value.usage.calls == 0
+    assert ledger.usage.calls == 4 and ledger.usage.estimated_calls == 1
+    expected = first.usage.cost_usd + estimated.usage.cost_usd + billed.value.usage.cost_usd
+    assert ledger.usage.cost_usd == pytest.approx(expected)
+
+
+async def test_offline_price_settings() -> None:
+    tokens = Billed(PLAN, input_tokens=1_000_000, output_tokens=1_000_000)
+    free = await ScriptedModel([tokens], name="scripted:model").complete(plan_request())
+    assert free.provenance.cost_usd == 0.0 and free.provenance.input_tokens == 1_000_000
+    unpriced = ScriptedModel([tokens], name="openai:gpt-4o", price="unpriced")
+    response = await unpriced.complete(plan_request())
+    assert response.provenance.cost_usd is None and response.usage.unpriced_calls == 1
+    own = FunctionModel(lambda request: tokens, name="local:x", price=Price(input=1, output=2))
+    assert (await own.complete(plan_request())).provenance.cost_usd == pytest.approx(3.0)
+
+
+async def test_a_ledger_check_stops_an_offline_model() -> None:
+    def stop(ledger: Ledger, model: str) -> None:
+        raise RuntimeError(f"stop before {model}")
+
+    model = ScriptedModel([PLAN], name="demo:coder")
+    with metered(Ledger(check=stop)), pytest.raises(RuntimeError, match="demo:coder"):
+        await model.complete(plan_request())
+    assert model.remaining == 1 and model.requests == deque()
+
+
+def test_helpers_import_without_pytest() -> None:
+    code = (
+        "import sys; sys.modules['pytest'] = None\n"
+        "from swarmbus.agents.testing import EmbeddedServer, ScriptedModel, Billed, new_namespace\n"
+        "assert new_namespace().startswith('t')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

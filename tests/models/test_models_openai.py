@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from _model_fakes import (
+from _vendor_fakes import (
     PLAN,
     PLAN_JSON,
     SECRET,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from _model_fakes import Plan, plan_request
+from _vendor_fakes import Plan, plan_request
 
 from swarmbus.agents.models import block_real_models, build_model
 

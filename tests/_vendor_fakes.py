@@ -1,7 +1,12 @@
 """Loopback HTTP servers that speak each vendor's wire format, for the real SDK clients.
 
 Every provider test goes through the official SDK (``openai``, ``anthropic``,
-``google-genai``) to a ``FakeServer`` on a free port: no SDK is mocked.
+``google-genai``) to a ``FakeServer`` on a free port: no SDK is mocked. Any test
+can use them (``tests/conftest.py`` has ``fake`` / ``fake2`` fixtures), including a
+whole workflow across the three SDKs: give a ``responder`` (a function from the
+request the fake received to a ``Canned`` reply, or to a body for a 200) instead
+of, or after, a script of canned replies. ``Seen.prompt_text()`` and
+``Seen.vendor`` let one responder serve every vendor's wire format.
 """
 
 from __future__ import annotations
@@ -9,13 +14,16 @@ from __future__ import annotations
 import json
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
 from swarmbus.agents.models import ChatMessage, ModelRequest, ModelSettings
+
+Vendor = Literal["openai", "anthropic", "google", "unknown"]
 
 
 @dataclass
@@ -30,23 +38,56 @@ class Canned:
 
 @dataclass
 class Seen:
-    """One request the fake received."""
+    """One request the fake received (``body`` parsed as JSON when it is JSON)."""
 
     method: str
     path: str
     headers: dict[str, str]
     body: Any
 
+    @property
+    def vendor(self) -> Vendor:
+        """Whose wire format this request is in, from its path."""
+        if self.path.endswith("/chat/completions"):
+            return "openai"
+        if self.path.endswith("/messages"):
+            return "anthropic"
+        if ":generateContent" in self.path:
+            return "google"
+        return "unknown"
+
+    def prompt_text(self) -> str:
+        """The system prompt and every message's text, in order, one per line."""
+        body = self.body if isinstance(self.body, dict) else {}
+        parts: list[str] = []
+        if self.vendor == "openai":
+            parts += [str(m.get("content") or "") for m in body.get("messages", [])]
+        elif self.vendor == "anthropic":
+            parts.append(str(body.get("system") or ""))
+            parts += [str(m.get("content") or "") for m in body.get("messages", [])]
+        elif self.vendor == "google":
+            system = body.get("systemInstruction") or {}
+            chunks = [system, *body.get("contents", [])]
+            parts += [str(p.get("text") or "") for c in chunks for p in c.get("parts", [])]
+        return "\n".join(parts)
+
+
+Responder = Callable[[Seen], "Canned | dict[str, Any]"]
+"""Answers one request: a ``Canned`` reply, or a body sent with status 200."""
+
 
 class FakeServer:
-    """A threaded HTTP server answering POSTs with ``Canned`` replies in order.
+    """A threaded HTTP server answering POSTs on loopback.
 
-    When the script runs out it answers ``default`` (if set) or 500.
+    Each request gets the next ``Canned`` reply of the script (``push``); when the
+    script is empty, ``responder(seen)`` if one is set, else ``default`` if set,
+    else a 500. Every request is kept in ``requests``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, responder: Responder | None = None) -> None:
         self.script: deque[Canned] = deque()
         self.default: Canned | None = None
+        self.responder = responder
         self.requests: list[Seen] = []
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -65,12 +106,20 @@ class FakeServer:
                     body: Any = json.loads(raw) if raw else None
                 except ValueError:
                     body = raw.decode(errors="replace")
+                seen = Seen("POST", self.path, {k.lower(): v for k, v in self.headers.items()},
+                            body)
                 with fake._lock:
-                    fake.requests.append(
-                        Seen("POST", self.path, {k.lower(): v for k, v in self.headers.items()},
-                             body)
-                    )
-                    canned = fake.script.popleft() if fake.script else fake.default
+                    fake.requests.append(seen)
+                    canned = fake.script.popleft() if fake.script else None
+                    responder = fake.responder
+                if canned is None and responder is not None:
+                    try:
+                        answer = responder(seen)
+                    except Exception as exc:  # a broken responder is a 500 naming why
+                        answer = Canned({"error": {"message": f"fake responder: {exc!r}"}}, 500)
+                    canned = answer if isinstance(answer, Canned) else Canned(answer)
+                if canned is None:
+                    canned = fake.default
                 if canned is None:
                     canned = Canned({"error": {"message": "fake: no canned reply"}}, status=500)
                 if canned.delay_s and fake._stop.wait(canned.delay_s):
@@ -113,6 +162,12 @@ class FakeServer:
         self._server.server_close()
         self._thread.join(timeout=5)
 
+    def __enter__(self) -> FakeServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
 
 # --- wire formats -------------------------------------------------------------------
 
@@ -125,45 +180,64 @@ def openai_body(
     prompt_tokens: int = 100,
     completion_tokens: int = 20,
     cached_tokens: int = 0,
+    reasoning_tokens: int = 0,
+    usage: bool = True,
+    choices: bool = True,
     model: str = "gpt-4o",
 ) -> dict[str, Any]:
-    return {
+    """A chat completion. ``usage=False`` omits ``usage`` (as some proxies do);
+    ``choices=False`` sends an empty ``choices`` list (an empty reply)."""
+    body: dict[str, Any] = {
         "id": "chatcmpl-fake",
         "object": "chat.completion",
         "created": 1700000000,
         "model": model,
-        "choices": [
+        "choices": [],
+    }
+    if choices:
+        body["choices"].append(
             {
                 "index": 0,
                 "message": {"role": "assistant", "content": content, "refusal": refusal},
                 "finish_reason": finish_reason,
                 "logprobs": None,
             }
-        ],
-        "usage": {
+        )
+    if usage:
+        body["usage"] = {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
             "prompt_tokens_details": {"cached_tokens": cached_tokens},
-        },
-    }
+            "completion_tokens_details": {"reasoning_tokens": reasoning_tokens},
+        }
+    return body
 
 
-def openai_error(status: int, message: str = "fake error") -> Canned:
+def openai_error(
+    status: int, message: str = "fake error", *, headers: dict[str, str] | None = None
+) -> Canned:
+    """An OpenAI error body. Unless ``headers`` are given, ``retry-after-ms: 5`` keeps
+    the SDK's own retries fast."""
     body = {"error": {"message": message, "type": "fake_error", "param": None, "code": None}}
-    return Canned(body, status=status, headers={"retry-after-ms": "5"})
+    return Canned(body, status=status,
+                  headers={"retry-after-ms": "5"} if headers is None else headers)
 
 
 def anthropic_body(
     text: str | None = None,
     *,
-    tool_input: dict[str, Any] | None = None,
+    tool_input: dict[str, Any] | str | None = None,
     stop_reason: str = "end_turn",
     input_tokens: int = 100,
     output_tokens: int = 20,
     cache_read: int = 0,
+    cache_write_5m: int = 0,
+    cache_write_1h: int = 0,
     stop_details: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """A message. Anthropic's ``input_tokens`` excludes cache reads and writes;
+    ``tool_input`` may be a JSON string (as some models send it) instead of an object."""
     content: list[dict[str, Any]] = []
     if text is not None:
         content.append({"type": "text", "text": text})
@@ -183,7 +257,11 @@ def anthropic_body(
             "input_tokens": input_tokens,
             "output_tokens": output_tokens,
             "cache_read_input_tokens": cache_read,
-            "cache_creation_input_tokens": 0,
+            "cache_creation_input_tokens": cache_write_5m + cache_write_1h,
+            "cache_creation": {
+                "ephemeral_5m_input_tokens": cache_write_5m,
+                "ephemeral_1h_input_tokens": cache_write_1h,
+            },
         },
     }
     if stop_details is not None:
@@ -191,9 +269,13 @@ def anthropic_body(
     return body
 
 
-def anthropic_error(status: int, kind: str = "api_error") -> Canned:
-    body = {"type": "error", "error": {"type": kind, "message": f"fake {kind}"}}
-    return Canned(body, status=status, headers={"retry-after-ms": "5"})
+def anthropic_error(
+    status: int, kind: str = "api_error", *, message: str = "",
+    headers: dict[str, str] | None = None,
+) -> Canned:
+    body = {"type": "error", "error": {"type": kind, "message": message or f"fake {kind}"}}
+    return Canned(body, status=status,
+                  headers={"retry-after-ms": "5"} if headers is None else headers)
 
 
 def gemini_body(
@@ -205,20 +287,24 @@ def gemini_body(
     thoughts_tokens: int = 0,
     cached_tokens: int = 0,
     block_reason: str | None = None,
+    usage: bool = True,
+    candidates: bool = True,
 ) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "usageMetadata": {
+    """A generateContent reply. ``thoughtsTokenCount`` is separate from
+    ``candidatesTokenCount`` on the wire; ``usage=False`` omits ``usageMetadata``;
+    ``candidates=False`` (without ``block_reason``) is an empty reply."""
+    body: dict[str, Any] = {"modelVersion": "gemini-2.5-pro"}
+    if usage:
+        body["usageMetadata"] = {
             "promptTokenCount": prompt_tokens,
             "candidatesTokenCount": output_tokens,
             "thoughtsTokenCount": thoughts_tokens,
             "cachedContentTokenCount": cached_tokens,
             "totalTokenCount": prompt_tokens + output_tokens + thoughts_tokens,
-        },
-        "modelVersion": "gemini-2.5-pro",
-    }
+        }
     if block_reason is not None:
         body["promptFeedback"] = {"blockReason": block_reason}
-    else:
+    elif candidates:
         parts = [{"text": text}] if text is not None else []
         body["candidates"] = [
             {
@@ -230,8 +316,18 @@ def gemini_body(
     return body
 
 
-def gemini_error(status: int, state: str = "UNAVAILABLE") -> Canned:
-    return Canned({"error": {"code": status, "message": f"fake {state}", "status": state}}, status)
+def gemini_error(
+    status: int, state: str = "UNAVAILABLE", *, message: str = "",
+    retry_delay: str | None = None, headers: dict[str, str] | None = None,
+) -> Canned:
+    """A Google API error; ``retry_delay`` (e.g. ``"7s"``) adds a ``RetryInfo`` detail."""
+    error: dict[str, Any] = {"code": status, "message": message or f"fake {state}",
+                             "status": state}
+    if retry_delay is not None:
+        error["details"] = [
+            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": retry_delay}
+        ]
+    return Canned({"error": error}, status, headers=headers or {})
 
 
 # --- shared request fixtures ---------------------------------------------------------
@@ -256,4 +352,6 @@ def plan_request(prompt: str = "make a plan", **settings: Any) -> ModelRequest[P
         settings=ModelSettings(**settings),
     )
 
+
 SECRET = "sk-test-SECRET-do-not-leak-0123456789"
+"""The fake API key every ``fake_keys`` fixture sets; it must never appear in any text we write."""

@@ -1,0 +1,7 @@
+"""``python -m swarmbus``: the ``swarmbus`` command."""
+
+import sys
+
+from swarmbus.agents.app import main
+
+sys.exit(main())
