@@ -42,7 +42,7 @@ CONFIGS: dict[str, str | None] = {
     "three vendors": "roles:\n"
     "  architect: {model: 'google:gemini-2.5-pro'}\n"
     "  coder: {model: 'openai:gpt-4o'}\n"
-    "  reviewer: {model: 'anthropic:claude-sonnet-4-5'}\n",
+    "  reviewer: {model: 'anthropic:claude-haiku-4-5'}\n",
 }
 FAKE_KEYS = {
     "OPENAI_API_KEY": "sk-startup-bench-not-a-key",

@@ -94,7 +94,7 @@ def test_the_four_role_example_checks() -> None:
     assert audit.system is not None and "security auditor" in audit.system
     assert audit.routes["revise_code"] == Edge(to="implement", max=2)
     assert {s.model for s in wf.spec.steps} == {
-        "google:gemini-2.5-pro", "openai:gpt-4o", "anthropic:claude-sonnet-4-5"}
+        "google:gemini-2.5-pro", "openai:gpt-4o", "anthropic:claude-haiku-4-5"}
 
 
 # -- checks ----------------------------------------------------------------------------------

@@ -127,7 +127,7 @@ async def test_the_four_role_example_sends_back_through_the_auditor(
         return audit(request) if "security auditor" in request.system else review(request)
 
     fns = {"google:gemini-2.5-pro": design, "openai:gpt-4o": code,
-           "anthropic:claude-sonnet-4-5": claude}
+           "anthropic:claude-haiku-4-5": claude}
 
     def build(config: ModelConfig) -> Model:
         assert isinstance(config, str)

@@ -8,7 +8,7 @@ list or a mapping; everywhere else it is the raw string, so a password such as
     SWARMBUS_NAMESPACE=prod
     SWARMBUS_NATS__SERVERS=nats://a:4222,nats://b:4222
     SWARMBUS_NATS__PASSWORD=...            (secrets: env or files only)
-    SWARMBUS_ROLES__CODER__MODEL=anthropic:claude-sonnet-4-5
+    SWARMBUS_ROLES__CODER__MODEL=anthropic:claude-haiku-4-5
 """
 
 from __future__ import annotations
