@@ -1,0 +1,323 @@
+"""``run_eval``: every (problem, arm, repeat) through its arm's workflow on a real swarm,
+then one authoritative run of the hidden tests on the final code."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sys
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from contextlib import AsyncExitStack, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
+
+from swarmbus.bus import EmbeddedServer, SwarmClient
+from swarmbus.protocols import Code, ConfigError, Limits, SwarmbusError, TaskResult, Work
+
+from .._swarm import Swarm
+from ..models import Model, ModelConfig
+from ..sandbox import SandboxLimits, check_isolation, run_acceptance
+from ..workflow import DEFAULT_WORKFLOW, default_tools, load_workflow
+from ._arms import ArmPlan, labels, max_rounds, parse_arm, plan_arm
+from ._extras import require
+from ._rows import (
+    AcceptanceOutcome,
+    EvalRow,
+    StepModel,
+    append_rows,
+    lines_per_function,
+    read_rows,
+)
+from ._suite import SOLUTION_FILE, Problem, load_suite
+
+__all__ = ["RUN_FILE", "EvalConfig", "EvalSummary", "run_eval"]
+
+RUN_FILE = "run.json"
+_RESULT_GRACE_S = 30.0  # past the task's own deadline, the harness stops waiting
+
+
+class EvalConfig(BaseModel):
+    """One evaluation run (``swarmbus eval run``).
+
+    ``suite``: ``"humaneval"`` or a JSONL file (``load_suite``); ``limit``: its
+    first N problems. ``arms``: arm specs (``parse_arm``), the first is the
+    baseline of the table's McNemar tests. ``repeats``: runs of each (problem,
+    arm). ``budget_usd``: the whole run's spend (rows already in ``out``
+    included); once reached no new run starts (those in flight finish).
+    ``models``: role -> model for ``workflow:`` arms' roles without one.
+    ``concurrency``: runs in flight at once. ``task_timeout_s`` and
+    ``task_budget_usd``: each task's limits (``TaskRequest.limits``).
+    ``oracle_feedback``: put the hidden tests in the task, so workflows that run
+    ``sandbox.pytest`` learn their pass/fail counts in the loop (an oracle the
+    ``single:`` arm lacks; off by default). ``nats``: a NATS URL (default: an
+    embedded nats-server on a free port). Raises ``ValidationError`` on bad values.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    suite: str = "humaneval"
+    out: Path
+    arms: tuple[str, ...] = ("canonical",)
+    limit: int | None = Field(None, ge=1)
+    repeats: int = Field(1, ge=1)
+    budget_usd: float | None = Field(None, ge=0, allow_inf_nan=False)
+    models: dict[str, str] = Field(default_factory=dict)
+    concurrency: int = Field(2, ge=1, le=256)
+    sandbox: SandboxLimits = Field(default_factory=SandboxLimits)
+    task_timeout_s: float = Field(1800.0, gt=0, allow_inf_nan=False)
+    task_budget_usd: float | None = Field(None, ge=0, allow_inf_nan=False)
+    oracle_feedback: bool = False
+    nats: str | None = None
+    progress: bool = False
+
+    @field_validator("arms")
+    @classmethod
+    def _some_arms(cls, arms: tuple[str, ...]) -> tuple[str, ...]:
+        if not arms:
+            raise ValueError("give at least one arm")
+        return arms
+
+
+@dataclass(frozen=True)
+class EvalSummary:
+    """What a run did: rows ``written`` now, ``kept`` from before (resumed), ``not_run``
+    (left by the budget), the whole run's spend in USD and its unpriced calls."""
+
+    out: Path
+    written: int
+    kept: int
+    not_run: int
+    spent_usd: float
+    unpriced_calls: int
+    budget_reached: bool
+
+
+def workflow_id(task_id: str, repeat: int) -> str:
+    """A valid, unique workflow id for (task, repeat): ``HumanEval_0-1a2b3c4d-r0``."""
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "_", task_id)[:80]
+    digest = hashlib.sha256(task_id.encode()).hexdigest()[:8]
+    return f"{slug}-{digest}-r{repeat}"
+
+
+async def run_eval(
+    config: EvalConfig, *, build: Callable[[ModelConfig], Model] | None = None
+) -> EvalSummary:
+    """Run every (problem, arm, repeat) of ``config`` not yet in ``config.out``.
+
+    Each arm is its workflow served by its own agents in a namespace of its own
+    (``ev<run><i>``) on a real NATS; the response cache is off. A run submits the
+    problem's task (``Problem.task``), waits for the result (at most the task's
+    timeout plus 30 s; then it is cancelled and counted as ``no_result``), reads
+    the final code, and runs the hidden tests on it once with ``run_acceptance``:
+    that run alone decides ``passed`` (a timeout fails). Rows are appended to
+    ``out/results.jsonl`` as they finish, so an interrupted run resumes where it
+    stopped; ``out/run.json`` keeps the suite, the arms' order and the mode.
+    ``build`` makes models from their config (default ``build_model``; tests pass
+    scripted ones).
+
+    Raises ``ConfigError`` for a bad suite, arm, model, role without a model, a
+    directory holding another suite's run, or a missing isolation the sandbox
+    needs; ``MissingExtraError`` for a missing extra.
+    """
+    arms = [parse_arm(a) for a in config.arms]
+    labels(arms)
+    problems = load_suite(config.suite, limit=config.limit)
+    tools = default_tools(config.sandbox)
+    team_wf = next((a.target for a in arms if a.kind == "workflow"), DEFAULT_WORKFLOW)
+    rounds = max_rounds(load_workflow(team_wf))
+    plans = [plan_arm(a, rounds=rounds, tools=tools, models=config.models, build=build)
+             for a in arms]
+    # Model-written code runs in the sandbox: demand the isolation `swarmbus up` demands.
+    check_isolation(config.sandbox, untrusted=any(a.kind != "canonical" for a in arms))
+    bar_module = require("tqdm", "eval", "the progress bar") if config.progress else None
+    out = config.out
+    out.mkdir(parents=True, exist_ok=True)
+    _remember(out, config, [a.label for a in arms])
+    before = read_rows(out)
+    done = {r.key for r in before}
+    jobs = [(p, plan, r) for r in range(config.repeats) for p in problems for plan in plans
+            if (p.task_id, plan.arm.label, r) not in done]
+    run = _Run(config, before)
+    if jobs:
+        bar = (bar_module.tqdm(total=len(jobs), unit="run", desc="eval", file=sys.stderr,
+                               dynamic_ncols=True) if bar_module else None)
+        try:
+            await run.execute(jobs, bar)
+        finally:
+            if bar is not None:
+                bar.close()
+    return EvalSummary(out=out, written=run.written, kept=len(before),
+                       not_run=len(jobs) - run.started, spent_usd=run.spent,
+                       unpriced_calls=run.unpriced, budget_reached=run.stopped)
+
+
+def _remember(out: Path, config: EvalConfig, arms: list[str]) -> None:
+    """Write ``run.json``; refuse a directory that holds another suite or mode."""
+    path = out / RUN_FILE
+    suite = config.suite if config.suite == "humaneval" else str(Path(config.suite).resolve())
+    known: dict[str, Any] = {}
+    if path.exists():
+        try:
+            known = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{path}: not readable ({e}); remove it or use another --out"
+                              ) from None
+        for key, now in (("suite", suite), ("oracle_feedback", config.oracle_feedback)):
+            if key in known and known[key] != now:
+                raise ConfigError(f"{out} holds a run with {key} {known[key]!r}, not {now!r}: "
+                                  "use another --out")
+    order = list(known.get("arms", []))
+    order += [a for a in arms if a not in order]
+    record: dict[str, JsonValue] = {"suite": suite, "oracle_feedback": config.oracle_feedback,
+                                    "arms": list(order)}
+    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+
+
+class _Run:
+    """The runs of one invocation: bounded concurrency, the budget, progress, rows."""
+
+    def __init__(self, config: EvalConfig, before: list[EvalRow]) -> None:
+        self.config = config
+        self.spent = sum(r.cost_usd for r in before)
+        self.unpriced = sum(r.unpriced_calls for r in before)
+        self.passed = self.finished = self.written = self.started = 0
+        self.stopped = False
+        self.bar: Any = None
+        self.clients: dict[str, SwarmClient] = {}
+        self.namespaces: dict[str, str] = {}
+
+    def over_budget(self) -> bool:
+        budget = self.config.budget_usd
+        return budget is not None and self.spent >= budget
+
+    async def execute(self, jobs: list[tuple[Problem, ArmPlan, int]], bar: Any) -> None:
+        self.bar = bar
+        token = uuid.uuid4().hex[:8]
+        async with AsyncExitStack() as stack:
+            url = self.config.nats
+            if url is None:
+                url = (await stack.enter_async_context(EmbeddedServer())).url
+            wanted: dict[str, ArmPlan] = {plan.arm.label: plan for _, plan, _ in jobs}
+            for i, (label, plan) in enumerate(wanted.items()):
+                ns = self.namespaces[label] = f"ev{token}{i}"
+                await stack.enter_async_context(
+                    Swarm(plan.agents(), nats=url, namespace=ns, grace_s=5))
+                self.clients[label] = await stack.enter_async_context(
+                    await SwarmClient.connect(url, namespace=ns))
+            slots = anyio.Semaphore(self.config.concurrency)
+            async with anyio.create_task_group() as tg:
+                for job in jobs:
+                    await slots.acquire()
+                    if self.over_budget():
+                        slots.release()
+                        self.stopped = True
+                        break
+                    self.started += 1
+                    tg.start_soon(self._job, job, slots)
+
+    async def _job(self, job: tuple[Problem, ArmPlan, int], slots: anyio.Semaphore) -> None:
+        try:
+            problem, plan, repeat = job
+            row = await self.run_one(problem, plan, repeat)
+            await anyio.to_thread.run_sync(append_rows, self.config.out, [row])
+            self.written += 1
+            self.finished += 1
+            self.passed += row.passed
+            self.spent += row.cost_usd
+            self.unpriced += row.unpriced_calls
+            if self.bar is not None:
+                cost = f"${self.spent:.4f}" + (f" +{self.unpriced} unpriced" if self.unpriced
+                                               else "")
+                self.bar.set_postfix_str(
+                    f"pass {self.passed}/{self.finished} "
+                    f"({self.passed / self.finished:.0%}) spent {cost}", refresh=False)
+                self.bar.update(1)
+        finally:
+            slots.release()
+
+    async def run_one(self, problem: Problem, plan: ArmPlan, repeat: int) -> EvalRow:
+        cfg, label = self.config, plan.arm.label
+        client = self.clients[label]
+        limits = Limits(timeout_s=cfg.task_timeout_s, budget_usd=cfg.task_budget_usd)
+        task = problem.task(limits=limits, oracle_feedback=cfg.oracle_feedback,
+                            reference=plan.arm.kind == "canonical")
+        wf = workflow_id(problem.task_id, repeat)
+        started = time.monotonic()
+        await client.submit(task, workflow_id=wf)
+        result: TaskResult | None
+        try:
+            result = await client.result(wf, timeout_s=cfg.task_timeout_s + _RESULT_GRACE_S)
+        except TimeoutError:
+            with suppress(SwarmbusError):
+                await client.cancel(wf)
+            result = None
+        wall = time.monotonic() - started
+        code = await _final_code(client, result, plan.code_artifact)
+        outcome = None
+        if code is not None and code.files:
+            report = await run_acceptance(code.files, problem.hidden_tests(), limits=cfg.sandbox)
+            outcome = AcceptanceOutcome.of(report)
+        total = result.total if result is not None else None
+        solution = next((f.content for f in code.files if f.path == SOLUTION_FILE), None) \
+            if code is not None else None
+        return EvalRow(
+            task=problem.task_id, arm=label, repeat=repeat,
+            passed=outcome is not None and outcome.ok,
+            status=result.status if result is not None else "no_result",
+            reason=(result.reason if result is not None else
+                    f"no result within {cfg.task_timeout_s + _RESULT_GRACE_S:g} s")[:2000],
+            cost_usd=total.cost_usd if total else 0.0, calls=total.calls if total else 0,
+            unpriced_calls=total.unpriced_calls if total else 0,
+            estimated_calls=total.estimated_calls if total else 0,
+            input_tokens=total.input_tokens if total else 0,
+            output_tokens=total.output_tokens if total else 0,
+            wall_s=wall, rounds=result.rounds if result is not None else 0,
+            steps=await _steps(client, wf, result),
+            lines_per_function=lines_per_function(code.files) if code is not None else None,
+            acceptance=outcome, solution=solution, oracle_feedback=cfg.oracle_feedback,
+            namespace=self.namespaces[label], workflow_id=wf,
+        )
+
+
+async def _final_code(client: SwarmClient, result: TaskResult | None, name: str) -> Code | None:
+    if result is None or name not in result.artifacts:
+        return None
+    try:
+        return Code.model_validate(await client.artifact(result, name))
+    except (ValueError, SwarmbusError):
+        return None
+
+
+async def _steps(client: SwarmClient, wf: str, result: TaskResult | None) -> list[StepModel]:
+    """The steps that ran, in order, with the model that answered each (from the trail:
+    each work message names its producing step and provenance; the result, the last)."""
+    out = []
+    for stored in await client.trail(wf):
+        env = stored.try_decode()
+        if env is not None and isinstance(env.message, Work) and env.message.source:
+            prov = env.message.provenance
+            out.append(StepModel(step=env.message.source, model=prov.name if prov else None))
+    if result is not None and result.step:
+        prov = result.provenance
+        out.append(StepModel(step=result.step, model=prov.name if prov else None))
+    return out
+
+
+def models_option(text: str | None) -> Mapping[str, str]:
+    """``role=model,role=model`` -> a mapping. Raises ``ConfigError``."""
+    out: dict[str, str] = {}
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        role, sep, model = part.partition("=")
+        if not sep or not role.strip() or not model.strip():
+            raise ConfigError(f"--models {part!r}: give role=model (e.g. coder=openai:gpt-4o)")
+        out[role.strip()] = model.strip()
+    return out
