@@ -10,6 +10,7 @@ import importlib.util
 import io
 import json
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from swarmbus.agents.eval import (
     load_suite,
     max_rounds,
     mcnemar_exact,
+    plot_pass_vs_cost,
     read_rows,
     run_eval,
     summarize,
@@ -36,7 +38,6 @@ from swarmbus.agents.eval import (
     table_markdown,
     wilson_interval,
 )
-from swarmbus.agents.eval._extras import require
 from swarmbus.agents.models import Billed, FunctionModel, Model, ModelConfig, ModelRequest, Price
 from swarmbus.agents.sandbox import SandboxLimits
 from swarmbus.agents.workflow import load_workflow
@@ -309,8 +310,11 @@ def test_suite_and_arm_mistakes_are_one_clear_error(
     bad.write_text("not json\n", encoding="utf-8")
     with pytest.raises(ConfigError, match=r"bad.jsonl:1: not JSON"):
         load_suite(bad)
-    with pytest.raises(MissingExtraError, match=r"pip install 'swarmbus\[plot\]'"):
-        require("no_such_module_for_swarmbus", "plot", "the plot")
+    with pytest.MonkeyPatch.context() as mp:  # as if matplotlib were not installed
+        mp.setitem(sys.modules, "matplotlib", None)
+        mp.setitem(sys.modules, "matplotlib.figure", None)
+        with pytest.raises(MissingExtraError, match=r"pip install 'swarmbus\[plot\]'"):
+            plot_pass_vs_cost([], tmp_path / "x.png")
     cases = [
         (["eval", "run", "--suite", FIXTURE, "--out", str(tmp_path / "o"), "--arms", "best:x"],
          "unknown kind 'best'"),

@@ -18,9 +18,9 @@ def plot_pass_vs_cost(summaries: Sequence[ArmSummary], path: str | Path) -> Path
     point labelled with its arm. Uses matplotlib's object API (no pyplot, no
     global state). Raises ``MissingExtraError`` without the ``plot`` extra,
     ``ValueError`` when there is nothing to plot."""
+    figure_mod = require("matplotlib.figure", "plot", "swarmbus eval plot")
     if not summaries:
         raise ValueError("no arm to plot")
-    figure_mod = require("matplotlib.figure", "plot", "swarmbus eval plot")
     fig = figure_mod.Figure(figsize=(7.0, 4.5), dpi=120, layout="constrained")
     ax = fig.add_subplot()
     for s in summaries:
