@@ -61,7 +61,7 @@ async def test_a_setsid_exec_survivor_dies_with_the_run(limits: SandboxLimits) -
 def test_cleanup_does_not_follow_a_link_swapped_in_during_the_walk(tmp_path: Path) -> None:
     """A racing process keeps replacing a directory in a tree with a symlink to a host
     directory while the tree is removed: the host directory keeps its mode and files."""
-    from swarmbus.agents.sandbox._fs import remove_tree  # the primitive, raced directly
+    from swarmbus.agents.sandbox import remove_tree  # the primitive, raced directly
 
     victim = tmp_path / "host"
     victim.mkdir(mode=0o755)

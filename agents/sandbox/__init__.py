@@ -28,6 +28,7 @@ lists what they do not isolate.
 """
 
 from ._errors import SandboxUnavailableError
+from ._fs import remove_tree
 from ._isolation import Isolation, check_isolation, install_hint, landlock_abi
 from ._limits import DEFAULT_LIMITS, Backend, SandboxLimits
 from ._run import run_acceptance, run_tests
@@ -50,6 +51,7 @@ __all__ = (
     "describe_isolation",
     "install_hint",
     "landlock_abi",
+    "remove_tree",
     "run_acceptance",
     "run_tests",
 )
