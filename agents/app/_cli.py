@@ -382,6 +382,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BaseException as raised:
         e = _leaf(raised)
         if isinstance(e, KeyboardInterrupt):
+            if args.command == "eval" and args.action == "run":
+                print(f"interrupted: finished runs are kept in {args.out}; run the same "
+                      "command again to resume", file=sys.stderr)
             return 130
         if isinstance(e, ValidationError):
             print(f"error: {_one_line(e)}", file=sys.stderr)

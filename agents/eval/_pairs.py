@@ -30,9 +30,10 @@ def export_pairs(
 
     For each (task, repeat) where the first arm of ``arms`` and another arm both
     left a ``solution.py``, one pair: ``{"pair": id, "task": ..., "goal": ...,
-    "solution_a": ..., "solution_b": ...}``, the two sides in random order
-    (``seed`` makes it repeatable). The arms stand only in the key file,
-    ``{"pair": id, "a": arm, "b": arm, "a_passed": ..., "b_passed": ...}``: give
+    "solution_a": ..., "solution_b": ...}``, the pairs and the two sides of each in
+    random order (``seed`` makes it repeatable). With three arms or more, the first
+    arm's solution of a task is in each of that task's pairs. The arms stand only
+    in the key file, ``{"pair": id, "a": arm, "b": arm, "a_passed": ..., "b_passed": ...}``: give
     raters the first file alone. ``goals`` maps task ids to the goal shown.
     Raises ``ConfigError`` when there are fewer than two arms or no pair.
     """
@@ -45,19 +46,20 @@ def export_pairs(
     rng = random.Random(seed)
     pairs: list[dict[str, object]] = []
     keys: list[dict[str, object]] = []
-    for (arm, task, repeat), base in sorted(found.items()):
-        if arm != first:
-            continue
-        for other in others:
-            match = found.get((other, task, repeat))
-            if match is None:
-                continue
-            ident = f"p{len(pairs) + 1:05d}"
-            a, b = (base, match) if rng.random() < 0.5 else (match, base)
-            pairs.append({"pair": ident, "task": task, "goal": (goals or {}).get(task, ""),
-                          "solution_a": a.solution, "solution_b": b.solution})
-            keys.append({"pair": ident, "task": task, "repeat": repeat, "a": a.arm, "b": b.arm,
-                         "a_passed": a.passed, "b_passed": b.passed})
+    matched = [(base, match) for (arm, task, repeat), base in sorted(found.items())
+               if arm == first
+               for match in [found.get((other, task, repeat)) for other in others]
+               if match is not None]
+    # Pairs in random order across the file, each pair's sides too: neither the
+    # position in the file nor the side gives an arm away.
+    rng.shuffle(matched)
+    for base, match in matched:
+        ident = f"p{len(pairs) + 1:05d}"
+        a, b = (base, match) if rng.random() < 0.5 else (match, base)
+        pairs.append({"pair": ident, "task": base.task, "goal": (goals or {}).get(base.task, ""),
+                      "solution_a": a.solution, "solution_b": b.solution})
+        keys.append({"pair": ident, "task": base.task, "repeat": base.repeat, "a": a.arm,
+                     "b": b.arm, "a_passed": a.passed, "b_passed": b.passed})
     if not pairs:
         raise ConfigError(f"no task has a solution from both {first!r} and another arm")
     folder = Path(out)

@@ -3,14 +3,16 @@ then one authoritative run of the hidden tests on the final code."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import os
 import re
 import sys
 import time
 import uuid
-from collections.abc import Callable, Mapping
-from contextlib import AsyncExitStack, suppress
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AsyncExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ from .._swarm import Swarm
 from ..models import Model, ModelConfig
 from ..sandbox import SandboxLimits, check_isolation, run_acceptance
 from ..workflow import DEFAULT_WORKFLOW, default_tools, load_workflow
-from ._arms import ArmPlan, labels, max_rounds, parse_arm, plan_arm
+from ._arms import Arm, ArmPlan, labels, max_rounds, parse_arm, plan_arm
 from ._extras import require
 from ._rows import (
     AcceptanceOutcome,
@@ -122,9 +124,10 @@ async def run_eval(
     ``build`` makes models from their config (default ``build_model``; tests pass
     scripted ones).
 
-    Raises ``ConfigError`` for a bad suite, arm, model, role without a model, a
-    directory holding another suite's run, or a missing isolation the sandbox
-    needs; ``MissingExtraError`` for a missing extra.
+    Raises ``ConfigError`` for a bad suite, arm, model, a role without a model or
+    one no workflow arm has, an ``out`` that cannot be made, is in use by another
+    run, or holds a run of another suite, mode or per-run settings, or a missing
+    isolation the sandbox needs; ``MissingExtraError`` for a missing extra.
     """
     arms = [parse_arm(a) for a in config.arms]
     labels(arms)
@@ -132,13 +135,29 @@ async def run_eval(
     tools = default_tools(config.sandbox)
     team_wf = next((a.target for a in arms if a.kind == "workflow"), DEFAULT_WORKFLOW)
     rounds = max_rounds(load_workflow(team_wf))
+    roles = {r for a in arms if a.kind == "workflow" for r in load_workflow(a.target).roles}
+    stray = sorted(set(config.models) - roles)
+    if stray:
+        raise ConfigError(f"--models {stray[0]}=...: no workflow arm has a role {stray[0]!r} "
+                          f"(their roles: {', '.join(sorted(roles)) or 'none'})")
     plans = [plan_arm(a, rounds=rounds, tools=tools, models=config.models, build=build)
              for a in arms]
     # Model-written code runs in the sandbox: demand the isolation `swarmbus up` demands.
     check_isolation(config.sandbox, untrusted=any(a.kind != "canonical" for a in arms))
     bar_module = require("tqdm", "eval", "the progress bar") if config.progress else None
     out = config.out
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--out {out}: cannot make that directory ({e.strerror})") from None
+    with _lock(out):
+        return await _run_in(out, config, arms, problems, plans, bar_module)
+
+
+async def _run_in(
+    out: Path, config: EvalConfig, arms: list[Arm], problems: list[Problem],
+    plans: list[ArmPlan], bar_module: Any,
+) -> EvalSummary:
     _remember(out, config, [a.label for a in arms])
     before = read_rows(out)
     done = {r.key for r in before}
@@ -158,10 +177,40 @@ async def run_eval(
                        unpriced_calls=run.unpriced, budget_reached=run.stopped)
 
 
+@contextmanager
+def _lock(out: Path) -> Iterator[None]:
+    """One ``eval run`` at a time per directory (two would run, and pay, every row
+    twice). Raises ``ConfigError`` when another process holds it."""
+    with (out / ".lock").open("a+", encoding="utf-8") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "?"
+            raise ConfigError(f"--out {out} is in use by another `swarmbus eval run` (pid "
+                              f"{holder}): wait for it to end, or use another --out") from None
+        f.truncate(0)
+        f.write(str(os.getpid()))
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def _remember(out: Path, config: EvalConfig, arms: list[str]) -> None:
-    """Write ``run.json``; refuse a directory that holds another suite or mode."""
+    """Write ``run.json``; refuse a directory that holds a run of another suite, mode
+    or per-run settings (rows made under other conditions are not comparable)."""
     path = out / RUN_FILE
     suite = config.suite if config.suite == "humaneval" else str(Path(config.suite).resolve())
+    fixed: dict[str, JsonValue] = {
+        "suite": suite, "oracle_feedback": config.oracle_feedback,
+        "task_timeout_s": config.task_timeout_s, "task_budget_usd": config.task_budget_usd,
+        "sandbox_timeout_s": config.sandbox.timeout_s, "models": dict(config.models),
+    }
+    flags = {"suite": "--suite", "oracle_feedback": "--oracle-feedback",
+             "task_timeout_s": "--task-timeout", "task_budget_usd": "--task-budget",
+             "sandbox_timeout_s": "--sandbox-timeout", "models": "--models"}
     known: dict[str, Any] = {}
     if path.exists():
         try:
@@ -169,14 +218,13 @@ def _remember(out: Path, config: EvalConfig, arms: list[str]) -> None:
         except (OSError, ValueError) as e:
             raise ConfigError(f"{path}: not readable ({e}); remove it or use another --out"
                               ) from None
-        for key, now in (("suite", suite), ("oracle_feedback", config.oracle_feedback)):
+        for key, now in fixed.items():
             if key in known and known[key] != now:
-                raise ConfigError(f"{out} holds a run with {key} {known[key]!r}, not {now!r}: "
-                                  "use another --out")
+                raise ConfigError(f"{out} holds a run made with {flags[key]} {known[key]!r}, "
+                                  f"not {now!r}: give the same, or use another --out")
     order = list(known.get("arms", []))
     order += [a for a in arms if a not in order]
-    record: dict[str, JsonValue] = {"suite": suite, "oracle_feedback": config.oracle_feedback,
-                                    "arms": list(order)}
+    record: dict[str, JsonValue] = {**fixed, "arms": list(order)}
     path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
 

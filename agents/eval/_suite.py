@@ -31,16 +31,27 @@ _MAX_GOAL = 20_000  # TaskRequest.goal's limit
 
 _HIDDEN = '''# Hidden acceptance test of {task_id} (swarmbus eval). The problem's own test code
 # and check({entry}) run in the namespace of the submitted solution module, as
-# HumanEval's harness runs prompt + completion + test + check(entry_point).
-import solution as _solution
+# HumanEval's harness runs prompt + completion + test + check(entry_point); with the
+# builtins as they were before the solution ran, so replacing exec or compile there
+# (or defining a check of its own) does not skip the checks.
+import builtins as _builtins
+
+_BUILTINS = dict(vars(_builtins))
+_exec, _compile = exec, compile
+
+import solution as _solution  # noqa: E402
 
 _TEST = {test}
 
 
 def test_check_{entry}() -> None:
     namespace = dict(vars(_solution))
-    exec(compile(_TEST, "<hidden test>", "exec"), namespace)
-    namespace["check"](namespace[{entry_repr}])
+    namespace["__builtins__"] = dict(_BUILTINS)
+    _exec(_compile(_TEST, "<hidden test>", "exec"), namespace)
+    check = namespace["check"]
+    assert getattr(getattr(check, "__code__", None), "co_filename", "") == "<hidden test>", (
+        "check() is not the one the hidden test defines")
+    check(namespace[{entry_repr}])
 '''
 
 
