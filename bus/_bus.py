@@ -19,16 +19,16 @@ from swarmbus.protocols import (
     SwarmbusError,
     advisory_stream_name,
     check_namespace,
-    namespace_filter,
     stream_name,
     subject,
     workflow_filter,
 )
 
-from ._codec import DecodeError, Envelope, decode, encode
+from ._codec import encode
 from ._connect import NatsSettings, connect
 from ._durable import ensure_durable
-from ._kv import KeyValueStore
+from ._kv import KeyValueStore, open_bucket
+from ._reads import StoredMessage, read_all, read_one
 from ._secrets import scrub, scrub_bytes
 from ._settings import (
     ConsumerSettings,
@@ -45,7 +45,10 @@ from ._store import (
     StoreGate,
     StoreUnavailableError,
     storage_problem,
+    store_error,
+    stream_bytes,
 )
+from ._streams import advisory_config, drop_legacy_advisories, ensure_stream, stream_config
 
 __all__ = [
     "EXPECT_FIRST",
@@ -80,26 +83,6 @@ class SubjectTakenError(SwarmbusError):
 class PublishResult:
     seq: int
     duplicate: bool
-
-
-@dataclass(frozen=True, slots=True)
-class StoredMessage:
-    """A message read back from the stream (for trails and late readers)."""
-
-    seq: int
-    subject: str
-    data: bytes
-    headers: dict[str, str]
-    time: str | None = None
-
-    def decode(self) -> Envelope[Message]:
-        return decode(self.subject, self.data, self.headers, fallback_id=f"seq-{self.seq}")
-
-    def try_decode(self) -> Envelope[Message] | None:
-        try:
-            return self.decode()
-        except DecodeError:
-            return None
 
 
 class Bus:
@@ -181,84 +164,18 @@ class Bus:
             current = None
         if current is not None:
             self.stream = adopt_stream(self.stream, current)
-        s = self.stream
-        storage = api.StorageType.FILE if s.storage == "file" else api.StorageType.MEMORY
-        await self._ensure_stream(
-            api.StreamConfig(
-                name=self.stream_name,
-                subjects=[namespace_filter(self.namespace)],
-                retention=api.RetentionPolicy.LIMITS,
-                storage=storage,
-                num_replicas=s.replicas,
-                max_age=s.max_age_s or None,
-                max_msg_size=s.max_msg_bytes,
-                max_bytes=s.max_bytes or -1,
-                discard=api.DiscardPolicy.NEW,
-                duplicate_window=s.duplicate_window_s,
-                allow_direct=True,
-            ),
-            current,
-        )
-        advisories = api.StreamConfig(
-            name=self.advisory_stream,
-            subjects=[f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self.stream_name}.*"],
-            max_msg_size=64 * 1024,
-            duplicate_window=120,
-            retention=api.RetentionPolicy.LIMITS,
-            storage=storage,
-            num_replicas=s.replicas,
-            max_age=7 * 24 * 3600,
-        )
+        await ensure_stream(self.js, stream_config(self.stream_name, self.namespace,
+                                                   self.stream), current)
+        advisories = advisory_config(self.advisory_stream, self.stream_name, self.stream)
         try:
             current = (await self.js.stream_info(self.advisory_stream)).config
         except nats.js.errors.NotFoundError:
             current = None
-            await self._drop_legacy_advisories(advisories.subjects or [])
+            self.advisory_stream = await drop_legacy_advisories(
+                self.js, self.stream_name, advisories)
             if self.advisory_stream != advisories.name:
                 return
-        await self._ensure_stream(advisories, current)
-
-    async def _drop_legacy_advisories(self, subjects: list[str]) -> None:
-        """Versions before 0.2 named the advisory stream ``SWARM_<NS>_ADVISORIES``, which
-        is also the stream of namespace ``<ns>_advisories``: delete ours (its subjects
-        say so) so the new one can take the advisories."""
-        legacy = self.stream_name + "_ADVISORIES"
-        try:
-            info = await self.js.stream_info(legacy)
-        except nats.js.errors.NotFoundError:
-            return
-        if info.config.subjects != subjects:
-            return  # namespace <ns>_advisories's own stream: not ours
-        log.warning("replacing the advisory stream of an older version",
-                    old=legacy, new=self.advisory_stream)
-        try:
-            await self.js.delete_stream(legacy)
-        except nats.errors.Error as e:  # e.g. not permitted: keep using the old one
-            log.warning("could not delete the older advisory stream; using it",
-                        stream=legacy, error=f"{type(e).__name__}: {e}")
-            self.advisory_stream = legacy
-
-    async def _ensure_stream(
-        self, config: api.StreamConfig, current: api.StreamConfig | None
-    ) -> None:
-        """Create the stream, or update it where ``config`` differs from ``current``."""
-        if current is None:
-            try:
-                await self.js.add_stream(config)
-                return
-            except nats.js.errors.BadRequestError:  # created concurrently
-                assert config.name is not None
-                current = (await self.js.stream_info(config.name)).config
-        if (
-            current.subjects != config.subjects
-            or current.num_replicas != config.num_replicas
-            or current.max_msg_size != config.max_msg_size
-            or (config.max_age is not None and current.max_age != config.max_age)
-            or current.duplicate_window != config.duplicate_window
-            or (config.max_bytes or -1) != (current.max_bytes or -1)
-            or (config.discard is not None and current.discard != config.discard)
-        ):
-            await self.js.update_stream(config)
+        await ensure_stream(self.js, advisories, current)
 
     async def ensure_consumer(
         self,
@@ -383,41 +300,15 @@ class Bus:
                 ):
                     raise PayloadTooLargeError(f"{subj}: {e.description}") from None
                 if storage_problem(e) is not None:
-                    raise await self._store_error(e) from None
+                    raise await store_error(self.js, self.stream_name, e) from None
                 raise
             return PublishResult(seq=ack.seq, duplicate=bool(ack.duplicate))
-
-    async def _store_error(self, e: nats.js.errors.APIError) -> StoreUnavailableError:
-        """What the server said, with the figures an operator needs to act on it."""
-        name, code = self.stream_name, e.err_code
-        detail = e.description or f"error {code}"
-        if storage_problem(e) != "full":
-            return StoreUnavailableError(
-                f"stream {name} is unavailable ({detail}, code {code}); it is retried",
-                stream=name, reason="unavailable", code=code)
-        held, cap = await self._stream_bytes()
-        if code == STORE_FAILED and cap:
-            msg = (f"stream {name} is full: {_mb(held)} of {_mb(cap)}; free space or raise "
-                   "max_bytes (stream.max_bytes)")
-        else:
-            msg = (f"stream {name} is full: the server has no JetStream storage left "
-                   f"({detail}; the stream holds {_mb(held)}); free space or raise the "
-                   "server's max_file_store (jetstream { max_file_store })")
-        return StoreUnavailableError(msg, stream=name, reason="full", code=code)
 
     async def stream_full(self) -> bool:
         """Whether the stream is at its own ``max_bytes`` (the next message of the
         largest size would be refused). False when it has no such cap."""
-        held, cap = await self._stream_bytes()
+        held, cap = await stream_bytes(self.js, self.stream_name)
         return bool(cap) and held + self.stream.max_msg_bytes > cap
-
-    async def _stream_bytes(self) -> tuple[int, int]:
-        """(bytes stored, max_bytes or 0) of the namespace's stream; (0, 0) if unknown."""
-        try:
-            info = await self.js.stream_info(self.stream_name)
-        except (nats.errors.Error, OSError):
-            return 0, 0
-        return int(info.state.bytes or 0), max(0, info.config.max_bytes or 0)
 
     @property
     def stalled(self) -> StoreUnavailableError | None:
@@ -467,77 +358,32 @@ class Bus:
         bucket = f"swarm_{self.namespace}_{name}"
         store = self._kv.get(bucket)
         if store is None:
-            async def open_bucket() -> Any:
-                return await self._open_bucket(bucket, ttl_s, history, storage)
+            async def reopen() -> Any:
+                return await open_bucket(self.js, bucket, ttl_s=ttl_s, history=history,
+                                         storage=storage, stream=self.stream)
 
-            store = KeyValueStore(await open_bucket(), reopen=open_bucket)
+            store = KeyValueStore(await reopen(), reopen=reopen)
             self._kv[bucket] = store
         return store
 
-    async def _open_bucket(
-        self, bucket: str, ttl_s: float | None, history: int,
-        storage: Literal["file", "memory"] | None,
-    ) -> Any:
-        kind = storage or self.stream.storage
-        want = api.StorageType.MEMORY if kind == "memory" else api.StorageType.FILE
-        try:
-            kv = await self.js.key_value(bucket)
-        except nats.js.errors.BucketNotFoundError:
-            return await self.js.create_key_value(
-                bucket=bucket, ttl=ttl_s, history=history, replicas=self.stream.replicas,
-                storage=want)
-        info = await self.js.stream_info(f"KV_{bucket}")
-        if storage is not None and info.config.storage != want:
-            # Deleting it here would race with its other users: say how to change it.
-            log.warning("bucket has other storage than asked: using it as it is (delete the "
-                        "bucket to have it made anew)", bucket=bucket, wanted=kind)
-        if (info.config.num_replicas or 1) < self.stream.replicas:
-            # Made before the stream was scaled up: follow it (never scale down).
-            info.config.num_replicas = self.stream.replicas
-            await self.js.update_stream(info.config)
-        return kv
-
     async def get(self, seq: int, *, stream: str | None = None) -> StoredMessage | None:
-        try:
-            raw = await self.js.get_msg(stream or self.stream_name, seq=seq)
-        except nats.js.errors.NotFoundError:
-            return None
-        return _stored(raw)
+        """The message at stream sequence ``seq``, or None."""
+        return await read_one(self.js, stream or self.stream_name, seq=seq)
 
     async def last(self, workflow_id: str, topic: str) -> StoredMessage | None:
         """The newest message of one workflow on one topic, or None."""
-        try:
-            raw = await self.js.get_msg(
-                self.stream_name, subject=subject(self.namespace, workflow_id, topic)
-            )
-        except nats.js.errors.NotFoundError:
-            return None
-        return _stored(raw)
+        return await read_one(self.js, self.stream_name,
+                              subject=subject(self.namespace, workflow_id, topic))
 
     async def first(self, workflow_id: str, topic: str) -> StoredMessage | None:
         """The oldest message of one workflow on one topic, or None."""
-        try:
-            raw = await self.js.get_msg(
-                self.stream_name, seq=1, subject=subject(self.namespace, workflow_id, topic),
-                next=True,
-            )
-        except nats.js.errors.NotFoundError:
-            return None
-        return _stored(raw)
+        return await read_one(self.js, self.stream_name, seq=1, next=True,
+                              subject=subject(self.namespace, workflow_id, topic))
 
     async def history(self, workflow_id: str, *, after_seq: int = 0) -> list[StoredMessage]:
         """Every stored message of one workflow, oldest first."""
-        out: list[StoredMessage] = []
-        seq = after_seq + 1
-        filt = workflow_filter(self.namespace, workflow_id)
-        while True:
-            try:
-                raw = await self.js.get_msg(self.stream_name, seq=seq, subject=filt, next=True)
-            except nats.js.errors.NotFoundError:
-                return out
-            msg = _stored(raw)
-            out.append(msg)
-            seq = msg.seq + 1
+        return await read_all(self.js, self.stream_name,
+                              workflow_filter(self.namespace, workflow_id), after_seq=after_seq)
 
     async def aclose(self) -> None:
         """Drain and close the connection if this bus opened it."""
@@ -557,14 +403,3 @@ class Bus:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-
-def _mb(n: int) -> str:
-    return f"{n / 1e6:.1f} MB"
-
-
-def _stored(raw: Any) -> StoredMessage:
-    hdrs = {str(k): str(v) for k, v in (raw.headers or {}).items()}
-    return StoredMessage(
-        seq=int(raw.seq), subject=str(raw.subject), data=raw.data or b"", headers=hdrs,
-        time=getattr(raw, "time", None),
-    )

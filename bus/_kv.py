@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal
 
 import nats.errors
 import nats.js.errors
 import structlog
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext, api
 from nats.js.kv import KeyValue
 
+from ._settings import StreamSettings
 from ._store import StoreUnavailableError, storage_problem
 
 if TYPE_CHECKING:
     from ._bus import Bus
 
-__all__ = ["KeyValueStore", "WatchedKeys"]
+__all__ = ["KeyValueStore", "WatchedKeys", "open_bucket"]
 
 log = structlog.get_logger("swarmbus.bus")
 
@@ -165,3 +167,28 @@ class WatchedKeys:
         if sub is not None and not self._bus.nc.is_closed:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
+
+
+async def open_bucket(
+    js: JetStreamContext, bucket: str, *, ttl_s: float | None, history: int,
+    storage: Literal["file", "memory"] | None, stream: StreamSettings,
+) -> Any:
+    """Open ``bucket``, or create it with ``stream``'s replicas and storage (or
+    ``storage``); an existing bucket made before the stream was scaled up follows it
+    (never scaled down), one with other storage is used as it is, with a warning."""
+    kind = storage or stream.storage
+    want = api.StorageType.MEMORY if kind == "memory" else api.StorageType.FILE
+    try:
+        kv = await js.key_value(bucket)
+    except nats.js.errors.BucketNotFoundError:
+        return await js.create_key_value(
+            bucket=bucket, ttl=ttl_s, history=history, replicas=stream.replicas, storage=want)
+    info = await js.stream_info(f"KV_{bucket}")
+    if storage is not None and info.config.storage != want:
+        # Deleting it here would race with its other users: say how to change it.
+        log.warning("bucket has other storage than asked: using it as it is (delete the "
+                    "bucket to have it made anew)", bucket=bucket, wanted=kind)
+    if (info.config.num_replicas or 1) < stream.replicas:
+        info.config.num_replicas = stream.replicas
+        await js.update_stream(info.config)
+    return kv

@@ -19,7 +19,7 @@ from nats.js.object_store import ObjectStore
 
 from swarmbus.protocols import ArtifactRef, ExternalError
 
-from ._store import storage_problem
+from ._store import storage_problem, store_error
 
 if TYPE_CHECKING:
     from ._bus import Bus
@@ -64,7 +64,7 @@ class ArtifactStore:
             except nats.js.errors.APIError as e:
                 if self._bus is None or storage_problem(e) is None:
                     raise
-                raise await self._bus._store_error(e) from None
+                raise await store_error(self._bus.js, self._bus.stream_name, e) from None
 
         async def healing() -> None:
             try:

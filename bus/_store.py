@@ -19,8 +19,10 @@ from collections.abc import Awaitable, Callable
 from typing import Literal, TypeVar
 
 import anyio
+import nats.errors
 import nats.js.errors
 import structlog
+from nats.js import JetStreamContext
 
 from swarmbus.protocols import ExternalError
 
@@ -33,6 +35,8 @@ __all__ = [
     "StoreUnavailableError",
     "hold_publishes",
     "storage_problem",
+    "store_error",
+    "stream_bytes",
 ]
 
 T = TypeVar("T")
@@ -178,3 +182,38 @@ class StoreGate:
             self._reminded = now
             log.error(str(e), stream=e.stream, code=e.code, held=self._held,
                       stalled_for_s=round(now - self._since))
+
+
+async def store_error(
+    js: JetStreamContext, stream: str, e: nats.js.errors.APIError
+) -> StoreUnavailableError:
+    """The server's refusal of a publish to ``stream`` as an operator can act on it:
+    which store is full, how full, and what to free or raise."""
+    code = e.err_code
+    detail = e.description or f"error {code}"
+    if storage_problem(e) != "full":
+        return StoreUnavailableError(
+            f"stream {stream} is unavailable ({detail}, code {code}); it is retried",
+            stream=stream, reason="unavailable", code=code)
+    held, cap = await stream_bytes(js, stream)
+    if code == STORE_FAILED and cap:
+        msg = (f"stream {stream} is full: {_mb(held)} of {_mb(cap)}; free space or raise "
+               "max_bytes (stream.max_bytes)")
+    else:
+        msg = (f"stream {stream} is full: the server has no JetStream storage left "
+               f"({detail}; the stream holds {_mb(held)}); free space or raise the "
+               "server's max_file_store (jetstream { max_file_store })")
+    return StoreUnavailableError(msg, stream=stream, reason="full", code=code)
+
+
+async def stream_bytes(js: JetStreamContext, stream: str) -> tuple[int, int]:
+    """(bytes stored, max_bytes or 0) of ``stream``; (0, 0) if unknown."""
+    try:
+        info = await js.stream_info(stream)
+    except (nats.errors.Error, OSError):
+        return 0, 0
+    return int(info.state.bytes or 0), max(0, info.config.max_bytes or 0)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"

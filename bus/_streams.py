@@ -1,0 +1,102 @@
+"""The namespace's streams: their configurations, and creating or updating them."""
+
+from __future__ import annotations
+
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.js import JetStreamContext, api
+
+from swarmbus.protocols import namespace_filter
+
+from ._settings import StreamSettings
+
+__all__ = ["advisory_config", "drop_legacy_advisories", "ensure_stream", "stream_config"]
+
+log = structlog.get_logger("swarmbus.bus")
+
+
+def _storage(s: StreamSettings) -> api.StorageType:
+    return api.StorageType.FILE if s.storage == "file" else api.StorageType.MEMORY
+
+
+def stream_config(name: str, namespace: str, s: StreamSettings) -> api.StreamConfig:
+    """The namespace's stream: every subject of the namespace, limits retention,
+    discard new when full (a publish is refused, nothing stored is dropped)."""
+    return api.StreamConfig(
+        name=name,
+        subjects=[namespace_filter(namespace)],
+        retention=api.RetentionPolicy.LIMITS,
+        storage=_storage(s),
+        num_replicas=s.replicas,
+        max_age=s.max_age_s or None,
+        max_msg_size=s.max_msg_bytes,
+        max_bytes=s.max_bytes or -1,
+        discard=api.DiscardPolicy.NEW,
+        duplicate_window=s.duplicate_window_s,
+        allow_direct=True,
+    )
+
+
+def advisory_config(name: str, stream: str, s: StreamSettings) -> api.StreamConfig:
+    """The stream that keeps ``stream``'s max-deliveries advisories (7 days), so one
+    raised while no process listened is still dead-lettered."""
+    return api.StreamConfig(
+        name=name,
+        subjects=[f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.*"],
+        max_msg_size=64 * 1024,
+        duplicate_window=120,
+        retention=api.RetentionPolicy.LIMITS,
+        storage=_storage(s),
+        num_replicas=s.replicas,
+        max_age=7 * 24 * 3600,
+    )
+
+
+async def drop_legacy_advisories(
+    js: JetStreamContext, stream: str, advisories: api.StreamConfig
+) -> str:
+    """Versions before 0.2 named the advisory stream ``SWARM_<NS>_ADVISORIES``, which
+    is also the stream of namespace ``<ns>_advisories``: delete ours (its subjects
+    say so) so the new one can take the advisories. Returns the advisory stream to
+    use: the new one, or the old one when it cannot be deleted."""
+    assert advisories.name is not None
+    legacy = stream + "_ADVISORIES"
+    try:
+        info = await js.stream_info(legacy)
+    except nats.js.errors.NotFoundError:
+        return advisories.name
+    if info.config.subjects != advisories.subjects:
+        return advisories.name  # namespace <ns>_advisories's own stream: not ours
+    log.warning("replacing the advisory stream of an older version",
+                old=legacy, new=advisories.name)
+    try:
+        await js.delete_stream(legacy)
+    except nats.errors.Error as e:  # e.g. not permitted: keep using the old one
+        log.warning("could not delete the older advisory stream; using it",
+                    stream=legacy, error=f"{type(e).__name__}: {e}")
+        return legacy
+    return advisories.name
+
+
+async def ensure_stream(
+    js: JetStreamContext, config: api.StreamConfig, current: api.StreamConfig | None
+) -> None:
+    """Create the stream, or update it where ``config`` differs from ``current``."""
+    if current is None:
+        try:
+            await js.add_stream(config)
+            return
+        except nats.js.errors.BadRequestError:  # created concurrently
+            assert config.name is not None
+            current = (await js.stream_info(config.name)).config
+    if (
+        current.subjects != config.subjects
+        or current.num_replicas != config.num_replicas
+        or current.max_msg_size != config.max_msg_size
+        or (config.max_age is not None and current.max_age != config.max_age)
+        or current.duplicate_window != config.duplicate_window
+        or (config.max_bytes or -1) != (current.max_bytes or -1)
+        or (config.discard is not None and current.discard != config.discard)
+    ):
+        await js.update_stream(config)
