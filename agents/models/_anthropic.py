@@ -16,8 +16,10 @@ from ._provider import (
     ProviderModel,
     RawReply,
     Tokens,
-    error_for_status,
     forbid_extra,
+)
+from ._vendor import (
+    error_for_status,
     no_retry_on_auth,
     parse_retry_after,
     require_sdk,

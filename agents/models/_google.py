@@ -18,6 +18,8 @@ from ._provider import (
     ProviderModel,
     RawReply,
     Tokens,
+)
+from ._vendor import (
     error_for_status,
     parse_retry_after,
     require_sdk,

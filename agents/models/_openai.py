@@ -15,13 +15,15 @@ from ._provider import (
     ProviderModel,
     RawReply,
     Tokens,
-    error_for_status,
     forbid_extra,
+    schema_name,
+)
+from ._vendor import (
+    error_for_status,
     no_retry_on_auth,
     parse_retry_after,
     require_sdk,
     resolve_api_key,
-    schema_name,
 )
 
 if TYPE_CHECKING:

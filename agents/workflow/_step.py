@@ -28,8 +28,6 @@ from swarmbus.bus import (
     same_task,
 )
 from swarmbus.protocols import (
-    DEFAULT_BUDGET_USD,
-    DEFAULT_TIMEOUT_S,
     ArtifactRef,
     Code,
     CompiledWorkflow,
@@ -63,6 +61,7 @@ from ..models import (
 )
 from ._prompt import render_system, render_work
 from ._registry import Workflows
+from ._state import missing_inputs, start_state, update_findings
 from ._tools import Tool
 
 __all__ = ["StepAgent", "StepCall"]
@@ -236,7 +235,7 @@ class StepAgent(Agent):
             return  # another workflow's kick-off: its own entry role takes it
         if not await self._first_task(task, ctx):
             return
-        state = _start(task, wf, ctx)
+        state = start_state(task, wf, ctx)
         await self.guards.run(ctx, state, lambda: self._run(ctx, wf, wf.entry, state, task))
 
     async def on_work(self, work: Work, ctx: Context[Work]) -> None:
@@ -280,9 +279,9 @@ class StepAgent(Agent):
         task: TaskRequest | None = None,
     ) -> None:
         missing = [n for n in step.input if n not in state.artifacts]
-        if missing or (task is not None and _missing_inputs(task, wf)):
+        if missing or (task is not None and missing_inputs(task, wf)):
             why = (f"step {step.id!r} is missing its inputs {missing}" if missing else
-                   f"the task lacks inputs {_missing_inputs(task, wf)} that workflow "
+                   f"the task lacks inputs {missing_inputs(task, wf)} that workflow "
                    f"{wf.name!r} requires (TaskRequest.inputs)" if task else "")
             await self._end(ctx, wf, state, "failed", why, step, None, Usage())
             return
@@ -319,7 +318,7 @@ class StepAgent(Agent):
                 await self._end(ctx, wf, state, "failed", f"step {step.id!r}: {e}", step,
                                 call.provenance, usage)
                 return
-        _update_findings(state, step, output)
+        update_findings(state, step, output)
         prov = call.provenance
         if prov is not None:
             ctx.log.info("model answered", step=step.id, model=prov.name, cost_usd=prov.cost_usd,
@@ -425,44 +424,3 @@ def _permanent(e: ModelError | ConfigError) -> bool:
     if isinstance(flag, bool):
         return flag
     return isinstance(e, ConfigError | ProviderAuthError) or not isinstance(e, ProviderError)
-
-
-def _missing_inputs(task: TaskRequest, wf: CompiledWorkflow) -> list[str]:
-    return [k for k, spec in wf.spec.inputs.items()
-            if spec.default is None and k not in task.inputs]
-
-
-def _start(task: TaskRequest, wf: CompiledWorkflow, ctx: Context[Any]) -> WorkState:
-    """The state a run starts with: effective limits, the deadline counted from
-    submission (the task's stamp, else the stream's time of the message)."""
-    limits, defaults = task.limits, wf.spec.limits
-    if task.submitted_at is not None:
-        submitted = task.submitted_at
-    elif ctx.delivery.timestamp:
-        submitted = datetime.fromtimestamp(ctx.delivery.timestamp, UTC)
-    else:
-        submitted = datetime.now(UTC)
-    timeout = limits.timeout_s or defaults.timeout_s or DEFAULT_TIMEOUT_S
-    try:
-        deadline = limits.deadline or submitted + timedelta(seconds=timeout)
-    except OverflowError:  # a timeout beyond the calendar: no deadline in practice
-        deadline = datetime.max.replace(tzinfo=UTC)
-    budget = limits.budget_usd if limits.budget_usd is not None else (
-        defaults.budget_usd if defaults.budget_usd is not None else DEFAULT_BUDGET_USD)
-    inputs = {k: spec.default for k, spec in wf.spec.inputs.items()
-              if spec.default is not None and k not in task.inputs}
-    if inputs:
-        task = task.model_copy(update={"inputs": {**inputs, **task.inputs}})
-    return WorkState(task=task, workflow=wf.hash, round=1, deadline=deadline,
-                     budget_usd=budget, caps=limits.route_caps())
-
-
-def _update_findings(state: WorkState, step: StepSpec, output: BaseModel) -> None:
-    """A step's answer with ``findings`` replaces the open ones (a review's verdict);
-    otherwise the findings addressed to the step are taken as dealt with."""
-    findings = getattr(output, "findings", None)
-    if isinstance(findings, list):
-        state.findings = list(findings)
-        return
-    mine = {step.role.lower(), step.id.lower()}
-    state.findings = [f for f in state.findings if f.target.strip().lower() not in mine]
