@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import socket
@@ -95,8 +96,13 @@ class EmbeddedServer:
         return self._log.read_text(errors="replace") if self._log and self._log.exists() else ""
 
     async def start(self) -> EmbeddedServer:
-        """Start and wait until ready (runs the blocking start in a worker thread)."""
-        await anyio.to_thread.run_sync(self.start_blocking)
+        """Start and wait until ready (runs the blocking start in a worker thread).
+        Cancelled meanwhile (Ctrl-C during start-up), it stops the server again."""
+        try:
+            await anyio.to_thread.run_sync(self.start_blocking)
+        except BaseException:
+            self.stop_blocking()
+            raise
         return self
 
     def start_blocking(self) -> EmbeddedServer:
@@ -122,6 +128,9 @@ class EmbeddedServer:
             )
         finally:
             log.close()
+        # In a process group of its own it does not die with us on Ctrl-C: whatever
+        # way this process exits, the server goes with it.
+        atexit.register(self.stop_blocking)
         deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
@@ -142,6 +151,7 @@ class EmbeddedServer:
         proc, self._proc = self._proc, None
         if proc is None:
             return
+        atexit.unregister(self.stop_blocking)
         if proc.poll() is None:
             proc.kill() if kill else proc.terminate()
         try:

@@ -28,12 +28,15 @@ Vendor = Literal["openai", "anthropic", "google", "unknown"]
 
 @dataclass
 class Canned:
-    """One scripted HTTP answer."""
+    """One scripted HTTP answer: ``body`` as JSON, or ``raw`` bytes as they are (with
+    ``content_type``), as a gateway's HTML page or a broken proxy sends them."""
 
     body: Any
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
+    raw: bytes | None = None
+    content_type: str = "application/json"
 
 
 @dataclass
@@ -124,10 +127,11 @@ class FakeServer:
                     canned = Canned({"error": {"message": "fake: no canned reply"}}, status=500)
                 if canned.delay_s and fake._stop.wait(canned.delay_s):
                     return
-                payload = json.dumps(canned.body).encode()
+                payload = canned.raw if canned.raw is not None else json.dumps(
+                    canned.body).encode()
                 try:
                     self.send_response(canned.status)
-                    self.send_header("content-type", "application/json")
+                    self.send_header("content-type", canned.content_type)
                     self.send_header("content-length", str(len(payload)))
                     for name, value in canned.headers.items():
                         self.send_header(name, value)

@@ -153,6 +153,10 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
     (["up", "--offline"], {"SWARMBUS_ROLES__CODER__CONCURRENCY": "lots"},
      "roles.coder.concurrency (from the environment variable SWARMBUS_ROLES__CODER__CONCURRENCY)"),
     (["up", "--workflow", "/no/such.yaml"], {}, "invalid workflow /no/such.yaml"),
+    (["submit", "   "], {}, "the goal is only whitespace"),
+    (["submit", "g"], {"SWARMBUS_NOSUCHFIELD": "1"}, "SWARMBUS_NOSUCHFIELD: no such swarm.yaml"),
+    (["up", "-c", str(Path(__file__).parent / "fixtures" / "broken.yaml")], {},
+     "is not valid YAML: expected ',' or ']', but got '<stream end>'"),
 ])
 def test_every_mistake_is_one_line(args: list[str], env: dict[str, str], expected: str) -> None:
     code, err = _cli(*args, env=env)
@@ -209,3 +213,44 @@ def test_up_on_a_port_names_unpriced_models_and_stops_on_sigterm(tmp_path: Path)
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=30)
     assert code == 0, log.read_text()[-2000:]
+
+
+def test_the_result_never_shows_an_unknown_cost_as_zero() -> None:
+    from swarmbus.agents.app import render_result
+    from swarmbus.protocols import TaskResult, Usage
+
+    result = TaskResult(status="approved", spend={
+        "architect": Usage(calls=1, cost_usd=0.0, unpriced_calls=1),
+        "coder": Usage(calls=2, cost_usd=0.5, unpriced_calls=1),
+        "reviewer": Usage(calls=1, cost_usd=0.0015, estimated_calls=1),
+    })
+    lines = {line.split()[0]: line for line in render_result("w", result).splitlines()[2:]}
+    assert "cost unknown (1 unpriced" in lines["architect"] and "$0.0000" not in lines["architect"]
+    assert ">=$0.5000" in lines["coder"]
+    assert "~$0.0015" in lines["reviewer"]
+
+
+@pytest.mark.parametrize("after_s", [0.3, 0.9, 3.0])
+def test_ctrl_c_in_a_terminal_at_any_moment_of_up_is_quiet_and_leaves_no_server(
+    tmp_path: Path, after_s: float
+) -> None:
+    """SIGINT to the whole foreground process group, as a terminal sends it, while the
+    command loads, while the embedded server starts, and once running: exit without a
+    traceback, and the embedded server (in a group of its own) is stopped too."""
+    import socket
+
+    from swarmbus.bus import free_port
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWARMBUS_")}
+    proc = subprocess.Popen([sys.executable, "-m", "swarmbus", "up", "--offline", "--port",
+                             str(port)], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env, start_new_session=True)
+    time.sleep(after_s)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode in (0, 130), out
+    assert "Traceback" not in out, out
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()

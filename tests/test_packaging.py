@@ -105,7 +105,7 @@ def test_version_and_python_m_swarmbus() -> None:
                           text=True, timeout=60, check=True)
     assert done.stdout.strip() == f"swarmbus {swarmbus.__version__}"
     script = metadata.entry_points(group="console_scripts")["swarmbus"]
-    assert script.value == "swarmbus.agents.app:main"  # a public module
+    assert script.value == "swarmbus.cli:main"  # a public module
 
 
 @pytest.mark.slow

@@ -2,6 +2,6 @@
 
 import sys
 
-from swarmbus.agents.app import main
+from swarmbus.cli import main
 
 sys.exit(main())

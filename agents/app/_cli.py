@@ -214,6 +214,8 @@ async def cmd_submit(args: argparse.Namespace) -> int:
         "budget_usd": args.budget, "max_code_revisions": args.max_code_revisions,
         "max_design_revisions": args.max_design_revisions, "timeout_s": args.timeout,
     }.items() if v is not None})
+    if args.goal and not args.goal.strip():
+        raise ConfigError("the goal is only whitespace: say what to build")
     task = TaskRequest(goal=args.goal, constraints=args.constraint, limits=limits,
                        inputs=_inputs(args.input), workflow=args.workflow)
     if args.id is not None:

@@ -27,6 +27,7 @@ from swarmbus.bus import ConsumerSettings, NatsSettings, StreamSettings
 from swarmbus.protocols import ConfigError, check_namespace
 
 from .._agent import Agent
+from .._yaml import yaml_problem
 from ..models import ModelConfig, ModelSettings
 from ..sandbox import SandboxLimits
 from ..workflow import DEFAULT_WORKFLOW
@@ -34,6 +35,8 @@ from ..workflow import DEFAULT_WORKFLOW
 __all__ = ["ENV_PREFIX", "CacheConfig", "RoleConfig", "SwarmConfig", "load_config"]
 
 ENV_PREFIX = "SWARMBUS_"
+NOT_CONFIG_ENV = frozenset({"SWARMBUS_BLOCK_REAL_MODELS", "SWARMBUS_PRICES_FILE"})
+"""``SWARMBUS_*`` variables that are not ``swarm.yaml`` overrides (read elsewhere)."""
 
 
 class RoleConfig(BaseModel):
@@ -147,9 +150,13 @@ def _env_overrides(environ: dict[str, str]) -> tuple[dict[str, Any], dict[tuple[
     tree: dict[str, Any] = {}
     sources: dict[tuple[str, ...], str] = {}
     for key, raw in environ.items():
+        if not key.startswith(ENV_PREFIX) or key in NOT_CONFIG_ENV:
+            continue
         path = [p.lower() for p in key[len(ENV_PREFIX):].split("__") if p]
-        if not key.startswith(ENV_PREFIX) or not path or path[0] not in SwarmConfig.model_fields:
-            continue  # e.g. SWARMBUS_BLOCK_REAL_MODELS is not config
+        if not path or path[0] not in SwarmConfig.model_fields:
+            known = ", ".join(SwarmConfig.model_fields)
+            raise ConfigError(f"{key}: no such swarm.yaml setting (its keys: {known}; "
+                              f"nested ones take __, as in {ENV_PREFIX}NATS__SERVERS)")
         value: Any = raw
         if raw and _wants_structure(path):
             try:
@@ -190,7 +197,7 @@ def load_config(
         except OSError as e:
             raise ConfigError(f"cannot read config file {p}: {e.strerror}") from None
         except yaml.YAMLError as e:
-            raise ConfigError(f"{p} is not valid YAML: {e}") from None
+            raise ConfigError(f"{p} is not valid YAML: {yaml_problem(e)}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{p}: the top level must be a mapping")
         data = loaded or {}

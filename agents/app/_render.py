@@ -148,8 +148,15 @@ def usage_line(u: Usage) -> str:
         notes.append(f"{u.estimated_calls} estimated (no usage reported)")
     if u.cache_hits:
         notes.append(f"{u.cache_hits} from cache")
+    # The same marks as the trail's: "unpriced" when no call had a price (never $0),
+    # ">=" when some had none, "~" when some tokens were estimated.
+    if u.unpriced_calls and u.unpriced_calls >= u.calls:
+        money = "cost unknown"
+    else:
+        money = (">=" if u.unpriced_calls else "") + ("~" if u.estimated_calls else "") + (
+            f"${u.cost_usd:.4f}")
     return (f"{u.calls} calls, {u.input_tokens} in / {u.output_tokens} out tokens, "
-            f"${u.cost_usd:.4f}" + (f" ({'; '.join(notes)})" if notes else ""))
+            f"{money}" + (f" ({'; '.join(notes)})" if notes else ""))
 
 
 def render_result(workflow_id: str, r: TaskResult) -> str:

@@ -22,6 +22,7 @@ from ._errors import (
     OutputTruncatedError,
     OutputValidationError,
     ProviderEmptyReplyError,
+    ProviderError,
     RefusalError,
 )
 from ._guard import check_real_call_allowed
@@ -118,6 +119,10 @@ def usage_of(calls: Sequence[Provenance]) -> Usage:
     for p in calls:
         total = total + p.usage()
     return total
+
+
+_UNREADABLE = (AttributeError, TypeError, KeyError, IndexError, ValueError)
+"""What an SDK raises while reading a 200 body that is not its vendor's response."""
 
 
 class ProviderModel(Model):
@@ -248,6 +253,14 @@ class ProviderModel(Model):
             raise
         except Exception as exc:
             mapped = self._map_error(exc)
+            if mapped is None and isinstance(exc, _UNREADABLE):
+                # A 200 whose body is not the vendor's response (an HTML page from a
+                # gateway, text that is not JSON): the SDK fails while reading it. A
+                # glitch to retry, not a bug to crash the handler on.
+                mapped = ProviderError(
+                    f"{self.name}: the reply could not be read as a {self.provider} response "
+                    f"({type(exc).__name__}: {str(exc)[:200]}); a provider or proxy glitch",
+                    model=self.name, permanent=False)
             if mapped is None:
                 raise
             mapped.usage = usage_of(spent)

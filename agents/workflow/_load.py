@@ -29,6 +29,7 @@ from swarmbus.protocols import (
     registry,
 )
 
+from .._yaml import yaml_problem
 from ..models import ModelConfig, qualify_model_name
 from ._prompt import template_problems
 
@@ -108,19 +109,9 @@ def _read(source: str) -> tuple[Any, str, Path | None, str]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise WorkflowError(source, [Problem("", f"not valid YAML: {_yaml_problem(e)}")]
+        raise WorkflowError(source, [Problem("", f"not valid YAML: {yaml_problem(e)}")]
                             ) from None
     return data, name, folder, source
-
-
-def _yaml_problem(e: yaml.YAMLError) -> str:
-    """PyYAML's error on one line: what, and where (its own text spans several lines)."""
-    if isinstance(e, yaml.MarkedYAMLError) and e.problem:
-        mark = e.problem_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        context = f" ({e.context})" if e.context else ""
-        return f"{e.problem}{context}{where}"
-    return " ".join(str(e).split())
 
 
 def _prompt_text(rel: str, folder: Path | None) -> str:

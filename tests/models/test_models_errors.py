@@ -197,6 +197,23 @@ async def test_openai_no_choices_is_transient(fake: FakeServer, fake_keys: str) 
     assert not isinstance(err, RefusalError)
 
 
+@pytest.mark.parametrize("raw, content_type", [
+    (b"<html>502 gateway error</html>", "text/html"),
+    (b"<html>502 gateway error</html>", "application/json"),
+    (b'{"id": "x"', "application/json"),
+])
+async def test_a_200_that_is_no_response_is_a_transient_provider_error(
+    fake: FakeServer, fake_keys: str, raw: bytes, content_type: str
+) -> None:
+    """A gateway's page or broken JSON with status 200, through each vendor's SDK: a
+    typed, transient error saying so (retried later), never a crash of the handler."""
+    for model in (openai(fake), anthropic(fake), gemini(fake)):
+        fake.default = Canned(None, raw=raw, content_type=content_type)
+        err = await fail(model, ProviderError)
+        assert not err.permanent and "could not be read as a" in str(err), err
+        assert SECRET not in str(err)
+
+
 async def test_gemini_no_candidates_is_transient_a_block_is_a_refusal(
     fake: FakeServer, fake_keys: str
 ) -> None:
