@@ -22,6 +22,7 @@ from pydantic import JsonValue
 from swarmbus.protocols import (
     AgentAnnouncement,
     ArtifactRef,
+    ConfigError,
     DeadLetter,
     Message,
     SwarmbusError,
@@ -39,7 +40,7 @@ from ._connect import NatsSettings
 from ._kv import KeyValueStore
 from ._objects import ArtifactStore
 from ._settings import StreamSettings
-from ._workflows import WorkflowStore
+from ._workflows import UnknownWorkflowError, WorkflowStore
 
 __all__ = [
     "AGENTS_BUCKET",
@@ -143,11 +144,16 @@ class SwarmClient:
 
         The id is single-use: submitting the same task again under it joins the
         existing workflow (nothing is published twice); a different task raises
-        ``WorkflowIdTakenError``. An invalid id raises ``SubjectError``.
+        ``WorkflowIdTakenError``. An invalid id raises ``SubjectError``. A task
+        naming a workflow the namespace does not hold (once a daemon has stored
+        any), or inputs its workflow does not declare or lacks, raises
+        ``UnknownWorkflowError`` / ``ConfigError`` before anything is published.
         """
         if isinstance(task, str):
             task = TaskRequest(goal=task)
         wf = check_workflow_id(workflow_id) if workflow_id is not None else uuid.uuid4().hex
+        if task.workflow is not None or task.inputs:
+            await self._check_against_workflow(task)
         if task.submitted_at is None:
             task = task.model_copy(update={"submitted_at": datetime.now(UTC)})
         try:
@@ -164,6 +170,30 @@ class SwarmClient:
                     f"{self.bus.namespace!r}; choose another id (or none for a random one)"
                 ) from None
         return wf
+
+    async def _check_against_workflow(self, task: TaskRequest) -> None:
+        store = await self.workflows()
+        ref = await store.resolve(task.workflow)
+        if ref is None:
+            names = await store.names()
+            if task.workflow is not None and names:
+                raise UnknownWorkflowError(
+                    f"workflow {task.workflow!r} is not stored in namespace "
+                    f"{self.bus.namespace!r} (it holds {', '.join(sorted(names))}); start a "
+                    "daemon with it (swarmbus up --workflow FILE) or name another")
+            return  # no daemon has stored its workflows yet: nothing to check against
+        spec = await store.get(ref)
+        if spec is None:
+            return
+        declared = spec.spec.inputs
+        unknown = sorted(set(task.inputs) - set(declared))
+        missing = sorted(k for k, v in declared.items()
+                         if v.default is None and k not in task.inputs)
+        if unknown or missing:
+            what = (f"has no input {', '.join(map(repr, unknown))}" if unknown
+                    else f"needs the input {', '.join(map(repr, missing))}")
+            raise ConfigError(f"workflow {spec.name!r} {what} (its inputs: "
+                              f"{', '.join(declared) or 'none, beyond the goal'})")
 
     async def events(self, workflow_id: str) -> AsyncGenerator[Envelope[Message], None]:
         """Every message of the workflow, oldest first, then new ones as they come.

@@ -22,10 +22,11 @@ from swarmbus.agents.workflow import (
     load_workflow,
     team,
 )
-from swarmbus.bus import SwarmClient
+from swarmbus.bus import SwarmClient, UnknownWorkflowError
 from swarmbus.protocols import (
     Code,
     Component,
+    ConfigError,
     Design,
     Finding,
     SourceFile,
@@ -185,3 +186,22 @@ async def test_a_step_bound_to_your_own_agent_class(nats_url: str, namespace: st
     assert result.status == "approved", result.reason
     assert path(trail) == ["task", "architect", "coder", "audit", "coder", "result"]
     assert result.spend["auditor"].calls == 0  # its own code, no model
+
+
+async def test_a_task_for_a_workflow_or_inputs_the_namespace_lacks_is_refused_at_submit(
+    nats_url: str, namespace: str
+) -> None:
+    """Nothing is published: the mistake is said at once, not as a failed run later."""
+    wf = load_workflow(EXAMPLES / "seed.yaml")
+    async with (
+        Swarm(team(wf, build=lambda c: scripted(review, str(c))), nats=nats_url,
+              namespace=namespace, grace_s=3),
+        await SwarmClient.connect(nats_url, namespace=namespace) as client,
+    ):
+        with pytest.raises(UnknownWorkflowError, match=r"'nosuch' is not stored .* holds seed"):
+            await client.submit(TaskRequest(goal=GOAL, workflow="nosuch"), workflow_id="w1")
+        with pytest.raises(ConfigError, match=r"workflow 'seed' has no input 'ticket'"):
+            await client.submit(TaskRequest(goal=GOAL, inputs={"ticket": "T-1"}),
+                                workflow_id="w2")
+        for wf_id in ("w1", "w2"):
+            assert await client.bus.first(wf_id, "task") is None
