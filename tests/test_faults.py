@@ -280,19 +280,22 @@ async def test_kill_9_coder_twice_and_reviewer_once_mid_work(
 
 
 def test_reviewer_request_does_not_depend_on_how_long_the_tests_took() -> None:
-    """The sandbox's output ends with pytest's wall time; a redelivered review reruns the
-    tests, and must still ask the model the same thing (same cache key)."""
+    """The sandbox's output ends with pytest's wall time and the run's isolation; a
+    redelivered review reruns the tests, and must still ask the model the same thing
+    (same cache key)."""
     task = TaskRequest(goal=GOAL)
     review = CODE_REVIEW.steps["review"]
     inputs = {"design": Design(summary="d"),
               "code": Code(files=[SourceFile(path="a.py", content="x = 1")])}
 
-    def shown(took: str) -> str:
+    def shown(took: str, isolation: str = "bubblewrap; cgroup v1 (memory, pids)") -> str:
         state = WorkState(task=task, round=1, test_report=TestReport(
-            passed=1, exit_code=0, output=f"1 passed in {took}"))
+            passed=1, exit_code=0,
+            output=f"1 passed in {took}\n\n[sandbox] isolation: {isolation}"))
         return render_work(review, state, inputs, None, show_report=True, all_findings=True)
 
     assert shown("0.01s") == shown("61.20s (0:01:01)")
+    assert shown("0.01s") == shown("0.01s", "bubblewrap; no cgroup here"), "host facts"
     assert "1 passed\n" in shown("0.01s")
 
 

@@ -134,6 +134,10 @@ def _targets(finding: Finding, step: StepSpec) -> bool:
 # would change the reviewer's request, so its cache key, on every run: a redelivered
 # review would pay the model again for the answer it already has.
 _DURATION = re.compile(r" in \d+(?:\.\d+)?s(?: \(\d+:\d\d:\d\d\))?(?=[ =]*$)", re.M)
+# The sandbox's note on how the run was isolated is about the host, not the submission,
+# and can differ between two runs of the same code (a cgroup that could not be made under
+# load): left in, a redelivered review would ask anew and pay twice.
+_ISOLATION = re.compile(r"^\[sandbox\] isolation: .*\n?", re.M)
 
 
 def report_text(r: TestReport) -> str:
@@ -150,5 +154,5 @@ def report_text(r: TestReport) -> str:
     if r.limits_hit:
         head += f"\nLimits enforced by the sandbox: {', '.join(r.limits_hit)}"
     failed = "\n".join(f"- {name}" for name in r.failed_tests)
-    output = _DURATION.sub("", r.output)
+    output = _ISOLATION.sub("", _DURATION.sub("", r.output)).rstrip("\n")
     return f"{head}\n{failed}\n\nOutput:\n```\n{output}\n```"
