@@ -230,13 +230,27 @@ def test_the_result_never_shows_an_unknown_cost_as_zero() -> None:
     assert "~$0.0015" in lines["reviewer"]
 
 
-@pytest.mark.parametrize("after_s", [0.3, 0.9, 3.0])
-def test_ctrl_c_in_a_terminal_at_any_moment_of_up_is_quiet_and_leaves_no_server(
-    tmp_path: Path, after_s: float
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.parametrize("moment", ["server-starting", "running"])
+def test_ctrl_c_in_a_terminal_during_up_is_quiet_and_leaves_no_server(
+    tmp_path: Path, moment: str
 ) -> None:
-    """SIGINT to the whole foreground process group, as a terminal sends it, while the
-    command loads, while the embedded server starts, and once running: exit without a
-    traceback, and the embedded server (in a group of its own) is stopped too."""
+    """SIGINT to the whole foreground process group, as a terminal sends it, as soon as
+    the embedded server's process exists (it is still starting), and once the daemon
+    runs: exit without a traceback, and the embedded server (in a process group of its
+    own, so the SIGINT does not reach it) is stopped too."""
     import socket
 
     from swarmbus.bus import free_port
@@ -244,10 +258,15 @@ def test_ctrl_c_in_a_terminal_at_any_moment_of_up_is_quiet_and_leaves_no_server(
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SWARMBUS_")}
     proc = subprocess.Popen([sys.executable, "-m", "swarmbus", "up", "--offline", "--port",
-                             str(port)], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env, start_new_session=True)
-    time.sleep(after_s)
+                             str(port)], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not _children(proc.pid):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.005)
+    if moment == "running":
+        time.sleep(3.0)
     os.killpg(proc.pid, signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode in (0, 130), out
