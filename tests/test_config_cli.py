@@ -230,6 +230,12 @@ def test_the_result_never_shows_an_unknown_cost_as_zero() -> None:
     assert "~$0.0015" in lines["reviewer"]
 
 
+def as_in_a_terminal() -> None:
+    """In the child before exec: SIGINT handled by default, as in a terminal (a test
+    run started in the background inherits it ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _children(pid: int) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
@@ -260,15 +266,19 @@ def test_ctrl_c_in_a_terminal_during_up_is_quiet_and_leaves_no_server(
     proc = subprocess.Popen([sys.executable, "-m", "swarmbus", "up", "--offline", "--port",
                              str(port)], cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env,
-                            start_new_session=True)
-    deadline = time.monotonic() + 60
-    while not _children(proc.pid):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.005)
-    if moment == "running":
-        time.sleep(3.0)
-    os.killpg(proc.pid, signal.SIGINT)
-    out, _ = proc.communicate(timeout=60)
+                            start_new_session=True, preexec_fn=as_in_a_terminal)
+    try:
+        deadline = time.monotonic() + 60
+        while not _children(proc.pid):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.005)
+        if moment == "running":
+            time.sleep(3.0)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode in (0, 130), out
     assert "Traceback" not in out, out
     with pytest.raises(OSError):

@@ -437,15 +437,21 @@ def test_ctrl_c_in_a_terminal_stops_the_run_quickly_and_keeps_its_rows(tmp_path:
     proc = subprocess.Popen(
         [sys.executable, "-m", "swarmbus", "eval", "run", "--suite", str(suite), "--out",
          str(out), "--no-progress", "--concurrency", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.monotonic() + 120
-    while len(read_rows(out) if out.exists() else []) < 2:
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGINT)
-    started = time.monotonic()
-    _, err = proc.communicate(timeout=60)
-    took = time.monotonic() - started
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        # SIGINT handled by default, as in a terminal (a background test run ignores it).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 120
+        while len(read_rows(out) if out.exists() else []) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGINT)
+        started = time.monotonic()
+        _, err = proc.communicate(timeout=60)
+        took = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "Connection refused" not in err, err
     assert err.strip().splitlines()[-1].startswith("interrupted: finished runs are kept"), err
