@@ -279,6 +279,7 @@ def test_ctrl_c_in_a_terminal_during_up_is_quiet_and_leaves_no_server(
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()  # reaped, pipes closed
     assert proc.returncode in (0, 130), out
     assert "Traceback" not in out, out
     with pytest.raises(OSError):

@@ -452,6 +452,7 @@ def test_ctrl_c_in_a_terminal_stops_the_run_quickly_and_keeps_its_rows(tmp_path:
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()  # reaped, pipes closed
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "Connection refused" not in err, err
     assert err.strip().splitlines()[-1].startswith("interrupted: finished runs are kept"), err
