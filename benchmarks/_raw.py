@@ -1,6 +1,6 @@
 """The raw nats-py baseline: one stage written directly against nats-py's JetStream API.
 
-It does the work DESIGN.md section 10 names, as a competent nats-py user would:
+It does the same work as the framework paths, as a competent nats-py user would:
 
 - a durable pull consumer (explicit ack, the same ack wait / max deliver / max
   ack pending as swarmbus's default ``ConsumerSettings``);

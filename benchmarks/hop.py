@@ -10,7 +10,7 @@ decodes it, publishes its output through JetStream (awaiting the ack, with a
 latency is from the driver starting the publish to the driver seeing the
 output (a core-NATS subscription on the output subject). The worker is a
 swarmbus ``Agent`` in a ``Swarm`` on one path and ``_raw.run_raw_stage`` on
-the other (``--paths``: ``raw`` = nats-py ``fetch``, DESIGN.md's baseline;
+the other (``--paths``: ``raw`` = nats-py ``fetch``, the raw baseline;
 ``rawpull`` = hand-rolled standing pull requests, the protocol swarmbus's own
 pull engine speaks, without its framework; see ``_raw.py``); the driver is the
 same code for every path.

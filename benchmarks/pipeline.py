@@ -13,7 +13,7 @@ from the driver starting the publish to the driver seeing the result.
 Paths (``--paths``, all in the same run on the same server):
 
 - ``raw``: each stage is ``_raw.run_raw_stage`` (nats-py ``fetch`` of up to
-  100, handled concurrently, plain ack) -- DESIGN.md section 10's raw baseline;
+  100, handled concurrently, plain ack) -- the raw baseline;
 - ``rawpull``: ``_raw.run_rawpull_stage`` (hand-rolled standing pull requests,
   the protocol swarmbus's own pull engine speaks, without its framework);
 - ``agent``: each stage a trivial swarmbus ``Agent`` subclass in its own
@@ -34,7 +34,7 @@ Paths (``--paths``, all in the same run on the same server):
   the sandbox dominates. No targets apply. Run it separately with small counts
   (see ``benchmarks/README.md``).
 
-Targets (DESIGN.md section 10): >= 85% of the raw pipeline's flows/s, <= 1.2x
+Targets (the project's): >= 85% of the raw pipeline's flows/s, <= 1.2x
 its sequential p50 -- stated for the architect -> coder -> reviewer pipeline,
 i.e. ``team`` against ``raw``.
 """

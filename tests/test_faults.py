@@ -1,4 +1,5 @@
-"""The runtime promises of DESIGN.md section 3, broken for real and counted: every role in
+"""The delivery promises (README: Delivery guarantees), broken for real and counted:
+every role in
 its own process killed with SIGKILL mid-work, the NATS server killed and restarted on
 its data directory, and 1,000 workflows thrown at one daemon at once.
 

@@ -1,4 +1,5 @@
-"""The promises of DESIGN.md section 3 against what operators do by accident: a server
+"""The delivery promises (README: Delivery guarantees) against what operators do by
+accident: a server
 whose store fills up, a durable consumer, stream or bucket deleted under a running
 swarm, two daemons configured differently for one role, namespaces that differ in
 ``-`` and ``_``, Ctrl-C pressed twice.
