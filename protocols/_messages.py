@@ -141,10 +141,8 @@ class WorkState(_Data):
 
     @property
     def total(self) -> Usage:
-        total = Usage()
-        for usage in self.spend.values():
-            total = total + usage
-        return total
+        """What every role spent so far, summed."""
+        return Usage.sum(self.spend.values())
 
     def artifact(self, name: str, type_: type[_T]) -> _T | None:
         """The artifact ``name`` validated as ``type_``, or None when absent."""

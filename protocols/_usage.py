@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -48,20 +49,25 @@ class Usage(_Data):
     cache_hits: int = Field(0, description="Answers served from the response cache (no call).")
 
     def __add__(self, other: Usage) -> Usage:
-        # Both sides are valid already: construct without validating again (this runs on
-        # every budget check).
-        return Usage.model_construct(
-            input_tokens=self.input_tokens + other.input_tokens,
-            output_tokens=self.output_tokens + other.output_tokens,
-            cached_tokens=self.cached_tokens + other.cached_tokens,
-            cache_write_tokens=self.cache_write_tokens + other.cache_write_tokens,
-            reasoning_tokens=self.reasoning_tokens + other.reasoning_tokens,
-            cost_usd=min(self.cost_usd + other.cost_usd, sys.float_info.max),  # stays finite
-            calls=self.calls + other.calls,
-            unpriced_calls=self.unpriced_calls + other.unpriced_calls,
-            estimated_calls=self.estimated_calls + other.estimated_calls,
-            cache_hits=self.cache_hits + other.cache_hits,
-        )
+        return Usage.sum((self, other))
+
+    @classmethod
+    def sum(cls, usages: Iterable[Usage]) -> Usage:
+        """The field-wise sum of ``usages`` (an empty one: zero). ``cost_usd`` stays
+        finite. Runs on every budget check, so it adds plain numbers and validates
+        the result once."""
+        total: dict[str, float] = dict.fromkeys(_COUNTS, 0)
+        cost = 0.0
+        for usage in usages:
+            values = usage.__dict__
+            for name in _COUNTS:
+                total[name] += values[name]
+            cost += values["cost_usd"]
+        total["cost_usd"] = min(cost, sys.float_info.max)
+        return cls.__pydantic_validator__.validate_python(total)  # type: ignore[no-any-return]
+
+
+_COUNTS = tuple(name for name in Usage.model_fields if name != "cost_usd")
 
 
 class Provenance(_Data):

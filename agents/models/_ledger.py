@@ -37,8 +37,8 @@ class Ledger:
     """
 
     __slots__ = (
-        "_carry_taken", "_taken", "carried", "check", "records", "redelivery", "scope",
-        "spent_before", "stopped",
+        "_booked", "_carry_taken", "_taken", "_total", "_usage", "carried", "check", "records",
+        "redelivery", "scope", "spent_before", "stopped",
     )
 
     def __init__(
@@ -57,6 +57,9 @@ class Ledger:
         """What the workflow spent before this ledger (for budget checks)."""
         self.carried = carried or Usage()
         self.records: list[Provenance] = []
+        self._booked: list[Usage] = []  # what each record costs, in the same order
+        self._usage = self.carried  # carried + every record: kept as records come in
+        self._total: Usage | None = None
         self._taken = 0
         self._carry_taken = False
         self.stopped: BaseException | None = None
@@ -78,43 +81,46 @@ class Ledger:
 
     def record(self, provenance: Provenance) -> None:
         """Book one provider answer (or one cache hit)."""
+        if provenance.from_cache and self.redelivery and provenance.original_usage is not None:
+            cost = provenance.original_usage + _ONE_HIT
+        else:
+            cost = provenance.usage()
         self.records.append(provenance)
+        self._booked.append(cost)
+        self._usage = self._usage + cost
+        self._total = None
 
     @property
     def usage(self) -> Usage:
         """Everything booked here (``carried`` included); a redelivered cache hit
         carries its original cost."""
-        return self.carried + self._sum(self.records)
-
-    def _sum(self, records: list[Provenance]) -> Usage:
-        total = Usage()
-        for p in records:
-            if p.from_cache and self.redelivery and p.original_usage is not None:
-                total = total + p.original_usage + Usage(cache_hits=1)
-            else:
-                total = total + p.usage()
-        return total
+        return self._usage
 
     def take(self) -> Usage:
         """The usage not taken before (``carried`` with the first take): what a handler
         adds to the workflow's spend when it publishes, so nothing is added twice."""
-        new = self._sum(self.records[self._taken:])
         if not self._carry_taken:
-            new = self.carried + new
+            new = self._usage  # nothing taken yet: carried + every record
             self._carry_taken = True
+        else:
+            new = Usage.sum(self._booked[self._taken:])
         self._taken = len(self.records)
         return new
 
     @property
     def total(self) -> Usage:
         """``spent_before`` plus this ledger's usage: what a budget is checked against."""
-        return self.spent_before + self.usage
+        if self._total is None:
+            self._total = self.spent_before + self._usage
+        return self._total
 
     @property
     def models(self) -> list[str]:
         """The models booked, in call order, without repeats."""
         return list(dict.fromkeys(p.name for p in self.records))
 
+
+_ONE_HIT = Usage(cache_hits=1)
 
 _current: contextvars.ContextVar[Ledger | None] = contextvars.ContextVar(
     "swarmbus_ledger", default=None
@@ -161,7 +167,7 @@ class _Tap(Ledger):
     def record(self, provenance: Provenance) -> None:
         if self.parent is not None:
             self.parent.record(provenance)
-        self.records.append(provenance)
+        super().record(provenance)
 
 
 @contextmanager
