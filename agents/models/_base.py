@@ -47,6 +47,8 @@ class ModelRequest(Generic[T]):
     messages: tuple[ChatMessage, ...]
     output_type: type[T]
     settings: ModelSettings = field(default_factory=ModelSettings)
+    _hashes: dict[str, str] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False)
 
     def request_hash(self, model_name: str) -> str:
         """Stable hash of (model, request): the response-cache key and replay key.
@@ -54,8 +56,12 @@ class ModelRequest(Generic[T]):
         SHA-256 over the model name, the system prompt, each message's role and
         content (each part length-prefixed, so no two requests frame alike), the
         settings and the output type's JSON schema. Computed on every model call, so
-        it hashes the text itself rather than a JSON rendering of it (~5x cheaper).
+        it hashes the text itself rather than a JSON rendering of it (~5x cheaper),
+        and once per model name (the request is immutable).
         """
+        known = self._hashes.get(model_name)
+        if known is not None:
+            return known
         h = hashlib.sha256(_HASH_VERSION)
         _part(h, model_name)
         _part(h, self.system)
@@ -64,7 +70,8 @@ class ModelRequest(Generic[T]):
             _part(h, m.content)
         h.update(_settings_digest(self.settings))
         h.update(_schema_digest(self.output_type))
-        return h.hexdigest()
+        self._hashes[model_name] = digest = h.hexdigest()
+        return digest
 
 
 _HASH_VERSION = b"swarmbus.request/2\x00"

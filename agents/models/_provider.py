@@ -97,6 +97,8 @@ def merge_provenance(
     calls: Sequence[Provenance], *, provider: str, model: str, latency_s: float, request_hash: str
 ) -> Provenance:
     """One provenance covering several calls to one model (a first attempt and its repair)."""
+    if len(calls) == 1 and (calls[0].provider, calls[0].model) == (provider, model):
+        return calls[0].model_copy(update={"latency_s": latency_s, "request_hash": request_hash})
     costs = [p.cost_usd for p in calls]
     return Provenance(
         provider=provider,
