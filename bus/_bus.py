@@ -113,6 +113,7 @@ class Bus:
         self.gate = StoreGate()
         """Holds publishes the store cannot take now (see ``hold_publishes``)."""
         self._healing: anyio.Lock = anyio.Lock()
+        self._direct_gets = True  # until the stream turns out not to allow them
 
     @classmethod
     async def connect(
@@ -376,9 +377,22 @@ class Bus:
                               subject=subject(self.namespace, workflow_id, topic))
 
     async def first(self, workflow_id: str, topic: str) -> StoredMessage | None:
-        """The oldest message of one workflow on one topic, or None."""
-        return await read_one(self.js, self.stream_name, seq=1, next=True,
-                              subject=subject(self.namespace, workflow_id, topic))
+        """The oldest message of one workflow on one topic, or None.
+
+        Asked of any replica first (a direct get, cheap); a replica applies the
+        stream in order, so a message it returns is the oldest. When it has none
+        (none, or not yet), the stream's leader answers."""
+        subj = subject(self.namespace, workflow_id, topic)
+        if self._direct_gets:
+            try:
+                found = await read_one(self.js, self.stream_name, seq=1, next=True, subject=subj,
+                                       direct=True)
+            except nats.errors.NoRespondersError:
+                self._direct_gets = False  # a stream made without allow_direct
+            else:
+                if found is not None:
+                    return found
+        return await read_one(self.js, self.stream_name, seq=1, next=True, subject=subj)
 
     async def history(self, workflow_id: str, *, after_seq: int = 0) -> list[StoredMessage]:
         """Every stored message of one workflow, oldest first."""

@@ -37,12 +37,17 @@ class StoredMessage:
 
 async def read_one(
     js: JetStreamContext, stream: str, *, seq: int | None = None, subject: str | None = None,
-    next: bool = False,
+    next: bool = False, direct: bool = False,
 ) -> StoredMessage | None:
     """The message at ``seq``, the last one on ``subject``, or with ``next`` the first
-    on ``subject`` from ``seq`` on; None when there is none."""
+    on ``subject`` from ``seq`` on; None when there is none.
+
+    ``direct`` asks any replica (JetStream's direct get, ``allow_direct`` streams:
+    no JSON or base64 to decode), which may lag behind the leader: what it returns
+    exists, but None from it may only mean "not here yet". Raises
+    ``nats.errors.NoRespondersError`` when the stream does not allow direct gets."""
     try:
-        raw = await js.get_msg(stream, seq=seq, subject=subject, next=next)
+        raw = await js.get_msg(stream, seq=seq, subject=subject, next=next, direct=direct)
     except nats.js.errors.NotFoundError:
         return None
     return _stored(raw)
@@ -62,8 +67,15 @@ async def read_all(
         seq = msg.seq + 1
 
 
+_DIRECT_GET_HEADERS = frozenset(
+    {"Nats-Stream", "Nats-Subject", "Nats-Sequence", "Nats-Time-Stamp", "Nats-Last-Sequence",
+     "Nats-Num-Pending", "Nats-UpTo-Sequence"})
+"""Headers a direct get adds to the message's own."""
+
+
 def _stored(raw: Any) -> StoredMessage:
-    hdrs = {str(k): str(v) for k, v in (raw.headers or {}).items()}
+    hdrs = {str(k): str(v) for k, v in (raw.headers or {}).items()
+            if k not in _DIRECT_GET_HEADERS}
     return StoredMessage(
         seq=int(raw.seq), subject=str(raw.subject), data=raw.data or b"", headers=hdrs,
         time=getattr(raw, "time", None),
