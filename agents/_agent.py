@@ -30,6 +30,8 @@ __all__ = ["Agent", "Context", "Middleware", "handles"]
 M = TypeVar("M", bound=Message)
 F = TypeVar("F", bound=Callable[..., Awaitable[None]])
 
+_log = structlog.get_logger("swarmbus.agent")
+
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -75,7 +77,7 @@ class Context(Generic[M]):
         """A structlog logger bound to agent, workflow, topic and message id."""
         if self._log is None:  # bound on first use: most messages never log
             env = self.envelope
-            self._log = structlog.get_logger("swarmbus.agent").bind(
+            self._log = _log.bind(
                 agent=self.agent, workflow_id=env.workflow_id, topic=env.topic, msg_id=env.msg_id
             )
         return self._log

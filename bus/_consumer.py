@@ -111,7 +111,7 @@ class PullConsumer:
         self._replay_until = 0
         self._pending: frozenset[int] | None = None
         self._last_check = 0.0
-        self._settled_one = anyio.Event()
+        self._settled_one: anyio.Event | None = None  # made only when someone waits for it
         self._in_flight: dict[int, tuple[Msg, float]] = {}
         self._send: MemoryObjectSendStream[Msg] | None = None
         self._credit = 0
@@ -357,14 +357,17 @@ class PullConsumer:
         # The old consumer's delivery of it may still run here: its outcome decides.
         while any(Delivery.of(m).stream_seq == seq for m, _ in self._in_flight.values()
                   if m is not msg):
+            if self._settled_one is None:
+                self._settled_one = anyio.Event()
             await self._settled_one.wait()
         msg_id = (msg.headers or {}).get(headers.MSG_ID) or f"{self.bus.stream_name}-{seq}"
         return await answered(self.bus, msg.subject, msg_id, self.durable, seq)
 
     def _settled(self, msg: Msg) -> None:
         self._in_flight.pop(id(msg), None)
-        self._settled_one.set()
-        self._settled_one = anyio.Event()
+        if self._settled_one is not None:
+            self._settled_one.set()
+            self._settled_one = None
         self.stats.in_flight = len(self._in_flight)
         if not self._in_flight:
             self._idle.set()

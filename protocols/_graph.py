@@ -46,7 +46,7 @@ def _field(output: BaseModel | Mapping[str, Any] | None, name: str) -> Any:
         return None
     if isinstance(output, Mapping):
         return output.get(name)
-    return getattr(output, name, None)
+    return vars(output).get(name)  # a field: getattr of a missing one costs an exception
 
 
 def route(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from ._errors import ConfigError
 
@@ -41,6 +42,7 @@ def _check(kind: str, value: str, pattern: re.Pattern[str]) -> str:
     return value
 
 
+@lru_cache(maxsize=64)  # a process uses a few: every subject parsed checks them again
 def check_namespace(namespace: str) -> str:
     return _check("namespace", namespace, _NAMESPACE)
 
@@ -49,6 +51,7 @@ def check_workflow_id(workflow_id: str) -> str:
     return _check("workflow id", workflow_id, _TOKEN)
 
 
+@lru_cache(maxsize=1024)
 def check_topic(topic: str) -> str:
     return _check("topic", topic, _TOPIC)
 

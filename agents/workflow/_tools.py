@@ -92,9 +92,9 @@ class SandboxPytest:
 
     def after(self, call: StepCall, output: BaseModel) -> BaseModel:
         report, acceptance = call.state.test_report, call.state.acceptance
-        if getattr(output, "decision", None) != "approve" or report is None:
+        if vars(output).get("decision") != "approve" or report is None:
             return output
-        findings: list[Finding] = list(getattr(output, "findings", []) or [])
+        findings: list[Finding] = list(vars(output).get("findings") or [])
         name, _ = _code_input(call)
         target = call.producer_role(name)
         if not report.ok:
