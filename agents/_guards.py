@@ -229,7 +229,7 @@ class Guards:
             if state.deadline is not None and datetime.now(UTC) >= state.deadline:
                 raise LimitReached("deadline_exceeded",
                                    f"deadline {state.deadline.isoformat()} passed")
-            spent = ledger.total.cost_usd
+            spent = ledger.spent_usd
             if spent >= state.budget_usd:
                 unknown = ledger.total.unpriced_calls
                 extra = f" ({unknown} unpriced calls not counted)" if unknown else ""

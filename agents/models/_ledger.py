@@ -108,6 +108,11 @@ class Ledger:
         return new
 
     @property
+    def spent_usd(self) -> float:
+        """USD of ``total``, without building it (checked before every call)."""
+        return self.spent_before.cost_usd + self._usage.cost_usd
+
+    @property
     def total(self) -> Usage:
         """``spent_before`` plus this ledger's usage: what a budget is checked against."""
         if self._total is None:

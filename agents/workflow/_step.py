@@ -172,6 +172,7 @@ class StepAgent(Agent):
         self.inline_bytes = inline_bytes
         self.max_artifact_bytes = max_artifact_bytes
         self._step_models: dict[str, Model] = {}
+        self._model_keys: dict[int, tuple[StepSpec, str]] = {}
         self._cache_store: Any = None
         self._objects: ArtifactStore | None = None
         kwargs.setdefault("name", role)
@@ -218,7 +219,12 @@ class StepAgent(Agent):
         """The model of ``step``: its own (built once), else the role's."""
         if step.model is None:
             return self.model
-        key = json.dumps(step.model, sort_keys=True)
+        known = self._model_keys.get(id(step))
+        if known is not None and known[0] is step:  # keyed once per compiled step
+            key = known[1]
+        else:
+            key = json.dumps(step.model, sort_keys=True)
+            self._model_keys[id(step)] = (step, key)  # holds the step: its id stays its own
         model = self._step_models.get(key)
         if model is None:
             model = self.build(step.model)  # type: ignore[arg-type]
@@ -320,11 +326,9 @@ class StepAgent(Agent):
                 return
         update_findings(state, step, output)
         prov = call.provenance
-        if prov is not None:
-            ctx.log.info("model answered", step=step.id, model=prov.name, cost_usd=prov.cost_usd,
-                         latency_s=round(prov.latency_s, 3), from_cache=prov.from_cache)
         decision = route(wf, step.id, output, state.edges, state.caps)
         if isinstance(decision, Finish):
+            _answered(ctx, step, prov, decision.status)
             await self._end(ctx, wf, state, decision.status, decision.reason, step, prov, usage)
             return
         if not decision.edge.endswith(".next"):  # every route taken counts; caps use them
@@ -345,6 +349,8 @@ class StepAgent(Agent):
             await self._end(ctx, wf, state, "failed",
                             f"step {step.id!r}: its output cannot be passed on: {e}",
                             step, prov, Usage())
+        finally:  # logged once the next step has its work: a log line is not on its path
+            _answered(ctx, step, prov, decision.step)
 
     async def _artifact(self, state: WorkState, name: str, type_: type[BaseModel]) -> BaseModel:
         """Artifact ``name`` as ``type_``, read from the object store when by reference."""
@@ -407,6 +413,12 @@ class StepAgent(Agent):
                              provenance=prov, usage=usage)
         await end_workflow(ctx, result)
         self.guards.mark_ended(ctx.workflow_id)
+
+
+def _answered(ctx: Context[Any], step: StepSpec, prov: Provenance | None, then: str) -> None:
+    if prov is not None:
+        ctx.log.info("model answered", step=step.id, model=prov.name, cost_usd=prov.cost_usd,
+                     latency_s=round(prov.latency_s, 3), from_cache=prov.from_cache, then=then)
 
 
 class _TooLarge(Exception):
