@@ -266,6 +266,13 @@ class PullConsumer:
     def _free(self) -> int:
         return self.settings.concurrency - len(self._in_flight) - self._credit
 
+    def _should_pull(self, threshold: int | None = None) -> bool:
+        """Enough free slots to ask for more: half a batch, or any when none is asked."""
+        if threshold is None:
+            threshold = max(1, min(self.settings.batch, self.settings.concurrency) // 2)
+        free = self._free()
+        return free >= threshold or (free > 0 and self._credit == 0)
+
     async def _request_loop(self) -> None:
         cap = self.settings.concurrency
         threshold = max(1, min(self.settings.batch, cap) // 2)
@@ -290,9 +297,8 @@ class PullConsumer:
                 continue
             if self._credit > 0 and now - self._last_activity > 3 * _HEARTBEAT_S:
                 raise nats.errors.Error("no heartbeat from the consumer: re-subscribing")
-            free = self._free()
-            if free >= threshold or (free > 0 and self._credit == 0):
-                n = min(free, self.settings.batch)
+            if self._should_pull(threshold):
+                n = min(self._free(), self.settings.batch)
                 req = {
                     "batch": n,
                     "expires": int(_EXPIRES_S * 1e9),
@@ -345,7 +351,16 @@ class PullConsumer:
 
     async def _worker(self, recv: MemoryObjectReceiveStream[Msg]) -> None:
         hold_publishes()  # a handler's outputs wait for a full store; the message stays held
-        async for msg in recv:
+        while True:
+            try:  # a message waiting is taken at once (receive() yields to the loop first)
+                msg = recv.receive_nowait()
+            except anyio.WouldBlock:
+                try:
+                    msg = await recv.receive()
+                except anyio.EndOfStream:
+                    return
+            except anyio.EndOfStream:
+                return
             await self._handle(msg)
 
     async def _replay(self, msg: Msg, delivery: Delivery) -> bool:
@@ -412,7 +427,7 @@ class PullConsumer:
             raise
         finally:
             self._settled(msg)
-            if self._free() >= 1:
+            if self._should_pull():  # else the loop has nothing to do: do not wake it
                 self._want_pull.set()
 
     async def _reject(self, msg: Msg, e: Reject, delivery: Delivery) -> None:
