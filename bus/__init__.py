@@ -26,9 +26,10 @@ from ._client import (
 )
 from ._codec import DecodeError, Envelope, decode, encode, output_msg_id
 from ._connect import BusUnavailableError, NatsSettings, connect
-from ._consumer import ConsumerStats, Delivery, Handler, PullConsumer, dead_letter_worker
+from ._consumer import ConsumerStats, Delivery, Handler, PullConsumer
 from ._control import Reject, Retry
 from ._deadletter import dead_letter
+from ._deadletter_worker import dead_letter_worker
 from ._embedded import EmbeddedServer, NatsServerNotFoundError, find_nats_server, free_port
 from ._kv import KeyValueStore, WatchedKeys
 from ._objects import OBJECTS_BUCKET, ArtifactStore

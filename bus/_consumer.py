@@ -28,18 +28,14 @@ from swarmbus.protocols import headers
 from ._bus import Bus
 from ._codec import decode
 from ._control import Reject, Retry
-from ._deadletter import (
-    ADVISORY_DURABLE,
-    dead_letter,
-    handle_max_deliveries_advisory,
-    max_deliveries_filter,
-)
-from ._delivery import ConsumerStats, Delivery, Handler
-from ._durable import answered
+from ._deadletter import reject
+from ._delivery import ConsumerStats, Delivery, Handler, PullStatus
+from ._durable import answered, consumer_drift
+from ._held import Held
 from ._settings import ConsumerSettings, ConsumerStart
 from ._store import hold_publishes
 
-__all__ = ["ConsumerStats", "Delivery", "Handler", "PullConsumer", "dead_letter_worker"]
+__all__ = ["ConsumerStats", "Delivery", "Handler", "PullConsumer"]
 
 
 _RawHandler = Callable[[Msg, Delivery], Awaitable[None]]
@@ -111,14 +107,11 @@ class PullConsumer:
         self._replay_until = 0
         self._pending: frozenset[int] | None = None
         self._last_check = 0.0
-        self._settled_one: anyio.Event | None = None  # made only when someone waits for it
-        self._in_flight: dict[int, tuple[Msg, float]] = {}
+        self._held = Held(self.stats)
         self._send: MemoryObjectSendStream[Msg] | None = None
         self._credit = 0
         self._last_activity = 0.0
         self._want_pull = anyio.Event()
-        self._idle = anyio.Event()
-        self._idle.set()
         self._stopping = anyio.Event()
         self._accepting = False
         self._sub: Subscription | None = None
@@ -153,22 +146,20 @@ class PullConsumer:
         send, recv = anyio.create_memory_object_stream[Msg](self.settings.concurrency)
         async with send, recv, anyio.create_task_group() as handlers:
             self._send = send
-            handlers.start_soon(self._keepalive)
+            handlers.start_soon(self._held.keep_alive, lambda: self.settings.ack_wait_s)
             for _ in range(self.settings.concurrency):
                 handlers.start_soon(self._worker, recv)
             self._accepting = True
             try:
                 await self._supervise(task_status)
                 with anyio.move_on_after(grace_s):
-                    await self._idle.wait()
+                    await self._held.idle()
             finally:
                 self._accepting = False
-                if self._in_flight:
-                    log.warning("nak in-flight work", consumer=self.durable,
-                                n=len(self._in_flight))
+                if self._held:
+                    log.warning("nak in-flight work", consumer=self.durable, n=len(self._held))
                     with anyio.CancelScope(shield=True):
-                        for msg, _ in list(self._in_flight.values()):
-                            await _quietly(msg.nak())
+                        await self._held.nak_all()
                 handlers.cancel_scope.cancel()
 
     async def _supervise(self, task_status: TaskStatus[None]) -> None:
@@ -222,24 +213,16 @@ class PullConsumer:
     async def _check_consumer(self) -> None:
         """Every few seconds: is the consumer still there, with which settings."""
         self._last_check = time.monotonic()
-        try:
-            info = await self.bus.js.consumer_info(self.stream, self.durable)
-        except nats.js.errors.NotFoundError:
+        drift = await consumer_drift(self.bus, self.stream, self.durable, self.settings)
+        if drift is None:
             self._consumer_gone = True
             return
-        cur = info.config
-        floor = info.ack_floor.stream_seq if info.ack_floor else 0
-        self._ack_floor = max(self._ack_floor, int(floor or 0))
-        changed = {}
-        for key, value in (("ack_wait_s", cur.ack_wait), ("max_deliver", cur.max_deliver),
-                           ("max_ack_pending", cur.max_ack_pending)):
-            if value is not None and value != getattr(self.settings, key):
-                changed[key] = value
-        if changed:
+        self._ack_floor = max(self._ack_floor, drift.ack_floor)
+        if drift.changed:
             log.warning("consumer settings changed on the server: following them",
-                        consumer=self.durable, now=changed,
-                        before={k: getattr(self.settings, k) for k in changed})
-            self._follow(self.settings.model_copy(update=changed))
+                        consumer=self.durable, now=drift.changed,
+                        before={k: getattr(self.settings, k) for k in drift.changed})
+            self._follow(self.settings.model_copy(update=drift.changed))
 
     def _follow(self, settings: ConsumerSettings) -> None:
         self.settings = settings
@@ -264,7 +247,7 @@ class PullConsumer:
     # -- pulling -----------------------------------------------------------------------------
 
     def _free(self) -> int:
-        return self.settings.concurrency - len(self._in_flight) - self._credit
+        return self.settings.concurrency - len(self._held) - self._credit
 
     def _should_pull(self, threshold: int | None = None) -> bool:
         """Enough free slots to ask for more: half a batch, or any when none is asked."""
@@ -315,19 +298,15 @@ class PullConsumer:
     async def _on_msg(self, msg: Msg) -> None:
         # Runs on nats-py's subscription task: bookkeeping only, the work is a child task.
         self._last_activity = time.monotonic()
-        hdrs = msg.headers
-        # A server status has no ack subject; a stream message always has one, and may
-        # carry a "Status" header of its own (a peer's, or a hostile one).
-        if hdrs and "Status" in hdrs and not msg.data and not _acked(msg):
-            status = hdrs.get("Status", "")
-            if status == "100":
-                return  # idle heartbeat
-            pending = hdrs.get("Nats-Pending-Messages")
-            if pending is not None:
-                self._credit = max(0, self._credit - int(pending))
-            elif status in ("404", "408", "409"):
+        status = PullStatus.of(msg)
+        if status is not None:
+            if status.heartbeat:
+                return
+            if status.pending is not None:
+                self._credit = max(0, self._credit - status.pending)
+            elif status.request_ended:
                 self._credit = 0
-            if status == "409" and "deleted" in hdrs.get("Description", "").lower():
+            if status.consumer_deleted:
                 self._consumer_gone = True  # re-create it rather than pull from nothing
             self._want_pull.set()
             return
@@ -335,16 +314,12 @@ class PullConsumer:
         if not self._accepting or self._stopping.is_set():
             await _quietly(msg.nak())
             return
-        self._in_flight[id(msg)] = (msg, time.monotonic())
-        if len(self._in_flight) > self.stats.peak_in_flight:
-            self.stats.peak_in_flight = len(self._in_flight)
-        if self._idle.is_set():
-            self._idle = anyio.Event()
+        self._held.add(msg)
         try:
             assert self._send is not None
             self._send.send_nowait(msg)
         except (anyio.WouldBlock, anyio.ClosedResourceError):  # more than asked, or stopping
-            self._settled(msg)
+            self._held.settled(msg)
             await _quietly(msg.nak())
 
     # -- handling ----------------------------------------------------------------------------
@@ -370,25 +345,11 @@ class PullConsumer:
         if self._pending is not None and seq not in self._pending:
             return True
         # The old consumer's delivery of it may still run here: its outcome decides.
-        while any(Delivery.of(m).stream_seq == seq for m, _ in self._in_flight.values()
-                  if m is not msg):
-            if self._settled_one is None:
-                self._settled_one = anyio.Event()
-            await self._settled_one.wait()
+        await self._held.until_settled(seq, besides=msg)
         msg_id = (msg.headers or {}).get(headers.MSG_ID) or f"{self.bus.stream_name}-{seq}"
         return await answered(self.bus, msg.subject, msg_id, self.durable, seq)
 
-    def _settled(self, msg: Msg) -> None:
-        self._in_flight.pop(id(msg), None)
-        if self._settled_one is not None:
-            self._settled_one.set()
-            self._settled_one = None
-        self.stats.in_flight = len(self._in_flight)
-        if not self._in_flight:
-            self._idle.set()
-
     async def _handle(self, msg: Msg) -> None:
-        self.stats.in_flight = len(self._in_flight)
         try:
             delivery = Delivery.of(msg)
             delivered = delivery.delivered
@@ -426,66 +387,20 @@ class PullConsumer:
                 await _quietly(msg.nak())
             raise
         finally:
-            self._settled(msg)
+            self._held.settled(msg)
             if self._should_pull():  # else the loop has nothing to do: do not wake it
                 self._want_pull.set()
 
     async def _reject(self, msg: Msg, e: Reject, delivery: Delivery) -> None:
-        delivered = delivery.delivered
-        published = False
-        if self._dead_letter_on_reject:
-            try:
-                published = await dead_letter(
-                    self.bus, msg.subject, msg.data, dict(msg.headers or {}), reason=e.reason,
-                    error=e.detail, agent=self.durable, deliveries=delivered,
-                    stream_seq=delivery.stream_seq or None,
-                )
-            except Exception as err:  # dead-letter publish failed: try again later
-                log.warning("dead-letter failed, retrying later", error=repr(err))
-                await msg.nak(delay=self._delay(delivered))
-                return
-        if published:
+        if await reject(self.bus, msg, e, agent=self.durable, deliveries=delivery.delivered,
+                        stream_seq=delivery.stream_seq, publish=self._dead_letter_on_reject,
+                        retry_delay_s=self._delay(delivery.delivered)):
             self.stats.dead_lettered += 1
-        log.warning("message dead-lettered" if published else "message dropped",
-                    consumer=self.durable, reason=e.reason, detail=e.detail[:300],
-                    subject=msg.subject)
-        await msg.term()
 
     def _delay(self, delivered: int) -> float:
         return self.settings.retry_delay(delivered)
-
-    async def _keepalive(self) -> None:
-        while True:
-            period = self.settings.ack_wait_s / 3  # the ack wait in force, which may change
-            await anyio.sleep(min(period, _CHECK_S))
-            now = time.monotonic()
-            for key, (msg, touched) in list(self._in_flight.items()):
-                if touched < now - period and key in self._in_flight:
-                    self._in_flight[key] = (msg, now)
-                    await _quietly(msg.in_progress())
-
-
-def _acked(msg: Msg) -> bool:
-    return (msg.reply or "").startswith("$JS.ACK.")
 
 
 async def _quietly(aw: Awaitable[Any]) -> None:
     with contextlib.suppress(nats.errors.Error, OSError):
         await aw
-
-
-def dead_letter_worker(bus: Bus, *, settings: ConsumerSettings | None = None) -> PullConsumer:
-    """The consumer that turns max-deliveries advisories into dead letters.
-
-    Advisories are captured in a stream (see ``Bus.setup``), so one raised while
-    no process was listening is still handled once any swarm process runs.
-    """
-
-    async def handle(msg: Msg, delivery: Delivery) -> None:
-        await handle_max_deliveries_advisory(bus, msg)
-
-    return PullConsumer(
-        bus, ADVISORY_DURABLE, None, filters=[max_deliveries_filter(bus)],
-        stream=bus.advisory_stream, settings=settings or ConsumerSettings(concurrency=4),
-        dead_letter_on_reject=False, start="all", _raw=handle,
-    )

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ADVISORY_DURABLE", "DEADLETTER_TOPIC", "dead_letter", "handle_max_deliveries_advisory",
-    "max_deliveries_filter",
+    "max_deliveries_filter", "reject",
 ]
 
 log = structlog.get_logger("swarmbus.deadletter")
@@ -79,6 +79,39 @@ async def dead_letter(
         workflow=hdrs.get(headers.WORKFLOW),
     )
     return True
+
+
+async def reject(
+    bus: Bus,
+    msg: nats.aio.msg.Msg,
+    e: Reject,
+    *,
+    agent: str,
+    deliveries: int,
+    stream_seq: int,
+    publish: bool,
+    retry_delay_s: float,
+) -> bool:
+    """Settle a message its handler rejected: dead-letter it (when ``publish``) and
+    terminate it, so JetStream never redelivers it. Returns whether a dead letter
+    was published. When publishing it fails, the message is nak'ed instead (after
+    ``retry_delay_s`` seconds), to be rejected again."""
+    published = False
+    if publish:
+        try:
+            published = await dead_letter(
+                bus, msg.subject, msg.data, dict(msg.headers or {}), reason=e.reason,
+                error=e.detail, agent=agent, deliveries=deliveries,
+                stream_seq=stream_seq or None,
+            )
+        except Exception as err:  # dead-letter publish failed: try again later
+            log.warning("dead-letter failed, retrying later", error=repr(err))
+            await msg.nak(delay=retry_delay_s)
+            return False
+    log.warning("message dead-lettered" if published else "message dropped",
+                consumer=agent, reason=e.reason, detail=e.detail[:300], subject=msg.subject)
+    await msg.term()
+    return published
 
 
 async def handle_max_deliveries_advisory(bus: Bus, msg: nats.aio.msg.Msg) -> None:

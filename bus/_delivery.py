@@ -12,7 +12,7 @@ from swarmbus.protocols import Message
 
 from ._codec import Envelope
 
-__all__ = ["ConsumerStats", "Delivery", "Handler"]
+__all__ = ["ConsumerStats", "Delivery", "Handler", "PullStatus"]
 
 
 class Delivery(NamedTuple):
@@ -40,6 +40,37 @@ class Delivery(NamedTuple):
             return cls(int(tokens[base + 2]), int(tokens[base + 3]), int(tokens[base + 5]) / 1e9)
         except (IndexError, ValueError):
             return cls(1, 0)
+
+
+class PullStatus(NamedTuple):
+    """A status the server sends on a pull subscription instead of a message."""
+
+    heartbeat: bool
+    """An idle heartbeat (100): the pull request is alive, nothing to do."""
+    pending: int | None
+    """Messages of the request the server will not deliver (its Nats-Pending-Messages)."""
+    request_ended: bool
+    """The request ended (404 no messages, 408 expired, 409 e.g. max ack pending)."""
+    consumer_deleted: bool
+    """409 "Consumer Deleted": pulling from it gives nothing; re-create it."""
+
+    @classmethod
+    def of(cls, msg: Msg) -> PullStatus | None:
+        """The status ``msg`` carries; None when it is a stream message. A status has
+        no ack subject; a stream message always has one, and may carry a "Status"
+        header of its own (a peer's, or a hostile one)."""
+        hdrs = msg.headers
+        if not hdrs or "Status" not in hdrs or msg.data or (msg.reply or "").startswith(
+                "$JS.ACK."):
+            return None
+        status = hdrs.get("Status", "")
+        pending = hdrs.get("Nats-Pending-Messages")
+        return cls(
+            heartbeat=status == "100",
+            pending=int(pending) if pending is not None and pending.isdigit() else None,
+            request_ended=status in ("404", "408", "409"),
+            consumer_deleted=status == "409" and "deleted" in hdrs.get("Description", "").lower(),
+        )
 
 
 Handler = Callable[[Envelope[Message], Delivery], Awaitable[None]]

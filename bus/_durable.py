@@ -18,7 +18,8 @@ topic (their result).
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import nats.errors
@@ -41,7 +42,10 @@ from ._store import STREAM_NOT_FOUND
 if TYPE_CHECKING:
     from ._bus import Bus
 
-__all__ = ["answered", "ensure_durable", "pending_messages", "subject_matches"]
+__all__ = [
+    "Drift", "answered", "consumer_drift", "ensure_durable", "pending_messages",
+    "subject_matches",
+]
 
 log = structlog.get_logger("swarmbus.bus")
 
@@ -118,6 +122,34 @@ async def pending_messages(
             await sub.unsubscribe()
     pending = {seq for seq, wf in waiting.values() if wf not in ended}
     return (min(pending) if pending else last + 1), last, pending
+
+
+@dataclass(frozen=True, slots=True)
+class Drift:
+    """What the server says of a consumer now: its ack floor (stream sequence) and
+    the settings that differ from the ones this process holds."""
+
+    ack_floor: int
+    changed: dict[str, Any]
+
+
+async def consumer_drift(
+    bus: Bus, stream: str, durable: str, settings: ConsumerSettings
+) -> Drift | None:
+    """The consumer's ack floor and changed settings (ack wait, max deliveries, max
+    ack pending); None when it no longer exists."""
+    try:
+        info = await bus.js.consumer_info(stream, durable)
+    except nats.js.errors.NotFoundError:
+        return None
+    cur = info.config
+    floor = info.ack_floor.stream_seq if info.ack_floor else 0
+    changed: dict[str, Any] = {}
+    for key, value in (("ack_wait_s", cur.ack_wait), ("max_deliver", cur.max_deliver),
+                       ("max_ack_pending", cur.max_ack_pending)):
+        if value is not None and value != getattr(settings, key):
+            changed[key] = value
+    return Drift(int(floor or 0), changed)
 
 
 async def answered(bus: Bus, subject: str, msg_id: str, sender: str, seq: int) -> bool:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,7 +28,6 @@ from swarmbus.bus import (
 )
 from swarmbus.protocols import (
     ArtifactRef,
-    Code,
     CompiledWorkflow,
     ConfigError,
     Finish,
@@ -48,18 +46,16 @@ from .._agent import Agent, Context, Route
 from .._guards import Guards, LimitReached, end_workflow, result_from
 from ..models import (
     CachedModel,
-    ChatMessage,
     Model,
     ModelConfig,
     ModelError,
-    ModelRequest,
     ModelSettings,
     ProviderAuthError,
     ProviderError,
     build_model,
     current_ledger,
 )
-from ._prompt import render_system, render_work
+from ._call import StepCall
 from ._registry import Workflows
 from ._state import missing_inputs, start_state, update_findings
 from ._tools import Tool
@@ -71,64 +67,6 @@ INLINE_BYTES = 128 * 1024
 """Artifacts larger than this (as JSON) travel by reference (the object store)."""
 MAX_ARTIFACT_BYTES = 16 * 1024 * 1024
 """Larger outputs end the workflow (``failed``, with the best attempt)."""
-
-
-@dataclass
-class StepCall:
-    """One run of one step: what ``StepAgent.perform`` gets.
-
-    ``inputs`` are the step's input artifacts, validated into their types;
-    ``previous`` is this step's own output from an earlier round (None the
-    first time); ``state`` is the work so far (tools add facts to it).
-    ``ask()`` renders the prompts and asks ``model`` for an ``output_type``.
-    """
-
-    workflow: CompiledWorkflow
-    step: StepSpec
-    state: WorkState
-    inputs: dict[str, BaseModel]
-    previous: BaseModel | None
-    output_type: type[BaseModel]
-    model: Model | None
-    settings: ModelSettings
-    ctx: Context[Any]
-    provenance: Provenance | None = None
-
-    def producer_role(self, artifact: str) -> str:
-        """The role of the step that produces ``artifact`` ('' if none)."""
-        for s in self.workflow.spec.steps:
-            if s.output == artifact:
-                return s.role
-        return ""
-
-    def request(self) -> ModelRequest[BaseModel]:
-        """The model request for this step (system prompt, the work so far, the type)."""
-        show_report = any(isinstance(v, Code) for v in self.inputs.values()) or (
-            isinstance(self.previous, Code) or issubclass(self.output_type, Code))
-        user = render_work(self.step, self.state, self.inputs, self.previous,
-                           show_report=show_report, all_findings=bool(self.step.routes))
-        return ModelRequest(
-            system=render_system(self.step, self.state),
-            messages=(ChatMessage(role="user", content=user),),
-            output_type=self.output_type,
-            settings=self.settings,
-        )
-
-    async def ask(self) -> BaseModel:
-        """Ask the step's model; sets ``provenance``. Raises ``ModelError``."""
-        if self.model is None:
-            raise ConfigError(
-                f"no model for step {self.step.id!r} (role {self.step.role!r}): give "
-                f"`roles.{self.step.role}.model` in swarm.yaml or `model:` in the workflow")
-        ledger = current_ledger()
-        booked = len(ledger.records) if ledger is not None else 0
-        response = await self.model.complete(self.request())
-        self.provenance = response.provenance
-        if ledger is not None and len(ledger.records) == booked:
-            # A model that does not book its calls itself (a user's own Model): book the
-            # answer, so nothing it reports is left out of the spend.
-            ledger.record(response.provenance)
-        return response.output
 
 
 class StepAgent(Agent):
