@@ -4,7 +4,7 @@
 ``Swarm`` with its defaults (dead-letter worker and announcements on);
 ``raw`` runs ``_raw.run_raw_stage`` (nats-py ``fetch``), ``rawpull`` runs
 ``_raw.run_rawpull_stage`` (hand-rolled standing pull requests); ``team`` runs
-the real Architect / Coder / Reviewer roles named by ``--roles`` in one
+the built-in workflow's step agents for the roles named by ``--roles`` in one
 ``Swarm`` on scripted models (``_team.run_team``; ``--latency``,
 ``--sandbox``), logging like ``swarmbus up`` (JSON lines, ``--log-level``).
 All print ``BENCH-READY`` once their consumer is subscribed and stop on SIGTERM.

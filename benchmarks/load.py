@@ -5,9 +5,10 @@
 
 Issue 4, item 11b. For each agent concurrency C (``--concurrency``, a list):
 
-- a fresh namespace and a fresh daemon: the real Architect, Coder and Reviewer
-  roles in one ``Swarm`` process (``--processes 3``: a process per role, as
-  three ``swarmbus up`` would), on offline ``FunctionModel``s that answer with
+- a fresh namespace and a fresh daemon: the built-in workflow's step agents
+  (architect, coder, reviewer; ``_team.py``) in one ``Swarm`` process
+  (``--processes 3``: a process per role, as three ``swarmbus up`` would), on
+  offline ``FunctionModel``s that answer with
   fixed small replies after ``--latency`` seconds (100 ms), response cache off
   (every workflow makes 3 model calls), each role's consumer with concurrency
   C, logging like ``swarmbus up`` (JSON lines at INFO);
