@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import nats.js.errors
@@ -17,7 +18,8 @@ __all__ = ["StoredMessage", "read_all", "read_one"]
 
 @dataclass(frozen=True, slots=True)
 class StoredMessage:
-    """A message read back from the stream (for trails and late readers)."""
+    """A message read back from the stream (for trails and late readers). ``time``:
+    when the stream stored it (ISO 8601, UTC), if the server said."""
 
     seq: int
     subject: str
@@ -76,7 +78,8 @@ _DIRECT_GET_HEADERS = frozenset(
 def _stored(raw: Any) -> StoredMessage:
     hdrs = {str(k): str(v) for k, v in (raw.headers or {}).items()
             if k not in _DIRECT_GET_HEADERS}
+    stamp = getattr(raw, "time", None)  # nats-py parses both reads' times into datetimes
     return StoredMessage(
         seq=int(raw.seq), subject=str(raw.subject), data=raw.data or b"", headers=hdrs,
-        time=getattr(raw, "time", None),
+        time=stamp.isoformat() if isinstance(stamp, datetime) else stamp,
     )
