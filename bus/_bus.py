@@ -60,6 +60,9 @@ __all__ = [
 ]
 
 EXPECT_FIRST = "Nats-Expected-Last-Subject-Sequence"
+
+_NOT_READY_S = 3.0
+"""How long a publish waits for a stream that exists but takes no messages yet (seconds)."""
 """The JetStream header a ``first=True`` publish sets to ``0``; the stored message keeps it."""
 
 log = structlog.get_logger("swarmbus.bus")
@@ -253,7 +256,9 @@ class Bus:
         subject sequence does not hold, ``StoreUnavailableError`` when the store
         cannot take it now (full, offline) — except in a task that holds publishes
         (a consumer's handlers, see ``hold_publishes``), where it waits, retrying,
-        until the store takes it. A deleted stream is re-created (with a warning)."""
+        until the store takes it. A deleted stream is re-created (with a warning); one that
+        exists but takes no message yet (a cluster still spreading the news of a new
+        stream) is waited for, up to ``_NOT_READY_S`` (3 s)."""
         body = scrub_bytes(body)
         if headers:
             headers = {k: scrub(v) for k, v in headers.items()}
@@ -271,6 +276,7 @@ class Bus:
     ) -> PublishResult:
         busy = 0
         healed = False
+        waited, pause = 0.0, 0.05
         while True:
             try:
                 ack = await self.js.publish(subj, body, headers=headers, timeout=10.0)
@@ -278,6 +284,12 @@ class Bus:
                 # No stream takes the subject: deleted (re-create it once), or not up yet.
                 if not healed and await self._heal_stream():
                     healed = True
+                    continue
+                if healed and waited < _NOT_READY_S:
+                    # It exists: in a cluster, the server we talk to may not know yet that
+                    # the stream (made on another node a moment ago) takes the subject.
+                    await anyio.sleep(pause)
+                    waited, pause = waited + pause, min(pause * 2, 0.5)
                     continue
                 raise StoreUnavailableError(
                     f"no stream takes {subj} (stream {self.stream_name} missing or not "
