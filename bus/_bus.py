@@ -48,7 +48,13 @@ from ._store import (
     store_error,
     stream_bytes,
 )
-from ._streams import advisory_config, drop_legacy_advisories, ensure_stream, stream_config
+from ._streams import (
+    advisory_config,
+    drop_legacy_advisories,
+    ensure_stream,
+    stream_config,
+    while_settling,
+)
 
 __all__ = [
     "EXPECT_FIRST",
@@ -161,7 +167,11 @@ class Bus:
         Only settings given explicitly change an existing stream: a process that
         leaves a field unset (a client without swarm.yaml) adopts the stream's
         current value instead of "correcting" the daemon's (e.g. scaling R3 to R1).
+        While JetStream settles (a cluster starting), it retries for ``SETTLE_S``.
         """
+        await while_settling(self._setup_once, f"stream {self.stream_name}")
+
+    async def _setup_once(self) -> None:
         try:
             current: api.StreamConfig | None = (await self.js.stream_info(self.stream_name)).config
         except nats.js.errors.NotFoundError:
@@ -372,8 +382,10 @@ class Bus:
         store = self._kv.get(bucket)
         if store is None:
             async def reopen() -> Any:
-                return await open_bucket(self.js, bucket, ttl_s=ttl_s, history=history,
-                                         storage=storage, stream=self.stream)
+                return await while_settling(
+                    lambda: open_bucket(self.js, bucket, ttl_s=ttl_s, history=history,
+                                        storage=storage, stream=self.stream),
+                    f"bucket {bucket}")
 
             store = KeyValueStore(await reopen(), reopen=reopen)
             self._kv[bucket] = store

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import anyio
 import nats.errors
 import nats.js.errors
 import structlog
@@ -11,9 +16,43 @@ from swarmbus.protocols import namespace_filter
 
 from ._settings import StreamSettings
 
-__all__ = ["advisory_config", "drop_legacy_advisories", "ensure_stream", "stream_config"]
+__all__ = [
+    "SETTLE_S", "advisory_config", "drop_legacy_advisories", "ensure_stream", "stream_config",
+    "while_settling",
+]
 
 log = structlog.get_logger("swarmbus.bus")
+
+T = TypeVar("T")
+
+SETTLE_S = 15.0
+"""How long setting up a stream or bucket retries while JetStream settles (seconds)."""
+_NO_PLACEMENT = 10005  # "no suitable peers for placement": a peer not seen online yet
+
+
+def _settling(e: Exception) -> bool:
+    """A JetStream cluster that is starting or electing a leader: its API times out,
+    is unavailable, or cannot place a stream yet. Worth a retry, not a failure."""
+    if isinstance(e, nats.errors.TimeoutError | nats.js.errors.ServiceUnavailableError):
+        return True
+    return isinstance(e, nats.js.errors.APIError) and e.err_code == _NO_PLACEMENT
+
+
+async def while_settling(op: Callable[[], Awaitable[T]], what: str) -> T:
+    """``op()``, again (backing off, with a warning) while JetStream is settling, for
+    up to ``SETTLE_S`` seconds; any other error, or the last one, is raised."""
+    deadline = time.monotonic() + SETTLE_S
+    pause = 0.2
+    while True:
+        try:
+            return await op()
+        except (nats.errors.Error, nats.js.errors.Error) as e:
+            if not _settling(e) or time.monotonic() + pause > deadline:
+                raise
+            log.warning("JetStream not ready; retrying", what=what, retry_in_s=pause,
+                        error=f"{type(e).__name__}: {e}")
+            await anyio.sleep(pause)
+            pause = min(pause * 2, 2.0)
 
 
 def _storage(s: StreamSettings) -> api.StorageType:
@@ -87,7 +126,9 @@ async def ensure_stream(
         try:
             await js.add_stream(config)
             return
-        except nats.js.errors.BadRequestError:  # created concurrently
+        except nats.js.errors.BadRequestError as e:  # created concurrently
+            if e.err_code == _NO_PLACEMENT:
+                raise
             assert config.name is not None
             current = (await js.stream_info(config.name)).config
     if (

@@ -10,6 +10,8 @@ from pathlib import Path
 import anyio
 import nats
 import nats.errors
+import nats.js.errors
+from nats.js.api import StorageType, StreamConfig
 
 from swarmbus.bus import EmbeddedServer, free_port
 
@@ -46,7 +48,30 @@ class Cluster:
             for n in self.nodes:
                 tg.start_soon(n.start)
         await self.wait_jetstream(timeout_s=timeout_s)
+        await self.wait_placement(timeout_s=timeout_s)
         return self
+
+    async def wait_placement(self, *, timeout_s: float = 30) -> None:
+        """Until a stream with a replica on every node can be made: answering the API is
+        not enough, the meta leader may still see a peer offline ("no suitable peers for
+        placement") for a moment after start."""
+        deadline = time.monotonic() + timeout_s
+        nc = await nats.connect(self.urls[0], allow_reconnect=False)
+        try:
+            js = nc.jetstream(timeout=2.0)
+            while True:
+                try:
+                    await js.add_stream(StreamConfig(
+                        name="CLUSTER_READY", subjects=["cluster.ready"],
+                        num_replicas=len(self.nodes), storage=StorageType.MEMORY))
+                    await js.delete_stream("CLUSTER_READY")
+                    return
+                except (nats.errors.Error, nats.js.errors.Error) as e:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"cluster cannot place a stream: {e!r}") from e
+                    await anyio.sleep(0.2)
+        finally:
+            await nc.close()
 
     async def wait_jetstream(self, *, timeout_s: float = 30) -> None:
         """Until every running node answers the JetStream API (a meta leader is elected)."""
