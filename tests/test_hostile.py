@@ -505,35 +505,47 @@ class Stored:
 async def read_stream(bus: Bus) -> dict[int, Stored]:
     """Every message of the namespace's stream, by sequence.
 
-    Through a raw pull request, not nats-py's ``fetch``: a stored message with a
+    Through raw pull requests, not nats-py's ``fetch``: a stored message with a
     ``Status`` header and no body (one of the inputs) looks like a server status to it.
+    In batches of at most ``_READ_BATCH`` messages and 8 MB, each read before the next
+    is asked for: one request for the whole stream (tens of MB, some messages near the
+    payload limit) had the server cut a busy reader off as a slow consumer.
     """
     last = (await bus.js.stream_info(bus.stream_name)).state.last_seq
     info = await bus.js.add_consumer(bus.stream_name, api.ConsumerConfig(
         ack_policy=api.AckPolicy.NONE, deliver_policy=api.DeliverPolicy.ALL,
         inactive_threshold=30, max_waiting=1))
     out: dict[int, Stored] = {}
-    done = anyio.Event()
+    ended = [anyio.Event()]  # the current request's end (a status from the server)
 
     async def on_msg(m: Msg) -> None:
         if (m.reply or "").startswith("$JS.ACK."):
             out[Delivery.of(m).stream_seq] = Stored(
                 m.subject, {str(k): str(v) for k, v in (m.headers or {}).items()}, m.data)
-            if len(out) >= last:
-                done.set()
+        elif (m.headers or {}).get("Status") != "100":  # not a heartbeat: request over
+            ended[0].set()
 
     inbox = bus.nc.new_inbox()
     sub = await bus.nc.subscribe(inbox, cb=on_msg, pending_msgs_limit=-1)
     try:
-        await bus.nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{bus.stream_name}.{info.name}",
-                             json.dumps({"batch": last, "expires": int(60e9)}).encode(),
-                             reply=inbox)
-        with anyio.fail_after(60):
-            await done.wait()
+        with anyio.fail_after(120):
+            while len(out) < last:
+                ended[0] = anyio.Event()
+                want = min(_READ_BATCH, last - len(out))
+                target = len(out) + want
+                await bus.nc.publish(
+                    f"$JS.API.CONSUMER.MSG.NEXT.{bus.stream_name}.{info.name}",
+                    json.dumps({"batch": want, "max_bytes": 8 * MAX_PAYLOAD,
+                                "expires": int(30e9)}).encode(), reply=inbox)
+                while len(out) < target and not ended[0].is_set():
+                    await anyio.sleep(0.005)
     finally:
         await sub.unsubscribe()
         await bus.js.delete_consumer(bus.stream_name, info.name)
     return out
+
+
+_READ_BATCH = 256
 
 
 async def test_hostile_barrage_is_accounted_for_and_the_swarm_goes_on(
