@@ -280,5 +280,5 @@ def tune_gc() -> None:
     _gc_tuned = True
     gc.collect()
     gc.freeze()
-    _, gen1, gen2 = gc.get_threshold()
-    gc.set_threshold(max(gc.get_threshold()[0], GC_THRESHOLD), gen1, gen2)
+    gen0, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(max(gen0, GC_THRESHOLD), gen1, gen2)

@@ -326,16 +326,7 @@ class PullConsumer:
 
     async def _worker(self, recv: MemoryObjectReceiveStream[Msg]) -> None:
         hold_publishes()  # a handler's outputs wait for a full store; the message stays held
-        while True:
-            try:  # a message waiting is taken at once (receive() yields to the loop first)
-                msg = recv.receive_nowait()
-            except anyio.WouldBlock:
-                try:
-                    msg = await recv.receive()
-                except anyio.EndOfStream:
-                    return
-            except anyio.EndOfStream:
-                return
+        async for msg in recv:
             await self._handle(msg)
 
     async def _replay(self, msg: Msg, delivery: Delivery) -> bool:

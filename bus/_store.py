@@ -28,6 +28,7 @@ from swarmbus.protocols import ExternalError
 
 __all__ = [
     "MESSAGE_TOO_LARGE",
+    "NO_PLACEMENT",
     "STREAM_NOT_FOUND",
     "SUBJECT_BUSY",
     "WRONG_LAST_SEQUENCE",
@@ -57,6 +58,7 @@ NO_STORAGE = frozenset({
 STORE_FAILED = 10077  # the stream's own limits (max_bytes, max_msgs with discard new), or IO
 OFFLINE = frozenset({10008, 10118, 10194})  # cluster unavailable, stream offline
 MESSAGE_TOO_LARGE = 10054
+NO_PLACEMENT = 10005  # no suitable peers for placement: a peer not seen online yet
 STREAM_NOT_FOUND = 10059
 
 

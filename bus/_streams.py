@@ -15,6 +15,7 @@ from nats.js import JetStreamContext, api
 from swarmbus.protocols import namespace_filter
 
 from ._settings import StreamSettings
+from ._store import NO_PLACEMENT, storage_problem
 
 __all__ = [
     "SETTLE_S", "advisory_config", "drop_legacy_advisories", "ensure_stream", "stream_config",
@@ -27,15 +28,15 @@ T = TypeVar("T")
 
 SETTLE_S = 15.0
 """How long setting up a stream or bucket retries while JetStream settles (seconds)."""
-_NO_PLACEMENT = 10005  # "no suitable peers for placement": a peer not seen online yet
 
 
 def _settling(e: Exception) -> bool:
     """A JetStream cluster that is starting or electing a leader: its API times out,
     is unavailable, or cannot place a stream yet. Worth a retry, not a failure."""
-    if isinstance(e, nats.errors.TimeoutError | nats.js.errors.ServiceUnavailableError):
+    if isinstance(e, nats.errors.TimeoutError):
         return True
-    return isinstance(e, nats.js.errors.APIError) and e.err_code == _NO_PLACEMENT
+    return isinstance(e, nats.js.errors.APIError) and (
+        e.err_code == NO_PLACEMENT or storage_problem(e) == "unavailable")
 
 
 async def while_settling(op: Callable[[], Awaitable[T]], what: str) -> T:
@@ -127,7 +128,7 @@ async def ensure_stream(
             await js.add_stream(config)
             return
         except nats.js.errors.BadRequestError as e:  # created concurrently
-            if e.err_code == _NO_PLACEMENT:
+            if e.err_code == NO_PLACEMENT:
                 raise
             assert config.name is not None
             current = (await js.stream_info(config.name)).config

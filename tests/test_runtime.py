@@ -63,16 +63,16 @@ _SWARM_GC = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize(("mode", "expected_gen0", "frozen"), [
-    ("tune", 10_000, True),
-    ("leave", 700, False),
-])
+@pytest.mark.parametrize(("mode", "frozen"), [("tune", True), ("leave", False)])
 def test_a_swarm_tunes_the_collector_unless_told_not_to(
-    nats_url: str, namespace: str, mode: str, expected_gen0: int, frozen: bool
+    nats_url: str, namespace: str, mode: str, frozen: bool
 ) -> None:
     stdout = subprocess.run(
         [sys.executable, "-c", _SWARM_GC, nats_url, namespace, mode],
         capture_output=True, text=True, timeout=60, check=True,
     ).stdout
     line = next(ln for ln in stdout.splitlines() if ln.startswith("GC "))  # logs go to stdout
-    assert line.split()[1:] == ["700", str(expected_gen0), str(frozen)]
+    before, during, was_frozen = line.split()[1:]
+    # Tuned: the interpreter's first threshold (700 on CPython 3.11) raised to 10,000.
+    expected = max(int(before), 10_000) if mode == "tune" else int(before)
+    assert (int(during), was_frozen) == (expected, str(frozen))

@@ -117,10 +117,7 @@ def merge_provenance(
 
 
 def usage_of(calls: Sequence[Provenance]) -> Usage:
-    total = Usage()
-    for p in calls:
-        total = total + p.usage()
-    return total
+    return Usage.sum(p.usage() for p in calls)
 
 
 _UNREADABLE = (AttributeError, TypeError, KeyError, IndexError, ValueError)

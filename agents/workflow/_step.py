@@ -110,7 +110,6 @@ class StepAgent(Agent):
         self.inline_bytes = inline_bytes
         self.max_artifact_bytes = max_artifact_bytes
         self._step_models: dict[str, Model] = {}
-        self._model_keys: dict[int, tuple[StepSpec, str]] = {}
         self._cache_store: Any = None
         self._objects: ArtifactStore | None = None
         kwargs.setdefault("name", role)
@@ -157,12 +156,7 @@ class StepAgent(Agent):
         """The model of ``step``: its own (built once), else the role's."""
         if step.model is None:
             return self.model
-        known = self._model_keys.get(id(step))
-        if known is not None and known[0] is step:  # keyed once per compiled step
-            key = known[1]
-        else:
-            key = json.dumps(step.model, sort_keys=True)
-            self._model_keys[id(step)] = (step, key)  # holds the step: its id stays its own
+        key = json.dumps(step.model, sort_keys=True)
         model = self._step_models.get(key)
         if model is None:
             model = self.build(step.model)  # type: ignore[arg-type]
