@@ -23,8 +23,8 @@ import anyio
 import pytest
 from _fault_helpers import (
     ROLES,
+    Follow,
     memory_kb,
-    process_view,
     read_events,
     read_peaks,
     spawn_daemon,
@@ -178,6 +178,15 @@ class Kill:
     uncached: frozenset[str]
     """Paid a moment before the kill, the cache put not yet confirmed."""
 
+    @property
+    def on_target(self) -> bool:
+        """Killed with a call in flight and an answer it paid for held."""
+        return bool(self.mid_call and self.fresh)
+
+
+MAX_AIMS = 5
+"""Kills of one role before the test gives up finding it mid-call with a held answer."""
+
 
 @pytest.mark.slow
 @pytest.mark.timeout(150)
@@ -200,20 +209,27 @@ async def test_kill_9_coder_twice_and_reviewer_once_mid_work(
 
     async def kill_mid_work(role: str) -> None:
         """SIGKILL ``role`` at a moment it has a provider call in flight and an answer
-        it paid for, cached and not yet published."""
-        p = live[role]
+        it paid for, cached and not yet published. The moment is seen from the event file,
+        a little late: when the process has moved on by the time the signal lands (its
+        final events say so), that kill is counted and the next process is killed."""
+        for _ in range(MAX_AIMS):
+            p = live[role]
+            follow = Follow(events[role], p.pid)
 
-        async def busy() -> bool:
-            view = process_view(read_events(events[role]), p.pid)
-            return bool(view.mid_call() and view.held_fresh() and not view.paid_not_cached())
+            async def busy(follow: Follow = follow) -> bool:
+                view = follow.read()
+                return bool(view.mid_call() and view.held_fresh() and not view.paid_not_cached())
 
-        await poll(busy, every_s=0.01)
-        p.kill()
-        await wait_exit(p)
-        view = process_view(read_events(events[role]), p.pid)  # final: the process is gone
-        kills.append(Kill(role, p.pid, frozenset(view.mid_call()), frozenset(view.held()),
-                          frozenset(view.held_fresh()), frozenset(view.paid_not_cached())))
-        start(role)
+            await poll(busy, every_s=0.01)
+            p.kill()
+            await wait_exit(p)
+            view = follow.read()  # final: the process is gone
+            kills.append(Kill(role, p.pid, frozenset(view.mid_call()), frozenset(view.held()),
+                              frozenset(view.held_fresh()), frozenset(view.paid_not_cached())))
+            start(role)
+            if kills[-1].on_target:
+                return
+        raise AssertionError(f"{MAX_AIMS} kills of the {role} all missed their moment")
 
     wfs = [f"c{i:03d}" for i in range(N_CRASH)]
     async with await Bus.connect(nats_url, namespace=namespace) as bus:
@@ -260,10 +276,10 @@ async def test_kill_9_coder_twice_and_reviewer_once_mid_work(
            redeliveries=redelivered, from_cache_in_trail=sum(trail.values()),
            # a SIGKILLed reviewer cannot remove the directories of its sandbox runs
            sandbox_dirs_left=len(list(tmpdir.glob("swarmbus-sandbox-*/*"))),
-           kills=[(k.role, len(k.mid_call), len(k.held), len(k.fresh)) for k in kills])
+           kills=[(k.role, len(k.mid_call), len(k.held), len(k.fresh)) for k in kills],
+           missed=sum(not k.on_target for k in kills))
 
-    assert [k.role for k in kills] == ["coder", "coder", "reviewer"]
-    assert all(k.fresh and k.mid_call for k in kills)
+    assert [k.role for k in kills if k.on_target] == ["coder", "coder", "reviewer"]
     # One request per step per workflow: a redelivered step asks exactly what it asked before.
     assert len(paid) == 3 * N_CRASH
     # A call that completed and reached the cache was never paid again; only one completed
