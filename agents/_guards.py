@@ -141,8 +141,10 @@ async def end_workflow(ctx: Context[Any], result: TaskResult) -> bool:
     except SubjectTakenError:
         ctx.log.info("workflow had ended already; result dropped", status=result.status)
         return False
+    cost = result.total.cost_usd
     ctx.log.info("workflow ended", status=result.status, reason=result.reason[:300],
-                 cost_usd=round(result.total.cost_usd, 6))
+                 cost_usd=None if cost is None else round(cost, 6),
+                 unpriced_calls=result.total.unpriced_calls)
     return True
 
 
@@ -290,13 +292,13 @@ class Guards:
         return Usage.model_validate_json(raw) if raw else None
 
     async def _carry_over(self, ctx: Context[Any], usage: Usage) -> None:
-        if self._carry is None or (usage.calls == 0 and usage.cost_usd == 0):
+        if self._carry is None or (usage.calls == 0 and usage.priced_cost_usd == 0):
             return
         try:
             await self._carry.put(_carry_key(ctx), usage.model_dump_json().encode())
         except Exception as e:
             log.warning("could not carry spend to the next delivery", error=repr(e),
-                        cost_usd=usage.cost_usd)
+                        priced_cost_usd=usage.priced_cost_usd, calls=usage.calls)
 
 
 def _carry_key(ctx: Context[Any]) -> str:

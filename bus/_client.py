@@ -28,6 +28,7 @@ from swarmbus.protocols import (
     SwarmbusError,
     TaskRequest,
     TaskResult,
+    Usage,
     Work,
     WorkState,
     check_workflow_id,
@@ -76,7 +77,9 @@ class WorkflowStatus:
 
     ``step`` is the step whose work is waiting or running, ``role`` the agent
     type that serves it (from the stored workflow), ``live`` whether any agent
-    of that role is running in the namespace (None: not checked). ``stalled``
+    of that role is running in the namespace (None: not checked). ``spent``: the
+    largest running total its messages carry (see ``Usage`` for what is priced).
+    ``stalled``
     says why it cannot go on now (``storage full``: the stream takes no
     messages, agents hold their outputs), empty otherwise.
     """
@@ -89,7 +92,7 @@ class WorkflowStatus:
     last_topic: str = ""
     round: int = 0
     steps: int = 0
-    spent_usd: float = 0.0
+    spent: Usage = field(default_factory=Usage)
     workflow: str = ""
     result: TaskResult | None = None
     dead_letters: list[DeadLetter] = field(default_factory=list)
@@ -328,6 +331,12 @@ async def live_agents(bus: Bus) -> list[AgentAnnouncement]:
     return sorted(out, key=lambda a: (a.agent, a.instance))
 
 
+def _more(a: Usage, b: Usage) -> Usage:
+    """The spend that has seen more: messages of one workflow carry its running total,
+    and those of parallel branches each their own (so the larger is a lower bound)."""
+    return b if (b.calls, b.priced_cost_usd) > (a.calls, a.priced_cost_usd) else a
+
+
 def apply_event(st: WorkflowStatus, env: Envelope[Message]) -> None:
     """Fold one message into a status (used by ``status`` and live progress)."""
     msg = env.message
@@ -338,10 +347,10 @@ def apply_event(st: WorkflowStatus, env: Envelope[Message]) -> None:
         st.step = env.topic[5:] if env.topic.startswith("step.") else ""
         st.workflow = env.workflow or st.workflow
         if isinstance(msg, Work):
-            st.spent_usd = max(st.spent_usd, msg.state.total.cost_usd)
+            st.spent = _more(st.spent, msg.state.total)
     if isinstance(msg, TaskResult):
         st.result = msg
         st.last_topic = env.topic
-        st.spent_usd = max(st.spent_usd, msg.total.cost_usd)
+        st.spent = _more(st.spent, msg.total)
     if isinstance(msg, DeadLetter):
         st.dead_letters.append(msg)

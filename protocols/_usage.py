@@ -5,9 +5,9 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 __all__ = ["Provenance", "Usage", "UtcDatetime"]
 
@@ -30,9 +30,14 @@ class Usage(_Data):
 
     ``input_tokens`` includes cache reads (``cached_tokens``) and cache writes
     (``cache_write_tokens``); ``output_tokens`` includes ``reasoning_tokens``.
-    ``cost_usd`` (USD) sums every priced call, estimated ones included; calls to
-    unpriced models add nothing to it and are counted in ``unpriced_calls``, so a
-    cost is never shown as known when it is not.
+    ``priced_cost_usd`` (USD) sums every priced call, estimated ones included;
+    calls to unpriced models add nothing to it and are counted in
+    ``unpriced_calls``. ``cost_usd`` is the whole cost: ``priced_cost_usd`` when
+    every call had a price, ``None`` (JSON ``null``: unknown) when one did not, so
+    an unknown cost never reads as a number. ``cost_usd`` is derived: on input it
+    is recomputed, and data without ``priced_cost_usd`` (written before it
+    existed) has its ``cost_usd`` taken as the priced sum. Budgets count
+    ``priced_cost_usd``.
     """
 
     input_tokens: int = 0
@@ -40,7 +45,12 @@ class Usage(_Data):
     cached_tokens: int = 0
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
-    cost_usd: float = Field(0.0, ge=0)
+    cost_usd: float | None = Field(
+        0.0, ge=0, description="USD of every call; null when some call was unpriced."
+    )
+    priced_cost_usd: float = Field(
+        0.0, ge=0, description="USD of the priced calls (a lower bound if any was unpriced)."
+    )
     calls: int = Field(0, description="Provider calls made (billed), whatever their outcome.")
     unpriced_calls: int = Field(0, description="Calls to models missing from the price table.")
     estimated_calls: int = Field(
@@ -48,26 +58,42 @@ class Usage(_Data):
     )
     cache_hits: int = Field(0, description="Answers served from the response cache (no call).")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _whole_cost(cls, data: Any) -> Any:
+        return cls.with_whole_cost(data) if isinstance(data, dict) else data
+
+    @staticmethod
+    def with_whole_cost(data: dict[str, Any]) -> dict[str, Any]:
+        """``data`` (input of a model with these cost fields) with ``cost_usd`` set
+        from ``priced_cost_usd`` and ``unpriced_calls``; an old ``cost_usd`` without
+        ``priced_cost_usd`` is the priced sum."""
+        priced = data.get("priced_cost_usd")
+        if priced is None:
+            priced = data.get("cost_usd") or 0.0
+        whole = None if data.get("unpriced_calls") else priced
+        return {**data, "priced_cost_usd": priced, "cost_usd": whole}
+
     def __add__(self, other: Usage) -> Usage:
         return Usage.sum((self, other))
 
     @classmethod
     def sum(cls, usages: Iterable[Usage]) -> Usage:
-        """The field-wise sum of ``usages`` (an empty one: zero). ``cost_usd`` stays
-        finite. Runs on every budget check, so it adds plain numbers and validates
-        the result once."""
+        """The field-wise sum of ``usages`` (an empty one: zero). ``priced_cost_usd``
+        stays finite. Runs on every budget check, so it adds plain numbers and
+        validates the result once."""
         total: dict[str, float] = dict.fromkeys(_COUNTS, 0)
         cost = 0.0
         for usage in usages:
             values = usage.__dict__
             for name in _COUNTS:
                 total[name] += values[name]
-            cost += values["cost_usd"]
-        total["cost_usd"] = min(cost, sys.float_info.max)
+            cost += values["priced_cost_usd"]
+        total["priced_cost_usd"] = min(cost, sys.float_info.max)
         return cls.__pydantic_validator__.validate_python(total)  # type: ignore[no-any-return]
 
 
-_COUNTS = tuple(name for name in Usage.model_fields if name != "cost_usd")
+_COUNTS = tuple(name for name in Usage.model_fields if name not in ("cost_usd", "priced_cost_usd"))
 
 
 class Provenance(_Data):
@@ -114,7 +140,7 @@ class Provenance(_Data):
             cached_tokens=self.cached_tokens,
             cache_write_tokens=self.cache_write_tokens,
             reasoning_tokens=self.reasoning_tokens,
-            cost_usd=self.cost_usd or 0.0,
+            priced_cost_usd=self.cost_usd or 0.0,
             calls=self.calls,
             unpriced_calls=self.calls if self.cost_usd is None else 0,
             estimated_calls=self.estimated_calls,

@@ -216,18 +216,33 @@ def test_up_on_a_port_names_unpriced_models_and_stops_on_sigterm(tmp_path: Path)
 
 
 def test_the_result_never_shows_an_unknown_cost_as_zero() -> None:
-    from swarmbus.agents.app import render_result
+    from swarmbus.agents.app import progress_line, render_result, render_status
+    from swarmbus.bus import WorkflowStatus
     from swarmbus.protocols import TaskResult, Usage
 
-    result = TaskResult(status="approved", spend={
+    spend = {
         "architect": Usage(calls=1, cost_usd=0.0, unpriced_calls=1),
         "coder": Usage(calls=2, cost_usd=0.5, unpriced_calls=1),
         "reviewer": Usage(calls=1, cost_usd=0.0015, estimated_calls=1),
-    })
+    }
+    result = TaskResult(status="approved", spend=spend, total=Usage.sum(spend.values()))
     lines = {line.split()[0]: line for line in render_result("w", result).splitlines()[2:]}
     assert "cost unknown (1 unpriced" in lines["architect"] and "$0.0000" not in lines["architect"]
     assert ">=$0.5000" in lines["coder"]
     assert "~$0.0015" in lines["reviewer"]
+    # In JSON an unknown cost is null, and the priced part is a field of its own.
+    data = json.loads(result.model_dump_json())
+    assert (data["total"]["cost_usd"], data["total"]["priced_cost_usd"]) == (None, 0.5015)
+    assert data["spend"]["reviewer"]["cost_usd"] == 0.0015
+    assert data["spend"]["architect"]["cost_usd"] is None
+    # Spend written before ``priced_cost_usd`` existed: its cost_usd was the priced part.
+    old = Usage.model_validate_json('{"calls": 2, "unpriced_calls": 1, "cost_usd": 0.25}')
+    assert (old.cost_usd, old.priced_cost_usd) == (None, 0.25)
+    assert Usage.model_validate_json('{"calls": 1, "cost_usd": 0.25}').cost_usd == 0.25
+    # A running workflow's status and progress line say so too.
+    status = WorkflowStatus("w", known=True, round=1, spent=result.total)
+    assert render_status(status).endswith("spent >=~$0.5015")
+    assert progress_line(status).endswith("spent >=~$0.5015")
 
 
 def as_in_a_terminal() -> None:

@@ -309,6 +309,9 @@ def test_the_table_pairs_arms_and_marks_unknown_cost() -> None:
     rows = [row(f"t{i}", "single:a", i < 2, 0.10) for i in range(6)]
     rows += [row(f"t{i}", "workflow:team", i != 0, 0.30, unpriced_calls=1 if i == 5 else 0)
              for i in range(6)]
+    unknown = json.loads(rows[-1].model_dump_json())  # the row with an unpriced call
+    assert (unknown["cost_usd"], unknown["priced_cost_usd"]) == (None, 0.30)
+    assert rows[-2].cost_usd == 0.30
     first, team = summarize(rows, ["single:a", "workflow:team"])
     assert (first.passed, team.passed) == (2, 5)
     assert (team.mcnemar_b, team.mcnemar_c, team.mcnemar_pairs) == (1, 4, 6)

@@ -142,10 +142,10 @@ async def test_four_roles_on_three_vendor_sdks(
     assert result.total.cost_usd == pytest.approx(expected_cost(vendors.requests, model_of))
     assert {r: u.calls for r, u in result.spend.items()} == {
         "architect": 1, "coder": 2, "auditor": 2, "reviewer": 1}
-    steps = [w.usage.cost_usd for w, _ in works(trail, "design") + works(trail, "implement")
+    steps = [w.usage.priced_cost_usd for w, _ in works(trail, "design") + works(trail, "implement")
              + works(trail, "audit") if w.usage is not None]
     assert result.usage is not None
-    assert sum(steps) + result.usage.cost_usd == pytest.approx(result.total.cost_usd)
+    assert sum(steps) + result.usage.priced_cost_usd == pytest.approx(result.total.cost_usd)
     # The key reached the fake in each SDK's own header, and nothing of ours stores it.
     assert all(SECRET.encode() not in s.data for s in trail)
     auth = [s.headers.get("authorization", "") + s.headers.get("x-api-key", "")

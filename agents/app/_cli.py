@@ -243,7 +243,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
             "workflow_id": st.workflow_id, "known": st.known, "step": st.step, "role": st.role,
             "live": st.live, "working": st.working, "stalled": st.stalled or None,
             "round": st.round, "steps": st.steps,
-            "spent_usd": st.spent_usd,
+            "spent_usd": st.spent.cost_usd, "spent": st.spent.model_dump(mode="json"),
             "result": st.result.model_dump(mode="json") if st.result else None,
         }, indent=2))
     else:

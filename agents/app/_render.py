@@ -38,9 +38,9 @@ def cost(usage: Usage | None) -> str:
         return "-"
     if usage.calls == 0 and usage.cache_hits == 0:
         return "$0"
-    text = f"${usage.cost_usd:.4f}"
+    text = f"${usage.priced_cost_usd:.4f}"
     if usage.unpriced_calls:
-        text = f"{text}+unpriced" if usage.cost_usd else "unpriced"
+        text = f"{text}+unpriced" if usage.priced_cost_usd else "unpriced"
     if usage.estimated_calls:
         text = "~" + text
     if usage.cache_hits:
@@ -148,15 +148,18 @@ def usage_line(u: Usage) -> str:
         notes.append(f"{u.estimated_calls} estimated (no usage reported)")
     if u.cache_hits:
         notes.append(f"{u.cache_hits} from cache")
-    # The same marks as the trail's: "unpriced" when no call had a price (never $0),
-    # ">=" when some had none, "~" when some tokens were estimated.
-    if u.unpriced_calls and u.unpriced_calls >= u.calls:
-        money = "cost unknown"
-    else:
-        money = (">=" if u.unpriced_calls else "") + ("~" if u.estimated_calls else "") + (
-            f"${u.cost_usd:.4f}")
     return (f"{u.calls} calls, {u.input_tokens} in / {u.output_tokens} out tokens, "
-            f"{money}" + (f" ({'; '.join(notes)})" if notes else ""))
+            f"{money(u)}" + (f" ({'; '.join(notes)})" if notes else ""))
+
+
+def money(u: Usage) -> str:
+    """A total in USD as shown, with the trail's marks: ``cost unknown`` when no call
+    had a price (never $0), ``>=`` when some had none, ``~`` when some tokens were
+    estimated."""
+    if u.unpriced_calls and u.unpriced_calls >= u.calls:
+        return "cost unknown"
+    return (">=" if u.unpriced_calls else "") + ("~" if u.estimated_calls else "") + (
+        f"${u.priced_cost_usd:.4f}")
 
 
 def render_result(workflow_id: str, r: TaskResult) -> str:
@@ -198,11 +201,11 @@ def render_status(st: WorkflowStatus, namespace: str = "default") -> str:
     if st.result is not None:
         return render_result(st.workflow_id, st.result)
     return (f"{st.workflow_id}: running; {_doing(st, namespace)}, round {st.round}, "
-            f"{st.steps} messages, spent ${st.spent_usd:.4f}")
+            f"{st.steps} messages, spent {money(st.spent)}")
 
 
 def progress_line(st: WorkflowStatus, namespace: str = "default") -> str:
     if st.result is not None:
         return f"[{st.workflow_id[:14]}] done: {st.result.status}"
     return (f"[{st.workflow_id[:14]}] round {st.round}: {_doing(st, namespace)}, "
-            f"spent ${st.spent_usd:.4f}")
+            f"spent {money(st.spent)}")

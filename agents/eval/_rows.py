@@ -9,10 +9,11 @@ import statistics
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from swarmbus.protocols import ConfigError, SourceFile, TestReport, UtcDatetime
+from swarmbus.protocols import ConfigError, SourceFile, TestReport, Usage, UtcDatetime
 
 __all__ = [
     "RESULTS_FILE",
@@ -65,9 +66,10 @@ class EvalRow(BaseModel):
     ``passed``: the harness's acceptance run of the final code was ``ok`` (False
     when there was no code, or the run timed out). ``status``: how the workflow
     ended (``approved``, ``rounds_exhausted``, ...; ``no_result`` when none came
-    within the task's timeout). Money in USD from ``TaskResult.total``:
-    ``cost_usd`` sums priced calls only, so it is a lower bound when
-    ``unpriced_calls`` > 0; ``estimated_calls`` had no usage figures. ``wall_s``:
+    within the task's timeout). Money in USD from ``TaskResult.total``, as in
+    ``Usage``: ``priced_cost_usd`` sums priced calls, ``cost_usd`` is the whole
+    cost, null when ``unpriced_calls`` > 0; ``estimated_calls`` had no usage
+    figures. ``wall_s``:
     seconds from submission to the result. ``rounds``: ``TaskResult.rounds``.
     ``lines_per_function``: median over the solution's functions (``function_lengths``).
     """
@@ -80,7 +82,8 @@ class EvalRow(BaseModel):
     passed: bool
     status: str
     reason: str = ""
-    cost_usd: float = Field(0.0, ge=0)
+    cost_usd: float | None = Field(0.0, ge=0)
+    priced_cost_usd: float = Field(0.0, ge=0)
     calls: int = 0
     unpriced_calls: int = 0
     estimated_calls: int = 0
@@ -96,6 +99,11 @@ class EvalRow(BaseModel):
     namespace: str = ""
     workflow_id: str = ""
     finished_at: UtcDatetime = Field(default_factory=lambda: datetime.now(UTC))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _whole_cost(cls, data: Any) -> Any:
+        return Usage.with_whole_cost(data) if isinstance(data, dict) else data
 
     @property
     def key(self) -> tuple[str, str, int]:

@@ -233,7 +233,7 @@ class _Run:
 
     def __init__(self, config: EvalConfig, before: list[EvalRow]) -> None:
         self.config = config
-        self.spent = sum(r.cost_usd for r in before)
+        self.spent = sum(r.priced_cost_usd for r in before)
         self.unpriced = sum(r.unpriced_calls for r in before)
         self.passed = self.finished = self.written = self.started = 0
         self.stopped = False
@@ -278,7 +278,7 @@ class _Run:
             self.written += 1
             self.finished += 1
             self.passed += row.passed
-            self.spent += row.cost_usd
+            self.spent += row.priced_cost_usd
             self.unpriced += row.unpriced_calls
             if self.bar is not None:
                 cost = f"${self.spent:.4f}" + (f" +{self.unpriced} unpriced" if self.unpriced
@@ -321,7 +321,8 @@ class _Run:
             status=result.status if result is not None else "no_result",
             reason=(result.reason if result is not None else
                     f"no result within {cfg.task_timeout_s + _RESULT_GRACE_S:g} s")[:2000],
-            cost_usd=total.cost_usd if total else 0.0, calls=total.calls if total else 0,
+            priced_cost_usd=total.priced_cost_usd if total else 0.0,
+            calls=total.calls if total else 0,
             unpriced_calls=total.unpriced_calls if total else 0,
             estimated_calls=total.estimated_calls if total else 0,
             input_tokens=total.input_tokens if total else 0,

@@ -117,7 +117,7 @@ def summarize(rows: Sequence[EvalRow], arms: Sequence[str] | None = None) -> lis
         passed = sum(r.passed for r in rs)
         low, high = wilson_interval(passed, len(rs))
         priced = [r for r in rs if not (r.unpriced_calls and r.unpriced_calls == r.calls)]
-        costs = [r.cost_usd for r in priced]
+        costs = [r.priced_cost_usd for r in priced]
         lpf = [r.lines_per_function for r in rs if r.lines_per_function is not None]
         walls = [r.wall_s for r in rs]
         green = [r.rounds for r in rs if r.passed]

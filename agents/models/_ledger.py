@@ -109,8 +109,9 @@ class Ledger:
 
     @property
     def spent_usd(self) -> float:
-        """USD of ``total``, without building it (checked before every call)."""
-        return self.spent_before.cost_usd + self._usage.cost_usd
+        """USD of ``total``'s priced calls (``Usage.priced_cost_usd``), without building
+        it (checked before every call)."""
+        return self.spent_before.priced_cost_usd + self._usage.priced_cost_usd
 
     @property
     def total(self) -> Usage:

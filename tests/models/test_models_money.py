@@ -57,8 +57,8 @@ class BudgetExceeded(Exception):
 
 def budget(limit_usd: float) -> Ledger:
     def check(ledger: Ledger, model: str) -> None:
-        if ledger.total.cost_usd >= limit_usd:
-            raise BudgetExceeded(f"spent ${ledger.total.cost_usd:.2f} before calling {model}")
+        if ledger.spent_usd >= limit_usd:
+            raise BudgetExceeded(f"spent ${ledger.spent_usd:.2f} before calling {model}")
 
     return Ledger(scope="wf-1", check=check)
 
@@ -259,7 +259,7 @@ async def test_a_budget_counts_the_estimate(fake: FakeServer, fake_keys: str) ->
             with pytest.raises(BudgetExceeded):
                 await model.complete(plan_request())
     assert len(fake.requests) == 1 and ledger.usage.estimated_calls == 1
-    assert ledger.usage.cost_usd >= 1.0
+    assert ledger.usage.priced_cost_usd >= 1.0
 
 
 # -- 3. prices that match the bill ---------------------------------------------------------

@@ -146,11 +146,12 @@ async def test_scripted_replies_are_billed_like_a_provider() -> None:
     repaired = (600_000 * 2.5 + 400_000 * 1.25 + 8192 * 10.0) / 1e6
     assert first.provenance.calls == 2
     assert first.usage.cost_usd == pytest.approx(one_call + repaired)
-    assert estimated.provenance.estimated_calls == 1 and estimated.usage.cost_usd > 0
+    assert estimated.provenance.estimated_calls == 1 and estimated.usage.priced_cost_usd > 0
     assert billed.value.usage.cost_usd == pytest.approx(1000 * 2.5 / 1e6)
     assert free.value.usage.calls == 0
     assert ledger.usage.calls == 4 and ledger.usage.estimated_calls == 1
-    expected = first.usage.cost_usd + estimated.usage.cost_usd + billed.value.usage.cost_usd
+    expected = (first.usage.priced_cost_usd + estimated.usage.priced_cost_usd
+                + billed.value.usage.priced_cost_usd)
     assert ledger.usage.cost_usd == pytest.approx(expected)
 
 
