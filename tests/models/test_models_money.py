@@ -379,8 +379,10 @@ async def test_unpriced_calls_are_summed_into_totals() -> None:
     with metered(Ledger(spent_before=Usage(unpriced_calls=1, calls=1))) as ledger:
         await local.complete(plan_request())
         await local.complete(plan_request())
-    assert ledger.usage.unpriced_calls == 2 and ledger.usage.cost_usd == 0.0
+    assert ledger.usage.unpriced_calls == 2 and ledger.usage.priced_cost_usd == 0.0
+    assert ledger.usage.cost_usd is None, "an unknown cost is never a number"
     assert ledger.total.unpriced_calls == 3 and ledger.total.calls == 3
+    assert ledger.total.cost_usd is None and ledger.spent_usd == 0.0
 
 
 async def test_a_success_between_two_failures_does_not_cool_a_model_down() -> None:
