@@ -267,7 +267,16 @@ class Swarm:
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> bool | None:
         self.stop()
-        return await self._cm_tg.__aexit__(et, e, tb)
+        try:
+            return await self._cm_tg.__aexit__(et, e, tb)
+        except BaseException as raised:
+            if raised is e:
+                # The task group re-raises the exception it was given; propagate it the
+                # context-manager way instead. Raised again, an AsyncExitStack holding this
+                # swarm chains it to itself (``e.__context__ is e``), and code that walks
+                # the chain (anyio's task groups, on cancellation) loops forever.
+                return False
+            raise
 
 
 def tune_gc() -> None:

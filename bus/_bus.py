@@ -424,7 +424,9 @@ class Bus:
                               workflow_filter(self.namespace, workflow_id), after_seq=after_seq)
 
     async def aclose(self) -> None:
-        """Drain and close the connection if this bus opened it."""
+        """Drain and close the connection if this bus opened it. The drain (at most 5 s)
+        gives way to a cancellation; the close does not, so a cancelled owner still
+        leaves no socket open."""
         if self._owns and not self.nc.is_closed:
             self._closing = True
             try:
@@ -432,8 +434,10 @@ class Bus:
                     await self.nc.drain()
             except (nats.errors.Error, OSError):
                 pass
-            if not self.nc.is_closed:
-                await self.nc.close()
+            finally:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                    if not self.nc.is_closed:
+                        await self.nc.close()
 
     async def __aenter__(self) -> Bus:
         return self

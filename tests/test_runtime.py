@@ -1,15 +1,19 @@
 """Run-time mechanics that are not visible in a workflow's outcome: how the first task of a
-workflow id is read back, and the garbage-collector tuning a swarm process does."""
+workflow id is read back, the garbage-collector tuning a swarm process does, and what a
+cancelled owner of a swarm or a connection is left with."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 import textwrap
+from contextlib import AsyncExitStack
 
+import anyio
 import pytest
 
-from swarmbus.bus import Bus
+from swarmbus.agents import Agent, Context, Swarm, handles
+from swarmbus.bus import Bus, SwarmClient
 from swarmbus.protocols import TaskRequest
 
 pytestmark = pytest.mark.anyio
@@ -39,6 +43,56 @@ async def test_first_task_is_read_from_any_replica_or_else_from_the_leader(
         assert leader is not None
         assert leader == direct  # sequence, subject, body, headers, the server's time
         assert await bus.first("wf-2", "task") is None
+
+
+class Idle(Agent):
+    @handles("task")
+    async def on_task(self, msg: TaskRequest, ctx: Context[TaskRequest]) -> None: ...
+
+
+async def test_a_swarm_cancelled_in_an_exit_stack_ends_its_task(
+    nats_url: str, namespace: str
+) -> None:
+    """A task holding a swarm and a client in an ``AsyncExitStack`` (as ``swarmbus eval``
+    does), cancelled by its task group: the swarm used to re-raise the cancellation it was
+    given, the stack chained it to itself, and anyio's task group looped forever on it."""
+    running = anyio.Event()
+    ended: list[BaseException] = []
+
+    async def holds() -> None:
+        try:
+            async with AsyncExitStack() as stack:
+                await stack.enter_async_context(
+                    Swarm([Idle()], nats=nats_url, namespace=namespace, grace_s=1))
+                await stack.enter_async_context(
+                    await SwarmClient.connect(nats_url, namespace=namespace))
+                running.set()
+                await anyio.sleep_forever()
+        except BaseException as e:
+            ended.append(e)
+            raise
+
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(holds)
+            await running.wait()
+            tg.cancel_scope.cancel()
+    seen: list[BaseException] = []
+    link: BaseException | None = ended[0]
+    while link is not None:
+        assert all(link is not s for s in seen), "an exception context that loops"
+        seen.append(link)
+        link = link.__context__
+
+
+async def test_a_cancelled_close_still_closes_the_connection(
+    nats_url: str, namespace: str
+) -> None:
+    bus = await Bus.connect(nats_url, namespace=namespace)
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await bus.aclose()  # the drain gives way; the close does not
+    assert bus.nc.is_closed
 
 
 _SWARM_GC = textwrap.dedent("""
