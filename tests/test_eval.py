@@ -17,14 +17,17 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from _team_helpers import prompt_of
 from pydantic import BaseModel
 
 from swarmbus.agents.app import main
+from swarmbus.agents.app._eval import interrupted_line
 from swarmbus.agents.eval import (
     RESULTS_FILE,
     EvalConfig,
@@ -36,6 +39,7 @@ from swarmbus.agents.eval import (
     max_rounds,
     mcnemar_exact,
     plot_pass_vs_cost,
+    read_interrupted,
     read_rows,
     run_eval,
     summarize,
@@ -287,6 +291,47 @@ async def test_the_budget_stops_new_runs_and_a_higher_budget_resumes(
     second = await run_eval(more, build=models.build)
     assert not second.budget_reached and (second.written, second.kept) == (3, 3)
     assert second.spent_usd == pytest.approx(6 * CALL_USD, abs=1e-12)
+
+
+async def test_an_interrupted_run_keeps_what_its_runs_in_flight_had_spent(
+    tmp_path: Path, nats_url: str
+) -> None:
+    """Cancelled (as by Ctrl-C) while a run waits on its second model call: that run has
+    no row, its first, billed call is in interrupted.jsonl, and a resume counts it."""
+    add = PROBLEMS["add"]
+    buggy = Code(files=[SourceFile(path="solution.py", content=add.prompt + "    return a - b\n"),
+                        SourceFile(path="test_solution.py", content=(
+                            "from solution import add\n\n\ndef test_add():\n"
+                            "    assert add(2, 3) == 5\n"))])
+    second_call = anyio.Event()
+
+    async def stalls(request: ModelRequest[Any]) -> Billed:
+        if not second_call.is_set() and "assert add(2, 3) == 5" not in prompt_of(request):
+            return billed(buggy)
+        second_call.set()
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    cfg = config(tmp_path, nats_url, limit=1, arms=("retry:scripted:solver",))
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(partial(run_eval, cfg, build=Models(solver=stalls).build))
+            await second_call.wait()
+            tg.cancel_scope.cancel()
+    out = tmp_path / "run"
+    assert read_rows(out) == []
+    [stopped] = read_interrupted(out)
+    assert (stopped.task, stopped.arm, stopped.repeat) == ("fixture/0", "retry:scripted:solver", 0)
+    assert stopped.spent.calls == 1
+    assert stopped.spent.priced_cost_usd == pytest.approx(CALL_USD, abs=1e-12)
+    # That money stays spent: a resume with a budget below it starts nothing.
+    models = Models(solver=lambda r: billed(code_of(add)))
+    again = await run_eval(cfg.model_copy(update={"budget_usd": 0.5 * CALL_USD}),
+                           build=models.build)
+    assert again.budget_reached and (again.written, again.not_run) == (0, 1)
+    assert again.spent_usd == pytest.approx(CALL_USD, abs=1e-12)
+    line = interrupted_line(out, stopped.stopped_at)
+    assert "the 1 runs in flight had spent $0.0035 so far" in line, line
 
 
 @needs_eval

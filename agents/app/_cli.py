@@ -12,6 +12,7 @@ import signal
 import socket
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -40,7 +41,7 @@ from swarmbus.protocols import (
 from .._swarm import Swarm
 from ..workflow import load_workflow, mermaid, show_text
 from ._config import SwarmConfig, load_config
-from ._eval import add_eval_parser, cmd_eval
+from ._eval import add_eval_parser, cmd_eval, interrupted_line
 from ._logging import configure_logging
 from ._render import progress_line, render_result, render_status, render_trail, trail_json
 
@@ -379,14 +380,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown workflow, 2 a mistake or NATS unreachable, 130 interrupted). A mistake is
     one line on stderr, ``error: ...``, never a traceback."""
     args = _parser().parse_args(argv)
+    started = datetime.now(UTC)
     try:
         return _run(args)
     except BaseException as raised:
         e = _leaf(raised)
         if isinstance(e, KeyboardInterrupt):
             if args.command == "eval" and args.action == "run":
-                print(f"interrupted: finished runs are kept in {args.out}; run the same "
-                      "command again to resume", file=sys.stderr)
+                print(interrupted_line(args.out, started), file=sys.stderr)
             return 130
         if isinstance(e, ValidationError):
             print(f"error: {_one_line(e)}", file=sys.stderr)

@@ -6,13 +6,14 @@ import argparse
 import json
 import sys
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from swarmbus.bus import NatsSettings
-from swarmbus.protocols import ConfigError
+from swarmbus.protocols import ConfigError, Usage
 
 from ..eval import (
     HUMANEVAL,
@@ -23,6 +24,7 @@ from ..eval import (
     load_suite,
     models_option,
     plot_pass_vs_cost,
+    read_interrupted,
     read_rows,
     run_eval,
     summarize,
@@ -31,8 +33,9 @@ from ..eval import (
 )
 from ..sandbox import SandboxLimits
 from ._logging import configure_logging
+from ._render import money
 
-__all__ = ["add_eval_parser", "cmd_eval"]
+__all__ = ["add_eval_parser", "cmd_eval", "interrupted_line"]
 
 PLOT_FILE = "pass_vs_cost.png"
 
@@ -179,3 +182,18 @@ def _config(args: argparse.Namespace) -> EvalConfig:
         task_timeout_s=args.task_timeout, task_budget_usd=args.task_budget,
         oracle_feedback=args.oracle_feedback, nats=args.nats, progress=not args.no_progress,
     )
+
+
+def interrupted_line(out: str | Path, since: datetime) -> str:
+    """What ``eval run`` says when Ctrl-C stops it: rows kept, and what the runs it
+    stopped (recorded in ``interrupted.jsonl`` after ``since``) had spent."""
+    line = f"interrupted: finished runs are kept in {out}"
+    try:
+        stopped = [r for r in read_interrupted(out) if r.stopped_at >= since]
+    except ConfigError:
+        stopped = []
+    if stopped:
+        spent = Usage.sum(r.spent for r in stopped)
+        line += (f"; the {len(stopped)} runs in flight had spent {money(spent)} so far (in "
+                 "interrupted.jsonl; --budget counts it)")
+    return line + "; run the same command again to resume"

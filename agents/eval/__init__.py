@@ -29,14 +29,17 @@ from ._extras import MissingExtraError
 from ._pairs import KEY_FILE, PAIRS_FILE, export_pairs
 from ._plot import plot_pass_vs_cost
 from ._rows import (
+    INTERRUPTED_FILE,
     RESULTS_FILE,
     AcceptanceOutcome,
     EvalRow,
+    InterruptedRun,
     StepModel,
     append_rows,
     function_lengths,
     is_test_file,
     lines_per_function,
+    read_interrupted,
     read_rows,
 )
 from ._run import RUN_FILE, EvalConfig, EvalSummary, models_option, run_eval, workflow_id
@@ -53,6 +56,7 @@ from ._suite import ACCEPTANCE_FILE, HUMANEVAL, SOLUTION_FILE, Problem, load_sui
 __all__ = (
     "ACCEPTANCE_FILE",
     "HUMANEVAL",
+    "INTERRUPTED_FILE",
     "KEY_FILE",
     "PAIRS_FILE",
     "RESULTS_FILE",
@@ -68,6 +72,7 @@ __all__ = (
     "EvalConfig",
     "EvalRow",
     "EvalSummary",
+    "InterruptedRun",
     "MissingExtraError",
     "Problem",
     "StepModel",
@@ -85,6 +90,7 @@ __all__ = (
     "parse_arm",
     "plan_arm",
     "plot_pass_vs_cost",
+    "read_interrupted",
     "read_rows",
     "run_eval",
     "summarize",

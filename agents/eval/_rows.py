@@ -9,25 +9,31 @@ import statistics
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from swarmbus.protocols import ConfigError, SourceFile, TestReport, Usage, UtcDatetime
 
 __all__ = [
+    "INTERRUPTED_FILE",
     "RESULTS_FILE",
     "AcceptanceOutcome",
     "EvalRow",
+    "InterruptedRun",
     "StepModel",
+    "append_interrupted",
     "append_rows",
     "function_lengths",
     "is_test_file",
     "lines_per_function",
+    "read_interrupted",
     "read_rows",
 ]
 
 RESULTS_FILE = "results.jsonl"
+INTERRUPTED_FILE = "interrupted.jsonl"
+_Line = TypeVar("_Line", bound=BaseModel)
 
 
 class StepModel(BaseModel):
@@ -110,25 +116,61 @@ class EvalRow(BaseModel):
         return (self.task, self.arm, self.repeat)
 
 
+class InterruptedRun(BaseModel):
+    """A run stopped (Ctrl-C) before it had its row, and what its workflow had spent
+    by then: the running total on its last message in the stream, a lower bound (a
+    call in flight at the stop is not in it; see ``Usage`` for what is priced). A
+    resume runs its (task, arm, repeat) again; this money stays spent, so it counts
+    in the run's spend and budget. One JSON line of ``out/interrupted.jsonl``."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    task: str
+    arm: str
+    repeat: int = Field(ge=0)
+    workflow_id: str
+    spent: Usage
+    stopped_at: UtcDatetime = Field(default_factory=lambda: datetime.now(UTC))
+
+
 def read_rows(out: str | Path) -> list[EvalRow]:
     """The rows in ``out/results.jsonl`` (none if it does not exist).
 
     A last line cut short by a crash (no newline, not JSON) is dropped from the
     file; any other bad line raises ``ConfigError`` with its number."""
-    path = Path(out) / RESULTS_FILE
+    return _read_lines(Path(out) / RESULTS_FILE, EvalRow, "a result row")
+
+
+def read_interrupted(out: str | Path) -> list[InterruptedRun]:
+    """The runs stopped before their rows, from ``out/interrupted.jsonl`` (none if it
+    does not exist); bad lines as in ``read_rows``."""
+    return _read_lines(Path(out) / INTERRUPTED_FILE, InterruptedRun, "an interrupted run")
+
+
+def append_rows(out: str | Path, rows: Iterable[EvalRow]) -> None:
+    """Append ``rows`` to ``out/results.jsonl``, flushed to disk (a resumed run keeps them)."""
+    _append_lines(Path(out) / RESULTS_FILE, rows)
+
+
+def append_interrupted(out: str | Path, runs: Iterable[InterruptedRun]) -> None:
+    """Append ``runs`` to ``out/interrupted.jsonl``, flushed to disk."""
+    _append_lines(Path(out) / INTERRUPTED_FILE, runs)
+
+
+def _read_lines(path: Path, kind: type[_Line], what: str) -> list[_Line]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return []
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read {path}: {e}") from None
-    rows: list[EvalRow] = []
+    out: list[_Line] = []
     lines = text.split("\n")
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            rows.append(EvalRow.model_validate_json(line))
+            out.append(kind.model_validate_json(line))
         except ValidationError as e:
             if n == len(lines) and not text.endswith("\n"):  # a write cut short
                 with path.open("r+b") as f:
@@ -136,15 +178,14 @@ def read_rows(out: str | Path) -> list[EvalRow]:
                 break
             first = e.errors(include_url=False)[0]
             where = ".".join(str(x) for x in first["loc"])
-            raise ConfigError(f"{path}:{n}: not a result row: {where + ': ' if where else ''}"
+            raise ConfigError(f"{path}:{n}: not {what}: {where + ': ' if where else ''}"
                               f"{first['msg']}; fix or remove that line") from None
-    return rows
+    return out
 
 
-def append_rows(out: str | Path, rows: Iterable[EvalRow]) -> None:
-    """Append ``rows`` to ``out/results.jsonl``, flushed to disk (a resumed run keeps them)."""
-    data = "".join(row.model_dump_json() + "\n" for row in rows)
-    with (Path(out) / RESULTS_FILE).open("a", encoding="utf-8") as f:
+def _append_lines(path: Path, items: Iterable[BaseModel]) -> None:
+    data = "".join(item.model_dump_json() + "\n" for item in items)
+    with path.open("a", encoding="utf-8") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())

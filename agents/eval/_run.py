@@ -32,9 +32,12 @@ from ._extras import require
 from ._rows import (
     AcceptanceOutcome,
     EvalRow,
+    InterruptedRun,
     StepModel,
+    append_interrupted,
     append_rows,
     lines_per_function,
+    read_interrupted,
     read_rows,
 )
 from ._suite import SOLUTION_FILE, Problem, load_suite
@@ -43,6 +46,7 @@ __all__ = ["RUN_FILE", "EvalConfig", "EvalSummary", "run_eval"]
 
 RUN_FILE = "run.json"
 _RESULT_GRACE_S = 30.0  # past the task's own deadline, the harness stops waiting
+_STOP_READ_S = 3.0  # at an interrupt, how long a run in flight may read its spend (seconds)
 
 
 class EvalConfig(BaseModel):
@@ -51,8 +55,9 @@ class EvalConfig(BaseModel):
     ``suite``: ``"humaneval"`` or a JSONL file (``load_suite``); ``limit``: its
     first N problems. ``arms``: arm specs (``parse_arm``), the first is the
     baseline of the table's McNemar tests. ``repeats``: runs of each (problem,
-    arm). ``budget_usd``: the whole run's spend (rows already in ``out``
-    included); once reached no new run starts (those in flight finish).
+    arm). ``budget_usd``: the whole run's spend (rows already in ``out`` and runs
+    interrupted earlier included, priced calls only); once reached no new run
+    starts (those in flight finish).
     ``models``: role -> model for ``workflow:`` arms' roles without one.
     ``concurrency``: runs in flight at once. ``task_timeout_s`` and
     ``task_budget_usd``: each task's limits (``TaskRequest.limits``).
@@ -163,7 +168,7 @@ async def _run_in(
     done = {r.key for r in before}
     jobs = [(p, plan, r) for r in range(config.repeats) for p in problems for plan in plans
             if (p.task_id, plan.arm.label, r) not in done]
-    run = _Run(config, before)
+    run = _Run(config, before, read_interrupted(out))
     if jobs:
         bar = (bar_module.tqdm(total=len(jobs), unit="run", desc="eval", file=sys.stderr,
                                dynamic_ncols=True) if bar_module else None)
@@ -231,10 +236,14 @@ def _remember(out: Path, config: EvalConfig, arms: list[str]) -> None:
 class _Run:
     """The runs of one invocation: bounded concurrency, the budget, progress, rows."""
 
-    def __init__(self, config: EvalConfig, before: list[EvalRow]) -> None:
+    def __init__(
+        self, config: EvalConfig, before: list[EvalRow], stopped: list[InterruptedRun]
+    ) -> None:
         self.config = config
         self.spent = sum(r.priced_cost_usd for r in before)
+        self.spent += sum(r.spent.priced_cost_usd for r in stopped)
         self.unpriced = sum(r.unpriced_calls for r in before)
+        self.unpriced += sum(r.spent.unpriced_calls for r in stopped)
         self.passed = self.finished = self.written = self.started = 0
         self.stopped = False
         self.bar: Any = None
@@ -273,7 +282,12 @@ class _Run:
     async def _job(self, job: tuple[Problem, ArmPlan, int], slots: anyio.Semaphore) -> None:
         try:
             problem, plan, repeat = job
-            row = await self.run_one(problem, plan, repeat)
+            try:
+                row = await self.run_one(problem, plan, repeat)
+            except anyio.get_cancelled_exc_class():
+                with anyio.CancelScope(shield=True):
+                    await self._stopped(problem.task_id, plan.arm.label, repeat)
+                raise
             await anyio.to_thread.run_sync(append_rows, self.config.out, [row])
             self.written += 1
             self.finished += 1
@@ -289,6 +303,16 @@ class _Run:
                 self.bar.update(1)
         finally:
             slots.release()
+
+    async def _stopped(self, task: str, label: str, repeat: int) -> None:
+        """Record what an interrupted run had spent (``InterruptedRun``), if its task
+        reached the stream, within ``_STOP_READ_S``."""
+        wf = workflow_id(task, repeat)
+        with anyio.move_on_after(_STOP_READ_S):
+            status = await self.clients[label].status(wf)
+            if status.known:
+                append_interrupted(self.config.out, [InterruptedRun(
+                    task=task, arm=label, repeat=repeat, workflow_id=wf, spent=status.spent)])
 
     async def run_one(self, problem: Problem, plan: ArmPlan, repeat: int) -> EvalRow:
         cfg, label = self.config, plan.arm.label
