@@ -437,7 +437,12 @@ class Bus:
             finally:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                     if not self.nc.is_closed:
-                        await self.nc.close()
+                        try:
+                            await self.nc.close()
+                        except (nats.errors.Error, OSError, RuntimeError) as e:
+                            # The server is gone: nats-py (on uvloop) writes its last
+                            # bytes to a transport already closed. Nothing is left open.
+                            log.debug("connection closed with an error", error=repr(e))
 
     async def __aenter__(self) -> Bus:
         return self

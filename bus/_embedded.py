@@ -143,6 +143,17 @@ class EmbeddedServer:
         self.stop_blocking()
         raise ExternalError(f"nats-server did not become ready on {self.url} in time")
 
+    async def wait(self, *, every_s: float = 0.2) -> int:
+        """Return the server's exit status once its process ends (checked every
+        ``every_s`` seconds): for a command that must not outlive its server. Raises
+        ``RuntimeError`` if it was not started."""
+        proc = self._proc
+        if proc is None:
+            raise RuntimeError("the embedded nats-server was not started")
+        while (code := proc.poll()) is None:  # noqa: ASYNC110 (a child's exit sets no event)
+            await anyio.sleep(every_s)
+        return code
+
     async def stop(self, *, kill: bool = False) -> None:
         """Stop the server (SIGTERM, or SIGKILL with ``kill=True``) and wait for it."""
         await anyio.to_thread.run_sync(lambda: self.stop_blocking(kill=kill))

@@ -299,3 +299,45 @@ def test_ctrl_c_in_a_terminal_during_up_is_quiet_and_leaves_no_server(
     assert "Traceback" not in out, out
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+@pytest.mark.parametrize("command", ["nats", "up"])
+def test_a_command_ends_when_its_embedded_server_dies(tmp_path: Path, command: str) -> None:
+    """``swarmbus nats`` and ``swarmbus up`` (embedded server) whose nats-server is killed:
+    the command ends with one error line and exit 2 (a supervisor restarts it), instead
+    of running on without a server."""
+    from swarmbus.bus import free_port
+
+    port = free_port()
+    args = ["nats", "--data-dir", str(tmp_path / "nats")] if command == "nats" else \
+        ["up", "--offline"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWARMBUS_")}
+    proc = subprocess.Popen([sys.executable, "-m", "swarmbus", *args, "--port", str(port)],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (servers := _children(proc.pid)) or not _listening(port):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        time.sleep(1.0 if command == "up" else 0)  # the daemon runs
+        os.kill(servers[0], signal.SIGKILL)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 2, out
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("error: the embedded nats-server exited with -9"), out
+    assert "Traceback" not in out, out
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+    except OSError:
+        return False
+    return True

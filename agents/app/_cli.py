@@ -8,8 +8,6 @@ import asyncio
 import contextlib
 import importlib.util
 import json
-import signal
-import socket
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -29,6 +27,7 @@ from swarmbus.bus import (
 )
 from swarmbus.protocols import (
     ConfigError,
+    ExternalError,
     Limits,
     SwarmbusError,
     TaskRequest,
@@ -43,6 +42,7 @@ from ..workflow import load_workflow, mermaid, show_text
 from ._config import SwarmConfig, load_config
 from ._eval import add_eval_parser, cmd_eval, interrupted_line
 from ._logging import configure_logging
+from ._nats import cmd_nats, port_in_use, watch_server
 from ._render import progress_line, render_result, render_status, render_trail, trail_json
 
 __all__ = ["main"]
@@ -156,8 +156,9 @@ async def cmd_up(args: argparse.Namespace) -> int:
                   workflow=args.workflow, port=args.port)
     agents = build_agents(cfg)
     server: EmbeddedServer | None = None
+    died: list[str] = []
     if cfg.embedded and "servers" not in cfg.nats.model_fields_set:
-        if _port_in_use("127.0.0.1", cfg.port):
+        if port_in_use("127.0.0.1", cfg.port):
             raise ConfigError(
                 f"127.0.0.1:{cfg.port} is taken (another NATS or swarmbus up?): pass "
                 f"--nats nats://127.0.0.1:{cfg.port} to join that server, or --port for another"
@@ -170,16 +171,22 @@ async def cmd_up(args: argparse.Namespace) -> int:
         swarm = Swarm(agents, nats=server.url if server else cfg.nats, namespace=cfg.namespace,
                       stream=cfg.stream, grace_s=cfg.grace_s,
                       update_consumers=args.update_consumers)
-        async with anyio.create_task_group() as tg:
-            await tg.start(swarm.serve)
-            loop = type(asyncio.get_running_loop()).__module__.partition(".")[0]
-            structlog.get_logger("swarmbus.app").info(
-                "swarmbus up", version=_version(), loop="uvloop" if loop == "uvloop" else "asyncio",
-                namespace=cfg.namespace)
-            tg.start_soon(prepare_models, agents)  # SDK imports: after ready, off the path
+        async with anyio.create_task_group() as watch:
+            if server is not None:  # if it dies, the swarm stops and we exit 2
+                watch.start_soon(watch_server, server, watch.cancel_scope, died)
+            async with anyio.create_task_group() as tg:
+                await tg.start(swarm.serve)
+                loop = type(asyncio.get_running_loop()).__module__.partition(".")[0]
+                structlog.get_logger("swarmbus.app").info(
+                    "swarmbus up", version=_version(),
+                    loop="uvloop" if loop == "uvloop" else "asyncio", namespace=cfg.namespace)
+                tg.start_soon(prepare_models, agents)  # SDK imports: after ready, off the path
+            watch.cancel_scope.cancel()  # the swarm has stopped (a signal)
     finally:
         if server is not None:
             await server.stop()
+    if died:
+        raise ExternalError(died[0])
     return 0
 
 
@@ -328,21 +335,6 @@ async def cmd_demo(args: argparse.Namespace) -> int:
 
     configure_logging("console", level="WARNING")
     return await run_demo(json_out=args.json)
-
-
-async def cmd_nats(args: argparse.Namespace) -> int:
-    async with EmbeddedServer(port=args.port, data_dir=args.data_dir) as server:
-        print(f"nats-server with JetStream on {server.url} (data in {server.data_dir}); "
-              "Ctrl-C stops it", file=sys.stderr)
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for _ in signals:
-                break  # leaving the block stops the server: never leave it orphaned
-    return 0
-
-
-def _port_in_use(host: str, port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex((host, port)) == 0
 
 
 def _one_line(e: ValidationError) -> str:
