@@ -2,14 +2,7 @@
 stored workflows, the embedded server, and ``SwarmClient``. Never imports
 ``swarmbus.agents``; knows no role and no particular workflow."""
 
-from ._bus import (
-    EXPECT_FIRST,
-    Bus,
-    PayloadTooLargeError,
-    PublishResult,
-    StoredMessage,
-    SubjectTakenError,
-)
+from ._bus import Bus, StoredMessage
 from ._client import (
     AGENTS_BUCKET,
     AGENTS_STORAGE,
@@ -33,6 +26,7 @@ from ._deadletter_worker import dead_letter_worker
 from ._embedded import EmbeddedServer, NatsServerNotFoundError, find_nats_server, free_port
 from ._kv import KeyValueStore, WatchedKeys
 from ._objects import OBJECTS_BUCKET, ArtifactStore
+from ._publish import EXPECT_FIRST, PayloadTooLargeError, PublishResult, SubjectTakenError
 from ._secrets import MASK, register_secret, registered_secrets, scrub, scrub_bytes
 from ._settings import ConsumerSettings, ConsumerStart, EnsuredConsumer, StreamSettings
 from ._store import StoreGate, StoreUnavailableError, hold_publishes

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import anyio
@@ -14,9 +13,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext, api
 
 from swarmbus.protocols import (
-    ExternalError,
     Message,
-    SwarmbusError,
     advisory_stream_name,
     check_namespace,
     stream_name,
@@ -28,6 +25,7 @@ from ._codec import encode
 from ._connect import NatsSettings, connect
 from ._durable import ensure_durable
 from ._kv import KeyValueStore, open_bucket
+from ._publish import EXPECT_FIRST, PublishResult, check_size, publish_once
 from ._reads import StoredMessage, read_all, read_one
 from ._secrets import scrub, scrub_bytes
 from ._settings import (
@@ -38,14 +36,8 @@ from ._settings import (
     adopt_stream,
 )
 from ._store import (
-    MESSAGE_TOO_LARGE,
-    STORE_FAILED,
-    SUBJECT_BUSY,
-    WRONG_LAST_SEQUENCE,
     StoreGate,
     StoreUnavailableError,
-    storage_problem,
-    store_error,
     stream_bytes,
 )
 from ._streams import (
@@ -56,42 +48,9 @@ from ._streams import (
     while_settling,
 )
 
-__all__ = [
-    "EXPECT_FIRST",
-    "Bus",
-    "PayloadTooLargeError",
-    "PublishResult",
-    "StoredMessage",
-    "SubjectTakenError",
-]
-
-EXPECT_FIRST = "Nats-Expected-Last-Subject-Sequence"
-
-_NOT_READY_S = 3.0
-"""How long a publish waits for a stream that exists but takes no messages yet (seconds)."""
-"""The JetStream header a ``first=True`` publish sets to ``0``; the stored message keeps it."""
+__all__ = ["Bus", "StoredMessage"]
 
 log = structlog.get_logger("swarmbus.bus")
-
-
-class PayloadTooLargeError(SwarmbusError, ValueError):
-    """A message larger than the server or the stream accepts."""
-
-
-class SubjectTakenError(SwarmbusError):
-    """A publish with ``first=True`` found a message already on its subject
-    (``last_seq``): the server refused the second one."""
-
-    def __init__(self, subject: str, last_seq: int) -> None:
-        super().__init__(f"{subject} already holds a message (stream sequence {last_seq})")
-        self.subject = subject
-        self.last_seq = last_seq
-
-
-@dataclass(frozen=True, slots=True)
-class PublishResult:
-    seq: int
-    duplicate: bool
 
 
 class Bus:
@@ -268,64 +227,16 @@ class Bus:
         (a consumer's handlers, see ``hold_publishes``), where it waits, retrying,
         until the store takes it. A deleted stream is re-created (with a warning); one that
         exists but takes no message yet (a cluster still spreading the news of a new
-        stream) is waited for, up to ``_NOT_READY_S`` (3 s)."""
+        stream) is waited for, up to 3 s (``publish_once``)."""
         body = scrub_bytes(body)
         if headers:
             headers = {k: scrub(v) for k, v in headers.items()}
-        size = len(body) + sum(len(k) + len(v) + 4 for k, v in (headers or {}).items()) + 12
-        limit = min(self.nc.max_payload or size, self.stream.max_msg_bytes)
-        if size > limit:
-            raise PayloadTooLargeError(
-                f"message of {size} bytes (body and headers) for {subj} exceeds the limit of "
-                f"{limit} bytes (server max_payload / stream.max_msg_bytes)"
-            )
-        return await self.gate.run(lambda: self._publish_once(subj, body, headers))
-
-    async def _publish_once(
-        self, subj: str, body: bytes, headers: dict[str, str] | None
-    ) -> PublishResult:
-        busy = 0
-        healed = False
-        waited, pause = 0.0, 0.05
-        while True:
-            try:
-                ack = await self.js.publish(subj, body, headers=headers, timeout=10.0)
-            except nats.js.errors.NoStreamResponseError as e:
-                # No stream takes the subject: deleted (re-create it once), or not up yet.
-                if not healed and await self._heal_stream():
-                    healed = True
-                    continue
-                if healed and waited < _NOT_READY_S:
-                    # It exists: in a cluster, the server we talk to may not know yet that
-                    # the stream (made on another node a moment ago) takes the subject.
-                    await anyio.sleep(pause)
-                    waited, pause = waited + pause, min(pause * 2, 0.5)
-                    continue
-                raise StoreUnavailableError(
-                    f"no stream takes {subj} (stream {self.stream_name} missing or not "
-                    "ready); it is re-created when possible", stream=self.stream_name,
-                    reason="unavailable") from e
-            except nats.errors.TimeoutError as e:
-                raise ExternalError(f"JetStream did not confirm publish to {subj}: {e!r}") from e
-            except nats.js.errors.APIError as e:
-                code = e.err_code
-                if code == WRONG_LAST_SEQUENCE:
-                    last = (e.description or "").rsplit(":", 1)[-1].strip()
-                    raise SubjectTakenError(subj, int(last) if last.isdigit() else 0) from None
-                if code in SUBJECT_BUSY and busy < 40:
-                    # Another publish expecting this subject's last sequence is in flight:
-                    # its outcome decides ours (taken, or ours goes in).
-                    busy += 1
-                    await anyio.sleep(min(0.01 * 2**busy, 0.25))
-                    continue
-                if code == MESSAGE_TOO_LARGE or (
-                    code == STORE_FAILED and "size" in (e.description or "").lower()
-                ):
-                    raise PayloadTooLargeError(f"{subj}: {e.description}") from None
-                if storage_problem(e) is not None:
-                    raise await store_error(self.js, self.stream_name, e) from None
-                raise
-            return PublishResult(seq=ack.seq, duplicate=bool(ack.duplicate))
+        limit = self.stream.max_msg_bytes
+        if self.nc.max_payload:
+            limit = min(limit, self.nc.max_payload)
+        check_size(subj, body, headers, limit)
+        return await self.gate.run(lambda: publish_once(
+            self.js, subj, body, headers, stream=self.stream_name, heal=self._heal_stream))
 
     async def stream_full(self) -> bool:
         """Whether the stream is at its own ``max_bytes`` (the next message of the

@@ -35,11 +35,12 @@ from swarmbus.protocols import (
     workflow_filter,
 )
 
-from ._bus import Bus, StoredMessage, SubjectTakenError
+from ._bus import Bus, StoredMessage
 from ._codec import Envelope
 from ._connect import NatsSettings
 from ._kv import KeyValueStore
 from ._objects import ArtifactStore
+from ._publish import SubjectTakenError
 from ._settings import StreamSettings
 from ._workflows import UnknownWorkflowError, WorkflowStore
 
