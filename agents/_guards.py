@@ -122,12 +122,15 @@ def result_from(
     )
 
 
-async def end_workflow(ctx: Context[Any], result: TaskResult) -> bool:
+async def end_workflow(
+    ctx: Context[Any], result: TaskResult, *, model: str | None = None
+) -> bool:
     """Publish ``result`` as the workflow's only result (the server refuses a second).
 
-    A result too large for the stream goes out without its artifacts, saying so.
-    Returns False when the workflow had ended already (this result is dropped)."""
-    model = result.provenance.name if result.provenance else None
+    Its model header names the provenance's model, else ``model`` (the one that failed
+    to answer, say). A result too large for the stream goes out without its artifacts,
+    saying so. Returns False when the workflow had ended already (this result is dropped)."""
+    model = result.provenance.name if result.provenance else model
     try:
         try:
             await ctx.publish(result, topic="result", round=result.rounds, first=True,

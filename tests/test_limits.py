@@ -15,6 +15,7 @@ from _fault_helpers import fake_tools
 from _team_helpers import ADD_OK, GOAL, Script, path, run_task, team
 
 from swarmbus.agents import Swarm
+from swarmbus.agents.app import render_trail
 from swarmbus.agents.models import (
     FunctionModel,
     Model,
@@ -169,6 +170,8 @@ async def test_a_permanent_error_ends_the_workflow_at_once(
     assert result.design is not None and result.code is None
     assert "step 'implement' (coder, t:coder)" in result.reason
     assert path(trail) == ["task", "design", "result"]
+    # The trail names the model that failed on the result's line, not "-".
+    assert render_trail("wf", trail).splitlines()[-1].split()[4:6] == ["coder", "t:coder"]
     for stored in trail:  # a key a provider echoed is in none of the workflow's messages
         assert b"sk-live-REDACTME" not in stored.data
     assert "sk-live-REDACT" not in result.reason

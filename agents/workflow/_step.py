@@ -323,7 +323,8 @@ class StepAgent(Agent):
                 state.spend[self.role] = state.spend.get(self.role, Usage()) + usage
                 await self._end(ctx, wf, state, "deadline_exceeded",
                                 f"deadline passes before the provider can be retried: {what}",
-                                step, None, usage)
+                                step, None, usage,
+                                model=call.model.name if call.model is not None else None)
                 return
             if ctx.deliveries < self.consumer.max_deliver - 1:
                 ctx.log.warning("model failed, will retry", step=step.id, model=name,
@@ -335,15 +336,17 @@ class StepAgent(Agent):
         usage = ledger.take() if ledger is not None else Usage()
         state.spend[self.role] = state.spend.get(self.role, Usage()) + usage
         ctx.log.warning("step failed for good", step=step.id, model=name, error=str(e)[:500])
-        await self._end(ctx, wf, state, "failed", what, step, None, usage)
+        await self._end(ctx, wf, state, "failed", what, step, None, usage,
+                        model=call.model.name if call.model is not None else None)
 
     async def _end(
         self, ctx: Context[Any], wf: CompiledWorkflow, state: WorkState, status: TaskStatus,
         reason: str, step: StepSpec, prov: Provenance | None, usage: Usage,
+        model: str | None = None,
     ) -> None:
         result = result_from(state, status, reason, workflow=wf.hash, step=step.id,
                              provenance=prov, usage=usage)
-        await end_workflow(ctx, result)
+        await end_workflow(ctx, result, model=model)
         self.guards.mark_ended(ctx.workflow_id)
 
 
