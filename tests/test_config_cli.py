@@ -186,11 +186,13 @@ def test_up_on_a_port_names_unpriced_models_and_stops_on_sigterm(tmp_path: Path)
     from swarmbus.bus import free_port
 
     port = free_port()
+    # The reviewer's model has a price in its spec: it is priced, and not warned about.
     (tmp_path / "swarm.yaml").write_text(
         "roles:\n" + "".join(
             f"  {role}: {{model: {{name: 'openai-compatible:my-model', "
-            f"base_url: 'http://127.0.0.1:9/v1'}}}}\n"
-            for role in ("architect", "coder", "reviewer")))
+            f"base_url: 'http://127.0.0.1:9/v1'{extra}}}}}\n"
+            for role, extra in (("architect", ""), ("coder", ""),
+                                ("reviewer", ", price: {input: 1, output: 2}"))))
     env = {k: v for k, v in os.environ.items() if not k.startswith("SWARMBUS_")}
     log = tmp_path / "up.log"
     with log.open("wb") as out:
@@ -205,7 +207,7 @@ def test_up_on_a_port_names_unpriced_models_and_stops_on_sigterm(tmp_path: Path)
             time.sleep(0.1)
         lines = [json.loads(x) for x in log.read_text().splitlines() if x.startswith("{")]
         unpriced = [x for x in lines if x["event"].startswith("model has no price")]
-        assert sorted(x["role"] for x in unpriced) == ["architect", "coder", "reviewer"]
+        assert sorted(x["role"] for x in unpriced) == ["architect", "coder"]
         assert {x["model"] for x in unpriced} == {"openai-compatible:my-model"}
         assert f"embedded nats-server on nats://127.0.0.1:{port}" in log.read_text()
         assert (tmp_path / ".swarmbus" / "nats").is_dir()

@@ -12,7 +12,7 @@ import structlog
 from swarmbus.protocols import CompiledWorkflow, ConfigError
 
 from .._agent import Agent
-from ..models import FallbackModel, Model, build_model, price_for
+from ..models import FallbackModel, Model, build_model
 from ..sandbox import check_isolation
 from ..workflow import Tool, default_tools, load_workflow, team
 from ._config import RoleConfig, SwarmConfig
@@ -103,28 +103,25 @@ def build_agents(
 
 
 def unpriced_models(agents: list[Agent]) -> list[tuple[str, str]]:
-    """(role, model) for every real model of ``agents`` missing from the price table."""
+    """(role, model) for every provider model of ``agents`` whose calls get no cost: no
+    ``price`` of its own (``ModelSpec.price``) and none in the price table."""
     out = []
     for agent in agents:
         models = [getattr(agent, "model", None), *getattr(agent, "_step_models", {}).values()]
-        for model in models:
-            for name in _names(model):
-                provider = name.partition(":")[0]
-                if provider not in ("scripted", "function", "replay") and price_for(name) is None:
-                    out.append((agent.name, name))
+        out += [(agent.name, m.name) for model in models for m in _leaves(model)
+                if getattr(m, "priced", True) is False]
     return out
 
 
-def _names(model: object) -> list[str]:
-    if model is None:
-        return []
+def _leaves(model: object) -> list[Model]:
+    """The models under ``model``, through caches and fallback chains (a provider's
+    model says whether it is ``priced``; offline ones have no such attribute)."""
     inner = getattr(model, "inner", None)
     if inner is not None:
-        return _names(inner)
+        return _leaves(inner)
     if isinstance(model, FallbackModel):
-        return [n for m in model.models for n in _names(m)]
-    name = getattr(model, "name", "")
-    return [name] if isinstance(name, str) and name else []
+        return [leaf for m in model.models for leaf in _leaves(m)]
+    return [model] if isinstance(model, Model) else []
 
 
 async def prepare_models(agents: list[Agent]) -> None:

@@ -157,6 +157,11 @@ class ProviderModel(Model):
         self._prepared = False
         self._key_source: str | None = None
 
+    @property
+    def priced(self) -> bool:
+        """Whether its calls get a cost: a ``price`` of its own, or the price table's."""
+        return self._price is not None or price_table().get(self.name) is not None
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
 
