@@ -55,7 +55,8 @@ class EmbeddedServer:
     ``port=0`` picks a free port. The data directory is kept when given (so a
     restart finds the same streams) and removed on ``stop`` when temporary.
     Use as ``async with EmbeddedServer() as server: server.url``. ``start``
-    raises ``ExternalError`` if the server exits or does not listen in time.
+    raises ``ExternalError`` if the port is taken, or the server exits or does not
+    listen in time (with the errors of its log).
     The server runs in a process group of its own: Ctrl-C in a terminal reaches
     only the calling process, which stops the server on its way out.
     """
@@ -92,8 +93,14 @@ class EmbeddedServer:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
-    def log_text(self) -> str:
-        return self._log.read_text(errors="replace") if self._log and self._log.exists() else ""
+    def log_text(self, since: int = 0) -> str:
+        """The server's log (``nats-server.log`` in the data directory, appended to by
+        every start), from byte ``since`` on."""
+        if not self._log or not self._log.exists():
+            return ""
+        with self._log.open("rb") as f:
+            f.seek(since)
+            return f.read().decode(errors="replace")
 
     async def start(self) -> EmbeddedServer:
         """Start and wait until ready (runs the blocking start in a worker thread).
@@ -112,6 +119,10 @@ class EmbeddedServer:
             self.data_dir = Path(tempfile.mkdtemp(prefix="swarmbus-nats-"))
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._log = self.data_dir / "nats-server.log"
+        if _listening(self.host, self.port):
+            raise ExternalError(f"{self.host}:{self.port} is taken (another nats-server?): "
+                                "stop it, or pick another port")
+        since = self._log.stat().st_size if self._log.exists() else 0  # an earlier run's
         args = [find_nats_server(), "-a", self.host, "-p", str(self.port)]
         args += ["-js", "-sd", str(self.data_dir / "jetstream")]
         if self.config_file:
@@ -134,10 +145,9 @@ class EmbeddedServer:
         deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                raise ExternalError(
-                    f"nats-server exited with {self._proc.returncode}: {self.log_text()[-2000:]}"
-                )
-            if "Server is ready" in self.log_text() and _listening(self.host, self.port):
+                raise ExternalError(f"nats-server exited with {self._proc.returncode}: "
+                                    f"{_errors(self.log_text(since))}")
+            if "Server is ready" in self.log_text(since) and _listening(self.host, self.port):
                 return self
             time.sleep(0.02)
         self.stop_blocking()
@@ -203,3 +213,10 @@ def _listening(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def _errors(log: str) -> str:
+    """The error lines of a nats-server log (``[ERR]``, ``[FTL]``), else its last lines."""
+    lines = log.strip().splitlines()
+    found = [x for x in lines if "[ERR]" in x or "[FTL]" in x] or lines[-5:]
+    return " | ".join(found)[-2000:]

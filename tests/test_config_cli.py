@@ -338,3 +338,21 @@ def test_a_command_ends_when_its_embedded_server_dies(tmp_path: Path, command: s
     assert last.startswith("error: the embedded nats-server exited with -9"), out
     assert "Traceback" not in out, out
 
+
+
+def test_nats_on_a_taken_port_says_so_in_one_line(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        # An earlier run's log in the data directory once passed for a ready server.
+        (tmp_path / "nats").mkdir()
+        (tmp_path / "nats" / "nats-server.log").write_text("[INF] Server is ready\n")
+        ran = subprocess.run([*SWARMBUS, "nats", "--port", str(port), "--data-dir",
+                              str(tmp_path / "nats")], capture_output=True, text=True,
+                             timeout=60)
+    assert ran.returncode == 2, ran.stderr
+    assert ran.stderr.strip() == (f"error: 127.0.0.1:{port} is taken (another nats-server?): "
+                                  "stop it, or pick another port")

@@ -131,6 +131,8 @@ def test_demo_runs_from_a_plain_install_of_all_in_a_fresh_venv(tmp_path: Path) -
                           capture_output=True, text=True, timeout=180, cwd=tmp_path, env=clean)
     assert demo.returncode == 0, demo.stderr + demo.stdout[-3000:]
     assert "demo passed" in demo.stderr
+    results = json.loads(demo.stdout)  # stdout is the JSON alone: the rest goes to stderr
+    assert {r["status"] for r in results.values()} == {"approved"}
 
 
 def test_the_reviewer_without_pytest_fails_at_start_with_the_pip_line() -> None:

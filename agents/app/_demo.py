@@ -241,7 +241,7 @@ async def run_demo(*, json_out: bool = False) -> int:
             # The demo runs the project's own scripted code: any isolation will do, say which.
             sandbox = describe_isolation(cfg.sandbox, untrusted=False)
             print(f"embedded nats-server on {server.url}; scripted models (offline)\n"
-                  f"sandbox: {sandbox}\n")
+                  f"sandbox: {sandbox}\n", file=sys.stderr if json_out else sys.stdout)
             async with Swarm(build_agents(cfg), nats=server.url, namespace="demo", grace_s=5):
                 client = await SwarmClient.connect(server.url, namespace="demo")
                 async with client:
