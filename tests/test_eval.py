@@ -47,7 +47,16 @@ from swarmbus.agents.eval import (
     table_markdown,
     wilson_interval,
 )
-from swarmbus.agents.models import Billed, FunctionModel, Model, ModelConfig, ModelRequest, Price
+from swarmbus.agents.models import (
+    Billed,
+    FunctionModel,
+    Model,
+    ModelConfig,
+    ModelRequest,
+    OfflinePrice,
+    Price,
+    cost_text,
+)
 from swarmbus.agents.sandbox import SandboxLimits
 from swarmbus.agents.workflow import load_workflow
 from swarmbus.protocols import Code, ConfigError, Design, SourceFile, Verdict
@@ -97,15 +106,18 @@ class Models:
     """Scripted models by name, built once each (the harness builds agents twice: once
     to fail early, once to run), every request kept for assertions."""
 
-    def __init__(self, **replies: Callable[[ModelRequest[Any]], Any]) -> None:
+    def __init__(
+        self, price: OfflinePrice = PRICE, **replies: Callable[[ModelRequest[Any]], Any]
+    ) -> None:
         self.made: dict[str, FunctionModel] = {}
         self.replies = replies
+        self.price = price
 
     def build(self, config: ModelConfig) -> Model:
         name = str(config)
         if name not in self.made:
             role = name.partition(":")[2]
-            self.made[name] = FunctionModel(self.replies[role], name=name, price=PRICE)
+            self.made[name] = FunctionModel(self.replies[role], name=name, price=self.price)
         return self.made[name]
 
     def prompts(self) -> list[str]:
@@ -177,6 +189,17 @@ async def test_single_arm_end_to_end_sums_scripted_costs_exactly(
     assert arm.cost_mean == pytest.approx(CALL_USD, abs=1e-12) and arm.unpriced_calls == 0
     assert add.lines_per_function == 2.0  # `def add(...)` and `return a + b`
     assert not any(HIDDEN_MARK in p for p in models.prompts())
+
+
+async def test_runs_of_an_unpriced_model_cost_unknown_never_zero(
+    tmp_path: Path, nats_url: str
+) -> None:
+    models = Models(price="unpriced", solver=lambda r: billed(code_of(problem_of(r))))
+    summary = await run_eval(config(tmp_path, nats_url, limit=2,
+                                    arms=("single:scripted:solver",)), build=models.build)
+    assert (summary.spent.calls, summary.spent.unpriced_calls) == (2, 2)
+    assert summary.spent.cost_usd is None and cost_text(summary.spent) == "cost unknown"
+    assert all(r.cost_usd is None for r in read_rows(tmp_path / "run"))
 
 
 async def test_retry_arm_sends_the_failing_test_output_back_up_to_the_teams_rounds(

@@ -31,9 +31,9 @@ from ..eval import (
     table_csv,
     table_markdown,
 )
+from ..models import cost_text
 from ..sandbox import SandboxLimits
 from ._logging import configure_logging
-from ._render import money
 
 __all__ = ["add_eval_parser", "cmd_eval", "interrupted_line"]
 
@@ -147,9 +147,9 @@ async def _cmd_run(args: argparse.Namespace) -> int:
         msg = str(first["msg"]).removeprefix("Value error, ")
         raise ConfigError(f"{flag}: {msg}" if flag else msg) from None
     s = await run_eval(config)
-    unpriced = f" (+{s.unpriced_calls} unpriced calls)" if s.unpriced_calls else ""
+    unpriced = f" ({s.unpriced_calls} unpriced calls)" if s.unpriced_calls else ""
     print(f"{s.written} rows written to {s.out / 'results.jsonl'}, {s.kept} kept from before; "
-          f"spent ${s.spent_usd:.4f}{unpriced} in all", file=sys.stderr)
+          f"spent {cost_text(s.spent)}{unpriced} in all", file=sys.stderr)
     if s.unpriced_calls and config.budget_usd is not None:
         print(f"warning: --budget counts priced calls only: {s.unpriced_calls} unpriced calls "
               "were not counted (give their models prices: see the README's Prices)",
@@ -194,6 +194,9 @@ def interrupted_line(out: str | Path, since: datetime) -> str:
         stopped = []
     if stopped:
         spent = Usage.sum(r.spent for r in stopped)
-        line += (f"; the {len(stopped)} runs in flight had spent {money(spent)} so far (in "
-                 "interrupted.jsonl; --budget counts it)")
+        shown = cost_text(spent)
+        what = (f"made {spent.calls} calls of unknown cost" if shown == "cost unknown" else
+                f"spent {shown}")
+        line += (f"; the {len(stopped)} runs in flight had {what} so far (in "
+                 "interrupted.jsonl; --budget counts priced calls)")
     return line + "; run the same command again to resume"

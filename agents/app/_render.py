@@ -16,6 +16,8 @@ from swarmbus.protocols import (
     headers,
 )
 
+from ..models import cost_text
+
 __all__ = [
     "describe",
     "progress_line",
@@ -143,23 +145,15 @@ def usage_line(u: Usage) -> str:
     """``N calls, in/out tokens, $cost`` with what is unpriced, estimated or cached."""
     notes = []
     if u.unpriced_calls:
-        notes.append(f"{u.unpriced_calls} unpriced (cost unknown, not included)")
+        known = u.unpriced_calls < u.calls  # some calls had a price: their sum is shown
+        notes.append(f"{u.unpriced_calls} unpriced" + (", not included" if known else ""))
     if u.estimated_calls:
         notes.append(f"{u.estimated_calls} estimated (no usage reported)")
     if u.cache_hits:
         notes.append(f"{u.cache_hits} from cache")
     return (f"{u.calls} calls, {u.input_tokens} in / {u.output_tokens} out tokens, "
-            f"{money(u)}" + (f" ({'; '.join(notes)})" if notes else ""))
+            f"{cost_text(u)}" + (f" ({'; '.join(notes)})" if notes else ""))
 
-
-def money(u: Usage) -> str:
-    """A total in USD as shown, with the trail's marks: ``cost unknown`` when no call
-    had a price (never $0), ``>=`` when some had none, ``~`` when some tokens were
-    estimated."""
-    if u.unpriced_calls and u.unpriced_calls >= u.calls:
-        return "cost unknown"
-    return (">=" if u.unpriced_calls else "") + ("~" if u.estimated_calls else "") + (
-        f"${u.priced_cost_usd:.4f}")
 
 
 def render_result(workflow_id: str, r: TaskResult) -> str:
@@ -201,11 +195,11 @@ def render_status(st: WorkflowStatus, namespace: str = "default") -> str:
     if st.result is not None:
         return render_result(st.workflow_id, st.result)
     return (f"{st.workflow_id}: running; {_doing(st, namespace)}, round {st.round}, "
-            f"{st.steps} messages, spent {money(st.spent)}")
+            f"{st.steps} messages, spent {cost_text(st.spent)}")
 
 
 def progress_line(st: WorkflowStatus, namespace: str = "default") -> str:
     if st.result is not None:
         return f"[{st.workflow_id[:14]}] done: {st.result.status}"
     return (f"[{st.workflow_id[:14]}] round {st.round}: {_doing(st, namespace)}, "
-            f"spent {money(st.spent)}")
+            f"spent {cost_text(st.spent)}")

@@ -115,6 +115,13 @@ class EvalRow(BaseModel):
     def key(self) -> tuple[str, str, int]:
         return (self.task, self.arm, self.repeat)
 
+    @property
+    def usage(self) -> Usage:
+        """This run's calls, tokens and cost as a ``Usage``."""
+        return Usage(priced_cost_usd=self.priced_cost_usd, calls=self.calls,
+                     unpriced_calls=self.unpriced_calls, estimated_calls=self.estimated_calls,
+                     input_tokens=self.input_tokens, output_tokens=self.output_tokens)
+
 
 class InterruptedRun(BaseModel):
     """A run stopped (Ctrl-C) before it had its row, and what its workflow had spent

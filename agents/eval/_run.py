@@ -21,10 +21,10 @@ import anyio
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 
 from swarmbus.bus import EmbeddedServer, SwarmClient
-from swarmbus.protocols import Code, ConfigError, Limits, SwarmbusError, TaskResult, Work
+from swarmbus.protocols import Code, ConfigError, Limits, SwarmbusError, TaskResult, Usage, Work
 
 from .._swarm import Swarm
-from ..models import Model, ModelConfig
+from ..models import Model, ModelConfig, cost_text
 from ..sandbox import SandboxLimits, check_isolation, run_acceptance
 from ..workflow import DEFAULT_WORKFLOW, default_tools, load_workflow
 from ._arms import Arm, ArmPlan, labels, max_rounds, parse_arm, plan_arm
@@ -95,15 +95,23 @@ class EvalConfig(BaseModel):
 @dataclass(frozen=True)
 class EvalSummary:
     """What a run did: rows ``written`` now, ``kept`` from before (resumed), ``not_run``
-    (left by the budget), the whole run's spend in USD and its unpriced calls."""
+    (left by the budget), and the whole run's ``spent``: its rows' and interrupted runs'
+    calls, tokens and cost (``spent_usd``: its priced part, what ``budget_usd`` counts)."""
 
     out: Path
     written: int
     kept: int
     not_run: int
-    spent_usd: float
-    unpriced_calls: int
+    spent: Usage
     budget_reached: bool
+
+    @property
+    def spent_usd(self) -> float:
+        return self.spent.priced_cost_usd
+
+    @property
+    def unpriced_calls(self) -> int:
+        return self.spent.unpriced_calls
 
 
 def workflow_id(task_id: str, repeat: int) -> str:
@@ -178,8 +186,8 @@ async def _run_in(
             if bar is not None:
                 bar.close()
     return EvalSummary(out=out, written=run.written, kept=len(before),
-                       not_run=len(jobs) - run.started, spent_usd=run.spent,
-                       unpriced_calls=run.unpriced, budget_reached=run.stopped)
+                       not_run=len(jobs) - run.started, spent=run.spent,
+                       budget_reached=run.stopped)
 
 
 @contextmanager
@@ -240,10 +248,7 @@ class _Run:
         self, config: EvalConfig, before: list[EvalRow], stopped: list[InterruptedRun]
     ) -> None:
         self.config = config
-        self.spent = sum(r.priced_cost_usd for r in before)
-        self.spent += sum(r.spent.priced_cost_usd for r in stopped)
-        self.unpriced = sum(r.unpriced_calls for r in before)
-        self.unpriced += sum(r.spent.unpriced_calls for r in stopped)
+        self.spent = Usage.sum([*(r.usage for r in before), *(r.spent for r in stopped)])
         self.passed = self.finished = self.written = self.started = 0
         self.stopped = False
         self.bar: Any = None
@@ -252,7 +257,7 @@ class _Run:
 
     def over_budget(self) -> bool:
         budget = self.config.budget_usd
-        return budget is not None and self.spent >= budget
+        return budget is not None and self.spent.priced_cost_usd >= budget
 
     async def execute(self, jobs: list[tuple[Problem, ArmPlan, int]], bar: Any) -> None:
         self.bar = bar
@@ -292,11 +297,10 @@ class _Run:
             self.written += 1
             self.finished += 1
             self.passed += row.passed
-            self.spent += row.priced_cost_usd
-            self.unpriced += row.unpriced_calls
+            self.spent += row.usage
             if self.bar is not None:
-                cost = f"${self.spent:.4f}" + (f" +{self.unpriced} unpriced" if self.unpriced
-                                               else "")
+                unpriced = self.spent.unpriced_calls
+                cost = cost_text(self.spent) + (f" ({unpriced} unpriced)" if unpriced else "")
                 self.bar.set_postfix_str(
                     f"pass {self.passed}/{self.finished} "
                     f"({self.passed / self.finished:.0%}) spent {cost}", refresh=False)

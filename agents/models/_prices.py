@@ -20,12 +20,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from swarmbus.protocols import ConfigError
+from swarmbus.protocols import ConfigError, Usage
 
 __all__ = [
     "PRICES_ENV",
     "Price",
     "PriceTable",
+    "cost_text",
     "cost_usd",
     "is_priced",
     "load_prices",
@@ -283,3 +284,13 @@ def cost_usd(
         cache_write_tokens=cache_write_tokens,
         cache_write_1h_tokens=cache_write_1h_tokens,
     )
+
+
+def cost_text(u: Usage) -> str:
+    """A total in USD as shown, with the trail's marks: ``cost unknown`` when no call
+    had a price (never $0), ``>=`` when some had none, ``~`` when some tokens were
+    estimated."""
+    if u.unpriced_calls and u.unpriced_calls >= u.calls:
+        return "cost unknown"
+    return (">=" if u.unpriced_calls else "") + ("~" if u.estimated_calls else "") + (
+        f"${u.priced_cost_usd:.4f}")
