@@ -26,8 +26,7 @@ import pytest
 from _team_helpers import prompt_of
 from pydantic import BaseModel
 
-from swarmbus.agents.app import main
-from swarmbus.agents.app._eval import interrupted_line
+from swarmbus.agents.app import interrupted_line, main
 from swarmbus.agents.eval import (
     RESULTS_FILE,
     EvalConfig,

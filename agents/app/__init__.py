@@ -7,6 +7,7 @@ It sits on the kernel (``swarmbus.agents``) and uses only its public surface.
 from ._cli import main
 from ._config import ENV_PREFIX, RoleConfig, SwarmConfig, load_config
 from ._demo import DEMO_TASKS, offline_models
+from ._eval import interrupted_line
 from ._logging import configure_logging
 from ._render import progress_line, render_result, render_status, render_trail, trail_json
 from ._team import build_agents
@@ -18,6 +19,7 @@ __all__ = (
     "SwarmConfig",
     "build_agents",
     "configure_logging",
+    "interrupted_line",
     "load_config",
     "main",
     "offline_models",

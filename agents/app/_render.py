@@ -155,7 +155,6 @@ def usage_line(u: Usage) -> str:
             f"{cost_text(u)}" + (f" ({'; '.join(notes)})" if notes else ""))
 
 
-
 def render_result(workflow_id: str, r: TaskResult) -> str:
     lines = [f"{workflow_id}: {r.status}" + (f" ({r.reason})" if r.reason else "")]
     routes = ", ".join(f"{k} {v}" for k, v in sorted(r.routes.items())) or "none"

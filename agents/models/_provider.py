@@ -28,7 +28,7 @@ from ._errors import (
 from ._guard import check_real_call_allowed
 from ._ledger import current_ledger
 from ._output import describe, repair_prompt, validate_output
-from ._prices import Price, price_table
+from ._prices import Price, is_priced, price_table
 from ._vendor import MAX_ERROR_CHARS
 
 __all__ = [
@@ -160,7 +160,7 @@ class ProviderModel(Model):
     @property
     def priced(self) -> bool:
         """Whether its calls get a cost: a ``price`` of its own, or the price table's."""
-        return self._price is not None or price_table().get(self.name) is not None
+        return self._price is not None or is_priced(self.name)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
