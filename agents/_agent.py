@@ -7,7 +7,7 @@ import re
 import typing
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 import structlog
 
@@ -24,6 +24,9 @@ from swarmbus.bus import output_msg_id as _output_msg_id
 from swarmbus.protocols import ConfigError, Message, check_topic, check_workflow_id, registry
 
 from .models import Ledger, current_ledger
+
+if TYPE_CHECKING:
+    from ._run import Run
 
 __all__ = ["Agent", "Context", "Middleware", "handles"]
 
@@ -98,6 +101,14 @@ class Context(Generic[M]):
     def ledger(self) -> Ledger | None:
         """The model calls booked while handling this message (with ``Guards``)."""
         return current_ledger()
+
+    @property
+    def run(self) -> Run | None:
+        """The run this message belongs to, with its limits, spend and ending (with
+        ``Guards``, for a message that carries a ``WorkState``)."""
+        from ._run import current_run
+
+        return current_run()
 
     def output_id(self, index: int | None = None) -> str:
         """The deterministic id of this handler's next output (or of output ``index``)."""

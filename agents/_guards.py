@@ -1,21 +1,23 @@
-"""Budget, deadline and cancel, checked before every model call, for any agent.
+"""Budget, deadline and cancel for any agent: the middleware that makes a ``Run``.
 
 ``Guards`` is middleware: for a message that carries a ``WorkState`` it makes a
-``Ledger`` current whose check runs before *every* provider call (a first
-attempt, a repair, each model of a fallback chain), so a limit stops the next
-call wherever it is. Hitting one ends the workflow: the result carries the
-status, the reason, the best attempt so far and every call paid for, the
-stopped handler's included. The built-in step runtime uses exactly this; a
-custom agent opts in with ``middleware = (Guards(),)``.
+``Run`` (``ctx.run``) with a ``Ledger`` (``ctx.ledger``) current, and runs the
+handler inside ``Run.bounded()``: the ledger checks the budget before *every*
+provider call (a first attempt, a repair, each model of a fallback chain) and
+books every call; the deadline and the cancel flag cut whatever is in flight
+the moment they come. A limit hit ends the workflow through ``Run.end``: the
+result carries the status, the reason, the best attempt so far and every call
+paid for, the stopped handler's included. The built-in step runtime uses
+exactly this; a custom agent opts in with ``middleware = (Guards(),)``.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections import OrderedDict
-from datetime import UTC, datetime
 from typing import Any
 
+import anyio
 import nats.errors
 import structlog
 from nats.aio.subscription import Subscription
@@ -23,33 +25,24 @@ from nats.aio.subscription import Subscription
 from swarmbus.bus import (
     Bus,
     KeyValueStore,
-    PayloadTooLargeError,
-    SubjectTakenError,
     WatchedKeys,
     cancel_flags,
 )
 from swarmbus.protocols import (
-    Code,
     ControlFlow,
-    Design,
     Message,
-    Provenance,
-    TaskResult,
-    TaskStatus,
     Usage,
     WorkState,
 )
 
 from ._agent import Agent, Context, Next
-from .models import Ledger, metered
+from ._run import Run, running
+from .models import Ledger, LimitReached, metered
 
 __all__ = [
     "Guards",
-    "LimitReached",
     "WorkflowEnded",
     "carried_spend",
-    "end_workflow",
-    "result_from",
 ]
 
 log = structlog.get_logger("swarmbus.guards")
@@ -57,15 +50,6 @@ log = structlog.get_logger("swarmbus.guards")
 _ENDED_KEEP = 100_000
 _CARRY_BUCKET = "carry"
 _CARRY_TTL_S = 24 * 3600.0
-
-
-class LimitReached(ControlFlow):
-    """A limit stopped a model call: the workflow ends with ``status``."""
-
-    def __init__(self, status: TaskStatus, reason: str) -> None:
-        super().__init__(reason)
-        self.status: TaskStatus = status
-        self.reason = reason
 
 
 class WorkflowEnded(ControlFlow):
@@ -77,90 +61,17 @@ def _state_of(message: Message) -> WorkState | None:
     return state if isinstance(state, WorkState) else None
 
 
-def result_from(
-    state: WorkState,
-    status: TaskStatus,
-    reason: str,
-    *,
-    workflow: str = "",
-    step: str = "",
-    provenance: Provenance | None = None,
-    usage: Usage | None = None,
-) -> TaskResult:
-    """The result for ``state``: the best attempt so far (every artifact), its open
-    findings (none when approved), edge counts, spend per role and in total."""
-    routes: dict[str, int] = {}
-    for edge, n in state.edges.items():
-        name = edge.rsplit(".", 1)[-1]
-        routes[name] = routes.get(name, 0) + n
-
-    def typed(name: str, type_: type[Design] | type[Code]) -> Any:
-        with contextlib.suppress(ValueError):
-            return state.artifact(name, type_)
-        return None
-
-    return TaskResult(
-        status=status,
-        reason=reason,
-        workflow=workflow,
-        artifacts=state.artifacts,
-        design=typed("design", Design),
-        code=typed("code", Code),
-        findings=[] if status == "approved" else state.findings,
-        test_report=state.test_report,
-        acceptance=state.acceptance,
-        rounds=state.round,
-        steps=state.steps,
-        routes=routes,
-        code_revisions=routes.get("revise_code", 0),
-        design_revisions=routes.get("revise_design", 0),
-        spend=state.spend,
-        total=state.total,
-        step=step,
-        provenance=provenance,
-        usage=usage,
-    )
-
-
-async def end_workflow(
-    ctx: Context[Any], result: TaskResult, *, model: str | None = None
-) -> bool:
-    """Publish ``result`` as the workflow's only result (the server refuses a second).
-
-    Its model header names the provenance's model, else ``model`` (the one that failed
-    to answer, say). A result too large for the stream goes out without its artifacts,
-    saying so. Returns False when the workflow had ended already (this result is dropped)."""
-    model = result.provenance.name if result.provenance else model
-    try:
-        try:
-            await ctx.publish(result, topic="result", round=result.rounds, first=True,
-                              model=model, workflow=result.workflow or None)
-        except PayloadTooLargeError as e:
-            slim = result.model_copy(update={
-                "artifacts": {}, "design": None, "code": None,
-                "reason": f"{result.reason} (artifacts left out of the result: {e})"})
-            await ctx.publish(slim, topic="result", round=result.rounds, first=True,
-                              model=model, workflow=result.workflow or None)
-    except SubjectTakenError:
-        ctx.log.info("workflow had ended already; result dropped", status=result.status)
-        return False
-    cost = result.total.cost_usd
-    ctx.log.info("workflow ended", status=result.status, reason=result.reason[:300],
-                 cost_usd=None if cost is None else round(cost, 6),
-                 unpriced_calls=result.total.unpriced_calls)
-    return True
-
-
 class Guards:
     """Middleware: limits checked before every model call; ended workflows skipped.
 
     For a message with a ``WorkState`` (``msg.state``): drops it when its
-    workflow has ended; makes a ``Ledger`` current (``ctx.ledger``) that checks
-    cancel, deadline and budget before every provider call and books every
-    call; a ``LimitReached`` ends the workflow with the best attempt; spend of
-    a delivery that fails (and is redelivered) is carried to the next delivery,
-    so a call paid for is never lost from the total. Messages without a state
-    pass through untouched.
+    workflow has ended; makes a ``Run`` current (``ctx.run``, with its ``Ledger``
+    as ``ctx.ledger``) and runs the handler inside ``Run.bounded()``, so the
+    deadline and a cancel cut what is in flight, and the budget is checked before
+    every provider call; a ``LimitReached`` ends the workflow with the best
+    attempt; every paid call is stored as it is booked, and a failed delivery's
+    spend is carried to the next delivery, so a call paid for is never lost from
+    the total. Messages without a state pass through untouched.
     """
 
     def __init__(self, *, share_cache: bool = False) -> None:
@@ -224,26 +135,14 @@ class Guards:
     async def cancelled(self, workflow_id: str) -> bool:
         return self._cancel is not None and await self._cancel.contains(workflow_id)
 
-    def checker(self, state: WorkState, workflow_id: str) -> Any:
-        """The check a ledger runs before every provider call for this workflow."""
-        cancel = self._cancel
+    def cancelled_now(self, workflow_id: str) -> bool:
+        """Whether the workflow's cancel flag is set (the mirror as it stands)."""
+        return self._cancel is not None and self._cancel.contains_now(workflow_id)
 
-        def check(ledger: Ledger, model: str) -> None:
-            if cancel is not None and cancel.contains_now(workflow_id):
-                raise LimitReached("cancelled", "cancelled on request")
-            if state.deadline is not None and datetime.now(UTC) >= state.deadline:
-                raise LimitReached("deadline_exceeded",
-                                   f"deadline {state.deadline.isoformat()} passed")
-            spent = ledger.spent_usd
-            if spent >= state.budget_usd:
-                unknown = ledger.total.unpriced_calls
-                extra = f" ({unknown} unpriced calls not counted)" if unknown else ""
-                raise LimitReached(
-                    "budget_exceeded",
-                    f"spent ${spent:.4f} of ${state.budget_usd:.4f}{extra}"
-                    + (f"; stopped before calling {model}" if model else ""))
-
-        return check
+    def _watch(self, workflow_id: str, callback: Any) -> Any:
+        if self._cancel is None:
+            return lambda: None
+        return self._cancel.watch(workflow_id, callback)
 
     async def __call__(self, call_next: Next, message: Message, ctx: Context[Any]) -> None:
         state = _state_of(message)
@@ -253,36 +152,54 @@ class Guards:
         await self.run(ctx, state, call_next)
 
     async def run(self, ctx: Context[Any], state: WorkState, body: Next) -> None:
-        """Run ``body`` for ``state``'s workflow under the guards (what the middleware
-        does; the step runtime calls it for a task, whose state it makes itself)."""
+        """Run ``body`` for ``state``'s workflow as a ``Run`` (what the middleware does;
+        the step runtime calls it for a task, whose state it makes itself)."""
         if await self.ended(ctx):
             ctx.log.info("work for an ended workflow dropped")
             return
         if self._cancel is not None:
             await self._cancel.contains(ctx.workflow_id)  # re-reads the flags after a reconnect
         carried = await self._carried(ctx)
+        run_ref: list[Run] = []
+
+        def check(ledger: Ledger, model: str) -> None:
+            run_ref[0].check()
+
         ledger = Ledger(
             scope="" if self.share_cache else ctx.workflow_id,
-            check=self.checker(state, ctx.workflow_id),
+            check=check,
             redelivery=ctx.deliveries > 1 and carried is None,
             spent_before=state.total,
             carried=carried,
+            budget_usd=state.budget_usd,
+            persist=self._persister(ctx),
         )
+        run = Run(ctx, state, ledger, key=ctx.agent, watch=self._watch,
+                  cancelled=self.cancelled_now, on_end=self.mark_ended)
+        run_ref.append(run)
         try:
-            with metered(ledger):
+            with running(run), metered(ledger):
                 ledger.before_call("")  # a limit hit already ends it before any work
-                await body()
+                with run.bounded():
+                    await body()
         except LimitReached as e:
-            spend = ledger.take()
-            state.spend[ctx.agent] = state.spend.get(ctx.agent, Usage()) + spend
-            await end_workflow(ctx, result_from(state, e.status, e.reason, usage=spend,
-                                                workflow=state.workflow))
-            self.mark_ended(ctx.workflow_id)
+            await run.end(e.status, e.reason)
         except WorkflowEnded:
             self.mark_ended(ctx.workflow_id)
         except BaseException:
-            await self._carry_over(ctx, ledger.take())
+            await self._carry_over(ctx, ledger.usage)
             raise
+
+    def _persister(self, ctx: Context[Any]) -> Any:
+        store = self._carry
+        if store is None:
+            return None
+        key = _carry_key(ctx)
+
+        async def persist(usage: Usage) -> None:
+            await store.put(key, usage.model_dump_json().encode())
+
+        return persist
 
     async def _carried(self, ctx: Context[Any]) -> Usage | None:
         if ctx.deliveries <= 1 or self._carry is None:
@@ -295,8 +212,15 @@ class Guards:
         return Usage.model_validate_json(raw) if raw else None
 
     async def _carry_over(self, ctx: Context[Any], usage: Usage) -> None:
+        """Keep a failed delivery's whole spend for the next one (calls booked without
+        ``Ledger.book``, or free ones, are kept only here)."""
         if self._carry is None or (usage.calls == 0 and usage.priced_cost_usd == 0):
             return
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            await self._store_carry(ctx, usage)
+
+    async def _store_carry(self, ctx: Context[Any], usage: Usage) -> None:
+        assert self._carry is not None
         try:
             await self._carry.put(_carry_key(ctx), usage.model_dump_json().encode())
         except Exception as e:

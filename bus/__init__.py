@@ -2,20 +2,23 @@
 stored workflows, the embedded server, and ``SwarmClient``. Never imports
 ``swarmbus.agents``; knows no role and no particular workflow."""
 
-from ._bus import Bus, StoredMessage
+from ._bus import SCHEDULE, SCHEDULE_TARGET, Bus, StoredMessage
 from ._client import (
     AGENTS_BUCKET,
     AGENTS_STORAGE,
     AGENTS_TTL_S,
     CANCEL_BUCKET,
+    DEADLINE_HEADER,
     SwarmClient,
     UnknownWorkflowIdError,
     WorkflowIdTakenError,
     WorkflowStatus,
     apply_event,
     cancel_flags,
+    deadline_msg_id,
     live_agents,
     same_task,
+    schedulable,
 )
 from ._codec import DecodeError, Envelope, decode, encode, output_msg_id
 from ._connect import BusUnavailableError, NatsSettings, connect
@@ -37,9 +40,12 @@ __all__ = (
     "AGENTS_STORAGE",
     "AGENTS_TTL_S",
     "CANCEL_BUCKET",
+    "DEADLINE_HEADER",
     "EXPECT_FIRST",
     "MASK",
     "OBJECTS_BUCKET",
+    "SCHEDULE",
+    "SCHEDULE_TARGET",
     "WORKFLOWS_BUCKET",
     "ArtifactStore",
     "Bus",
@@ -78,6 +84,7 @@ __all__ = (
     "connect",
     "dead_letter",
     "dead_letter_worker",
+    "deadline_msg_id",
     "decode",
     "encode",
     "find_nats_server",
@@ -88,6 +95,7 @@ __all__ = (
     "register_secret",
     "registered_secrets",
     "same_task",
+    "schedulable",
     "scrub",
     "scrub_bytes",
 )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import anyio
@@ -18,6 +20,7 @@ from swarmbus.protocols import (
     check_namespace,
     stream_name,
     subject,
+    timer_subject,
     workflow_filter,
 )
 
@@ -44,11 +47,16 @@ from ._streams import (
     advisory_config,
     drop_legacy_advisories,
     ensure_stream,
+    settling,
     stream_config,
+    timer_config,
     while_settling,
 )
 
-__all__ = ["Bus", "StoredMessage"]
+__all__ = ["SCHEDULE", "SCHEDULE_TARGET", "Bus", "StoredMessage"]
+
+SCHEDULE = "Nats-Schedule"
+SCHEDULE_TARGET = "Nats-Schedule-Target"
 
 log = structlog.get_logger("swarmbus.bus")
 
@@ -82,6 +90,8 @@ class Bus:
         """Holds publishes the store cannot take now (see ``hold_publishes``)."""
         self._healing: anyio.Lock = anyio.Lock()
         self._direct_gets = True  # until the stream turns out not to allow them
+        self.schedules = False
+        """Whether the stream holds scheduled messages (nats-server 2.12+; see ``schedule``)."""
 
     @classmethod
     async def connect(
@@ -137,6 +147,7 @@ class Bus:
             current = None
         if current is not None:
             self.stream = adopt_stream(self.stream, current)
+        self.schedules = await self._setup_timers()
         await ensure_stream(self.js, stream_config(self.stream_name, self.namespace,
                                                    self.stream), current)
         advisories = advisory_config(self.advisory_stream, self.stream_name, self.stream)
@@ -149,6 +160,29 @@ class Bus:
             if self.advisory_stream != advisories.name:
                 return
         await ensure_stream(self.js, advisories, current)
+
+    async def _setup_timers(self) -> bool:
+        """Create or update the timer stream; False when the server cannot schedule."""
+        config = timer_config(self.namespace, self.stream)
+        assert config.name is not None
+        try:
+            try:
+                current: api.StreamConfig | None = (await self.js.stream_info(config.name)).config
+            except nats.js.errors.NotFoundError:
+                current = None
+            in_force = await ensure_stream(self.js, config, current)
+        except nats.js.errors.APIError as e:
+            if settling(e):
+                raise
+            log.warning("cannot make the timer stream", stream=config.name,
+                        error=f"{type(e).__name__}: {e}")
+            in_force = api.StreamConfig()
+        if not in_force.allow_msg_schedules:
+            log.warning("this nats-server does not schedule messages (2.12 and later do): "
+                        "a run whose next step no agent takes ends at its deadline only "
+                        "once an agent takes it", stream=config.name)
+            return False
+        return True
 
     async def ensure_consumer(
         self,
@@ -195,9 +229,10 @@ class Bus:
         model: str | None = None,
         workflow: str | None = None,
         first: bool = False,
+        headers: Mapping[str, str] | None = None,
     ) -> PublishResult:
         """Publish ``message`` on ``swarm.<ns>.<workflow_id>.<topic>`` through JetStream,
-        awaiting the stream's ack.
+        awaiting the stream's ack (``headers``: extra headers to send).
 
         ``msg_id`` becomes ``Nats-Msg-Id``: a repeat within the duplicate window is
         stored once. ``workflow`` (a compiled workflow's hash) goes in the
@@ -211,9 +246,37 @@ class Bus:
             model=model, workflow=workflow,
         )
         subj = subject(self.namespace, workflow_id, topic)
+        if headers:
+            hdrs.update(headers)
         if first:
             hdrs[EXPECT_FIRST] = "0"
         return await self.publish_raw(subj, body, hdrs)
+
+    async def schedule(
+        self,
+        workflow_id: str,
+        topic: str,
+        message: Message,
+        *,
+        at: datetime,
+        target: str,
+        msg_id: str,
+        sender: str | None = None,
+        workflow: str | None = None,
+    ) -> PublishResult | None:
+        """Have the server publish ``message`` on ``target`` (a topic of the same
+        workflow) at ``at``: it is held in the namespace's timer stream on ``topic``
+        (header ``Nats-Schedule: @at ...``) until then, and a later schedule on ``topic``
+        replaces it; the namespace's stream takes it when it fires (only ``deadline``
+        is taken so far). Returns None, publishing nothing, when the server cannot
+        schedule (``schedules`` is False)."""
+        if not self.schedules:
+            return None
+        body, hdrs = encode(message, msg_id=msg_id, sender=sender, workflow=workflow)
+        hdrs[SCHEDULE] = "@at " + at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        hdrs[SCHEDULE_TARGET] = timer_subject(self.namespace, workflow_id, target)
+        return await self.publish_raw(timer_subject(self.namespace, workflow_id, topic), body,
+                                      hdrs)
 
     async def publish_raw(
         self, subj: str, body: bytes, headers: dict[str, str] | None = None

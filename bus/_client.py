@@ -22,8 +22,11 @@ from pydantic import JsonValue
 from swarmbus.protocols import (
     AgentAnnouncement,
     ArtifactRef,
+    Cancel,
+    CompiledWorkflow,
     ConfigError,
     DeadLetter,
+    Deadline,
     Message,
     SwarmbusError,
     TaskRequest,
@@ -32,6 +35,7 @@ from swarmbus.protocols import (
     Work,
     WorkState,
     check_workflow_id,
+    topics,
     workflow_filter,
 )
 
@@ -40,20 +44,23 @@ from ._codec import Envelope
 from ._connect import NatsSettings
 from ._kv import KeyValueStore
 from ._objects import ArtifactStore
-from ._publish import SubjectTakenError
+from ._publish import PayloadTooLargeError, SubjectTakenError
 from ._settings import StreamSettings
 from ._workflows import UnknownWorkflowError, WorkflowStore
 
 __all__ = [
     "AGENTS_BUCKET",
     "CANCEL_BUCKET",
+    "DEADLINE_HEADER",
     "SwarmClient",
     "UnknownWorkflowIdError",
     "WorkflowIdTakenError",
     "WorkflowStatus",
     "apply_event",
     "cancel_flags",
+    "deadline_msg_id",
     "live_agents",
+    "schedulable",
 ]
 
 CANCEL_BUCKET = "cancel"
@@ -62,6 +69,28 @@ AGENTS_BUCKET = "agents"
 AGENTS_TTL_S = 20.0
 AGENTS_STORAGE: Literal["memory"] = "memory"
 """Announcements live in memory: short-lived, and writable when the file store is full."""
+DEADLINE_HEADER = "Swarm-Deadline"
+"""On a task: the deadline (ISO 8601) its submitter scheduled already, so the entry agent
+does not schedule the same one again."""
+
+
+def deadline_msg_id(workflow_id: str, deadline: datetime) -> str:
+    """The ``Nats-Msg-Id`` of a run's scheduled deadline (one per deadline)."""
+    return f"deadline-{workflow_id}-{int(deadline.timestamp() * 1000)}"
+
+
+def schedulable(deadline: datetime | None) -> bool:
+    """Whether a deadline is worth a timer: still to come, and within the calendar (a
+    deadline already passed ends the run at its first check)."""
+    if deadline is None:
+        return False
+    try:
+        return datetime.now(UTC) < deadline.astimezone(UTC) < _LATEST
+    except (OverflowError, ValueError):
+        return False
+
+
+_LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 
 
 class WorkflowIdTakenError(SwarmbusError, ValueError):
@@ -156,13 +185,23 @@ class SwarmClient:
         if isinstance(task, str):
             task = TaskRequest(goal=task)
         wf = check_workflow_id(workflow_id) if workflow_id is not None else uuid.uuid4().hex
-        if task.workflow is not None or task.inputs:
-            await self._check_against_workflow(task)
+        workflow = await self._check_against_workflow(task)
         if task.submitted_at is None:
             task = task.model_copy(update={"submitted_at": datetime.now(UTC)})
+        size, limit = len(task.model_dump_json().encode()), self.bus.stream.max_msg_bytes // 2
+        if size > limit:
+            raise PayloadTooLargeError(
+                f"the task is {size:,} bytes, above the limit of {limit:,} bytes for a task "
+                "(half the stream's max_msg_bytes: every work message carries the task); "
+                "put large inputs elsewhere and pass a reference")
+        assert task.submitted_at is not None
+        deadline = task.limits.deadline_from(
+            task.submitted_at, workflow.spec.limits.timeout_s if workflow is not None else None)
+        armed = self.bus.schedules and schedulable(deadline)
         try:
-            await self.bus.publish(wf, "task", task, msg_id=f"task-{wf}", sender="client",
-                                   first=True)
+            await self.bus.publish(wf, topics.TASK, task, msg_id=f"task-{wf}", sender="client",
+                                   first=True, headers={DEADLINE_HEADER: deadline.isoformat()}
+                                   if armed else None)
         except SubjectTakenError:
             stored = await self.bus.last(wf, "task")
             env = stored.try_decode() if stored is not None else None
@@ -173,22 +212,29 @@ class SwarmClient:
                     f"workflow id {wf!r} is taken by another task in namespace "
                     f"{self.bus.namespace!r}; choose another id (or none for a random one)"
                 ) from None
+            return wf  # joined the running workflow: its deadline is armed already
+        if armed:
+            await self.bus.schedule(wf, topics.DEADLINE_TIMER, Deadline(at=deadline), at=deadline,
+                                    target=topics.DEADLINE, msg_id=deadline_msg_id(wf, deadline),
+                                    sender="client")
         return wf
 
-    async def _check_against_workflow(self, task: TaskRequest) -> None:
+    async def _check_against_workflow(self, task: TaskRequest) -> CompiledWorkflow | None:
+        """The stored workflow ``task`` will follow (None: none stored yet), after checking
+        that it exists and that the task gives the inputs it declares."""
         store = await self.workflows()
         ref = await store.resolve(task.workflow)
         if ref is None:
-            names = await store.names()
+            names = await store.names() if task.workflow is not None else {}
             if task.workflow is not None and names:
                 raise UnknownWorkflowError(
                     f"workflow {task.workflow!r} is not stored in namespace "
                     f"{self.bus.namespace!r} (it holds {', '.join(sorted(names))}); start a "
                     "daemon with it (swarmbus up --workflow FILE) or name another")
-            return  # no daemon has stored its workflows yet: nothing to check against
+            return None  # no daemon has stored its workflows yet: nothing to check against
         spec = await store.get(ref)
         if spec is None:
-            return
+            return None
         declared = spec.spec.inputs
         unknown = sorted(set(task.inputs) - set(declared))
         missing = sorted(k for k, v in declared.items()
@@ -198,6 +244,7 @@ class SwarmClient:
                     else f"needs the input {', '.join(map(repr, missing))}")
             raise ConfigError(f"workflow {spec.name!r} {what} (its inputs: "
                               f"{', '.join(declared) or 'none, beyond the goal'})")
+        return spec
 
     async def events(self, workflow_id: str) -> AsyncGenerator[Envelope[Message], None]:
         """Every message of the workflow, oldest first, then new ones as they come.
@@ -271,16 +318,20 @@ class SwarmClient:
         """The workflow's whole history as stored (the audit trail); empty if unknown."""
         return await self.bus.history(workflow_id)
 
-    async def cancel(self, workflow_id: str) -> None:
-        """Ask the swarm to stop this workflow: the next step about to call a model
-        publishes a ``cancelled`` result with the best attempt so far. Raises
-        ``UnknownWorkflowIdError`` when no task has this id."""
+    async def cancel(self, workflow_id: str, *, reason: str = "") -> None:
+        """Stop this workflow: its cancel flag is set (an agent in the middle of a model
+        call, a retry wait or a sandbox run aborts it within about a second and ends the
+        run ``cancelled`` with the best attempt so far, handing nothing on), and a
+        ``Cancel`` message has the supervisor end it when no agent holds its work.
+        Raises ``UnknownWorkflowIdError`` when no task has this id."""
         check_workflow_id(workflow_id)
-        if await self.bus.last(workflow_id, "task") is None:
+        if await self.bus.last(workflow_id, topics.TASK) is None:
             raise UnknownWorkflowIdError(
                 f"no workflow {workflow_id!r} in namespace {self.bus.namespace!r}")
         store = await cancel_flags(self.bus)
         await store.put(workflow_id, b"1")
+        await self.bus.publish(workflow_id, topics.CANCEL, Cancel(reason=reason),
+                               msg_id=f"cancel-{workflow_id}", sender="client")
 
     async def artifact(self, result: TaskResult | WorkState, name: str) -> JsonValue:
         """Artifact ``name`` of a result (or state) as JSON, read from the namespace's

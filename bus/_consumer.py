@@ -120,7 +120,8 @@ class PullConsumer:
 
     def _decoding(self, handler: Handler) -> _RawHandler:
         fallback = f"{self.bus.stream_name}-"
-        max_bytes = self.settings.max_body_bytes
+        # One size limit: what the stream (and so every publisher) takes, unless set lower.
+        max_bytes = self.settings.max_body_bytes or self.bus.stream.max_msg_bytes
 
         async def dispatch(msg: Msg, delivery: Delivery) -> None:
             env = decode(msg.subject, msg.data, msg.headers, max_bytes=max_bytes,

@@ -133,6 +133,7 @@ class WatchedKeys:
         self._keys: set[str] = set()
         self._sub: Subscription | None = None
         self._seen_reconnects = -1
+        self._watchers: dict[str, list[Callable[[], None]]] = {}
 
     async def start(self) -> WatchedKeys:
         # Subscribe first, then read: a key put in between is seen by one or the other.
@@ -146,11 +147,36 @@ class WatchedKeys:
         if op in ("DEL", "PURGE"):
             self._keys.discard(key)
         else:
-            self._keys.add(key)
+            self._added(key)
+
+    def _added(self, key: str) -> None:
+        self._keys.add(key)
+        for callback in self._watchers.pop(key, ()):
+            callback()
 
     async def _resync(self) -> None:
         self._seen_reconnects = self._bus.reconnects
-        self._keys |= set(await self._store.keys())
+        for key in await self._store.keys():
+            self._added(key)
+
+    def watch(self, key: str, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` (once, on the event loop) as soon as ``key`` is in the bucket:
+        now, if it is already in the mirror. Returns a function that stops watching.
+        Used to abort a run's work the moment it is cancelled."""
+        if key in self._keys:
+            callback()
+            return _nothing
+        self._watchers.setdefault(key, []).append(callback)
+
+        def stop() -> None:
+            waiting = self._watchers.get(key)
+            if waiting is not None:
+                with contextlib.suppress(ValueError):
+                    waiting.remove(callback)
+                if not waiting:
+                    del self._watchers[key]
+
+        return stop
 
     async def contains(self, key: str) -> bool:
         """Whether ``key`` is in the bucket (re-read after a reconnect)."""
@@ -167,6 +193,10 @@ class WatchedKeys:
         if sub is not None and not self._bus.nc.is_closed:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
+
+
+def _nothing() -> None:
+    return None
 
 
 async def open_bucket(

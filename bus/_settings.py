@@ -52,7 +52,9 @@ class ConsumerSettings(BaseModel):
     batch: int = Field(100, ge=1, description="Largest pull request.")
     retry_delay_s: float = Field(1.0, ge=0, description="First nak delay; doubles per delivery.")
     max_retry_delay_s: float = Field(60.0, ge=0)
-    max_body_bytes: int = Field(512 * 1024, gt=0, description="Larger bodies are dead-lettered.")
+    max_body_bytes: int | None = Field(
+        None, gt=0, description="Larger bodies are dead-lettered; None: the stream's "
+        "max_msg_bytes, the one limit its publishers have too.")
 
     def retry_delay(self, delivered: int) -> float:
         """Seconds to wait before redelivering a message delivered ``delivered`` times:

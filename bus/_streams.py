@@ -12,13 +12,26 @@ import nats.js.errors
 import structlog
 from nats.js import JetStreamContext, api
 
-from swarmbus.protocols import namespace_filter
+from swarmbus.protocols import (
+    namespace_filter,
+    timer_filter,
+    timer_stream_name,
+    topic_filter,
+    topics,
+)
 
 from ._settings import StreamSettings
 from ._store import NO_PLACEMENT, storage_problem
 
 __all__ = [
-    "SETTLE_S", "advisory_config", "drop_legacy_advisories", "ensure_stream", "stream_config",
+    "SETTLE_S",
+    "advisory_config",
+    "drop_legacy_advisories",
+    "ensure_stream",
+    "settling",
+    "stream_config",
+    "timer_config",
+    "timer_source",
     "while_settling",
 ]
 
@@ -30,7 +43,7 @@ SETTLE_S = 15.0
 """How long setting up a stream or bucket retries while JetStream settles (seconds)."""
 
 
-def _settling(e: Exception) -> bool:
+def settling(e: Exception) -> bool:
     """A JetStream cluster that is starting or electing a leader: its API times out,
     is unavailable, or cannot place a stream yet. Worth a retry, not a failure."""
     if isinstance(e, nats.errors.TimeoutError):
@@ -48,7 +61,7 @@ async def while_settling(op: Callable[[], Awaitable[T]], what: str) -> T:
         try:
             return await op()
         except (nats.errors.Error, nats.js.errors.Error) as e:
-            if not _settling(e) or time.monotonic() + pause > deadline:
+            if not settling(e) or time.monotonic() + pause > deadline:
                 raise
             log.warning("JetStream not ready; retrying", what=what, retry_in_s=pause,
                         error=f"{type(e).__name__}: {e}")
@@ -75,6 +88,36 @@ def stream_config(name: str, namespace: str, s: StreamSettings) -> api.StreamCon
         discard=api.DiscardPolicy.NEW,
         duplicate_window=s.duplicate_window_s,
         allow_direct=True,
+        sources=[timer_source(namespace)],
+    )
+
+
+def timer_source(namespace: str) -> api.StreamSource:
+    """What the namespace's stream takes from its timer stream: every fired ``deadline``,
+    as ``swarm.<ns>.<workflow_id>.deadline``."""
+    return api.StreamSource(
+        name=timer_stream_name(namespace),
+        subject_transforms=[api.SubjectTransform(
+            src=timer_filter(namespace, topics.DEADLINE),
+            dest=topic_filter(namespace, topics.DEADLINE).replace("*", "{{wildcard(1)}}"))])
+
+
+def timer_config(namespace: str, s: StreamSettings) -> api.StreamConfig:
+    """The namespace's timer stream. A run's deadline is a message the server publishes
+    at the deadline (header ``Nats-Schedule``, nats-server 2.12+), so a run that no
+    agent serves still ends. Scheduling needs a stream that may discard old messages,
+    which the namespace's stream (discard new: nothing stored is ever dropped) is not,
+    so timers live here and the namespace's stream sources what fires."""
+    return api.StreamConfig(
+        name=timer_stream_name(namespace),
+        subjects=[timer_filter(namespace)],
+        retention=api.RetentionPolicy.LIMITS,
+        storage=_storage(s),
+        num_replicas=s.replicas,
+        max_age=s.max_age_s or None,
+        discard=api.DiscardPolicy.OLD,
+        duplicate_window=s.duplicate_window_s,
+        allow_msg_schedules=True,
     )
 
 
@@ -121,12 +164,12 @@ async def drop_legacy_advisories(
 
 async def ensure_stream(
     js: JetStreamContext, config: api.StreamConfig, current: api.StreamConfig | None
-) -> None:
-    """Create the stream, or update it where ``config`` differs from ``current``."""
+) -> api.StreamConfig:
+    """Create the stream, or update it where ``config`` differs from ``current``; returns
+    the configuration in force (a server that does not know a setting leaves it unset)."""
     if current is None:
         try:
-            await js.add_stream(config)
-            return
+            return (await js.add_stream(config)).config
         except nats.js.errors.BadRequestError as e:  # created concurrently
             if e.err_code == NO_PLACEMENT:
                 raise
@@ -140,5 +183,13 @@ async def ensure_stream(
         or current.duplicate_window != config.duplicate_window
         or (config.max_bytes or -1) != (current.max_bytes or -1)
         or (config.discard is not None and current.discard != config.discard)
+        or (config.allow_msg_schedules and not current.allow_msg_schedules)
+        or _sources(config) != _sources(current)
     ):
-        await js.update_stream(config)
+        return (await js.update_stream(config)).config
+    return current
+
+
+def _sources(config: api.StreamConfig) -> list[tuple[str | None, list[tuple[str, str]]]]:
+    return [(src.name, [(t.src, t.dest) for t in src.subject_transforms or []])
+            for src in config.sources or []]

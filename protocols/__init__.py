@@ -5,16 +5,29 @@ Pure data: no I/O, no NATS, no model SDKs.
 """
 
 from . import _headers as headers
+from . import _topics as topics
 from ._data import Code, Component, Design, Finding, SourceFile, TestReport, Text, Verdict
 from ._errors import ConfigError, ControlFlow, ExternalError, SwarmbusError
-from ._graph import Finish, Goto, check, literal_values, route
+from ._graph import (
+    TASK_FIELDS,
+    Finish,
+    Goto,
+    available_artifacts,
+    check,
+    literal_values,
+    route,
+    route_key,
+    route_values,
+)
 from ._messages import (
     DEFAULT_BUDGET_USD,
     DEFAULT_TIMEOUT_S,
     AgentAnnouncement,
     ArtifactRef,
+    Cancel,
     DeadLetter,
     DeadLetterReason,
+    Deadline,
     Limits,
     TaskRequest,
     TaskResult,
@@ -33,9 +46,13 @@ from ._subjects import (
     namespace_filter,
     stream_name,
     subject,
+    timer_filter,
+    timer_stream_name,
+    timer_subject,
     topic_filter,
     workflow_filter,
 )
+from ._topics import step_topic
 from ._usage import Provenance, Usage, UtcDatetime
 from ._workflow import (
     END,
@@ -45,10 +62,10 @@ from ._workflow import (
     InputSpec,
     Problem,
     StepSpec,
+    ToolSpec,
     Workflow,
     WorkflowError,
     WorkflowLimits,
-    step_topic,
     workflow_json_schema,
 )
 
@@ -57,8 +74,10 @@ __all__ = (
     "DEFAULT_TIMEOUT_S",
     "END",
     "SCHEMA_ID",
+    "TASK_FIELDS",
     "AgentAnnouncement",
     "ArtifactRef",
+    "Cancel",
     "Code",
     "CompiledWorkflow",
     "Component",
@@ -66,6 +85,7 @@ __all__ = (
     "ControlFlow",
     "DeadLetter",
     "DeadLetterReason",
+    "Deadline",
     "Design",
     "Edge",
     "ExternalError",
@@ -87,6 +107,7 @@ __all__ = (
     "TaskStatus",
     "TestReport",
     "Text",
+    "ToolSpec",
     "TypeRegistry",
     "UnknownTypeError",
     "Usage",
@@ -98,6 +119,7 @@ __all__ = (
     "WorkflowError",
     "WorkflowLimits",
     "advisory_stream_name",
+    "available_artifacts",
     "check",
     "check_namespace",
     "check_topic",
@@ -109,10 +131,16 @@ __all__ = (
     "namespace_filter",
     "registry",
     "route",
+    "route_key",
+    "route_values",
     "step_topic",
     "stream_name",
     "subject",
+    "timer_filter",
+    "timer_stream_name",
+    "timer_subject",
     "topic_filter",
+    "topics",
     "workflow_filter",
     "workflow_json_schema",
 )

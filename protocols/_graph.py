@@ -11,25 +11,39 @@ from __future__ import annotations
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from ._data import Finding
 from ._workflow import END, CompiledWorkflow, Problem, StepSpec, Workflow
 
-__all__ = ["Finish", "Goto", "check", "literal_values", "route"]
+__all__ = [
+    "TASK_FIELDS",
+    "Finish",
+    "Goto",
+    "available_artifacts",
+    "check",
+    "literal_values",
+    "route",
+    "route_key",
+    "route_values",
+]
 
 Ending = Literal["approved", "rounds_exhausted", "failed"]
 
 
 @dataclass(frozen=True, slots=True)
 class Goto:
-    """Run ``step`` next, over ``edge`` (``'<step>.<route>'``); ``capped``: the edge
-    has a cap, so taking it counts (and starts a new round)."""
+    """Run ``step`` next, over ``edge`` (``'<step>.<route>'``); ``capped``: a cap applies
+    to it, so taking it counts (and starts a new round); ``sent_back_to``: the role the
+    work goes back to when the edge loops back (None when it goes forward)."""
 
     step: str
     edge: str
     capped: bool = False
+    sent_back_to: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,19 +63,36 @@ def _field(output: BaseModel | Mapping[str, Any] | None, name: str) -> Any:
     return vars(output).get(name)  # a field: getattr of a missing one costs an exception
 
 
+def route_key(value: Any) -> str:
+    """The route a route field's value names: a bool is ``"true"``/``"false"`` (as YAML
+    and JSON write it), an Enum member its value, anything else its text."""
+    if isinstance(value, Enum):
+        value = value.value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
 def route(
     wf: CompiledWorkflow,
     step_id: str,
     output: BaseModel | Mapping[str, Any] | None,
     edges: Mapping[str, int],
     caps: Mapping[str, int] | None = None,
+    *,
+    send_backs: Mapping[str, int] | None = None,
+    send_back_caps: Mapping[str, int] | None = None,
 ) -> Goto | Finish:
     """Where the work goes after ``step_id`` produced ``output``.
 
-    ``edges`` counts how often each ``'<step>.<route>'`` edge was taken so far;
-    ``caps`` overrides the ``max`` of every route with that name. A capped edge
-    used up ends the workflow (``rounds_exhausted``, or ``failed`` when the
-    step says ``on_cap: fail``); a value with no route fails it; ``end`` approves.
+    ``edges`` counts how often each ``'<step>.<route>'`` edge was taken so far and
+    ``send_backs`` how often work was sent back to each role. The limits that apply
+    to a route: ``caps[name]`` (counted over every edge of that route name), and for
+    an edge that sends work back to a role, ``send_back_caps[role]`` (counted over
+    every send-back to that role); when neither is given, the route's own ``max``
+    (counted on this edge). One used up ends the workflow (``rounds_exhausted``, or
+    ``failed`` when the step says ``on_cap: fail``); a value with no route fails it;
+    a route to ``end`` ends it with the route's status (``approved`` by default).
     """
     step = wf.steps[step_id]
     summary = str(_field(output, "summary") or "")
@@ -72,33 +103,63 @@ def route(
             return Finish("approved", summary or f"{step_id} finished", edge)
         return Goto(target, edge)
     value = _field(output, step.route_on)
-    key = str(value)
+    key = route_key(value)
     chosen = step.routes.get(key)
     if chosen is None:
         return Finish(
             "failed", f"{step_id} answered {step.route_on}={value!r}, which has no route")
     edge = f"{step_id}.{key}"
     if chosen.to == END:
-        return Finish("approved", summary or f"{step_id}: {key}", edge)
-    cap = (caps or {}).get(key, chosen.max)
-    if cap is not None:
+        return Finish(chosen.status, summary or f"{step_id}: {key}", edge)
+    back = wf.steps[chosen.to].role if wf.sends_back(step_id, chosen.to) else None
+    limits: list[tuple[int, int, str]] = []  # (limit, times so far, what it counts)
+    if caps and key in caps:
+        taken = sum(n for e, n in edges.items() if e.rpartition(".")[2] == key)
+        limits.append((caps[key], taken, f"route {key!r} taken {taken} times (cap {caps[key]})"))
+    if back is not None and send_back_caps and back in send_back_caps:
+        sent = (send_backs or {}).get(back, 0)
+        limits.append((send_back_caps[back], sent,
+                       f"work sent back to the {back} {sent} times (cap "
+                       f"{send_back_caps[back]})"))
+    if not limits and chosen.max is not None:
         taken = edges.get(edge, 0)
-        if taken >= cap:
+        limits.append((chosen.max, taken, f"{edge} taken {taken} times (cap {chosen.max})"))
+    for limit, taken, what in limits:
+        if taken >= limit:
             status: Ending = "failed" if step.on_cap == "fail" else "rounds_exhausted"
-            why = f"{edge} taken {taken} times (cap {cap})"
-            return Finish(status, f"{why}; last: {summary}" if summary else why, edge)
-    return Goto(chosen.to, edge, capped=cap is not None)
+            return Finish(status, f"{what}; last: {summary}" if summary else what, edge)
+    return Goto(chosen.to, edge, capped=bool(limits), sent_back_to=back)
+
+
+def _unwrap(annotation: Any) -> Any:
+    while typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    return annotation
+
+
+def route_values(model: type[BaseModel], field_name: str) -> list[str] | None:
+    """The routes a field can name (see ``route_key``): the values of a ``Literal``,
+    ``true``/``false`` of a ``bool``, an ``Enum``'s values; None when the field is not a
+    fixed set of values (or does not exist)."""
+    info = model.model_fields.get(field_name)
+    if info is None:
+        return None
+    annotation = _unwrap(info.annotation)
+    if typing.get_origin(annotation) is Literal:
+        return list(dict.fromkeys(route_key(v) for v in typing.get_args(annotation)))
+    if annotation is bool:
+        return ["true", "false"]
+    if isinstance(annotation, type) and issubclass(annotation, Enum):
+        return [route_key(m) for m in annotation]
+    return None
 
 
 def literal_values(model: type[BaseModel], field_name: str) -> list[str] | None:
     """The allowed values of a ``Literal`` field, or None when it is not one."""
     info = model.model_fields.get(field_name)
-    if info is None:
+    if info is None or typing.get_origin(_unwrap(info.annotation)) is not Literal:
         return None
-    annotation = info.annotation
-    if typing.get_origin(annotation) is Literal:
-        return [str(v) for v in typing.get_args(annotation)]
-    return None
+    return route_values(model, field_name)
 
 
 def _targets(wf: CompiledWorkflow, step: StepSpec) -> list[tuple[str, str, bool]]:
@@ -140,8 +201,21 @@ def check(spec: Workflow, types: Mapping[str, type[BaseModel]]) -> list[Problem]
         for name in s.input:
             if name not in producers:
                 problems.append(Problem(f"{at}.input", f"no step produces {name!r}"))
+        output = types.get(s.output or "")
         if s.routes:
-            problems += _check_routes(s, at, types.get(s.output or ""))
+            problems += _check_routes(s, at, output)
+        elif output is not None and route_values(output, s.route_on) is not None:
+            problems.append(Problem(f"{at}.routes", f"{output.__name__}.{s.route_on} picks "
+                                    f"a route, but step {s.id!r} has no `routes`, so its "
+                                    f"answer would be ignored: route each of its values "
+                                    f"({', '.join(route_values(output, s.route_on) or [])}) "
+                                    "to a step or `end`"))
+    for name in spec.inputs:
+        if name in TASK_FIELDS:
+            problems.append(Problem(f"inputs.{name}", f"{name!r} is the task's own field "
+                                    "({{ inputs." + name + " }}): name the input otherwise"))
+    for name, type_ in types.items():
+        problems += _state_collisions(f"artifacts.{name}", type_)
     if spec.steps[0].input:
         problems.append(Problem("steps[0].input", "the first step runs on the task alone: "
                                 "it can have no input artifacts"))
@@ -159,9 +233,11 @@ def _check_routes(s: StepSpec, at: str, output: type[BaseModel] | None) -> list[
         return []  # reported as an unresolved type
     if s.route_on not in output.model_fields:
         return [Problem(f"{at}.route_on", f"{output.__name__} has no field {s.route_on!r}")]
-    allowed = literal_values(output, s.route_on)
+    allowed = route_values(output, s.route_on)
     if allowed is None:
-        return []
+        return [Problem(f"{at}.route_on", f"{output.__name__}.{s.route_on} is not a fixed set "
+                        "of values, so a model could answer one no route takes: make it a "
+                        "Literal, a bool or an Enum")]
     out = [Problem(f"{at}.routes.{k}", f"{output.__name__}.{s.route_on} is never {k!r} "
                    f"(it is one of {', '.join(allowed)})") for k in s.routes if k not in allowed]
     missing = [v for v in allowed if v not in s.routes]
@@ -169,6 +245,25 @@ def _check_routes(s: StepSpec, at: str, output: type[BaseModel] | None) -> list[
         out.append(Problem(f"{at}.routes", f"no route for {s.route_on} = "
                            f"{', '.join(missing)}: route each value (to a step or 'end')"))
     return out
+
+
+TASK_FIELDS = frozenset({"goal", "constraints", "language"})
+"""Names a template reads from the task itself (``{{ inputs.goal }}``)."""
+
+
+def _state_collisions(at: str, type_: type[BaseModel]) -> list[Problem]:
+    """Fields of an artifact type that the run reads as its own state: ``findings``
+    replaces the run's open findings, so it must be a list of ``Finding``."""
+    info = type_.model_fields.get("findings")
+    if info is None:
+        return []
+    annotation = _unwrap(info.annotation)
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is list and args and args[0] is Finding:
+        return []
+    return [Problem(at, f"{type_.__name__}.findings is the run's open findings (a step's "
+                    "answer with `findings` replaces them), so it must be "
+                    "list[swarmbus.Finding]: rename the field")]
 
 
 def _check_cycles(wf: CompiledWorkflow, index: Mapping[str, int]) -> list[Problem]:
@@ -198,13 +293,7 @@ def _check_cycles(wf: CompiledWorkflow, index: Mapping[str, int]) -> list[Proble
     return found
 
 
-def _check_reach_and_inputs(wf: CompiledWorkflow, index: Mapping[str, int]) -> list[Problem]:
-    """Steps never reached, and inputs that some path reaches a step without."""
-    preds: dict[str, set[str]] = {s: set() for s in index}
-    for s in wf.spec.steps:
-        for t, _, _ in _targets(wf, s):
-            if t != END:
-                preds[t].add(s.id)
+def _reached(wf: CompiledWorkflow) -> set[str]:
     entry = wf.entry.id
     reached = {entry}
     frontier = [entry]
@@ -214,8 +303,21 @@ def _check_reach_and_inputs(wf: CompiledWorkflow, index: Mapping[str, int]) -> l
             if t != END and t not in reached:
                 reached.add(t)
                 frontier.append(t)
-    problems = [Problem(f"steps[{i}]", f"step {sid!r} is never reached from {entry!r}")
-                for sid, i in index.items() if sid not in reached]
+    return reached
+
+
+def available_artifacts(wf: CompiledWorkflow) -> dict[str, set[str]]:
+    """Step id -> the artifacts present whenever it runs, on every path that reaches it
+    (an empty set for the entry step and for steps never reached). A step's own output
+    is in its set only when every path to it passes a step producing it first."""
+    index = wf.order
+    preds: dict[str, set[str]] = {s: set() for s in index}
+    for s in wf.spec.steps:
+        for t, _, _ in _targets(wf, s):
+            if t != END:
+                preds[t].add(s.id)
+    entry = wf.entry.id
+    reached = _reached(wf)
     every: set[str] = {s.output for s in wf.spec.steps if s.output}
     avail_in: dict[str, set[str]] = {s: (set() if s == entry else set(every)) for s in index}
     changed = True
@@ -235,6 +337,17 @@ def _check_reach_and_inputs(wf: CompiledWorkflow, index: Mapping[str, int]) -> l
             if new != avail_in[sid]:
                 avail_in[sid] = new
                 changed = True
+    return {sid: (avail_in[sid] if sid in reached else set()) for sid in index}
+
+
+def _check_reach_and_inputs(wf: CompiledWorkflow, index: Mapping[str, int]) -> list[Problem]:
+    """Steps never reached, and inputs that some path reaches a step without."""
+    entry = wf.entry.id
+    reached = _reached(wf)
+    problems = [Problem(f"steps[{i}]", f"step {sid!r} is never reached from {entry!r}")
+                for sid, i in index.items() if sid not in reached]
+    every: set[str] = {s.output for s in wf.spec.steps if s.output}
+    avail_in = available_artifacts(wf)
     for sid in reached:
         for name in wf.steps[sid].input:
             if name in every and name not in avail_in[sid]:

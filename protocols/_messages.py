@@ -8,13 +8,14 @@ messages and any replica on any machine can take the next step.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal, TypeVar
 
 from pydantic import BaseModel, Field, JsonValue
 
 from ._data import Code, Design, Finding, SourceFile, TestReport
 from ._registry import Message, message_type
+from ._topics import CANCEL, DEADLINE, DEADLINE_TIMER
 from ._usage import Provenance, Usage, UtcDatetime, _Data
 
 __all__ = [
@@ -22,8 +23,10 @@ __all__ = [
     "DEFAULT_TIMEOUT_S",
     "AgentAnnouncement",
     "ArtifactRef",
+    "Cancel",
     "DeadLetter",
     "DeadLetterReason",
+    "Deadline",
     "Limits",
     "TaskRequest",
     "TaskResult",
@@ -43,12 +46,22 @@ DEFAULT_TIMEOUT_S = 3600.0
 
 
 class Limits(_Data):
-    """Bounds that end a workflow cleanly, checked before every model call.
+    """Bounds that end a workflow cleanly.
 
     Unset fields take the workflow's ``limits``, then the defaults ($5, one hour).
-    ``caps`` overrides the ``max`` of every route with that name
-    (``{"revise_code": 5}``); ``max_code_revisions`` / ``max_design_revisions``
-    are the built-in team's names for ``caps["revise_code"]`` / ``["revise_design"]``.
+    The budget is checked before every model call (a call whose worst case cannot
+    fit is not made, or is made with fewer output tokens), the deadline bounds the
+    whole run (a call in flight is cut at it), and the caps are checked whenever a
+    route is taken:
+
+    - ``caps``: route name -> times routes of that name may be taken, counted across
+      every step that has one (``{"revise_code": 5}``); it replaces those routes' own
+      ``max``.
+    - ``send_backs``: role -> times work may be sent back to that role (a route to a
+      step at or before the step that sends it), counted across every step that
+      sends; it replaces those routes' own ``max``. ``max_code_revisions`` and
+      ``max_design_revisions`` are the built-in team's names for
+      ``send_backs["coder"]`` and ``send_backs["architect"]``.
     """
 
     budget_usd: float | None = Field(None, ge=0, description="Total USD across all steps.")
@@ -56,20 +69,41 @@ class Limits(_Data):
     deadline: UtcDatetime | None = Field(
         None, description="Absolute deadline (UTC if no zone); wins over timeout_s.")
     caps: dict[str, Annotated[int, Field(ge=0)]] = Field(
-        default_factory=dict, description="Route name -> times it may be taken.")
+        default_factory=dict,
+        description="Route name -> times routes of that name may be taken, across steps.")
+    send_backs: dict[str, Annotated[int, Field(ge=0)]] = Field(
+        default_factory=dict,
+        description="Role -> times work may be sent back to it, from any step.")
     max_code_revisions: int | None = Field(
-        None, ge=0, description="caps['revise_code']: times work may go back to the coder.")
+        None, ge=0, description="send_backs['coder']: times work may go back to the coder.")
     max_design_revisions: int | None = Field(
-        None, ge=0, description="caps['revise_design']: times it may go back to the architect.")
+        None, ge=0,
+        description="send_backs['architect']: times work may go back to the architect.")
 
     def route_caps(self) -> dict[str, int]:
-        """Every cap override by route name (the legacy fields included)."""
-        caps = dict(self.caps)
+        """Cap overrides by route name."""
+        return dict(self.caps)
+
+    def send_back_caps(self) -> dict[str, int]:
+        """Send-back caps by role (the built-in team's names included)."""
+        caps = dict(self.send_backs)
         if self.max_code_revisions is not None:
-            caps["revise_code"] = self.max_code_revisions
+            caps["coder"] = self.max_code_revisions
         if self.max_design_revisions is not None:
-            caps["revise_design"] = self.max_design_revisions
+            caps["architect"] = self.max_design_revisions
         return caps
+
+    def deadline_from(self, submitted: datetime, default_timeout_s: float | None) -> datetime:
+        """The run's deadline: ``deadline``, else ``submitted`` plus ``timeout_s`` (else
+        ``default_timeout_s``, else ``DEFAULT_TIMEOUT_S``); a timeout beyond the calendar
+        gives the latest representable time."""
+        if self.deadline is not None:
+            return self.deadline
+        timeout = self.timeout_s or default_timeout_s or DEFAULT_TIMEOUT_S
+        try:
+            return submitted + timedelta(seconds=timeout)
+        except OverflowError:
+            return datetime.max.replace(tzinfo=UTC)
 
 
 @message_type("swarmbus.TaskRequest", topics=("task",))
@@ -137,7 +171,12 @@ class WorkState(_Data):
     spend: dict[str, Usage] = Field(default_factory=dict, description="Usage per role so far.")
     budget_usd: float = Field(DEFAULT_BUDGET_USD, ge=0)
     deadline: UtcDatetime | None = None
-    caps: dict[str, int] = Field(default_factory=dict, description="Route cap overrides.")
+    caps: dict[str, int] = Field(
+        default_factory=dict, description="Cap overrides by route name (Limits.caps).")
+    send_back_caps: dict[str, int] = Field(
+        default_factory=dict, description="Send-back caps by role (Limits.send_back_caps).")
+    send_backs: dict[str, int] = Field(
+        default_factory=dict, description="Role -> times work was sent back to it.")
 
     @property
     def total(self) -> Usage:
@@ -189,13 +228,32 @@ class TaskResult(Message):
     rounds: int = 0
     steps: int = 0
     routes: dict[str, int] = Field(default_factory=dict, description="Route name -> times.")
-    code_revisions: int = 0
-    design_revisions: int = 0
+    send_backs: dict[str, int] = Field(
+        default_factory=dict, description="Role -> times work was sent back to it.")
+    code_revisions: int = Field(0, description="send_backs['coder'] (the built-in team's name).")
+    design_revisions: int = Field(0, description="send_backs['architect'].")
     spend: dict[str, Usage] = Field(default_factory=dict)
     total: Usage = Field(default_factory=Usage)
     step: str = Field("", description="The step that ended the workflow ('' if none ran).")
     provenance: Provenance | None = Field(None, description="That step's model.")
     usage: Usage | None = Field(None, description="What that step spent (in total already).")
+
+
+@message_type("swarmbus.Deadline", topics=(DEADLINE, DEADLINE_TIMER))
+class Deadline(Message):
+    """The run's deadline timer. Published on ``timer.deadline`` with the header
+    ``Nats-Schedule: @at <at>`` (nats-server 2.12+ holds it), the server publishes it
+    on ``deadline`` at ``at``; the supervisor then ends the run if nothing has."""
+
+    at: UtcDatetime
+
+
+@message_type("swarmbus.Cancel", topics=(CANCEL,))
+class Cancel(Message):
+    """A request to cancel the run: the supervisor sets its cancel flag (agents in the
+    middle of a call abort it) and ends the run if no agent does."""
+
+    reason: str = ""
 
 
 DeadLetterReason = Literal[

@@ -18,11 +18,15 @@ __all__ = [
     "namespace_filter",
     "stream_name",
     "subject",
+    "timer_filter",
+    "timer_stream_name",
+    "timer_subject",
     "topic_filter",
     "workflow_filter",
 ]
 
 PREFIX = "swarm"
+TIMER_PREFIX = "swarmtimer"
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 _NAMESPACE = re.compile(r"^[a-z0-9_-]{1,32}$")
 _TOPIC = re.compile(r"^[A-Za-z0-9_-]{1,64}(\.[A-Za-z0-9_-]{1,64}){0,7}$")
@@ -112,3 +116,25 @@ def advisory_stream_name(namespace: str) -> str:
     """Stream capturing the namespace's max-deliveries advisories (for dead-lettering):
     ``SWARMADV_<NAMESPACE>``, never the name of another namespace's stream."""
     return "SWARMADV_" + check_namespace(namespace).upper()
+
+
+def timer_stream_name(namespace: str) -> str:
+    """The stream that holds a namespace's scheduled messages: ``SWARMTIMER_<NAMESPACE>``
+    (subjects ``swarmtimer.<ns>.>``). The namespace's stream takes what they become."""
+    return "SWARMTIMER_" + check_namespace(namespace).upper()
+
+
+def timer_subject(namespace: str, workflow_id: str, topic: str) -> str:
+    """A subject of the timer stream: ``swarmtimer.<ns>.<workflow_id>.<topic>``."""
+    check_namespace(namespace)
+    check_workflow_id(workflow_id)
+    check_topic(topic)
+    return f"{TIMER_PREFIX}.{namespace}.{workflow_id}.{topic}"
+
+
+def timer_filter(namespace: str, topic: str | None = None) -> str:
+    """Every workflow's timer subjects of one topic, ``swarmtimer.<ns>.*.<topic>``; or,
+    without a topic, all of the namespace's, ``swarmtimer.<ns>.>``."""
+    if topic is None:
+        return f"{TIMER_PREFIX}.{check_namespace(namespace)}.>"
+    return f"{TIMER_PREFIX}.{check_namespace(namespace)}.*.{check_topic(topic)}"

@@ -24,9 +24,11 @@ from pydantic import (
     JsonValue,
     WithJsonSchema,
     field_validator,
+    model_validator,
 )
 
 from ._errors import ConfigError
+from ._topics import TASK, step_of_topic, step_topic
 
 __all__ = [
     "END",
@@ -36,6 +38,7 @@ __all__ = [
     "InputSpec",
     "Problem",
     "StepSpec",
+    "ToolSpec",
     "Workflow",
     "WorkflowError",
     "WorkflowLimits",
@@ -45,7 +48,10 @@ __all__ = [
 
 SCHEMA_ID = "swarmbus.workflow/v1"
 END = "end"
-"""The route target that ends the workflow (status ``approved``)."""
+"""The route target that ends the workflow (status ``approved``, or the route's ``end``)."""
+
+EndStatus = Literal["approved", "failed"]
+"""How a route may end a run (``reject: {end: failed}``)."""
 
 _NAME = r"^[A-Za-z0-9_-]{1,64}$"
 _ARTIFACT = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
@@ -59,13 +65,18 @@ _ROUTES = {
         {"type": "object", "properties": {"to": {"type": "string"},
                                           "max": {"type": ["integer", "null"], "minimum": 0}},
          "required": ["to"], "additionalProperties": False},
+        {"type": "object", "properties": {"end": {"enum": ["approved", "failed"]}},
+         "required": ["end"], "additionalProperties": False},
     ]},
 }
-
-
-def step_topic(step_id: str) -> str:
-    """The topic a step's work is published on: ``step.<id>``."""
-    return f"step.{step_id}"
+_TOOLS = {"type": "array", "items": {"anyOf": [
+    {"type": "string"},
+    {"type": "object", "properties": {
+        "name": {"type": "string"},
+        "approve": {"type": "array", "items": {"type": "string"}},
+        "on_fail": {"type": "string"}},
+     "required": ["name"], "additionalProperties": False},
+]}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,12 +104,48 @@ class WorkflowError(ConfigError):
 
 
 class Edge(BaseModel):
-    """A route's target, with how many times it may be taken (``max``; None: no cap)."""
+    """A route's target: a step (``to``, with how many times the edge may be taken:
+    ``max``, None for no cap), or the end of the run (``to: end``, or ``end: <status>``
+    for an end other than ``approved``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     to: str = Field(description="A step id, or 'end'.")
     max: int | None = Field(None, ge=0, description="Times this edge may be taken.")
+    end: EndStatus | None = Field(
+        None, description="The run's status when this route ends it (default approved).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _end_form(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "end" in data and data.get("end") is not None:
+            to = data.get("to", END)
+            if to != END:
+                raise ValueError(f"a route goes to a step or ends the run, not both "
+                                 f"(to: {to!r}, end: {data['end']!r})")
+            return {**data, "to": END}
+        return data
+
+    @property
+    def status(self) -> EndStatus:
+        """How taking this route ends the run (when ``to`` is ``end``)."""
+        return self.end or "approved"
+
+
+class ToolSpec(BaseModel):
+    """A tool a step uses, with its settings (a bare name takes the defaults).
+
+    ``approve``: the route values the tool must agree with (``sandbox.pytest``
+    overrules them when the tests fail); default: the values whose route ends the
+    run approved. ``on_fail``: the value it answers instead; default: the route back
+    to the step that produced the code it tested.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    approve: list[str] | None = None
+    on_fail: str | None = None
 
 
 class InputSpec(BaseModel):
@@ -134,12 +181,12 @@ class StepSpec(BaseModel):
     input: Annotated[list[str], WithJsonSchema(_NAMES)] = Field(
         default_factory=list, description="Artifact names: a list, or one string 'a + b'.")
     output: str | None = Field(None, pattern=_ARTIFACT, description="The artifact it produces.")
-    tools: Annotated[list[str], WithJsonSchema(_NAMES)] = Field(
-        default_factory=list, description="e.g. sandbox.pytest.")
+    tools: Annotated[list[str | ToolSpec], WithJsonSchema(_TOOLS)] = Field(
+        default_factory=list, description="e.g. sandbox.pytest, or {name, approve, on_fail}.")
     route_on: str = Field("decision", description="The output field whose value picks a route.")
     routes: Annotated[dict[str, Edge], WithJsonSchema(_ROUTES)] = Field(
         default_factory=dict, description="A value of the route_on field -> a step, 'end', "
-        "or {to, max}.")
+        "{to, max}, or {end: approved|failed}.")
     next: str | None = Field(None, description="Where to go without routes (default: next step).")
     on_cap: Literal["end_best", "fail"] = Field(
         "end_best", description="A capped edge used up: end with the best attempt, or fail.")
@@ -162,7 +209,19 @@ class StepSpec(BaseModel):
     @field_validator("tools", mode="before")
     @classmethod
     def _one_tool(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
+        return [value] if isinstance(value, str | Mapping) else value
+
+    def tool(self, name: str) -> ToolSpec | None:
+        """The step's settings of tool ``name``, or None when it does not use it."""
+        for t in self.tools:
+            spec = ToolSpec(name=t) if isinstance(t, str) else t
+            if spec.name == name:
+                return spec
+        return None
+
+    @property
+    def tool_names(self) -> list[str]:
+        return [t if isinstance(t, str) else t.name for t in self.tools]
 
 
 class Workflow(BaseModel):
@@ -332,17 +391,32 @@ class CompiledWorkflow:
         """The topics ``role``'s durable consumer takes: its steps, and ``task`` for the entry."""
         topics = [step_topic(s) for s in self.roles.get(role, [])]
         if self.entry.role == role:
-            topics.insert(0, "task")
+            topics.insert(0, TASK)
         return topics
 
     def role_of_topic(self, topic: str) -> str | None:
         """Which role works on a message on ``topic`` (None: no step of this workflow)."""
-        if topic == "task":
+        if topic == TASK:
             return self.entry.role
-        if topic.startswith("step."):
-            step = self.steps.get(topic[5:])
+        step_id = step_of_topic(topic)
+        if step_id is not None:
+            step = self.steps.get(step_id)
             return step.role if step else None
         return None
+
+    @cached_property
+    def order(self) -> dict[str, int]:
+        """Step id -> its position in the file."""
+        return {s.id: i for i, s in enumerate(self.spec.steps)}
+
+    def sends_back(self, source: str, target: str) -> bool:
+        """Whether a route from step ``source`` to ``target`` sends work back: to a step
+        at or before ``source`` in the file's order (a loop)."""
+        return target != END and self.order[target] <= self.order[source]
+
+    def producer(self, artifact: str) -> StepSpec | None:
+        """The first step that produces ``artifact`` (None: no step does)."""
+        return next((s for s in self.spec.steps if s.output == artifact), None)
 
     def to_json(self) -> str:
         """The stored form: the spec (prompts inlined) and its artifact type names."""

@@ -50,6 +50,7 @@ from swarmbus.protocols import (
     Work,
     headers,
 )
+from swarmbus.protocols import topics as topic_names
 
 GOAL = "Write add(a, b) in calc.py, with tests"
 DESIGN_V1 = "calc v1: add(a, b) returns a + b"
@@ -197,11 +198,14 @@ def works(trail: list[StoredMessage], source: str) -> list[tuple[Work, dict[str,
 
 
 def path(trail: list[StoredMessage]) -> list[str]:
-    """The producers in order: ``task``, each work message's source step, ``result``."""
+    """The producers in order: ``task``, each work message's source step, ``result``
+    (a fired deadline or a cancel request is not a producer: left out)."""
     out = []
     for s in trail:
         env = s.decode()
         msg = env.message
+        if env.topic in (topic_names.DEADLINE, topic_names.CANCEL):
+            continue
         out.append(msg.source if isinstance(msg, Work) else env.topic)
     return out
 

@@ -143,7 +143,7 @@ async def test_a_provider_failing_past_the_deadline_ends_deadline_exceeded(
                                    team(with_coder(coder), consumers={"coder": slow}), task=task)
     took = time.monotonic() - started
     assert result.status == "deadline_exceeded", result.reason
-    assert "deadline passes before the provider can be retried" in result.reason
+    assert "the deadline passes before t:coder can be tried again" in result.reason
     assert "503" in result.reason
     assert took < 10
     assert result.design is not None  # the best attempt so far

@@ -241,15 +241,23 @@ def test_route_ends_sends_back_and_caps() -> None:
     ok = Verdict(decision="approve", summary="fine")
     back = Verdict(decision="revise_code", summary="tests fail")
     assert route(wf, "review", ok, {}) == Finish("approved", "fine", "review.approve")
-    assert route(wf, "review", back, {}) == Goto("implement", "review.revise_code", True)
+    assert route(wf, "review", back, {}) == Goto("implement", "review.revise_code", True,
+                                                 sent_back_to="coder")
     assert route(wf, "review", back, {"review.revise_code": 1}) == Goto(
-        "implement", "review.revise_code", True)
+        "implement", "review.revise_code", True, sent_back_to="coder")
     assert route(wf, "review", back, {"review.revise_code": 2}) == Finish(
         "rounds_exhausted", "review.revise_code taken 2 times (cap 2); last: tests fail",
         "review.revise_code")
-    # a cap override by route name (Limits.caps / max_code_revisions)
+    # a cap override by route name (Limits.caps), or by the role work goes back to
+    # (Limits.send_backs; max_code_revisions is send_backs["coder"])
     assert isinstance(route(wf, "review", back, {"review.revise_code": 2},
                             {"revise_code": 5}), Goto)
+    assert isinstance(route(wf, "review", back, {"review.revise_code": 2},
+                            send_backs={"coder": 2}, send_back_caps={"coder": 5}), Goto)
+    assert route(wf, "review", back, {}, send_backs={"coder": 1},
+                 send_back_caps={"coder": 1}) == Finish(
+        "rounds_exhausted", "work sent back to the coder 1 times (cap 1); last: tests fail",
+        "review.revise_code")
     design = Verdict(decision="revise_design", summary="no")
     assert route(wf, "review", design, {}).status == "rounds_exhausted"  # type: ignore[union-attr]
     assert route(wf, "implement", None, {}) == Goto("review", "implement.next")

@@ -40,7 +40,16 @@ from ._errors import (
 )
 from ._fallback import OUTPUT_ERRORS, FallbackModel
 from ._guard import BLOCK_ENV, block_real_models, real_models_blocked
-from ._ledger import Ledger, current_ledger, metered
+from ._ledger import (
+    BYTES_PER_TOKEN_BOUND,
+    MIN_OUTPUT_TOKENS,
+    CallBound,
+    Ledger,
+    LimitReached,
+    current_ledger,
+    input_token_bound,
+    metered,
+)
 from ._names import qualify_model_name
 from ._offline import Billed, FunctionModel, OfflinePrice, Reply, ScriptedModel, Unmetered
 from ._output import validate_output
@@ -71,12 +80,15 @@ from ._registry import (
 
 __all__ = (
     "BLOCK_ENV",
+    "BYTES_PER_TOKEN_BOUND",
     "CHARS_PER_TOKEN",
+    "MIN_OUTPUT_TOKENS",
     "OUTPUT_ERRORS",
     "PRICES_ENV",
     "AnthropicModel",
     "Billed",
     "CachedModel",
+    "CallBound",
     "CassetteMissError",
     "ChatMessage",
     "FallbackExhaustedError",
@@ -85,6 +97,7 @@ __all__ = (
     "FunctionModel",
     "GoogleModel",
     "Ledger",
+    "LimitReached",
     "MemoryStore",
     "MissingAPIKeyError",
     "MissingSDKError",
@@ -125,6 +138,7 @@ __all__ = (
     "cost_usd",
     "current_ledger",
     "gemini_schema",
+    "input_token_bound",
     "is_priced",
     "known_providers",
     "load_prices",

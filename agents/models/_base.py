@@ -89,10 +89,15 @@ def _settings_digest(settings: ModelSettings) -> bytes:
 
 
 @functools.lru_cache(maxsize=256)
+def schema_text(output_type: type[BaseModel]) -> str:
+    """The JSON schema of ``output_type`` as compact, sorted JSON (cached: building a
+    schema costs ~300 us and pydantic does not cache it; a type's is fixed)."""
+    return json.dumps(output_type.model_json_schema(), sort_keys=True, separators=(",", ":"))
+
+
+@functools.lru_cache(maxsize=256)
 def _schema_digest(output_type: type[BaseModel]) -> bytes:
-    # Building a JSON schema costs ~300 us (pydantic does not cache it); a type's is fixed.
-    schema = json.dumps(output_type.model_json_schema(), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(schema.encode()).digest()
+    return hashlib.sha256(schema_text(output_type).encode()).digest()
 
 
 @dataclass(frozen=True, slots=True)

@@ -124,7 +124,7 @@ class CachedModel(Model):
             )
             ledger = current_ledger()
             if ledger is not None:
-                ledger.record(provenance)
+                await ledger.book(provenance)
             return ModelResponse(output=output, provenance=provenance)
         self.misses += 1
         with tapped() as tap:

@@ -142,7 +142,7 @@ class ReplayModel(Model):
                 entry = recorded[index]
                 provenance = Provenance.model_validate(entry["provenance"])
                 if ledger is not None:
-                    ledger.record(provenance)
+                    await ledger.book(provenance)
                 return ModelResponse(
                     output=request.output_type.model_validate(entry["output"]),
                     provenance=provenance,

@@ -180,7 +180,23 @@ class RefusalError(ModelError):
 
 
 class OutputTruncatedError(ModelError):
-    """Generation stopped at the token limit; raise ``ModelSettings.max_tokens``. Permanent."""
+    """Generation stopped at the token limit; raise ``ModelSettings.max_tokens``. Permanent.
+
+    ``budget_tokens``: the call's ``max_tokens`` had been lowered to this so that its
+    worst case fit the budget left (the budget, not the setting, cut it); else None.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        model: str = "",
+        usage: Usage | None = None,
+        permanent: bool | None = None,
+        budget_tokens: int | None = None,
+    ) -> None:
+        super().__init__(message, model=model, usage=usage, permanent=permanent)
+        self.budget_tokens = budget_tokens
 
 
 class RealModelCallBlocked(ModelError, RuntimeError):

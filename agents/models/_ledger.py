@@ -2,43 +2,152 @@
 
 A ``Ledger`` is made current with ``metered(ledger)``; every model below it
 (provider adapters, fallback chains, the response cache, offline models)
-calls ``before_call`` before it calls a provider and ``record`` after every
-answer a provider billed, whatever happens next (invalid or truncated output,
-a refusal, a fallback moving on, a publish that fails). So the spend of a
-step is the ledger's ``usage``, not the answer's, and a limit checked in
-``before_call`` stops the *next* call, also inside a fallback chain or before
-a repair attempt.
+calls ``before_call`` before it calls a provider and ``book`` (or ``record``)
+after every answer a provider billed, whatever happens next (invalid or
+truncated output, a refusal, a fallback moving on, a publish that fails). So
+the spend of a step is the ledger's ``usage``, not the answer's, and a limit
+checked in ``before_call`` stops the *next* call, also inside a fallback chain
+or before a repair attempt.
+
+Money limits are the ledger's own: with ``budget_usd`` a call is not made once
+the budget is spent, and a call whose worst case (``CallBound``: its input at
+most, plus ``max_tokens`` of output, at the model's prices) does not fit in
+what is left is made with fewer output tokens, or not at all.
 """
 
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Callable, Iterator
+import logging
+import math
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from swarmbus.protocols import Provenance, Usage
+from swarmbus.protocols import ControlFlow, Provenance, TaskStatus, Usage
 
-__all__ = ["Ledger", "current_ledger", "metered", "tapped"]
+from ._prices import Price
+
+if TYPE_CHECKING:
+    from ._base import ChatMessage, ModelRequest
+
+__all__ = [
+    "BYTES_PER_TOKEN_BOUND",
+    "MIN_OUTPUT_TOKENS",
+    "CallBound",
+    "Ledger",
+    "LimitReached",
+    "current_ledger",
+    "input_token_bound",
+    "metered",
+    "tapped",
+]
+
+log = logging.getLogger("swarmbus.models")
 
 CallCheck = Callable[["Ledger", str], None]
 """Called with the ledger and the model name before every provider call; raises to stop."""
+
+Persist = Callable[[Usage], Awaitable[None]]
+"""Stores a ledger's whole usage so far (carried included) where a later delivery of
+the same message finds it."""
+
+MIN_OUTPUT_TOKENS = 256
+"""A call is not made when the budget left cannot pay for this many output tokens (or
+its ``max_tokens``, when smaller) on top of its input."""
+
+BYTES_PER_TOKEN_BOUND = 2
+"""The budget bounds a request's input at one token per 2 bytes of UTF-8 (plus a few
+per message): tokenizers average 3 to 4 characters of English or code per token, and
+a CJK character (3 bytes) is one or two tokens, so this is above the real count for
+ordinary text. The output bound is exact: a provider never writes more than
+``max_tokens``."""
+
+_TOKENS_PER_MESSAGE = 8  # role markers and framing a chat format adds per message
+
+
+class LimitReached(ControlFlow):
+    """A limit stopped the run: the workflow ends with ``status`` (``budget_exceeded``,
+    ``deadline_exceeded``, ``cancelled``) and ``reason``."""
+
+    def __init__(self, status: TaskStatus, reason: str) -> None:
+        super().__init__(reason)
+        self.status: TaskStatus = status
+        self.reason = reason
+
+
+def input_token_bound(request: ModelRequest[Any], history: tuple[ChatMessage, ...] | list[
+        ChatMessage] | None = None) -> int:
+    """An upper bound of the input tokens of ``request`` (its system prompt, messages,
+    or ``history`` when given, and output schema): see ``BYTES_PER_TOKEN_BOUND``."""
+    from ._base import schema_text
+
+    messages = request.messages if history is None else history
+    schema = schema_text(request.output_type)  # type: ignore[arg-type]  # a type hashes
+    size = len(request.system.encode()) + len(schema.encode())
+    size += sum(len(m.content.encode()) for m in messages)
+    return math.ceil(size / BYTES_PER_TOKEN_BOUND) + _TOKENS_PER_MESSAGE * (len(messages) + 1)
+
+
+@dataclass(frozen=True, slots=True)
+class CallBound:
+    """The most one call can cost, known before it is made: ``input_tokens`` (a bound,
+    see ``input_token_bound``) and ``max_tokens`` of output at ``price`` (USD per
+    million tokens; None: the model is unpriced and its cost has no bound)."""
+
+    price: Price | None
+    input_tokens: int
+    max_tokens: int
+
+    def input_usd(self) -> float:
+        """USD of the input at most (every input token at the dearest input rate)."""
+        if self.price is None:
+            return 0.0
+        p = self.price
+        rate = max(p.input, p.cache_write or 0.0, p.cache_write_1h or 0.0)
+        return self.input_tokens * rate / 1_000_000
+
+    def worst_usd(self, max_tokens: int | None = None) -> float | None:
+        """USD of the call at most, with ``max_tokens`` (default: its own) of output."""
+        if self.price is None:
+            return None
+        out = self.max_tokens if max_tokens is None else max_tokens
+        return self.input_usd() + out * self.price.output / 1_000_000
+
+    def affordable(self, left_usd: float) -> int | None:
+        """The output tokens (at most ``max_tokens``) whose worst case fits in ``left_usd``
+        after the input; None when unpriced (no bound)."""
+        if self.price is None:
+            return None
+        left = left_usd - self.input_usd()
+        if left < 0:
+            return 0
+        if self.price.output <= 0:
+            return self.max_tokens
+        return min(self.max_tokens, math.floor(left * 1_000_000 / self.price.output))
 
 
 class Ledger:
     """The calls made under one ``metered`` block, in order.
 
     ``scope`` keys the response cache (the workflow id; empty: shared). ``check``
-    runs before every provider call (budget, deadline, cancel). ``redelivery``
-    marks a message delivered before: a cache hit then charges what the call
-    that filled the cache cost, because the attempt that paid never got to
-    publish its spend. ``carried`` is spend an earlier, failed delivery of the
-    same message booked (it is part of ``usage``). Not thread-safe: one ledger
-    per handler.
+    runs before every provider call (deadline, cancel). ``budget_usd`` (None: no
+    budget) bounds ``spent_usd``: ``before_call`` raises ``LimitReached`` when it is
+    spent or when even ``MIN_OUTPUT_TOKENS`` of output cannot fit, and lowers a
+    call's ``max_tokens`` to fit what is left. ``redelivery`` marks a message
+    delivered before: a cache hit then charges what the call that filled the cache
+    cost, because the attempt that paid never got to publish its spend.
+    ``carried`` is spend an earlier delivery of the same message booked (it is part
+    of ``usage``). ``persist``, when given, is awaited by ``book`` with the whole
+    usage after every call that cost money (or whose cost is unknown), so a delivery
+    that dies right after a paid call still leaves it to the next one. Not
+    thread-safe: one ledger per handler.
     """
 
     __slots__ = (
-        "_booked", "_carry_taken", "_taken", "_total", "_usage", "carried", "check", "records",
-        "redelivery", "scope", "spent_before", "stopped",
+        "_booked", "_carry_taken", "_taken", "_total", "_usage", "budget_usd", "carried",
+        "check", "persist", "records", "redelivery", "scope", "spent_before", "stopped",
     )
 
     def __init__(
@@ -49,10 +158,14 @@ class Ledger:
         redelivery: bool = False,
         spent_before: Usage | None = None,
         carried: Usage | None = None,
+        budget_usd: float | None = None,
+        persist: Persist | None = None,
     ) -> None:
         self.scope = scope
         self.check = check
         self.redelivery = redelivery
+        self.budget_usd = budget_usd
+        self.persist = persist
         self.spent_before = spent_before or Usage()
         """What the workflow spent before this ledger (for budget checks)."""
         self.carried = carried or Usage()
@@ -63,21 +176,51 @@ class Ledger:
         self._taken = 0
         self._carry_taken = False
         self.stopped: BaseException | None = None
-        """The exception ``check`` raised, if it stopped a call: a fallback chain lets
-        exactly this exception through unchanged instead of moving on."""
+        """The exception ``before_call`` raised, if it stopped a call: a fallback chain
+        lets exactly this exception through unchanged instead of moving on."""
 
-    def before_call(self, model: str) -> None:
-        """Run the check before a provider call to ``model`` (raises to stop the call).
+    def before_call(self, model: str, bound: CallBound | None = None) -> int | None:
+        """Run the checks before a provider call to ``model`` (raises to stop it).
 
-        Whatever the check raises propagates unchanged (also through fallback
-        chains and the response cache) and is kept in ``stopped``.
+        ``check`` first, then the budget: ``LimitReached("budget_exceeded")`` when it is
+        spent, or when ``bound`` (the call's worst case) cannot fit even
+        ``MIN_OUTPUT_TOKENS`` of output in what is left. Returns the ``max_tokens`` the
+        call must use to fit (fewer than ``bound.max_tokens``), or None to leave it.
+        Whatever is raised propagates unchanged (also through fallback chains and the
+        response cache) and is kept in ``stopped``.
         """
-        if self.check is not None:
-            try:
+        try:
+            if self.check is not None:
                 self.check(self, model)
-            except BaseException as exc:
-                self.stopped = exc
-                raise
+            return self._fit(model, bound)
+        except BaseException as exc:
+            self.stopped = exc
+            raise
+
+    def _fit(self, model: str, bound: CallBound | None) -> int | None:
+        if self.budget_usd is None:
+            return None
+        spent = self.spent_usd
+        left = self.budget_usd - spent
+        if left <= 0:
+            unknown = self.total.unpriced_calls
+            extra = f" ({unknown} unpriced calls not counted)" if unknown else ""
+            raise LimitReached(
+                "budget_exceeded", f"spent ${spent:.4f} of ${self.budget_usd:.4f}{extra}"
+                + (f"; stopped before calling {model}" if model else ""))
+        if bound is None:
+            return None
+        fits = bound.affordable(left)
+        if fits is None or fits >= bound.max_tokens:
+            return None
+        if fits < min(MIN_OUTPUT_TOKENS, bound.max_tokens):
+            worst = bound.worst_usd(min(MIN_OUTPUT_TOKENS, bound.max_tokens)) or 0.0
+            raise LimitReached(
+                "budget_exceeded",
+                f"${left:.4f} of ${self.budget_usd:.4f} left; a call to {model} with "
+                f"{bound.input_tokens:,} input tokens at most could cost ${worst:.4f} before "
+                f"writing {min(MIN_OUTPUT_TOKENS, bound.max_tokens)} tokens: not made")
+        return fits
 
     def record(self, provenance: Provenance) -> None:
         """Book one provider answer (or one cache hit)."""
@@ -89,6 +232,19 @@ class Ledger:
         self._booked.append(cost)
         self._usage = self._usage + cost
         self._total = None
+
+    async def book(self, provenance: Provenance) -> None:
+        """``record``, then ``persist`` the whole usage when this answer cost money or its
+        cost is unknown. A failing ``persist`` is logged, never raised (the call is
+        booked here either way)."""
+        self.record(provenance)
+        cost = self._booked[-1]
+        if self.persist is None or not (cost.priced_cost_usd > 0 or cost.unpriced_calls):
+            return
+        try:
+            await self.persist(self._usage)
+        except Exception as exc:
+            log.warning("could not store the spend for a later delivery: %r", exc)
 
     @property
     def usage(self) -> Usage:
@@ -112,6 +268,11 @@ class Ledger:
         """USD of ``total``'s priced calls (``Usage.priced_cost_usd``), without building
         it (checked before every call)."""
         return self.spent_before.priced_cost_usd + self._usage.priced_cost_usd
+
+    @property
+    def left_usd(self) -> float | None:
+        """What is left of ``budget_usd`` (None: no budget)."""
+        return None if self.budget_usd is None else self.budget_usd - self.spent_usd
 
     @property
     def total(self) -> Usage:
@@ -149,7 +310,7 @@ def metered(ledger: Ledger) -> Iterator[Ledger]:
 
 
 class _Tap(Ledger):
-    """Books into ``parent`` (its check, its records) and keeps a copy of what it booked."""
+    """Books into ``parent`` (its checks, its records) and keeps a copy of what it booked."""
 
     __slots__ = ("parent",)
 
@@ -161,11 +322,11 @@ class _Tap(Ledger):
         )
         self.parent = parent
 
-    def before_call(self, model: str) -> None:
+    def before_call(self, model: str, bound: CallBound | None = None) -> int | None:
         if self.parent is None:
-            return
+            return None
         try:
-            self.parent.before_call(model)
+            return self.parent.before_call(model, bound)
         except BaseException:
             self.stopped = self.parent.stopped
             raise
@@ -174,6 +335,11 @@ class _Tap(Ledger):
         if self.parent is not None:
             self.parent.record(provenance)
         super().record(provenance)
+
+    async def book(self, provenance: Provenance) -> None:
+        if self.parent is not None:
+            await self.parent.book(provenance)
+        Ledger.record(self, provenance)
 
 
 @contextmanager

@@ -17,10 +17,12 @@ from swarmbus.protocols import ConfigError, Provenance
 
 from ._base import ChatMessage, Model, ModelRequest, ModelResponse, T
 from ._errors import ModelError, OutputValidationError, ScriptExhaustedError
-from ._ledger import current_ledger
+from ._ledger import CallBound, current_ledger, input_token_bound
 from ._output import repair_prompt, validate_output
 from ._prices import Price, price_table
 from ._provider import Tokens, estimate_tokens, merge_provenance, usage_of
+
+_FREE = Price(input=0, output=0)
 
 __all__ = ["Billed", "FunctionModel", "OfflinePrice", "Reply", "ScriptedModel", "Unmetered"]
 
@@ -113,6 +115,18 @@ class _OfflineModel(Model):
     @abstractmethod
     async def _reply(self, request: ModelRequest[Any]) -> Reply: ...
 
+    def _bound_price(self) -> Price | None:
+        """The price its calls are bounded with (free: zero; None: unpriced)."""
+        price = self.price
+        if price == "auto":
+            found = price_table().get(self.name)
+            return found if found is not None else _FREE
+        if price == "free":
+            return _FREE
+        if price == "unpriced":
+            return None
+        return price
+
     def _cost(self, tokens: Tokens) -> float | None:
         price = self.price
         if price == "auto":
@@ -164,7 +178,9 @@ class _OfflineModel(Model):
         ledger = current_ledger()
         for attempt in (1, 2):
             if ledger is not None:
-                ledger.before_call(self.name)
+                ledger.before_call(self.name, CallBound(
+                    self._bound_price(), input_token_bound(current),
+                    current.settings.max_tokens))
             self.requests.append(current)
             call_started = time.perf_counter()
             if self.latency_s > 0:
@@ -179,7 +195,7 @@ class _OfflineModel(Model):
                 booked = self._book(current, reply, time.perf_counter() - call_started)
                 spent.append(booked)
                 if ledger is not None:
-                    ledger.record(booked)
+                    await ledger.book(booked)
             try:
                 output = _to_output(answer, request.output_type)
                 break

@@ -7,7 +7,7 @@ import math
 import time
 from abc import abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import anyio
@@ -26,7 +26,7 @@ from ._errors import (
     RefusalError,
 )
 from ._guard import check_real_call_allowed
-from ._ledger import current_ledger
+from ._ledger import CallBound, current_ledger, input_token_bound
 from ._output import describe, repair_prompt, validate_output
 from ._prices import Price, is_priced, price_table
 from ._vendor import MAX_ERROR_CHARS
@@ -202,6 +202,10 @@ class ProviderModel(Model):
     def _timeout(self, request: ModelRequest[Any]) -> float:
         return self._timeout_s if self._timeout_s is not None else request.settings.timeout_s
 
+    def price(self) -> Price | None:
+        """Its price: its own ``price``, else the price table's (None: unpriced)."""
+        return self._price if self._price is not None else price_table().get(self.name)
+
     def _cost(self, tokens: Tokens) -> float | None:
         counts = {
             "input_tokens": tokens.input,
@@ -244,14 +248,23 @@ class ProviderModel(Model):
 
     async def _call_once(
         self, request: ModelRequest[Any], history: list[ChatMessage], spent: list[Provenance]
-    ) -> RawReply:
+    ) -> tuple[RawReply, int | None]:
+        """One call. Returns the reply and the ``max_tokens`` it was lowered to so that
+        its worst case fits the budget left (None: not lowered)."""
         check_real_call_allowed(self.name)
         ledger = current_ledger()
+        lowered: int | None = None
+        sent = request
         if ledger is not None:
-            ledger.before_call(self.name)  # raises to stop; propagates unchanged
+            bound = CallBound(self.price(), input_token_bound(request, history),
+                              request.settings.max_tokens)
+            lowered = ledger.before_call(self.name, bound)  # raises to stop; unchanged
+            if lowered is not None:
+                sent = replace(request, settings=request.settings.model_copy(
+                    update={"max_tokens": lowered}))
         started = time.perf_counter()
         try:
-            raw = await self._call(request, history, self._timeout(request))
+            raw = await self._call(sent, history, self._timeout(request))
         except ModelError as exc:
             exc.usage = usage_of(spent) + exc.usage
             raise
@@ -274,8 +287,8 @@ class ProviderModel(Model):
         if booked is not None:
             spent.append(booked)
             if ledger is not None:
-                ledger.record(booked)
-        return raw
+                await ledger.book(booked)
+        return raw, lowered
 
     async def complete(self, request: ModelRequest[T]) -> ModelResponse[T]:
         await self.prepare()
@@ -284,7 +297,7 @@ class ProviderModel(Model):
         spent: list[Provenance] = []
         output: T | None = None
         for attempt in (1, 2):
-            raw = await self._call_once(request, history, spent)
+            raw, lowered = await self._call_once(request, history, spent)
             if raw.stop == "empty":
                 raise ProviderEmptyReplyError(
                     f"{self.name} answered with nothing (no choices or candidates); "
@@ -300,6 +313,11 @@ class ProviderModel(Model):
                     usage=usage_of(spent),
                 )
             if raw.stop == "length":
+                if lowered is not None:
+                    raise OutputTruncatedError(
+                        f"{self.name} stopped at max_tokens={lowered}, lowered from "
+                        f"{request.settings.max_tokens} to fit the budget left",
+                        model=self.name, usage=usage_of(spent), budget_tokens=lowered)
                 raise OutputTruncatedError(
                     f"{self.name} stopped at the token limit "
                     f"(max_tokens={request.settings.max_tokens}); raise it or ask for less",

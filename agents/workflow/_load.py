@@ -7,6 +7,7 @@ self-contained. Every fault names the file, the path in it and what to change.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from swarmbus.protocols import (
 
 from .._yaml import yaml_problem
 from ..models import ModelConfig, qualify_model_name
-from ._prompt import template_problems
+from ._prompt import template_paths, template_problems
 
 __all__ = [
     "BUILTIN_PREFIX",
@@ -164,7 +165,7 @@ def compile_workflow(
             update["model"], why = _model(step.model)
             if why:
                 problems.append(Problem(f"{at}.model", why))
-        for tool in step.tools:
+        for tool in step.tool_names:
             if tool not in KNOWN_TOOLS:
                 problems.append(Problem(f"{at}.tools", f"unknown tool {tool!r}; known: "
                                         f"{', '.join(sorted(KNOWN_TOOLS))}"))
@@ -180,11 +181,52 @@ def compile_workflow(
             types[art] = resolve_type(type_name)
         except UnknownTypeError as e:
             problems.append(Problem(f"artifacts.{art}", str(e)))
+    spec = _preset_routes(spec, types)
     problems += check(spec, types)
     problems += _tool_problems(spec, types)
+    if not problems:  # the paths taken to a step need a graph that checks
+        problems += _template_path_problems(spec, types)
     if problems:
         raise WorkflowError(source or spec.name, problems)
     return CompiledWorkflow(spec, types)
+
+
+PRESET_CAPS = {"revise_code": 3, "revise_design": 2}
+"""How often a preset reviewer (a short-form ``reviewer`` step without routes) may send
+work back to the code's and the design's authors."""
+
+
+def _preset_routes(spec: Workflow, types: Mapping[str, type[BaseModel]]) -> Workflow:
+    """A ``reviewer`` step that gives no ``routes`` and answers a ``swarmbus.Verdict`` gets
+    the built-in team's: ``approve`` goes on (to the next step, or ends the run),
+    ``revise_code`` back to the step that produced its code input and
+    ``revise_design`` back to the one that produced its design input (each capped by
+    ``PRESET_CAPS``; the input's own author when it has only one input)."""
+    from swarmbus.protocols import Code, Design, Verdict
+
+    wf = CompiledWorkflow(spec, types)
+    steps = []
+    for step in spec.steps:
+        out_type = types.get(step.output or "")
+        if step.role != "reviewer" or step.routes or out_type is not Verdict or not step.input:
+            steps.append(step)
+            continue
+
+        def author(kind: type[BaseModel], fallback: int, inputs: list[str] = step.input) -> str:
+            name = next((n for n in inputs if isinstance(types.get(n), type)
+                         and issubclass(types[n], kind)), inputs[fallback])
+            producer = wf.producer(name)
+            return producer.id if producer is not None else ""
+
+        code, design = author(Code, -1), author(Design, 0)
+        if not code or not design:
+            steps.append(step)
+            continue
+        routes = {"approve": {"to": wf.successor(step.id)},
+                  "revise_code": {"to": code, "max": PRESET_CAPS["revise_code"]},
+                  "revise_design": {"to": design, "max": PRESET_CAPS["revise_design"]}}
+        steps.append(StepSpec.model_validate({**step.model_dump(), "routes": routes}))
+    return spec.model_copy(update={"steps": steps})
 
 
 def _model(value: Any) -> tuple[Any, str]:
@@ -230,13 +272,87 @@ def _agent_problem(path: str) -> str:
 
 
 def _tool_problems(spec: Workflow, types: Mapping[str, type[BaseModel]]) -> list[Problem]:
+    """``sandbox.pytest`` needs a code input to test and, on a step with routes, a route
+    to send failing code back on (``on_fail``) and approving values that are routes."""
     from swarmbus.protocols import Code
 
+    from ._tools import send_back_value
+
+    wf = CompiledWorkflow(spec, types)
     out = []
     for i, step in enumerate(spec.steps):
-        if "sandbox.pytest" in step.tools and not any(
-            isinstance(types.get(n), type) and issubclass(types[n], Code) for n in step.input
-        ):
+        tool = step.tool("sandbox.pytest")
+        if tool is None:
+            continue
+        code = next((n for n in step.input if isinstance(types.get(n), type)
+                     and issubclass(types[n], Code)), None)
+        if code is None:
             out.append(Problem(f"steps[{i}].tools", "sandbox.pytest runs the tests of a code "
                                "input: give the step an input of type swarmbus.Code"))
+            continue
+        if not step.routes:
+            continue
+        on_fail = tool.on_fail or send_back_value(wf, step, code)
+        if on_fail is None:
+            out.append(Problem(f"steps[{i}].tools", f"sandbox.pytest sends failing code back, "
+                               f"but no route of step {step.id!r} goes to the step that "
+                               f"produces {code!r}: add one, or give the tool `on_fail`"))
+        elif on_fail not in step.routes:
+            out.append(Problem(f"steps[{i}].tools", f"on_fail {on_fail!r} is not a route of "
+                               f"step {step.id!r} ({', '.join(step.routes)})"))
+        for value in tool.approve or []:
+            if value not in step.routes:
+                out.append(Problem(f"steps[{i}].tools", f"approve {value!r} is not a route of "
+                                   f"step {step.id!r} ({', '.join(step.routes)})"))
     return out
+
+
+def _template_path_problems(
+    spec: Workflow, types: Mapping[str, type[BaseModel]]
+) -> list[Problem]:
+    """Every name a step's templates read exists whenever the step runs: ``inputs.X`` is
+    the goal, the constraints, the language or a declared input; ``artifacts.X`` is an
+    artifact produced on every path to the step, and ``artifacts.X.F`` a field of its
+    type. A near name is suggested."""
+    from swarmbus.protocols import TASK_FIELDS, available_artifacts
+
+    wf = CompiledWorkflow(spec, types)
+    available = available_artifacts(wf)
+    inputs = [*sorted(TASK_FIELDS), *spec.inputs]
+    out: list[Problem] = []
+    for i, step in enumerate(spec.steps):
+        for key, text in (("task", step.task), ("prompt", step.system or "")):
+            if "{" not in text:
+                continue
+            for path in template_paths(text):
+                where, shown = f"steps[{i}].{key}", "{{ " + ".".join(path) + " }}"
+                if path[0] == "inputs" and len(path) > 1 and path[1] not in inputs:
+                    out.append(Problem(where, f"{shown}: no input {path[1]!r}"
+                                       f"{_near(path[1], inputs)}; inputs are "
+                                       f"{', '.join(inputs)}"))
+                if path[0] != "artifacts" or len(path) < 2:
+                    continue
+                name = path[1]
+                if name not in spec.artifacts:
+                    known = list(spec.artifacts)
+                    out.append(Problem(where, f"{shown}: no artifact {name!r}"
+                                       f"{_near(name, known)}; artifacts are "
+                                       f"{', '.join(known) or 'none'}"))
+                    continue
+                if name not in available[step.id]:
+                    out.append(Problem(where, f"{shown}: artifact {name!r} is not produced on "
+                                       f"every path to step {step.id!r} (the first time it "
+                                       "runs, at least)"))
+                    continue
+                type_ = types.get(name)
+                if len(path) > 2 and type_ is not None and path[2] not in type_.model_fields:
+                    fields = list(type_.model_fields)
+                    out.append(Problem(where, f"{shown}: {type_.__name__} has no field "
+                                       f"{path[2]!r}{_near(path[2], fields)}; its fields are "
+                                       f"{', '.join(fields)}"))
+    return out
+
+
+def _near(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""

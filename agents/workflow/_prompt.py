@@ -15,13 +15,20 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError, meta
+from jinja2 import StrictUndefined, TemplateError, meta, nodes
 from jinja2.sandbox import SandboxedEnvironment
 from pydantic import BaseModel
 
 from swarmbus.protocols import Code, Finding, StepSpec, TestReport, WorkState
 
-__all__ = ["TEMPLATE_NAMES", "PromptError", "render_system", "render_work", "template_problems"]
+__all__ = [
+    "TEMPLATE_NAMES",
+    "PromptError",
+    "render_system",
+    "render_work",
+    "template_paths",
+    "template_problems",
+]
 
 TEMPLATE_NAMES = frozenset({"inputs", "artifacts", "findings", "round", "role", "step"})
 
@@ -49,27 +56,67 @@ def template_problems(text: str) -> list[str]:
     return []
 
 
-def _context(state: WorkState, step: StepSpec) -> dict[str, Any]:
+def template_paths(text: str) -> list[tuple[str, ...]]:
+    """The names a template reads, as paths: ``{{ artifacts.outline.summary }}`` is
+    ``("artifacts", "outline", "summary")``, ``{{ inputs['goal'] }}`` is
+    ``("inputs", "goal")``; only the longest path of each use, only names of
+    ``TEMPLATE_NAMES``, and none through a method call. Raises ``TemplateError`` for a
+    template that does not parse."""
+    found: list[tuple[str, ...]] = []
+
+    def chain(node: nodes.Node) -> tuple[str, ...] | None:
+        if isinstance(node, nodes.Name):
+            return (node.name,)
+        if isinstance(node, nodes.Getattr):
+            base = chain(node.node)
+            return None if base is None else (*base, node.attr)
+        if isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const) and isinstance(
+                node.arg.value, str):
+            base = chain(node.node)
+            return None if base is None else (*base, node.arg.value)
+        return None
+
+    def walk(node: nodes.Node, parent: nodes.Node | None) -> None:
+        path = chain(node) if isinstance(node, nodes.Name | nodes.Getattr | nodes.Getitem) \
+            else None
+        outer = isinstance(parent, nodes.Getattr | nodes.Getitem) and chain(parent) is not None
+        if path is not None and not outer and path[0] in TEMPLATE_NAMES and not (
+                isinstance(parent, nodes.Call) and parent.node is node):
+            found.append(path)
+        for child in node.iter_child_nodes():
+            walk(child, node)
+
+    walk(_env.parse(text), None)
+    return list(dict.fromkeys(found))
+
+
+def _context(state: WorkState, step: StepSpec,
+             artifacts: Mapping[str, Any] | None = None) -> dict[str, Any]:
     task = state.task
     inputs = {"goal": task.goal, "constraints": task.constraints, "language": task.language,
               **task.inputs}
-    return {"inputs": inputs, "artifacts": state.artifacts, "findings": state.findings,
-            "round": state.round, "role": step.role, "step": step.id}
+    return {"inputs": inputs, "artifacts": state.artifacts if artifacts is None else artifacts,
+            "findings": state.findings, "round": state.round, "role": step.role,
+            "step": step.id}
 
 
-def render(text: str, state: WorkState, step: StepSpec) -> str:
+def render(text: str, state: WorkState, step: StepSpec,
+           artifacts: Mapping[str, Any] | None = None) -> str:
+    """``text`` rendered for ``step`` (``artifacts``: every artifact as templates see it,
+    references read; default ``state.artifacts``). Raises ``PromptError``."""
     if "{" not in text:  # most prompts are plain text: skip the template engine
         return text
     try:
-        return str(_template(text).render(_context(state, step)))
+        return str(_template(text).render(_context(state, step, artifacts)))
     except TemplateError as e:
         raise PromptError(f"step {step.id!r}: prompt template: {e}") from e
 
 
-def render_system(step: StepSpec, state: WorkState) -> str:
+def render_system(step: StepSpec, state: WorkState, *,
+                  artifacts: Mapping[str, Any] | None = None) -> str:
     """The step's system prompt (its ``prompt`` file or preset), rendered."""
     text = step.system or f"You are the {step.role} of a team of agents."
-    return render(text, state, step)
+    return render(text, state, step, artifacts)
 
 
 def _block(title: str, body: str) -> str:
@@ -91,6 +138,7 @@ def render_work(
     *,
     show_report: bool,
     all_findings: bool,
+    artifacts: Mapping[str, Any] | None = None,
 ) -> str:
     """The user message: goal and inputs, the step's instructions, its input
     artifacts, its own previous output, the findings it must address, the facts."""
@@ -102,7 +150,7 @@ def render_work(
     for name, text in task.inputs.items():
         parts.append(_block(f"Input: {name}", text))
     if step.task:
-        parts.append(_block("Instructions", render(step.task, state, step)))
+        parts.append(_block("Instructions", render(step.task, state, step, artifacts)))
     for name, value in inputs.items():
         parts.append(_block(f"Current {name}", _show(value)))
     if previous is not None and step.output:

@@ -28,7 +28,7 @@ def show_text(wf: CompiledWorkflow) -> str:
         typ = wf.spec.artifacts.get(s.output or "", "")
         out = f"{s.output} ({typ})" if s.output else "-"
         model = f", model {s.model}" if s.model is not None else ""
-        tools = f", tools {', '.join(s.tools)}" if s.tools else ""
+        tools = f", tools {', '.join(s.tool_names)}" if s.tools else ""
         lines.append(f"  {s.id:<14} role {s.role}{model}: {ins} -> {out}{tools}")
     lines.append("edges:")
     for a, b, label, cap in _edges(wf):

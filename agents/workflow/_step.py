@@ -12,50 +12,54 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pydantic import BaseModel
+import anyio
+from pydantic import BaseModel, ValidationError
 
 from swarmbus.bus import (
+    DEADLINE_HEADER,
     EXPECT_FIRST,
     ArtifactStore,
     Bus,
     PayloadTooLargeError,
     Reject,
     Retry,
+    deadline_msg_id,
     same_task,
+    schedulable,
 )
 from swarmbus.protocols import (
     ArtifactRef,
     CompiledWorkflow,
     ConfigError,
+    Deadline,
     Finish,
     Provenance,
     StepSpec,
+    SwarmbusError,
     TaskRequest,
-    TaskStatus,
-    Usage,
     Work,
     WorkState,
     route,
     step_topic,
+    topics,
 )
 
 from .._agent import Agent, Context, Route
-from .._guards import Guards, LimitReached, end_workflow, result_from
+from .._guards import Guards
+from .._run import Run, spill
 from ..models import (
     CachedModel,
+    LimitReached,
     Model,
     ModelConfig,
     ModelError,
     ModelSettings,
-    ProviderAuthError,
-    ProviderError,
     build_model,
-    current_ledger,
 )
-from ._call import StepCall
+from ._call import StepCall, permanent
+from ._prompt import PromptError, template_paths
 from ._registry import Workflows
 from ._state import missing_inputs, start_state, update_findings
 from ._tools import Tool
@@ -112,7 +116,9 @@ class StepAgent(Agent):
         self._step_models: dict[str, Model] = {}
         self._cache_store: Any = None
         self._objects: ArtifactStore | None = None
-        kwargs.setdefault("name", role)
+        if kwargs.setdefault("name", role) != role:
+            raise ConfigError(f"a step agent's name is its role ({role!r}): its consumer, its "
+                              f"spend and the supervisor know it by that, got {kwargs['name']!r}")
         super().__init__(**kwargs)
         for step_id in workflows.default.roles.get(role, []):  # a bad model fails at start
             self.model_for(workflows.default.steps[step_id])
@@ -122,13 +128,13 @@ class StepAgent(Agent):
         return self.model.name if self.model is not None else ""
 
     def routes(self) -> dict[str, Route]:
-        topics = self.workflows.default.topics(self.role)
-        if not topics:
+        served = self.workflows.default.topics(self.role)
+        if not served:
             raise ConfigError(f"role {self.role!r} serves no step of workflow "
                               f"{self.workflows.default.name!r}")
-        out = {t: Route(Work, self.on_work) for t in topics if t != "task"}
-        if "task" in topics:
-            out["task"] = Route(TaskRequest, self.on_task)
+        out = {t: Route(Work, self.on_work) for t in served if t != topics.TASK}
+        if topics.TASK in served:
+            out[topics.TASK] = Route(TaskRequest, self.on_task)
         return out
 
     async def setup(self, bus: Bus) -> None:
@@ -174,11 +180,12 @@ class StepAgent(Agent):
         if not await self._first_task(task, ctx):
             return
         state = start_state(task, wf, ctx)
+        await arm_deadline(ctx, state, wf.hash)
         await self.guards.run(ctx, state, lambda: self._run(ctx, wf, wf.entry, state, task))
 
     async def on_work(self, work: Work, ctx: Context[Work]) -> None:
         wf = await self.workflows.get(work.state.workflow or ctx.envelope.workflow)
-        step = wf.steps.get(ctx.envelope.topic[len("step."):])
+        step = wf.steps.get(topics.step_of_topic(ctx.envelope.topic) or "")
         if step is None or step.role != self.role:
             raise Reject(f"workflow {wf.label} has no step {ctx.envelope.topic!r} "
                          f"for role {self.role!r}")
@@ -191,7 +198,7 @@ class StepAgent(Agent):
         ``SwarmClient.submit`` does) is first by the server's own check."""
         if ctx.envelope.headers.get(EXPECT_FIRST) == "0":
             return True
-        first = await ctx.bus.first(ctx.workflow_id, "task")
+        first = await ctx.bus.first(ctx.workflow_id, topics.TASK)
         mine = ctx.delivery.stream_seq
         if first is None or not mine or first.seq == mine:
             return True
@@ -216,12 +223,12 @@ class StepAgent(Agent):
         self, ctx: Context[Any], wf: CompiledWorkflow, step: StepSpec, state: WorkState,
         task: TaskRequest | None = None,
     ) -> None:
-        missing = [n for n in step.input if n not in state.artifacts]
-        if missing or (task is not None and missing_inputs(task, wf)):
-            why = (f"step {step.id!r} is missing its inputs {missing}" if missing else
-                   f"the task lacks inputs {missing_inputs(task, wf)} that workflow "
-                   f"{wf.name!r} requires (TaskRequest.inputs)" if task else "")
-            await self._end(ctx, wf, state, "failed", why, step, None, Usage())
+        run = ctx.run
+        assert run is not None  # Guards.run made it
+        run.step = step.id
+        why = self._cannot_start(ctx, wf, step, state, task)
+        if why:
+            await run.end("failed", why)
             return
         output_type = wf.types[step.output] if step.output else _NoOutput
         call = StepCall(
@@ -230,10 +237,10 @@ class StepAgent(Agent):
             previous=(await self._artifact(state, step.output, output_type)
                       if step.output and step.output in state.artifacts else None),
             output_type=output_type, model=self.model_for(step), settings=self.settings,
-            ctx=ctx,
+            ctx=ctx, artifacts=await self._readable(state, step),
+            retry_delay=self.consumer.retry_delay,
         )
-        tools = [self.tools[t] for t in step.tools if t in self.tools]
-        ledger = current_ledger()
+        tools = [self.tools[t] for t in step.tool_names if t in self.tools]
         try:
             for tool in tools:
                 await tool.before(call)
@@ -242,47 +249,74 @@ class StepAgent(Agent):
                 output = tool.after(call, output)
         except LimitReached:
             raise
-        except (ModelError, ConfigError) as e:
-            await self._model_failed(ctx, wf, step, call, e)
+        except (ModelError, ConfigError, PromptError, ValidationError) as e:
+            await self._failed(ctx, run, step, call, e)
             return
-        usage = ledger.take() if ledger is not None else Usage()
-        state.spend[self.role] = state.spend.get(self.role, Usage()) + usage
+        usage = run.take_spend()
         state.steps += 1
-        previous_value = state.artifacts.get(step.output or "")
+        prov = call.provenance
         if step.output:
             try:
                 state.artifacts[step.output] = await self._store(output)
             except _TooLarge as e:
-                await self._end(ctx, wf, state, "failed", f"step {step.id!r}: {e}", step,
-                                call.provenance, usage)
+                await run.end("failed", f"step {step.id!r}: {e}", provenance=prov)
                 return
         update_findings(state, step, output)
-        prov = call.provenance
-        decision = route(wf, step.id, output, state.edges, state.caps)
+        decision = route(wf, step.id, output, state.edges, state.caps,
+                         send_backs=state.send_backs, send_back_caps=state.send_back_caps)
         if isinstance(decision, Finish):
             _answered(ctx, step, prov, decision.status)
-            await self._end(ctx, wf, state, decision.status, decision.reason, step, prov, usage)
+            await run.end(decision.status, decision.reason, provenance=prov)
             return
         if not decision.edge.endswith(".next"):  # every route taken counts; caps use them
             state.edges[decision.edge] = state.edges.get(decision.edge, 0) + 1
+        if decision.sent_back_to is not None:
+            role = decision.sent_back_to
+            state.send_backs[role] = state.send_backs.get(role, 0) + 1
         if decision.capped:
             state.round += 1
+        run.check()  # cancelled, or past the deadline: nothing is handed on
         work = Work(state=state, source=step.id, output=step.output or "", edge=decision.edge,
                     provenance=prov, usage=usage)
         try:
-            await ctx.publish(work, topic=step_topic(decision.step), round=state.round,
-                              model=prov.name if prov else None, workflow=wf.hash)
+            with anyio.CancelScope(shield=True):  # a publish is not cut half-way
+                await self._hand_on(ctx, wf, work, decision.step, prov)
         except PayloadTooLargeError as e:
-            if step.output:  # the best attempt is what came before this output
-                if previous_value is None:
-                    state.artifacts.pop(step.output, None)
-                else:
-                    state.artifacts[step.output] = previous_value
-            await self._end(ctx, wf, state, "failed",
-                            f"step {step.id!r}: its output cannot be passed on: {e}",
-                            step, prov, Usage())
+            await run.end("failed", f"step {step.id!r}: its output cannot be passed on: {e}",
+                          provenance=prov)
         finally:  # logged once the next step has its work: a log line is not on its path
             _answered(ctx, step, prov, decision.step)
+
+    def _cannot_start(self, ctx: Context[Any], wf: CompiledWorkflow, step: StepSpec,
+                      state: WorkState, task: TaskRequest | None) -> str:
+        """Why the step cannot run at all (a deterministic fault: the run fails at once)."""
+        missing = [n for n in step.input if n not in state.artifacts]
+        if missing:
+            return f"step {step.id!r} is missing its inputs {missing}"
+        if task is not None:
+            lacking = missing_inputs(task, wf)
+            if lacking:
+                return (f"the task lacks inputs {lacking} that workflow {wf.name!r} requires "
+                        "(TaskRequest.inputs)")
+            size, limit = len(task.model_dump_json().encode()), max_task_bytes(ctx.bus)
+            if size > limit:
+                return (f"the task is {size:,} bytes, above the limit of {limit:,} bytes for a "
+                        "task (half the stream's max_msg_bytes: every work message carries it)")
+        return ""
+
+    async def _hand_on(self, ctx: Context[Any], wf: CompiledWorkflow, work: Work, to: str,
+                       prov: Provenance | None) -> None:
+        """Publish ``work`` for step ``to``; too large, its larger artifacts move to the
+        object store first (the state grows with every step) and it is tried again."""
+        for attempt in (1, 2):
+            try:
+                await ctx.publish(work, topic=step_topic(to), round=work.state.round,
+                                  model=prov.name if prov else None, workflow=wf.hash)
+                return
+            except PayloadTooLargeError:
+                if attempt == 2 or self._objects is None or not await spill(
+                        work.state, self._objects):
+                    raise
 
     async def _artifact(self, state: WorkState, name: str, type_: type[BaseModel]) -> BaseModel:
         """Artifact ``name`` as ``type_``, read from the object store when by reference."""
@@ -292,6 +326,21 @@ class StepAgent(Agent):
             return type_.model_validate(value)
         assert self._objects is not None
         return type_.model_validate_json(await self._objects.get(ref))
+
+    async def _readable(self, state: WorkState, step: StepSpec) -> dict[str, Any] | None:
+        """Every artifact as the step's templates see it: by-reference ones that its
+        templates read are fetched (None: nothing to fetch, use the state's)."""
+        wanted = {path[1] for text in (step.task, step.system or "") if "{" in text
+                  for path in template_paths(text) if path[0] == "artifacts" and len(path) > 1}
+        refs = {n: r for n in wanted if n in state.artifacts
+                and (r := ArtifactRef.of(state.artifacts[n])) is not None}
+        if not refs:
+            return None
+        assert self._objects is not None
+        out = dict(state.artifacts)
+        for name, ref in refs.items():
+            out[name] = json.loads(await self._objects.get(ref))
+        return out
 
     async def _store(self, output: BaseModel) -> Any:
         """The output as it goes in the state: inline, or by reference when large.
@@ -304,50 +353,47 @@ class StepAgent(Agent):
             return output.model_dump(mode="json")
         return (await self._objects.put(data)).as_value()
 
-    async def _model_failed(
-        self, ctx: Context[Any], wf: CompiledWorkflow, step: StepSpec, call: StepCall,
-        e: ModelError | ConfigError,
+    async def _failed(
+        self, ctx: Context[Any], run: Run, step: StepSpec, call: StepCall, e: Exception,
     ) -> None:
-        """Transient: retry later (after the provider's Retry-After), within deadline and
-        deliveries. Permanent: end the workflow now, with the best attempt."""
-        state = call.state
-        name = call.model.name if call.model is not None else "no model"
-        what = f"step {step.id!r} ({self.role}, {name}): {e}"
-        if not _permanent(e):
+        """A permanent fault ends the run now, with the best attempt; a transient one
+        that reached here (a custom ``perform``'s) is retried later, within deliveries."""
+        name = call.model.name if call.model is not None else None
+        what = f"step {step.id!r} ({self.role}, {name or 'no model'}): {e}"
+        if not permanent(e):
             delay = max(self.consumer.retry_delay(ctx.deliveries),
                         float(getattr(e, "retry_after_s", None) or 0.0))
-            now = datetime.now(UTC)
-            if state.deadline is not None and now + timedelta(seconds=delay) >= state.deadline:
-                ledger = current_ledger()
-                usage = ledger.take() if ledger is not None else Usage()
-                state.spend[self.role] = state.spend.get(self.role, Usage()) + usage
-                await self._end(ctx, wf, state, "deadline_exceeded",
-                                f"deadline passes before the provider can be retried: {what}",
-                                step, None, usage,
-                                model=call.model.name if call.model is not None else None)
-                return
             if ctx.deliveries < self.consumer.max_deliver - 1:
-                ctx.log.warning("model failed, will retry", step=step.id, model=name,
+                ctx.log.warning("step failed, will retry", step=step.id, model=name,
                                 error=str(e)[:500], delay_s=round(delay, 3),
                                 delivery=ctx.deliveries)
                 raise Retry(what, delay_s=delay)
-            what = f"model unavailable after {ctx.deliveries} deliveries: {what}"
-        ledger = current_ledger()
-        usage = ledger.take() if ledger is not None else Usage()
-        state.spend[self.role] = state.spend.get(self.role, Usage()) + usage
+            what = f"still failing after {ctx.deliveries} deliveries: {what}"
         ctx.log.warning("step failed for good", step=step.id, model=name, error=str(e)[:500])
-        await self._end(ctx, wf, state, "failed", what, step, None, usage,
-                        model=call.model.name if call.model is not None else None)
+        await run.end("failed", what, model=name)
 
-    async def _end(
-        self, ctx: Context[Any], wf: CompiledWorkflow, state: WorkState, status: TaskStatus,
-        reason: str, step: StepSpec, prov: Provenance | None, usage: Usage,
-        model: str | None = None,
-    ) -> None:
-        result = result_from(state, status, reason, workflow=wf.hash, step=step.id,
-                             provenance=prov, usage=usage)
-        await end_workflow(ctx, result, model=model)
-        self.guards.mark_ended(ctx.workflow_id)
+
+def max_task_bytes(bus: Bus) -> int:
+    """The largest task a run takes (bytes of JSON): half the stream's message limit,
+    since every work message carries the task beside the rest of the state."""
+    return bus.stream.max_msg_bytes // 2
+
+
+async def arm_deadline(ctx: Context[Any], state: WorkState, workflow: str) -> None:
+    """Schedule the run's ``Deadline`` message (unless the submitter armed the same one),
+    so the run ends at its deadline even if no agent ever takes its next step."""
+    deadline = state.deadline
+    if deadline is None or not ctx.bus.schedules or not schedulable(deadline):
+        return
+    if ctx.envelope.headers.get(DEADLINE_HEADER) == deadline.isoformat():
+        return
+    try:
+        await ctx.bus.schedule(
+            ctx.workflow_id, topics.DEADLINE_TIMER, Deadline(at=deadline), at=deadline,
+            target=topics.DEADLINE, msg_id=deadline_msg_id(ctx.workflow_id, deadline),
+            sender=ctx.agent, workflow=workflow)
+    except SwarmbusError as e:  # the run goes on; agents still cut it at the deadline
+        ctx.log.warning("could not schedule the deadline", error=str(e)[:300])
 
 
 def _answered(ctx: Context[Any], step: StepSpec, prov: Provenance | None, then: str) -> None:
@@ -364,10 +410,3 @@ class _NoOutput(BaseModel):
     """The output of a step that declares none (its model answers anything)."""
 
     summary: str = ""
-
-
-def _permanent(e: ModelError | ConfigError) -> bool:
-    flag = getattr(e, "permanent", None)
-    if isinstance(flag, bool):
-        return flag
-    return isinstance(e, ConfigError | ProviderAuthError) or not isinstance(e, ProviderError)

@@ -1,43 +1,91 @@
-"""The supervisor: ends a workflow whose work was dead-lettered by the role serving it.
+"""The supervisor: ends the runs that no agent will end.
 
-Dead-lettering only dead-letters (the bus knows no workflow). Every daemon runs
-this small agent on ``deadletter``: when the agent that gave up is the role the
-stored workflow assigns to that topic (a custom agent giving up ends nothing),
-it publishes the workflow's ``failed`` result with the reason, the best
-attempt found in the dead-lettered message, and any spend that message's
-failed deliveries carried, so a waiting client is never left hanging.
+Every daemon runs this small agent. It takes three topics:
+
+- ``deadletter``: when the agent that gave up on a task or a step is the role the
+  stored workflow assigns to it (a custom agent giving up ends nothing), the
+  run ends ``failed`` with the reason;
+- ``deadline``: the run's deadline message, published by the server's scheduler
+  at the deadline (``Nats-Schedule``), so a run whose next step no agent takes
+  still ends ``deadline_exceeded`` on time;
+- ``cancel``: the run's cancel flag is set (agents in the middle of its work
+  abort it) and, when no agent has ended it a moment later (its work waits in a
+  queue, or for a retry), the run ends ``cancelled``.
+
+Each ending carries the best attempt found in the stream (the run's latest work
+message, or the dead-lettered one) and its whole spend: what that message's
+state carries plus what its handler's deliveries booked and stored (the carried
+spend), so a waiting client is never left hanging and no paid call is lost.
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from swarmbus.bus import Bus, WorkflowStore
+import anyio
+
+from swarmbus.bus import (
+    Bus,
+    StoredMessage,
+    WorkflowStore,
+    cancel_flags,
+    deadline_msg_id,
+    schedulable,
+)
 from swarmbus.protocols import (
+    Cancel,
+    CompiledWorkflow,
     DeadLetter,
+    Deadline,
     Subject,
     SubjectError,
     TaskRequest,
+    TaskStatus,
     Usage,
     Work,
     WorkState,
     headers,
+    topics,
 )
 
 from .._agent import Agent, Context, handles
-from .._guards import carried_spend, end_workflow, result_from
+from .._guards import carried_spend
+from .._run import Run
+from ..models import Ledger
+from ._state import state_for_task
 
 __all__ = ["Supervisor"]
 
+_EARLY_S = 1.0
+"""A deadline message this much before the run's deadline (a clock apart, or a deadline
+that moved) is not acted on: the real one is scheduled instead."""
+
+
+@dataclass
+class _Latest:
+    """A run's latest work message, as the supervisor ends a run from it."""
+
+    state: WorkState
+    topic: str
+    msg_id: str
+    workflow: CompiledWorkflow | None
+
 
 class Supervisor(Agent):
-    """Turns a dead-lettered step (or task) into the workflow's ``failed`` result."""
+    """Ends a run that no agent will end: dead-lettered work (``failed``), a deadline
+    no agent met (``deadline_exceeded``), a cancel no agent acted on (``cancelled``).
+    ``grace_s``: how long it leaves an agent that holds the run's work to end it itself
+    (with the freshest spend) before it does."""
 
     name = "supervisor"
     start = "pending"
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, *, grace_s: float = 0.5, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.grace_s = grace_s
         self._store: WorkflowStore | None = None
         self._bus: Bus | None = None
 
@@ -46,7 +94,9 @@ class Supervisor(Agent):
         self._bus = bus
         self._store = await WorkflowStore.open(bus)
 
-    @handles("deadletter")
+    # -- the three topics ---------------------------------------------------------------
+
+    @handles(topics.DEADLETTER)
     async def on_dead_letter(self, letter: DeadLetter, ctx: Context[DeadLetter]) -> None:
         if letter.reason == "id_taken":
             return  # the first workflow under that id goes on
@@ -54,40 +104,175 @@ class Supervisor(Agent):
             topic = Subject.parse(letter.subject).topic
         except SubjectError:
             return
-        if topic != "task" and not topic.startswith("step."):
+        if topic != topics.TASK and topics.step_of_topic(topic) is None:
             return
         assert self._store is not None and self._bus is not None
         ref = letter.headers.get(headers.WORKFLOW) or await self._store.resolve(None)
         wf = await self._store.get(ref) if ref else None
         role = wf.role_of_topic(topic) if wf is not None else None
-        if role is None and topic != "task":
+        if role is None and topic != topics.TASK:
             return  # not a step of a workflow we know
         if role is not None and letter.agent != role:
             return  # a custom agent gave up on its copy: the workflow goes on
-        state = await self._state(letter)
-        carried = await self._carried(letter)
-        if carried is not None:
-            state.spend[letter.agent] = state.spend.get(letter.agent, Usage()) + carried
+        stored = await self._bus.get(letter.stream_seq) if letter.stream_seq else None
+        latest = await self._read(stored, wf) if stored is not None else None
+        if latest is None:
+            latest = _Latest(WorkState(task=TaskRequest(goal="(the task could not be read)")),
+                             topic, letter.headers.get(headers.MSG_ID, ""), wf)
+        if letter.headers.get(headers.MSG_ID):
+            latest.msg_id = letter.headers[headers.MSG_ID]
         reason = (f"{letter.agent or 'an agent'} gave up on {topic} ({letter.reason}): "
                   f"{letter.error}")
-        await end_workflow(ctx, result_from(state, "failed", reason[:4000],
-                                            workflow=wf.hash if wf else "", usage=carried))
+        await self._end(ctx, latest, letter.agent or role or "", "failed", reason[:4000])
 
-    async def _state(self, letter: DeadLetter) -> WorkState:
-        """The best attempt: the dead-lettered message's own state, when it decodes."""
-        assert self._bus is not None
-        stored = await self._bus.get(letter.stream_seq) if letter.stream_seq else None
-        env = stored.try_decode() if stored is not None else None
-        if env is not None and isinstance(env.message, Work):
-            return env.message.state
-        if env is not None and isinstance(env.message, TaskRequest):
-            return WorkState(task=env.message)
-        return WorkState(task=TaskRequest(goal="(the task could not be read)"))
+    @handles(topics.DEADLINE)
+    async def on_deadline(self, msg: Deadline, ctx: Context[Deadline]) -> None:
+        latest = await self._latest(ctx)
+        if latest is None:
+            return
+        deadline = latest.state.deadline
+        if deadline is not None and deadline - datetime.now(UTC) > timedelta(seconds=_EARLY_S):
+            await self._arm(ctx, deadline, latest)  # not yet: the run's own deadline
+            return
+        await anyio.sleep(self.grace_s)  # an agent holding the work ends it itself
+        latest = await self._latest(ctx)
+        if latest is None:
+            return
+        waiting = self._waiting_on(latest)
+        when = deadline.isoformat() if deadline is not None else msg.at.isoformat()
+        await self._end(ctx, latest, self._role(latest), "deadline_exceeded",
+                        f"deadline {when} passed{waiting}")
 
-    async def _carried(self, letter: DeadLetter) -> Usage | None:
+    @handles(topics.CANCEL)
+    async def on_cancel(self, msg: Cancel, ctx: Context[Cancel]) -> None:
         assert self._bus is not None
-        msg_id = letter.headers.get(headers.MSG_ID) or (
-            f"{self._bus.stream_name}-{letter.stream_seq}" if letter.stream_seq else "")
-        if not msg_id or not letter.agent:
+        flags = await cancel_flags(self._bus)
+        await flags.put(ctx.workflow_id, b"1")  # agents holding its work abort it now
+        await anyio.sleep(self.grace_s)
+        latest = await self._latest(ctx)
+        if latest is None:
+            return
+        why = f": {msg.reason}" if msg.reason else ""
+        await self._end(ctx, latest, self._role(latest), "cancelled",
+                        f"cancelled on request{why}{self._waiting_on(latest)}")
+
+    # -- reading the run from the stream ---------------------------------------------------
+
+    async def _latest(self, ctx: Context[Any]) -> _Latest | None:
+        """The run's latest work message (None: the run has ended, or has no task)."""
+        assert self._bus is not None
+        history = await self._bus.history(ctx.workflow_id)
+        for stored in reversed(history):
+            try:
+                topic = Subject.parse(stored.subject).topic
+            except SubjectError:
+                continue
+            if topic == topics.RESULT:
+                return None
+            if topic == topics.TASK or topics.step_of_topic(topic) is not None:
+                ref = stored.headers.get(headers.WORKFLOW)
+                wf = await self._workflow(ref)
+                latest = await self._read(stored, wf)
+                if latest is not None:
+                    return latest
+        return None
+
+    async def _workflow(self, ref: str | None) -> CompiledWorkflow | None:
+        assert self._store is not None
+        ref = ref or await self._store.resolve(None)
+        return await self._store.get(ref) if ref else None
+
+    async def _read(self, stored: StoredMessage, wf: CompiledWorkflow | None) -> _Latest | None:
+        """The state ``stored`` carries: decoded, or, when it does not decode, read field by
+        field (its task, artifacts and spend), so a malformed message still ends with
+        its best attempt and its spend."""
+        assert self._bus is not None
+        try:
+            topic = Subject.parse(stored.subject).topic
+        except SubjectError:
             return None
-        return await carried_spend(self._bus, letter.agent, msg_id)
+        msg_id = stored.headers.get(headers.MSG_ID) or f"{self._bus.stream_name}-{stored.seq}"
+        env = stored.try_decode()
+        if env is not None and isinstance(env.message, Work):
+            return _Latest(env.message.state, topic, msg_id, wf)
+        if env is not None and isinstance(env.message, TaskRequest):
+            submitted = _parse_time(stored.time)
+            if wf is None and env.message.workflow:
+                assert self._store is not None
+                wf = await self._workflow(await self._store.resolve(env.message.workflow))
+            return _Latest(state_for_task(env.message, wf, submitted), topic, msg_id, wf)
+        state = _tolerant_state(stored.data)
+        return None if state is None else _Latest(state, topic, msg_id, wf)
+
+    def _role(self, latest: _Latest) -> str:
+        return latest.workflow.role_of_topic(latest.topic) or "" if latest.workflow else ""
+
+    def _waiting_on(self, latest: _Latest) -> str:
+        role = self._role(latest)
+        step = topics.step_of_topic(latest.topic) or (
+            latest.workflow.entry.id if latest.workflow else "")
+        if not step:
+            return ""
+        return f"; step {step!r} was waiting" + (f" for the {role}" if role else "")
+
+    async def _arm(self, ctx: Context[Any], deadline: datetime, latest: _Latest) -> None:
+        assert self._bus is not None
+        if not schedulable(deadline):
+            return
+        await self._bus.schedule(
+            ctx.workflow_id, topics.DEADLINE_TIMER, Deadline(at=deadline), at=deadline,
+            target=topics.DEADLINE, msg_id=deadline_msg_id(ctx.workflow_id, deadline),
+            sender=self.name, workflow=latest.state.workflow or None)
+
+    async def _end(self, ctx: Context[Any], latest: _Latest, role: str, status: TaskStatus,
+                   reason: str) -> None:
+        """End the run from ``latest``, with what its handler's deliveries booked."""
+        assert self._bus is not None
+        carried = await carried_spend(self._bus, role, latest.msg_id) if (
+            role and latest.msg_id) else None
+        run = Run(ctx, latest.state, Ledger(carried=carried), key=role or self.name)
+        run.step = topics.step_of_topic(latest.topic) or (
+            latest.workflow.entry.id if latest.workflow else "")
+        await run.end(status, reason)
+
+
+def _parse_time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def _tolerant_state(body: bytes) -> WorkState | None:
+    """What can be read of a work message's state that does not validate: its task,
+    artifacts and spend (each part that validates), the rest left out."""
+    try:
+        raw = json.loads(body)
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than Python reads
+        return None
+    state = raw.get("state") if isinstance(raw, dict) else None
+    if not isinstance(state, dict):
+        return None
+    try:
+        task = TaskRequest.model_validate(state.get("task"))
+    except ValueError:
+        task = TaskRequest(goal="(the task could not be read)")
+    spend: dict[str, Usage] = {}
+    for key, value in (state.get("spend") or {}).items():
+        try:
+            spend[str(key)] = Usage.model_validate(value)
+        except ValueError:
+            continue
+    artifacts = state.get("artifacts")
+    kept = {str(k): v for k, v in artifacts.items()} if isinstance(artifacts, dict) else {}
+    fields: dict[str, Any] = {"task": task, "artifacts": kept, "spend": spend}
+    for name in ("workflow", "round", "steps", "budget_usd", "deadline", "edges", "send_backs"):
+        if name in state:
+            try:
+                WorkState.model_validate({"task": task, name: state[name]})
+            except ValueError:
+                continue
+            fields[name] = state[name]
+    return WorkState.model_validate(fields)

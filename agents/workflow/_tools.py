@@ -4,23 +4,45 @@ answer must respect afterwards.
 ``sandbox.pytest`` runs the tests of the step's code input in the sandbox (and,
 when the task carries them, its hidden acceptance tests in a separate run),
 gives the model the facts, and never lets an answer approve failing tests: an
-``approve`` becomes the ``on_fail`` route (``revise_code``) with the failing
-tests as a finding. That rule is the tool's, not a role's.
+approving route value becomes the ``on_fail`` one (the route back to whoever
+wrote the code) with the failing tests as a finding. That rule is the tool's,
+for any workflow, not a role's.
 """
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Awaitable, Sequence
-from typing import TYPE_CHECKING, Protocol
+from enum import Enum
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel
 
-from swarmbus.protocols import Code, Finding, SourceFile, TestReport
+from swarmbus.protocols import (
+    END,
+    Code,
+    CompiledWorkflow,
+    ConfigError,
+    Finding,
+    SourceFile,
+    StepSpec,
+    TestReport,
+    route_key,
+)
 
 if TYPE_CHECKING:
     from ._step import StepCall
 
-__all__ = ["SandboxPytest", "TestRunner", "Tool", "Toolbox", "failing_tests_finding"]
+__all__ = [
+    "SandboxPytest",
+    "TestRunner",
+    "Tool",
+    "Toolbox",
+    "approving_values",
+    "failing_tests_finding",
+    "send_back_value",
+    "value_of",
+]
 
 
 class TestRunner(Protocol):
@@ -56,8 +78,12 @@ class SandboxPytest:
     """``sandbox.pytest``: the submission's own tests, then hidden acceptance tests.
 
     ``runner`` runs the submission's tests; ``acceptance`` the hidden ones (a
-    separate run; None: hidden tests are not run). ``on_fail`` is the value an
-    ``approve`` is changed to when the tests fail.
+    separate run; None: hidden tests are not run). The step's answer may not pick
+    an *approving* route while they fail: the step's ``approve`` values (default:
+    every value whose route ends the run approved or goes forward) are turned into
+    its ``on_fail`` value (default: the route back to the step that produced the
+    code), with the failing tests as a finding. ``on_fail`` here sets that value for
+    every step that uses this tool (a step's own setting wins).
     """
 
     name = "sandbox.pytest"
@@ -67,7 +93,7 @@ class SandboxPytest:
         runner: TestRunner,
         *,
         acceptance: AcceptanceRunner | None = None,
-        on_fail: str = "revise_code",
+        on_fail: str | None = None,
     ) -> None:
         self.runner = runner
         self.acceptance = acceptance
@@ -92,25 +118,81 @@ class SandboxPytest:
 
     def after(self, call: StepCall, output: BaseModel) -> BaseModel:
         report, acceptance = call.state.test_report, call.state.acceptance
-        if vars(output).get("decision") != "approve" or report is None:
+        step = call.step
+        if report is None or not step.routes:
             return output
-        findings: list[Finding] = list(vars(output).get("findings") or [])
+        spec = step.tool(self.name)
+        approving = set(spec.approve) if spec is not None and spec.approve is not None else (
+            approving_values(call.workflow, step))
+        if route_key(vars(output).get(step.route_on)) not in approving:
+            return output
         name, _ = _code_input(call)
         target = call.producer_role(name)
         if not report.ok:
-            findings.append(failing_tests_finding(report, target))
+            finding = failing_tests_finding(report, target)
             summary = "the submitted tests fail"
         elif acceptance is not None and not acceptance.ok:
-            findings.append(Finding(
+            finding = Finding(
                 severity="critical", location="acceptance tests",
                 explanation=f"hidden acceptance tests fail ({acceptance.failed + acceptance.errors}"
                 f" failing, {acceptance.passed} passing); re-read the goal and its constraints",
-                target=target))
+                target=target)
             summary = "the hidden acceptance tests fail"
         else:
             return output
-        return output.model_copy(update={
-            "decision": self.on_fail, "summary": summary, "findings": findings})
+        on_fail = (spec.on_fail if spec is not None and spec.on_fail else None) or self.on_fail \
+            or send_back_value(call.workflow, step, name)
+        if on_fail is None:  # refused by the check: a workflow that loads has one
+            raise ConfigError(f"step {step.id!r}: sandbox.pytest has no route to send "
+                              "failing code back on: give it `on_fail`")
+        fields = type(output).model_fields
+        update: dict[str, object] = {step.route_on: value_of(type(output), step.route_on,
+                                                             on_fail)}
+        if "summary" in fields:
+            update["summary"] = summary
+        if "findings" in fields:
+            update["findings"] = [*(vars(output).get("findings") or []), finding]
+        return output.model_copy(update=update)
+
+
+def approving_values(wf: CompiledWorkflow, step: StepSpec) -> set[str]:
+    """The route values of ``step`` that let work through: those whose route ends the
+    run approved or goes to a later step (not back, not to a failed end)."""
+    out = set()
+    for key, edge in step.routes.items():
+        if edge.to == END:
+            if edge.status == "approved":
+                out.add(key)
+        elif not wf.sends_back(step.id, edge.to):
+            out.add(key)
+    return out
+
+
+def send_back_value(wf: CompiledWorkflow, step: StepSpec, artifact: str) -> str | None:
+    """The route value of ``step`` that sends work back to the step producing
+    ``artifact`` (None: no route does)."""
+    producer = wf.producer(artifact)
+    for key, edge in step.routes.items():
+        if producer is not None and edge.to == producer.id:
+            return key
+    return None
+
+
+def value_of(output_type: type[BaseModel], field: str, key: str) -> Any:
+    """The value of ``output_type.<field>`` whose route is ``key`` (see ``route_key``):
+    the Literal's, the bool's or the Enum member that names it; ``key`` itself else."""
+    info = output_type.model_fields.get(field)
+    annotation = info.annotation if info is not None else None
+    while typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    candidates: list[Any] = []
+    if typing.get_origin(annotation) is typing.Literal:
+        candidates = list(typing.get_args(annotation))
+    elif annotation is bool:
+        candidates = [True, False]
+    elif isinstance(annotation, type) and issubclass(annotation, Enum):
+        candidates = list(annotation)
+    return next((c for c in candidates if route_key(c) == key), key)
 
 
 class AcceptanceRunner(Protocol):
