@@ -30,7 +30,7 @@ from ._durable import ensure_durable
 from ._kv import KeyValueStore, open_bucket
 from ._publish import EXPECT_FIRST, PublishResult, check_size, publish_once
 from ._reads import StoredMessage, read_all, read_one
-from ._secrets import scrub, scrub_bytes
+from ._secrets import scrub_bytes, scrub_headers
 from ._settings import (
     ConsumerSettings,
     ConsumerStart,
@@ -281,8 +281,10 @@ class Bus:
     async def publish_raw(
         self, subj: str, body: bytes, headers: dict[str, str] | None = None
     ) -> PublishResult:
-        """Publish bytes through JetStream, every registered secret scrubbed from body
-        and headers first (the one way out to the stream). Raises
+        """Publish bytes through JetStream, every registered secret scrubbed first from
+        the body and from the headers that are not protocol (the one way out to the
+        stream; ``subj`` and the envelope's and server's headers pass as they are, see
+        ``register_secret``). Raises
         ``PayloadTooLargeError`` before sending what the server would refuse (it
         closes the connection for it), ``SubjectTakenError`` when an expected last
         subject sequence does not hold, ``StoreUnavailableError`` when the store
@@ -293,7 +295,7 @@ class Bus:
         stream) is waited for, up to 3 s (``publish_once``)."""
         body = scrub_bytes(body)
         if headers:
-            headers = {k: scrub(v) for k, v in headers.items()}
+            headers = scrub_headers(headers)
         limit = self.stream.max_msg_bytes
         if self.nc.max_payload:
             limit = min(limit, self.nc.max_payload)

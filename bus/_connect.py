@@ -88,6 +88,14 @@ class NatsSettings(BaseModel):
         except OSError as e:
             raise ConfigError(f"cannot read the NATS {name} file {path}: {e.strerror}") from None
 
+    def setting(self, name: str) -> str:
+        """Where the password or token came from, for messages: ``nats.password``
+        (``SWARMBUS_NATS__PASSWORD`` in the daemon) or ``nats.password_file (PATH)``."""
+        path: Path | None = getattr(self, f"{name}_file")
+        if getattr(self, name) is None and path is not None:
+            return f"nats.{name}_file ({path})"
+        return f"nats.{name}"
+
     def tls_context(self) -> ssl.SSLContext | None:
         if not (self.tls_ca_file or self.tls_cert_file):
             if any(s.startswith("tls://") for s in self.servers):
@@ -125,8 +133,10 @@ async def connect(settings: NatsSettings | None = None, **callbacks: Any) -> NAT
         "error_cb": _on_error,
     }
     password, token = s.secret("password"), s.secret("token")
-    register_secret(password, source="NATS password")
-    register_secret(token, source="NATS token")
+    register_secret(password, source=s.setting("password"))
+    register_secret(token, source=s.setting("token"))
+    for i, url in enumerate(s.servers):  # nats://user:password@host, nats://token@host
+        register_secret(_url_secret(url), source=f"nats.servers[{i}] (the URL's credentials)")
     for path in (s.creds_file, s.nkey_seed_file):  # the nkey seed inside never leaves either
         if path is not None:
             for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
@@ -196,6 +206,15 @@ class _Refused(Exception):
 def _shown(servers: list[str]) -> str:
     """The URLs for messages, without credentials (nats://user:***@host:4222)."""
     return ", ".join(re.sub(r"^([a-z]+://)(?:([^:@/]*):)?[^@/]*@", _hide, u) for u in servers)
+
+
+def _url_secret(url: str) -> str | None:
+    """The password (or token) in a server URL's user info, if any."""
+    m = re.match(r"^[a-z]+://([^@/]*)@", url)
+    if m is None:
+        return None
+    user, sep, password = m[1].partition(":")
+    return password if sep else user
 
 
 def _hide(m: re.Match[str]) -> str:
