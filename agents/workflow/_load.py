@@ -29,7 +29,7 @@ from swarmbus.protocols import (
     registry,
 )
 
-from .._yaml import yaml_problem
+from .._yaml import load_yaml, yaml_problem
 from ..models import ModelConfig, qualify_model_name
 from ._prompt import template_problems
 
@@ -107,7 +107,7 @@ def _read(source: str) -> tuple[Any, str, Path | None, str]:
             raise WorkflowError(source, [Problem("", f"cannot read it: {e.strerror}")]) from None
         name, folder = path.stem, path.parent
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as e:
         raise WorkflowError(source, [Problem("", f"not valid YAML: {yaml_problem(e)}")]
                             ) from None
