@@ -188,12 +188,18 @@ def test_up_on_a_port_names_unpriced_models_and_stops_on_sigterm(tmp_path: Path)
     port = free_port()
     # The reviewer's model has a price in its spec: it is priced, and not warned about.
     (tmp_path / "swarm.yaml").write_text(
-        "roles:\n" + "".join(
+        "workflow: wf.yaml\nroles:\n" + "".join(
             f"  {role}: {{model: {{name: 'openai-compatible:my-model', "
             f"base_url: 'http://127.0.0.1:9/v1'{extra}}}}}\n"
             for role, extra in (("architect", ""), ("coder", ""),
                                 ("reviewer", ", price: {input: 1, output: 2}"))))
+    # Steps with models of their own: `up` logs what `workflow check` warns, once each.
+    (tmp_path / "wf.yaml").write_text(
+        "workflow:\n- role: architect\n- role: coder\n  input: design\n"
+        "  model: ollama:llama3.1\n- role: reviewer\n  input: design + code\n"
+        "  model: openai:gpt-4oo\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("SWARMBUS_")}
+    env["OPENAI_API_KEY"] = "sk-not-used"  # built, never called
     log = tmp_path / "up.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -209,6 +215,10 @@ def test_up_on_a_port_names_unpriced_models_and_stops_on_sigterm(tmp_path: Path)
         unpriced = [x for x in lines if x["event"].startswith("model has no price")]
         assert sorted(x["role"] for x in unpriced) == ["architect", "coder"]
         assert {x["model"] for x in unpriced} == {"openai-compatible:my-model"}
+        checked = [x["warning"] for x in lines if x["event"] == "workflow check"]
+        assert [w.split(": ", 1)[0] for w in checked] == ["steps[1].model", "steps[2].model"]
+        assert "'ollama:llama3.1' has no price" in checked[0]
+        assert "(did you mean 'gpt-4o'?)" in checked[1]
         assert f"embedded nats-server on nats://127.0.0.1:{port}" in log.read_text()
         assert (tmp_path / ".swarmbus" / "nats").is_dir()
     finally:

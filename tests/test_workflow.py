@@ -69,9 +69,9 @@ def test_the_seed_example_loads_as_written() -> None:
     wf = load_workflow(EXAMPLES / "seed.yaml")
     assert wf.name == "seed"
     assert [(s.id, s.role, s.model, s.input, s.output) for s in wf.spec.steps] == [
-        ("architect", "architect", "google:gemini-2.0-pro", [], "architecture_spec"),
+        ("architect", "architect", "google:gemini-2.5-pro", [], "architecture_spec"),
         ("coder", "coder", "openai:gpt-4o", ["architecture_spec"], "code"),
-        ("reviewer", "reviewer", "anthropic:claude-3.5-sonnet",
+        ("reviewer", "reviewer", "anthropic:claude-sonnet-4-5",
          ["architecture_spec", "code"], "verdict"),
     ]
     assert wf.spec.artifacts == {"architecture_spec": "swarmbus.Design",

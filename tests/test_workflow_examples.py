@@ -94,9 +94,9 @@ async def run(agents: list[Any], nats_url: str, namespace: str) -> tuple[TaskRes
 async def test_the_seed_example_runs_as_written(nats_url: str, namespace: str) -> None:
     wf = load_workflow(EXAMPLES / "seed.yaml")
     by_name: dict[str, Model] = {
-        "google:gemini-2.0-pro": scripted(design, "google:gemini-2.0-pro"),
+        "google:gemini-2.5-pro": scripted(design, "google:gemini-2.5-pro"),
         "openai:gpt-4o": scripted(code, "openai:gpt-4o"),
-        "anthropic:claude-3.5-sonnet": scripted(review, "anthropic:claude-3.5-sonnet"),
+        "anthropic:claude-sonnet-4-5": scripted(review, "anthropic:claude-sonnet-4-5"),
     }
 
     def build(config: ModelConfig) -> Model:  # stands in for the real SDKs, by model name
@@ -110,10 +110,10 @@ async def test_the_seed_example_runs_as_written(nats_url: str, namespace: str) -
     assert spec.summary.startswith("PaymentGateway")
     assert Code.model_validate(result.artifacts["code"]).files[0].content == UNSAFE
     assert [m.provenance.name for m, _ in (*works(trail, "architect"), *works(trail, "coder"))
-            if m.provenance] == ["google:gemini-2.0-pro", "openai:gpt-4o"]
+            if m.provenance] == ["google:gemini-2.5-pro", "openai:gpt-4o"]
     assert result.provenance is not None
-    assert result.provenance.name == "anthropic:claude-3.5-sonnet"
-    architect = by_name["google:gemini-2.0-pro"]
+    assert result.provenance.name == "anthropic:claude-sonnet-4-5"
+    architect = by_name["google:gemini-2.5-pro"]
     assert isinstance(architect, FunctionModel)
     (request,) = architect.requests
     assert "Design the class structure for a payment processing system" in prompt(request)

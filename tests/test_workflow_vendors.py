@@ -166,9 +166,10 @@ async def test_the_seed_example_finds_the_fake_through_the_sdks_base_url_variabl
     assert path(trail) == ["task", "architect", "coder", "result"]
     assert "Design the class structure for a payment processing system" in (
         vendors.requests[0].prompt_text())
-    # claude-3.5-sonnet and gemini-2.0-pro are not in the price table: their calls are
-    # counted as unpriced, never as free.
-    assert result.total.calls == 3
-    assert result.total.unpriced_calls == sum(
-        price_for(n) is None for n in ("google:gemini-2.0-pro", "openai:gpt-4o",
-                                       "anthropic:claude-3.5-sonnet"))
+    # The seed names current vendor models of the price table: the budget sees every call.
+    model_of = {"google": "google:gemini-2.5-pro", "openai": "openai:gpt-4o",
+                "anthropic": "anthropic:claude-sonnet-4-5"}
+    assert result.total.calls == 3 and result.total.unpriced_calls == 0
+    assert result.total.cost_usd == pytest.approx(expected_cost(vendors.requests, model_of))
+    assert result.provenance is not None
+    assert result.provenance.name == "anthropic:claude-sonnet-4-5"

@@ -29,16 +29,18 @@ from swarmbus.protocols import (
     ConfigError,
     ExternalError,
     Limits,
+    Problem,
     SwarmbusError,
     TaskRequest,
     TaskResult,
+    WorkflowError,
     check_workflow_id,
     registry,
     workflow_json_schema,
 )
 
 from .._swarm import Swarm
-from ..workflow import load_workflow, mermaid, show_text
+from ..workflow import check_models, load_workflow, mermaid, show_text
 from ._config import SwarmConfig, load_config
 from ._eval import add_eval_parser, cmd_eval, interrupted_line
 from ._logging import configure_logging
@@ -112,7 +114,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("workflow", help="check or show a workflow file")
     wsub = p.add_subparsers(dest="action", required=True)
-    w = wsub.add_parser("check", help="load and check a workflow (exit 0 when it checks)")
+    w = wsub.add_parser("check", help="load and check a workflow (exit 0 when it checks; "
+                           "warnings, such as an unpriced model, do not fail it)")
     w.add_argument("file", help="a workflow file or builtin:<name>")
     w = wsub.add_parser("show", help="print a workflow's steps and edges")
     w.add_argument("file", help="a workflow file or builtin:<name>")
@@ -306,14 +309,35 @@ async def cmd_agents(args: argparse.Namespace) -> int:
 
 
 def cmd_workflow(args: argparse.Namespace) -> int:
-    wf = load_workflow(args.file)
-    if args.action == "check":
-        roles = ", ".join(f"{r} ({len(s)} step{'s' * (len(s) > 1)})" for r, s in wf.roles.items())
-        print(f"{args.file}: workflow {wf.name} checks ({len(wf.spec.steps)} steps; roles "
-              f"{roles}; hash {wf.hash})")
-    else:
+    if args.action == "show":
+        wf = load_workflow(args.file)
         print(mermaid(wf) if args.mermaid else show_text(wf))
+        return 0
+    # check: the models resolved as `up` builds them; warnings go with the errors, or
+    # after the OK line, and only errors fail.
+    try:
+        wf = load_workflow(args.file)
+    except WorkflowError as e:
+        try:
+            found = check_models(args.file)
+        except WorkflowError:  # it does not read or parse: that is the whole error
+            raise e from None
+        _print_warnings(args.file, found.warnings)
+        raise WorkflowError(e.source, [*e.problems, *found.errors]) from None
+    found = check_models(wf)
+    if found.errors:
+        _print_warnings(args.file, found.warnings)
+        raise WorkflowError(args.file, found.errors)
+    roles = ", ".join(f"{r} ({len(s)} step{'s' * (len(s) > 1)})" for r, s in wf.roles.items())
+    print(f"{args.file}: workflow {wf.name} checks ({len(wf.spec.steps)} steps; roles "
+          f"{roles}; hash {wf.hash})", flush=True)
+    _print_warnings(args.file, found.warnings)
     return 0
+
+
+def _print_warnings(source: str, warnings: list[Problem]) -> None:
+    for w in warnings:
+        print(f"warning: {source}: {w}", file=sys.stderr)
 
 
 def cmd_schema(args: argparse.Namespace) -> int:

@@ -27,7 +27,7 @@ from swarmbus.bus import ConsumerSettings, NatsSettings, StreamSettings
 from swarmbus.protocols import ConfigError, check_namespace
 
 from .._agent import Agent
-from .._yaml import yaml_problem
+from .._yaml import DuplicateKeyError, load_yaml, yaml_problem
 from ..models import ModelConfig, ModelSettings
 from ..sandbox import SandboxLimits
 from ..workflow import DEFAULT_WORKFLOW
@@ -160,7 +160,9 @@ def _env_overrides(environ: dict[str, str]) -> tuple[dict[str, Any], dict[tuple[
         value: Any = raw
         if raw and _wants_structure(path):
             try:
-                parsed = yaml.safe_load(raw)
+                parsed = load_yaml(raw)
+            except DuplicateKeyError as e:  # not a raw string by mistake: a mistake
+                raise ConfigError(f"{key}: {yaml_problem(e)}") from None
             except yaml.YAMLError:
                 parsed = raw
             value = parsed if isinstance(parsed, list | dict | str) else raw
@@ -191,7 +193,7 @@ def load_config(
     if path is not None:
         p = Path(path)
         try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+            loaded = load_yaml(p.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {p}") from None
         except OSError as e:

@@ -9,12 +9,12 @@ from collections.abc import Mapping
 
 import structlog
 
-from swarmbus.protocols import CompiledWorkflow, ConfigError
+from swarmbus.protocols import CompiledWorkflow, ConfigError, WorkflowError
 
 from .._agent import Agent
 from ..models import FallbackModel, Model, build_model
 from ..sandbox import check_isolation
-from ..workflow import Tool, default_tools, load_workflow, team
+from ..workflow import Tool, check_models, default_tools, load_workflow, team
 from ._config import RoleConfig, SwarmConfig
 from ._demo import offline_models
 
@@ -42,10 +42,17 @@ def build_agents(
     here (all of them with ``offline``), the supervisor, and the custom agents.
     ``tools`` replaces the tools steps use (default: the real sandbox).
 
-    Raises ``ConfigError`` (``WorkflowError``) for a workflow that does not load,
-    a role in ``roles:`` the workflow lacks, a missing API key, or nothing to run.
+    Raises ``ConfigError`` (``WorkflowError``) for a workflow that does not load or
+    whose step models do not resolve (``check_models``; its warnings are logged), a
+    role in ``roles:`` the workflow lacks, a missing API key, or nothing to run.
     """
     wf = workflow or load_workflow(cfg.workflow)
+    if not cfg.offline:  # the steps' models, as `swarmbus workflow check` resolves them
+        found = check_models(wf)
+        if found.errors:
+            raise WorkflowError(cfg.workflow if workflow is None else wf.name, found.errors)
+        for warning in found.warnings:
+            log.warning("workflow check", workflow=wf.name, warning=str(warning))
     unknown = sorted(set(cfg.roles) - set(wf.roles))
     if unknown:
         raise ConfigError(
@@ -103,14 +110,12 @@ def build_agents(
 
 
 def unpriced_models(agents: list[Agent]) -> list[tuple[str, str]]:
-    """(role, model) for every provider model of ``agents`` whose calls get no cost: no
+    """(role, model) for every role model of ``agents`` (``roles.<role>.model``, not the
+    models steps name: ``check_models`` warns of those) whose calls get no cost: no
     ``price`` of its own (``ModelSpec.price``) and none in the price table."""
-    out = []
-    for agent in agents:
-        models = [getattr(agent, "model", None), *getattr(agent, "_step_models", {}).values()]
-        out += [(agent.name, m.name) for model in models for m in _leaves(model)
-                if getattr(m, "priced", True) is False]
-    return out
+    return [(agent.name, m.name) for agent in agents
+            for m in _leaves(getattr(agent, "model", None))
+            if getattr(m, "priced", True) is False]
 
 
 def _leaves(model: object) -> list[Model]:

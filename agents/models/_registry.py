@@ -14,7 +14,7 @@ from ._base import Model
 from ._cache import CachedModel, ResponseStore
 from ._errors import ModelError, ProviderError, UnknownModelError
 from ._fallback import OUTPUT_ERRORS, FallbackModel
-from ._prices import Price
+from ._prices import Price, price_for, price_table
 
 __all__ = [
     "FallbackSpec",
@@ -22,6 +22,7 @@ __all__ = [
     "ModelSpec",
     "ProviderFactory",
     "build_model",
+    "check_model",
     "known_providers",
     "register_provider",
     "unregister_provider",
@@ -146,17 +147,21 @@ def _openai(spec: ModelSpec) -> Model:
     return OpenAIModel(spec.model, base_url=spec.base_url, **_sdk_options(spec))
 
 
-def _compatible(spec: ModelSpec) -> Model:
-    from ._openai import OpenAIModel
-
+def _compatible_url(spec: ModelSpec) -> str:
     base_url = spec.base_url or _LOCAL_SERVERS.get(spec.provider)
     if base_url is None:
         raise UnknownModelError(
-            f"{spec.name!r} needs a base_url: "
-            f"ModelSpec(name={spec.name!r}, base_url='http://host:port/v1')"
+            f"{spec.name!r} needs a base_url: give it one in its spec "
+            f"({{name: {spec.name!r}, base_url: 'http://host:port/v1'}})"
         )
+    return base_url
+
+
+def _compatible(spec: ModelSpec) -> Model:
+    from ._openai import OpenAIModel
+
     return OpenAIModel(
-        spec.model, provider=spec.provider, base_url=base_url, require_key=False,
+        spec.model, provider=spec.provider, base_url=_compatible_url(spec), require_key=False,
         **_sdk_options(spec),
     )
 
@@ -175,6 +180,10 @@ def _google(spec: ModelSpec) -> Model:
 
     return GoogleModel(spec.model, base_url=spec.base_url, **_sdk_options(spec))
 
+
+_VENDORS: dict[ProviderFactory, str] = {_openai: "openai", _anthropic: "anthropic",
+                                        _google: "google"}
+"""The vendors' own APIs, by factory, with the provider their models are priced under."""
 
 _lock = threading.Lock()
 _providers: dict[str, ProviderFactory] = {
@@ -206,14 +215,20 @@ def known_providers() -> list[str]:
         return sorted(_providers)
 
 
-def _build_one(spec: str | ModelSpec) -> Model:
-    if isinstance(spec, str):
-        try:
-            spec = ModelSpec(name=spec)
-        except ValueError as exc:
-            raise UnknownModelError(
-                f"model names are 'provider:model' (e.g. 'openai:gpt-4o'), got {spec!r}"
-            ) from exc
+def _spec(config: str | ModelSpec) -> ModelSpec:
+    if isinstance(config, ModelSpec):
+        return config
+    try:
+        return ModelSpec(name=config)
+    except ValueError as exc:
+        raise UnknownModelError(
+            f"model names are 'provider:model' (e.g. 'openai:gpt-4o'), got {config!r}"
+        ) from exc
+
+
+def _factory(spec: ModelSpec) -> ProviderFactory:
+    """The provider that builds ``spec``; what ``build_model`` and ``check_model`` share.
+    Raises ``UnknownModelError`` (an unknown provider, with the nearest known one)."""
     with _lock:
         factory = _providers.get(spec.provider)
         known = sorted(_providers)
@@ -222,11 +237,61 @@ def _build_one(spec: str | ModelSpec) -> Model:
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise UnknownModelError(
             f"unknown model provider {spec.provider!r} in {spec.name!r}.{hint} Known providers: "
-            f"{', '.join(known)}. For any other OpenAI-compatible server use "
-            f"ModelSpec(name='openai-compatible:<model>', base_url='http://host:port/v1'), "
-            "or register_provider()."
+            f"{', '.join(known)}. For any other OpenAI-compatible server name the model "
+            "'openai-compatible:<model>' and give it a base_url, or register_provider()."
         )
-    return factory(spec)
+    if factory is _compatible:
+        _compatible_url(spec)
+    return factory
+
+
+def _build_one(config: str | ModelSpec) -> Model:
+    spec = _spec(config)
+    return _factory(spec)(spec)
+
+
+def _leaves(config: ModelConfig) -> list[str | ModelSpec]:
+    if isinstance(config, FallbackSpec):
+        return list(config.fallback)
+    return list(config) if isinstance(config, list) else [config]
+
+
+def check_model(config: ModelConfig) -> list[str]:
+    """Check ``config`` as ``build_model`` resolves it, without building it: no key is
+    read, no client created, no SDK imported (``swarmbus workflow check``).
+
+    Returns one warning (one line) per model whose calls would be unpriced (no
+    ``price`` in its spec, none in the price table; local servers included), and
+    per model of a vendor's own API (openai, anthropic, google/gemini) that the
+    price table does not list, with the nearest id it does list: a typo, or a
+    model newer than the table (which runs, unpriced). Models of providers added
+    with ``register_provider`` are not judged. Raises ``UnknownModelError`` where
+    ``build_model`` would: a malformed name, an unknown provider (with the
+    nearest known one), an OpenAI-compatible server without ``base_url``.
+    """
+    specs = [_spec(c) for c in _leaves(config)]
+    return [w for spec in specs if (w := _warning(spec, _factory(spec)))]
+
+
+def _warning(spec: ModelSpec, factory: ProviderFactory) -> str:
+    vendor = _VENDORS.get(factory)
+    if vendor is None and factory is not _compatible:
+        return ""  # a registered provider: its model names and prices are its own
+    name = f"{vendor}:{spec.model}" if vendor else spec.name  # as the built model is named
+    if spec.price is not None or price_for(name) is not None:
+        return ""
+    if vendor is None:
+        return (f"{spec.name!r} has no price: its calls are counted as unpriced and budgets "
+                f"cannot see them; give it one in its spec ({{name: {spec.name!r}, price: "
+                "{input: 0, output: 0}} for a free local model; USD per million tokens) or in "
+                "SWARMBUS_PRICES_FILE")
+    ids = [n.partition(":")[2] for n in price_table().names() if n.startswith(f"{vendor}:")]
+    close = difflib.get_close_matches(spec.model, ids, n=1, cutoff=0.5)
+    near = f"did you mean {close[0]!r}?" if close else f"it lists {', '.join(ids)}"
+    return (f"{spec.name!r} is not a model the price table lists for {vendor} ({near}); a "
+            "model newer than the table runs, unpriced: budgets cannot see its calls; price it "
+            f"in its spec ({{name: {spec.name!r}, price: {{input: USD, output: USD}}}}, per "
+            "million tokens) or in SWARMBUS_PRICES_FILE")
 
 
 def build_model(

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -30,15 +30,17 @@ from swarmbus.protocols import (
     registry,
 )
 
-from .._yaml import yaml_problem
-from ..models import ModelConfig, qualify_model_name
+from .._yaml import load_yaml, yaml_problem
+from ..models import ModelConfig, UnknownModelError, check_model, qualify_model_name
 from ._prompt import template_paths, template_problems
 
 __all__ = [
     "BUILTIN_PREFIX",
     "DEFAULT_WORKFLOW",
+    "ModelCheck",
     "RolePreset",
     "builtin_workflows",
+    "check_models",
     "compile_workflow",
     "load_workflow",
     "resolve_type",
@@ -108,7 +110,7 @@ def _read(source: str) -> tuple[Any, str, Path | None, str]:
             raise WorkflowError(source, [Problem("", f"cannot read it: {e.strerror}")]) from None
         name, folder = path.stem, path.parent
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as e:
         raise WorkflowError(source, [Problem("", f"not valid YAML: {yaml_problem(e)}")]
                             ) from None
@@ -254,6 +256,48 @@ def _model(value: Any) -> tuple[Any, str]:
     except ValueError as e:
         return value, str(e)
     return qualified, ""
+
+
+class ModelCheck(NamedTuple):
+    """What ``check_models`` found, each a ``Problem`` at ``steps[i].model``."""
+
+    errors: list[Problem]
+    """Models ``build_model`` would refuse: an unknown provider (with the nearest
+    known one), a server that needs a ``base_url``."""
+    warnings: list[Problem]
+    """Models that build and run, but whose calls would be unpriced, or that the
+    price table does not list for their vendor (with the nearest id it lists)."""
+
+
+def check_models(workflow: CompiledWorkflow | Workflow | str | Path) -> ModelCheck:
+    """Resolve the models the steps of ``workflow`` name (a workflow, a workflow file,
+    or ``builtin:<name>``) as ``build_model`` would, without building them: no key is
+    read, no client created (see ``check_model``). ``swarmbus workflow check`` and
+    ``swarmbus up`` run it after ``load_workflow``, which leaves model names to
+    whoever builds them (``team(..., build=...)`` may know names no provider has).
+
+    Raises ``WorkflowError`` only for a file that does not read or parse; a model
+    that is not a name, spec or chain at all is ``load_workflow``'s error, not here.
+    """
+    if isinstance(workflow, str | Path):
+        data, name, _, shown = _read(str(workflow))
+        workflow = Workflow.parse(data, default_name=name, source=shown)
+    spec = workflow.spec if isinstance(workflow, CompiledWorkflow) else workflow
+    found = ModelCheck([], [])
+    for i, step in enumerate(spec.steps):
+        if step.model is None:
+            continue
+        qualified, why = _model(step.model)
+        if why:
+            continue  # not a model config at all: an error of load_workflow
+        at = f"steps[{i}].model"
+        try:
+            warnings = check_model(_model_config.validate_python(qualified))
+        except UnknownModelError as e:
+            found.errors.append(Problem(at, str(e)))
+        else:
+            found.warnings.extend(Problem(at, w) for w in warnings)
+    return found
 
 
 def _agent_problem(path: str) -> str:
