@@ -125,6 +125,7 @@ class Context(Generic[M]):
         model: str | None = None,
         workflow: str | None = None,
         first: bool = False,
+        expect_last_seq: int | None = None,
     ) -> PublishResult:
         """Publish an output (to this workflow unless ``workflow_id`` is given) and
         wait for the stream to confirm it.
@@ -133,7 +134,8 @@ class Context(Generic[M]):
         output's index, so a handler that runs twice publishes each output once.
         ``topic`` defaults to the message type's first default topic; ``workflow``
         (the ``Swarm-Workflow`` header) to the input's. ``first=True``: the server
-        refuses it if its subject holds a message already (``SubjectTakenError``).
+        refuses it if its subject holds a message already (``SubjectTakenError``);
+        ``expect_last_seq``: unless the subject's last message is at that sequence.
         """
         if topic is None:
             if not message.default_topics or message.default_topics[0].endswith(">"):
@@ -146,6 +148,7 @@ class Context(Generic[M]):
             wf, topic, message, msg_id=msg_id, causation_id=self.envelope.msg_id,
             sender=self.agent, round=self.envelope.round if round is None else round,
             model=model, workflow=workflow or self.envelope.workflow, first=first,
+            expect_last_seq=expect_last_seq,
         )
 
 

@@ -27,12 +27,14 @@ from swarmbus.bus import (
     KeyValueStore,
     WatchedKeys,
     cancel_flags,
+    scrub,
 )
 from swarmbus.protocols import (
     ControlFlow,
     Message,
     Usage,
     WorkState,
+    topics,
 )
 
 from ._agent import Agent, Context, Next
@@ -43,6 +45,7 @@ __all__ = [
     "Guards",
     "WorkflowEnded",
     "carried_spend",
+    "last_error",
 ]
 
 log = structlog.get_logger("swarmbus.guards")
@@ -113,22 +116,27 @@ class Guards:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
-    def mark_ended(self, workflow_id: str) -> None:
-        self._ended[workflow_id] = None
+    def mark_ended(self, workflow_id: str, resumed_after: int = 0) -> None:
+        """Remember that the run (resumed after the result at ``resumed_after``, if it
+        was) has its result: later work of it is dropped."""
+        self._ended[f"{workflow_id}@{resumed_after}"] = None
         if len(self._ended) > _ENDED_KEEP:
             self._ended.popitem(last=False)
 
-    async def ended(self, ctx: Context[Any]) -> bool:
-        """Whether the workflow has its result in the stream: known here, or asked of the
-        server when a result was heard published or the message is a redelivery (or
-        replayed by a re-created consumer)."""
+    async def ended(self, ctx: Context[Any], state: WorkState | None = None) -> bool:
+        """Whether the run ``state`` belongs to has its result in the stream (one after
+        the result it resumed from, if it did): known here, or asked of the server when
+        a result was heard published, the message is a redelivery (or replayed by a
+        re-created consumer), or the run was resumed."""
         wf = ctx.workflow_id
-        if wf in self._ended:
+        after = state.resumed_after if state is not None else 0
+        if f"{wf}@{after}" in self._ended:
             return True
-        if ctx.deliveries > 1 or ctx.delivery.replayed or wf in self._maybe_ended:
+        if ctx.deliveries > 1 or ctx.delivery.replayed or wf in self._maybe_ended or after:
             self._maybe_ended.discard(wf)
-            if await ctx.bus.last(wf, "result") is not None:
-                self.mark_ended(wf)
+            last = await ctx.bus.last(wf, topics.RESULT)
+            if last is not None and last.seq > after:
+                self.mark_ended(wf, after)
                 return True
         return False
 
@@ -154,7 +162,7 @@ class Guards:
     async def run(self, ctx: Context[Any], state: WorkState, body: Next) -> None:
         """Run ``body`` for ``state``'s workflow as a ``Run`` (what the middleware does;
         the step runtime calls it for a task, whose state it makes itself)."""
-        if await self.ended(ctx):
+        if await self.ended(ctx, state):
             ctx.log.info("work for an ended workflow dropped")
             return
         if self._cancel is not None:
@@ -185,9 +193,9 @@ class Guards:
         except LimitReached as e:
             await run.end(e.status, e.reason)
         except WorkflowEnded:
-            self.mark_ended(ctx.workflow_id)
-        except BaseException:
-            await self._carry_over(ctx, ledger.usage)
+            self.mark_ended(ctx.workflow_id, state.resumed_after)
+        except BaseException as e:
+            await self._carry_over(ctx, ledger.usage, e)
             raise
 
     def _persister(self, ctx: Context[Any]) -> Any:
@@ -211,21 +219,21 @@ class Guards:
             return None
         return Usage.model_validate_json(raw) if raw else None
 
-    async def _carry_over(self, ctx: Context[Any], usage: Usage) -> None:
+    async def _carry_over(self, ctx: Context[Any], usage: Usage, error: BaseException) -> None:
         """Keep a failed delivery's whole spend for the next one (calls booked without
-        ``Ledger.book``, or free ones, are kept only here)."""
-        if self._carry is None or (usage.calls == 0 and usage.priced_cost_usd == 0):
+        ``Ledger.book``, or free ones, are kept only here), and what failed it, for
+        whoever ends the run if every delivery fails."""
+        if self._carry is None or isinstance(error, anyio.get_cancelled_exc_class()):
             return
         with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-            await self._store_carry(ctx, usage)
-
-    async def _store_carry(self, ctx: Context[Any], usage: Usage) -> None:
-        assert self._carry is not None
-        try:
-            await self._carry.put(_carry_key(ctx), usage.model_dump_json().encode())
-        except Exception as e:
-            log.warning("could not carry spend to the next delivery", error=repr(e),
-                        priced_cost_usd=usage.priced_cost_usd, calls=usage.calls)
+            try:
+                if usage.calls or usage.priced_cost_usd:
+                    await self._carry.put(_carry_key(ctx), usage.model_dump_json().encode())
+                await self._carry.put("error." + _carry_key(ctx), scrub(
+                    f"{type(error).__name__}: {error}")[:1000].encode())
+            except Exception as e:
+                log.warning("could not carry spend to the next delivery", error=repr(e),
+                            priced_cost_usd=usage.priced_cost_usd, calls=usage.calls)
 
 
 def _carry_key(ctx: Context[Any]) -> str:
@@ -242,3 +250,14 @@ async def carried_spend(bus: Bus, agent: str, msg_id: str) -> Usage | None:
         log.warning("could not read carried spend", error=repr(e))
         return None
     return Usage.model_validate_json(raw) if raw else None
+
+
+async def last_error(bus: Bus, agent: str, msg_id: str) -> str:
+    """What failed the last delivery of message ``msg_id`` to ``agent`` ('' if unknown)."""
+    try:
+        store = await bus.key_value(_CARRY_BUCKET, ttl_s=_CARRY_TTL_S)
+        raw = await store.get(f"error.{agent}.{msg_id}")
+    except Exception as e:
+        log.warning("could not read the last error", error=repr(e))
+        return ""
+    return raw.decode(errors="replace") if raw else ""

@@ -115,18 +115,21 @@ async def spill(state: WorkState | TaskResult, objects: ArtifactStore) -> bool:
 
 
 async def end_workflow(
-    ctx: Context[Any], result: TaskResult, *, model: str | None = None
+    ctx: Context[Any], result: TaskResult, *, model: str | None = None, after: int = 0
 ) -> bool:
-    """Publish ``result`` as the workflow's only result (the server refuses a second).
+    """Publish ``result`` as the workflow's only result (the server refuses a second), or,
+    for a resumed run, as the one after the result at stream sequence ``after``.
 
     Its model header names the provenance's model, else ``model`` (the one that failed
-    to answer, say). A result too large for the stream goes out without its artifacts,
-    saying so. Returns False when the workflow had ended already (this result is dropped)."""
+    to answer, say). Artifacts too large for the stream move to the object store; if
+    they cannot, the result goes out without them, saying so. Returns False when the
+    workflow had ended already (this result is dropped)."""
     model = result.provenance.name if result.provenance else model
     try:
         try:
-            await ctx.publish(result, topic=topics.RESULT, round=result.rounds, first=True,
-                              model=model, workflow=result.workflow or None)
+            await ctx.publish(result, topic=topics.RESULT, round=result.rounds,
+                              expect_last_seq=after, model=model,
+                              workflow=result.workflow or None)
         except PayloadTooLargeError as e:
             slim = result.model_copy(update={"artifacts": dict(result.artifacts),
                                              "design": None, "code": None})
@@ -137,8 +140,9 @@ async def end_workflow(
                 slim = slim.model_copy(update={
                     "artifacts": {},
                     "reason": f"{result.reason} (artifacts left out of the result: {e})"})
-            await ctx.publish(slim, topic=topics.RESULT, round=result.rounds, first=True,
-                              model=model, workflow=result.workflow or None)
+            await ctx.publish(slim, topic=topics.RESULT, round=result.rounds,
+                              expect_last_seq=after, model=model,
+                              workflow=result.workflow or None)
     except SubjectTakenError:
         ctx.log.info("workflow had ended already; result dropped", status=result.status)
         return False
@@ -156,8 +160,8 @@ class Run:
     cancel flag, and ``end``.
 
     ``watch`` (from ``Guards``) calls back when the run's cancel flag is set; without
-    it only ``check`` sees a cancel. ``on_end`` hears the workflow id once the run
-    ended (``Guards`` drops later work of it).
+    it only ``check`` sees a cancel. ``on_end`` hears the workflow id (and the result
+    it resumed from) once the run ended (``Guards`` drops later work of it).
     """
 
     def __init__(
@@ -169,7 +173,7 @@ class Run:
         key: str,
         watch: Watch | None = None,
         cancelled: Callable[[str], bool] | None = None,
-        on_end: Callable[[str], None] | None = None,
+        on_end: Callable[[str, int], None] | None = None,
     ) -> None:
         self.ctx = ctx
         self.state = state
@@ -257,11 +261,13 @@ class Run:
         *,
         provenance: Provenance | None = None,
         model: str | None = None,
+        retryable: bool = False,
     ) -> bool:
         """End the run: its spend (this delivery's included), its best attempt, and
         ``status``; the one way a handler ends a run. Past the deadline, any ending
-        but a limit's is ``deadline_exceeded``. Returns False when the run had ended
-        already (its first result stands)."""
+        but a limit's is ``deadline_exceeded``, which ``swarmbus retry`` may resume
+        (as any ending marked ``retryable``: a cause another attempt may not meet).
+        Returns False when the run had ended already (its first result stands)."""
         if self.ended:
             return False
         self.ended = True
@@ -274,9 +280,11 @@ class Run:
             status = "deadline_exceeded"
         result = result_from(self.state, status, reason, step=self.step,
                              provenance=provenance, usage=self._spent_here)
-        ended = await end_workflow(self.ctx, result, model=model)
+        result.retryable = retryable or status == "deadline_exceeded"
+        ended = await end_workflow(self.ctx, result, model=model,
+                                   after=self.state.resumed_after)
         if self._on_end is not None:
-            self._on_end(self.workflow_id)
+            self._on_end(self.workflow_id, self.state.resumed_after)
         return ended
 
 

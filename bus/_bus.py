@@ -229,6 +229,7 @@ class Bus:
         model: str | None = None,
         workflow: str | None = None,
         first: bool = False,
+        expect_last_seq: int | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> PublishResult:
         """Publish ``message`` on ``swarm.<ns>.<workflow_id>.<topic>`` through JetStream,
@@ -238,7 +239,9 @@ class Bus:
         stored once. ``workflow`` (a compiled workflow's hash) goes in the
         ``Swarm-Workflow`` header. ``first=True`` has the server refuse the message
         if its subject already holds one (``SubjectTakenError``): one result per
-        workflow, one task per workflow id, whatever races. Raises ``ExternalError``
+        workflow, one task per workflow id, whatever races; ``expect_last_seq`` if the
+        subject's last message is not at that stream sequence (a resumed run's result
+        supersedes only the one it resumed from). Raises ``ExternalError``
         if the stream does not confirm, ``PayloadTooLargeError`` if it is too big.
         """
         body, hdrs = encode(
@@ -248,8 +251,8 @@ class Bus:
         subj = subject(self.namespace, workflow_id, topic)
         if headers:
             hdrs.update(headers)
-        if first:
-            hdrs[EXPECT_FIRST] = "0"
+        if first or expect_last_seq is not None:
+            hdrs[EXPECT_FIRST] = str(expect_last_seq or 0)
         return await self.publish_raw(subj, body, hdrs)
 
     async def schedule(

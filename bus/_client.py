@@ -11,7 +11,7 @@ import json
 import uuid
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 import anyio
@@ -20,6 +20,7 @@ from nats.js import api
 from pydantic import JsonValue
 
 from swarmbus.protocols import (
+    DEFAULT_TIMEOUT_S,
     AgentAnnouncement,
     ArtifactRef,
     Cancel,
@@ -28,6 +29,7 @@ from swarmbus.protocols import (
     DeadLetter,
     Deadline,
     Message,
+    Resume,
     SwarmbusError,
     TaskRequest,
     TaskResult,
@@ -35,6 +37,9 @@ from swarmbus.protocols import (
     Work,
     WorkState,
     check_workflow_id,
+    headers,
+    initial_state,
+    step_topic,
     topics,
     workflow_filter,
 )
@@ -52,6 +57,7 @@ __all__ = [
     "AGENTS_BUCKET",
     "CANCEL_BUCKET",
     "DEADLINE_HEADER",
+    "RunNotRetryableError",
     "SwarmClient",
     "UnknownWorkflowIdError",
     "WorkflowIdTakenError",
@@ -99,6 +105,10 @@ class WorkflowIdTakenError(SwarmbusError, ValueError):
 
 class UnknownWorkflowIdError(SwarmbusError, LookupError):
     """No workflow with this id in the namespace."""
+
+
+class RunNotRetryableError(SwarmbusError, ValueError):
+    """A run that did not end on a cause another attempt may not meet (``retry``)."""
 
 
 @dataclass(slots=True)
@@ -250,38 +260,124 @@ class SwarmClient:
         """Every message of the workflow, oldest first, then new ones as they come.
         Undecodable messages are skipped. To stop early, close it (``contextlib.aclosing``),
         which ends its subscription."""
+        async with contextlib.aclosing(self._stored(workflow_id)) as stored:
+            async for message in stored:
+                env = message.try_decode()
+                if env is not None:
+                    yield env
+
+    async def _stored(
+        self, workflow_id: str, *, after_seq: int = 0
+    ) -> AsyncGenerator[StoredMessage, None]:
+        """The workflow's messages after stream sequence ``after_seq``, then new ones."""
+        config = api.ConsumerConfig(
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE if after_seq
+            else api.DeliverPolicy.ALL,
+            opt_start_seq=after_seq + 1 if after_seq else None)
         sub = await self.bus.js.subscribe(
             workflow_filter(self.bus.namespace, workflow_id),
             stream=self.bus.stream_name,
             ordered_consumer=True,
-            deliver_policy=api.DeliverPolicy.ALL,
+            config=config,
             idle_heartbeat=5.0,
         )
         try:
             async for msg in sub.messages:
                 seq = msg.metadata.sequence.stream if msg.metadata.sequence else 0
-                stored = StoredMessage(seq, msg.subject, msg.data, dict(msg.headers or {}))
-                env = stored.try_decode()
-                if env is not None:
-                    yield env
+                yield StoredMessage(seq, msg.subject, msg.data, dict(msg.headers or {}))
         finally:
             with anyio.CancelScope(shield=True):
                 with contextlib.suppress(nats.errors.Error, OSError):
                     await sub.unsubscribe()
 
     async def result(self, workflow_id: str, *, timeout_s: float | None = None) -> TaskResult:
-        """The workflow's result, waiting for it if needed. Raises ``TimeoutError``."""
+        """The workflow's result, waiting for it if needed (for a run resumed with
+        ``retry``, the result after the resume). Raises ``TimeoutError``."""
         with anyio.fail_after(timeout_s):
-            stored = await self.bus.last(workflow_id, "result")
-            if stored is not None:
+            resumed = await self.bus.last(workflow_id, topics.RESUME)
+            after = resumed.seq if resumed is not None else 0
+            stored = await self.bus.last(workflow_id, topics.RESULT)
+            if stored is not None and stored.seq > after:
                 env = stored.try_decode()
                 if env is not None and isinstance(env.message, TaskResult):
                     return env.message
-            async with contextlib.aclosing(self.events(workflow_id)) as events:
-                async for env in events:
-                    if isinstance(env.message, TaskResult):
+            async with contextlib.aclosing(self._stored(workflow_id, after_seq=after)) as new:
+                async for message in new:
+                    env = message.try_decode()
+                    if env is not None and isinstance(env.message, TaskResult):
                         return env.message
         raise TimeoutError  # pragma: no cover - the loop only ends by returning
+
+    async def retry(
+        self, workflow_id: str, *, timeout_s: float | None = None, reason: str = ""
+    ) -> Resume:
+        """Resume a run that ended ``retryable`` (a provider outage outlasted its deadline,
+        a step failed on every delivery) from its last completed step: that step runs
+        again on the work it had, with the spend so far kept (the response cache serves
+        calls already paid for) and a new deadline ``timeout_s`` seconds from now (by
+        default as long as the run had at first). ``result`` then waits for the new
+        result. Returns the ``Resume`` published. Raises ``UnknownWorkflowIdError`` (no
+        such run, or it has not ended), ``RunNotRetryableError`` (it ended otherwise)."""
+        ended = await self.bus.last(workflow_id, topics.RESULT)
+        env = ended.try_decode() if ended is not None else None
+        if ended is None or env is None or not isinstance(env.message, TaskResult):
+            raise UnknownWorkflowIdError(f"workflow {workflow_id!r} in namespace "
+                                         f"{self.bus.namespace!r} has no result to retry")
+        result = env.message
+        if not result.retryable:
+            raise RunNotRetryableError(
+                f"workflow {workflow_id!r} ended {result.status} ({result.reason[:200]}): "
+                "only a run that ended on a cause another attempt may not meet (a provider "
+                "outage past its deadline, a step that failed on every delivery) resumes")
+        latest = await self._last_work(workflow_id, before=ended.seq)
+        if latest is None:
+            raise RunNotRetryableError(f"workflow {workflow_id!r} has no work to resume")
+        work, topic, msg_id = latest
+        state = work.state
+        first = state.deadline and state.task.submitted_at
+        length = timeout_s or ((state.deadline - state.task.submitted_at).total_seconds()
+                               if first and state.deadline and state.task.submitted_at
+                               else DEFAULT_TIMEOUT_S)
+        deadline = datetime.now(UTC) + timedelta(seconds=length)
+        resumed = work.model_copy(update={"state": state.model_copy(update={
+            "spend": dict(result.spend), "deadline": deadline, "resumed_after": ended.seq})})
+        if self.bus.schedules and schedulable(deadline):
+            await self.bus.schedule(workflow_id, topics.DEADLINE_TIMER, Deadline(at=deadline),
+                                    at=deadline, target=topics.DEADLINE, sender="client",
+                                    msg_id=deadline_msg_id(workflow_id, deadline))
+        await self.bus.publish(workflow_id, topic, resumed, msg_id=f"resume-{ended.seq}-{msg_id}",
+                               sender="client", round=state.round,
+                               workflow=state.workflow or None)
+        marker = Resume(after=ended.seq, step=topics.step_of_topic(topic) or "",
+                        deadline=deadline, reason=reason)
+        await self.bus.publish(workflow_id, topics.RESUME, marker,
+                               msg_id=f"resume-{workflow_id}-{ended.seq}", sender="client",
+                               round=state.round, workflow=state.workflow or None)
+        return marker
+
+    async def _last_work(self, workflow_id: str, *, before: int) -> tuple[Work, str, str] | None:
+        """The run's last work message before stream sequence ``before``, as ``Work`` (a
+        task that never got further becomes the entry step's work), with its topic and
+        message id."""
+        history = await self.bus.history(workflow_id)
+        store = await self.workflows()
+        for stored in reversed([h for h in history if h.seq < before]):
+            env = stored.try_decode()
+            if env is None:
+                continue
+            msg_id = stored.headers.get(headers.MSG_ID) or f"{self.bus.stream_name}-{stored.seq}"
+            if isinstance(env.message, Work):
+                return env.message, env.topic, msg_id
+            if isinstance(env.message, TaskRequest):
+                task = env.message
+                ref = env.workflow or await store.resolve(task.workflow)
+                wf = await store.get(ref) if ref else None
+                if wf is None:
+                    return None
+                stamped = datetime.fromisoformat(stored.time) if stored.time else None
+                return Work(state=initial_state(task, wf, stamped)), step_topic(wf.entry.id), \
+                    msg_id
+        return None
 
     async def status(self, workflow_id: str) -> WorkflowStatus:
         """Where the workflow stands (from the stream, the stored workflow and the
@@ -404,5 +500,7 @@ def apply_event(st: WorkflowStatus, env: Envelope[Message]) -> None:
         st.result = msg
         st.last_topic = env.topic
         st.spent = _more(st.spent, msg.total)
+    if isinstance(msg, Resume):
+        st.result = None  # running again
     if isinstance(msg, DeadLetter):
         st.dead_letters.append(msg)

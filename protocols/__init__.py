@@ -29,6 +29,7 @@ from ._messages import (
     DeadLetterReason,
     Deadline,
     Limits,
+    Resume,
     TaskRequest,
     TaskResult,
     TaskStatus,
@@ -66,6 +67,7 @@ from ._workflow import (
     Workflow,
     WorkflowError,
     WorkflowLimits,
+    initial_state,
     workflow_json_schema,
 )
 
@@ -97,6 +99,7 @@ __all__ = (
     "Message",
     "Problem",
     "Provenance",
+    "Resume",
     "SourceFile",
     "StepSpec",
     "Subject",
@@ -126,6 +129,7 @@ __all__ = (
     "check_workflow_id",
     "data_type",
     "headers",
+    "initial_state",
     "literal_values",
     "message_type",
     "namespace_filter",

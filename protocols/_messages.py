@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field, JsonValue
 
 from ._data import Code, Design, Finding, SourceFile, TestReport
 from ._registry import Message, message_type
-from ._topics import CANCEL, DEADLINE, DEADLINE_TIMER
+from ._topics import CANCEL, DEADLINE, DEADLINE_TIMER, RESUME
 from ._usage import Provenance, Usage, UtcDatetime, _Data
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "DeadLetterReason",
     "Deadline",
     "Limits",
+    "Resume",
     "TaskRequest",
     "TaskResult",
     "TaskStatus",
@@ -177,6 +178,9 @@ class WorkState(_Data):
         default_factory=dict, description="Send-back caps by role (Limits.send_back_caps).")
     send_backs: dict[str, int] = Field(
         default_factory=dict, description="Role -> times work was sent back to it.")
+    resumed_after: int = Field(
+        0, ge=0, description="The stream sequence of the result this run resumed from "
+        "(0: never resumed); the run's next result must come after it.")
 
     @property
     def total(self) -> Usage:
@@ -237,6 +241,10 @@ class TaskResult(Message):
     step: str = Field("", description="The step that ended the workflow ('' if none ran).")
     provenance: Provenance | None = Field(None, description="That step's model.")
     usage: Usage | None = Field(None, description="What that step spent (in total already).")
+    retryable: bool = Field(
+        False, description="Ended by a cause another attempt may not meet (a provider "
+        "outage past the deadline, a step that failed on every delivery): `swarmbus retry` "
+        "resumes it from its last completed step.")
 
 
 @message_type("swarmbus.Deadline", topics=(DEADLINE, DEADLINE_TIMER))
@@ -253,6 +261,18 @@ class Cancel(Message):
     """A request to cancel the run: the supervisor sets its cancel flag (agents in the
     middle of a call abort it) and ends the run if no agent does."""
 
+    reason: str = ""
+
+
+@message_type("swarmbus.Resume", topics=(RESUME,))
+class Resume(Message):
+    """A run that ended resumes: its result at stream sequence ``after`` is superseded,
+    and step ``step`` runs again on the work it had (the spend so far kept), until
+    ``deadline``."""
+
+    after: int = Field(ge=1, description="Stream sequence of the superseded result.")
+    step: str
+    deadline: UtcDatetime | None = None
     reason: str = ""
 
 

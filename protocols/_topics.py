@@ -11,6 +11,7 @@ __all__ = [
     "DEADLINE",
     "DEADLINE_TIMER",
     "RESULT",
+    "RESUME",
     "STEP_PREFIX",
     "TASK",
     "step_of_topic",
@@ -31,6 +32,8 @@ message scheduler from ``DEADLINE_TIMER`` at the deadline."""
 DEADLINE_TIMER = "timer.deadline"
 """Holds the run's scheduled deadline message (header ``Nats-Schedule: @at <time>``)
 until it fires; a later one replaces it."""
+RESUME = "resume"
+"""A run that ended resumes (``swarmbus.Resume``): its last result is superseded."""
 STEP_PREFIX = "step."
 
 

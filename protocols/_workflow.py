@@ -14,6 +14,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import cached_property
 from typing import Annotated, Any, Literal
 
@@ -28,6 +29,7 @@ from pydantic import (
 )
 
 from ._errors import ConfigError
+from ._messages import DEFAULT_BUDGET_USD, TaskRequest, WorkState
 from ._topics import TASK, step_of_topic, step_topic
 
 __all__ = [
@@ -42,6 +44,7 @@ __all__ = [
     "Workflow",
     "WorkflowError",
     "WorkflowLimits",
+    "initial_state",
     "step_topic",
     "workflow_json_schema",
 ]
@@ -421,3 +424,26 @@ class CompiledWorkflow:
     def to_json(self) -> str:
         """The stored form: the spec (prompts inlined) and its artifact type names."""
         return self.spec.canonical_json()
+
+
+def initial_state(
+    task: TaskRequest, workflow: CompiledWorkflow | None, stored_at: datetime | None = None
+) -> WorkState:
+    """The state of a run of ``workflow`` for ``task`` before any step ran: the limits in
+    force (the task's, else the workflow's, else the defaults), the deadline counted
+    from submission (``task.submitted_at``, else ``stored_at``, the stream's time of
+    the task, else now) and the inputs' defaults filled in."""
+    submitted = task.submitted_at or stored_at or datetime.now(UTC)
+    limits = task.limits
+    defaults = workflow.spec.limits if workflow is not None else WorkflowLimits()
+    deadline = limits.deadline_from(submitted, defaults.timeout_s)
+    budget = limits.budget_usd if limits.budget_usd is not None else (
+        defaults.budget_usd if defaults.budget_usd is not None else DEFAULT_BUDGET_USD)
+    if workflow is not None:
+        inputs = {k: spec.default for k, spec in workflow.spec.inputs.items()
+                  if spec.default is not None and k not in task.inputs}
+        if inputs:
+            task = task.model_copy(update={"inputs": {**inputs, **task.inputs}})
+    return WorkState(task=task, workflow=workflow.hash if workflow is not None else "",
+                     round=1, deadline=deadline, budget_usd=budget, caps=limits.route_caps(),
+                     send_back_caps=limits.send_back_caps())

@@ -360,7 +360,8 @@ class StepAgent(Agent):
         that reached here (a custom ``perform``'s) is retried later, within deliveries."""
         name = call.model.name if call.model is not None else None
         what = f"step {step.id!r} ({self.role}, {name or 'no model'}): {e}"
-        if not permanent(e):
+        transient = not permanent(e)
+        if transient:
             delay = max(self.consumer.retry_delay(ctx.deliveries),
                         float(getattr(e, "retry_after_s", None) or 0.0))
             if ctx.deliveries < self.consumer.max_deliver - 1:
@@ -370,7 +371,7 @@ class StepAgent(Agent):
                 raise Retry(what, delay_s=delay)
             what = f"still failing after {ctx.deliveries} deliveries: {what}"
         ctx.log.warning("step failed for good", step=step.id, model=name, error=str(e)[:500])
-        await run.end("failed", what, model=name)
+        await run.end("failed", what, model=name, retryable=transient)
 
 
 def max_task_bytes(bus: Bus) -> int:

@@ -48,14 +48,14 @@ from swarmbus.protocols import (
     Work,
     WorkState,
     headers,
+    initial_state,
     topics,
 )
 
 from .._agent import Agent, Context, handles
-from .._guards import carried_spend
+from .._guards import carried_spend, last_error
 from .._run import Run
 from ..models import Ledger
-from ._state import state_for_task
 
 __all__ = ["Supervisor"]
 
@@ -123,7 +123,13 @@ class Supervisor(Agent):
             latest.msg_id = letter.headers[headers.MSG_ID]
         reason = (f"{letter.agent or 'an agent'} gave up on {topic} ({letter.reason}): "
                   f"{letter.error}")
-        await self._end(ctx, latest, letter.agent or role or "", "failed", reason[:4000])
+        if letter.reason == "max_deliveries" and letter.agent:
+            error = await last_error(self._bus, letter.agent, latest.msg_id)
+            reason += f"; last error: {error}" if error else ""
+        # A step that failed on every delivery may pass another time (a crash, an outage);
+        # a message that cannot be read, or that its agent refused, will not.
+        await self._end(ctx, latest, letter.agent or role or "", "failed", reason[:4000],
+                        retryable=letter.reason == "max_deliveries")
 
     @handles(topics.DEADLINE)
     async def on_deadline(self, msg: Deadline, ctx: Context[Deadline]) -> None:
@@ -200,7 +206,7 @@ class Supervisor(Agent):
             if wf is None and env.message.workflow:
                 assert self._store is not None
                 wf = await self._workflow(await self._store.resolve(env.message.workflow))
-            return _Latest(state_for_task(env.message, wf, submitted), topic, msg_id, wf)
+            return _Latest(initial_state(env.message, wf, submitted), topic, msg_id, wf)
         state = _tolerant_state(stored.data)
         return None if state is None else _Latest(state, topic, msg_id, wf)
 
@@ -225,7 +231,7 @@ class Supervisor(Agent):
             sender=self.name, workflow=latest.state.workflow or None)
 
     async def _end(self, ctx: Context[Any], latest: _Latest, role: str, status: TaskStatus,
-                   reason: str) -> None:
+                   reason: str, *, retryable: bool = False) -> None:
         """End the run from ``latest``, with what its handler's deliveries booked."""
         assert self._bus is not None
         carried = await carried_spend(self._bus, role, latest.msg_id) if (
@@ -233,7 +239,7 @@ class Supervisor(Agent):
         run = Run(ctx, latest.state, Ledger(carried=carried), key=role or self.name)
         run.step = topics.step_of_topic(latest.topic) or (
             latest.workflow.entry.id if latest.workflow else "")
-        await run.end(status, reason)
+        await run.end(status, reason, retryable=retryable)
 
 
 def _parse_time(text: str | None) -> datetime | None:
