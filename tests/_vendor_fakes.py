@@ -6,13 +6,21 @@ can use them (``tests/conftest.py`` has ``fake`` / ``fake2`` fixtures), includin
 whole workflow across the three SDKs: give a ``responder`` (a function from the
 request the fake received to a ``Canned`` reply, or to a body for a 200) instead
 of, or after, a script of canned replies. ``Seen.prompt_text()`` and
-``Seen.vendor`` let one responder serve every vendor's wire format.
+``Seen.vendor`` let one responder serve every vendor's wire format; ``reply_body``
+writes an answer in it, and ``cut_at_limit`` answers like a model that would write
+more than the request's output limit (``max_completion_tokens``, ``max_tokens``,
+``maxOutputTokens``) lets it. A ``Canned`` reply with ``delay_s`` answers late, and the
+fake notes whether it ``answered`` or the client went away first (``dropped``).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import select
+import socket
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,12 +49,14 @@ class Canned:
 
 @dataclass
 class Seen:
-    """One request the fake received (``body`` parsed as JSON when it is JSON)."""
+    """One request the fake received (``body`` parsed as JSON when it is JSON), and when
+    (``at``, ``time.monotonic()``)."""
 
     method: str
     path: str
     headers: dict[str, str]
     body: Any
+    at: float = field(default_factory=time.monotonic)
 
     @property
     def vendor(self) -> Vendor:
@@ -74,6 +84,24 @@ class Seen:
             parts += [str(p.get("text") or "") for c in chunks for p in c.get("parts", [])]
         return "\n".join(parts)
 
+    def output_limit(self) -> int | None:
+        """The most output tokens the request allows (None: it sets no limit)."""
+        body = self.body if isinstance(self.body, dict) else {}
+        if self.vendor == "openai":
+            value = body.get("max_completion_tokens", body.get("max_tokens"))
+        elif self.vendor == "anthropic":
+            value = body.get("max_tokens")
+        elif self.vendor == "google":
+            value = (body.get("generationConfig") or {}).get("maxOutputTokens")
+        else:
+            value = None
+        return int(value) if value is not None else None
+
+    def input_tokens(self) -> int:
+        """What a tokenizer would count for the request: one token per 4 bytes of its
+        body (prompts, schema and framing), rounded up."""
+        return math.ceil(len(json.dumps(self.body).encode()) / 4)
+
 
 Responder = Callable[[Seen], "Canned | dict[str, Any]"]
 """Answers one request: a ``Canned`` reply, or a body sent with status 200."""
@@ -84,7 +112,9 @@ class FakeServer:
 
     Each request gets the next ``Canned`` reply of the script (``push``); when the
     script is empty, ``responder(seen)`` if one is set, else ``default`` if set,
-    else a 500. Every request is kept in ``requests``.
+    else a 500. Every request is kept in ``requests``; those whose reply was written
+    whole in ``answered``; those whose client closed the connection while the fake
+    waited out the reply's ``delay_s`` in ``dropped`` (their reply is never sent).
     """
 
     def __init__(self, responder: Responder | None = None) -> None:
@@ -92,6 +122,8 @@ class FakeServer:
         self.default: Canned | None = None
         self.responder = responder
         self.requests: list[Seen] = []
+        self.answered: list[Seen] = []
+        self.dropped: list[Seen] = []
         self._stop = threading.Event()
         self._lock = threading.Lock()
         fake = self
@@ -125,7 +157,7 @@ class FakeServer:
                     canned = fake.default
                 if canned is None:
                     canned = Canned({"error": {"message": "fake: no canned reply"}}, status=500)
-                if canned.delay_s and fake._stop.wait(canned.delay_s):
+                if canned.delay_s and not fake._wait(self.connection, canned.delay_s, seen):
                     return
                 payload = canned.raw if canned.raw is not None else json.dumps(
                     canned.body).encode()
@@ -137,8 +169,11 @@ class FakeServer:
                         self.send_header(name, value)
                     self.end_headers()
                     self.wfile.write(payload)
+                    self.wfile.flush()
                 except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (timeout test)
+                    return  # the client gave up (timeout test)
+                with fake._lock:
+                    fake.answered.append(seen)
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
@@ -146,6 +181,27 @@ class FakeServer:
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
+
+    def _wait(self, conn: socket.socket, delay_s: float, seen: Seen) -> bool:
+        """Wait ``delay_s`` before answering; False when the fake stops or the client
+        closes the connection first (noted in ``dropped``)."""
+        end = time.monotonic() + delay_s
+        while (left := end - time.monotonic()) > 0:
+            if self._stop.is_set():
+                return False
+            readable, _, _ = select.select([conn], [], [], min(left, 0.02))
+            if not readable:
+                continue
+            try:
+                gone = conn.recv(1, socket.MSG_PEEK) == b""
+            except OSError:
+                gone = True
+            if gone:
+                with self._lock:
+                    self.dropped.append(seen)
+                return False
+            self._stop.wait(min(left, 0.02))  # bytes of a next request: not an answer
+        return not self._stop.is_set()
 
     @property
     def url(self) -> str:
@@ -332,6 +388,42 @@ def gemini_error(
             {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": retry_delay}
         ]
     return Canned({"error": error}, status, headers=headers or {})
+
+
+def reply_body(
+    seen: Seen, text: str, *, input_tokens: int = 100, output_tokens: int = 20,
+    cut: bool = False,
+) -> dict[str, Any]:
+    """``text`` as an answer in the wire format of ``seen``'s vendor, with this usage;
+    ``cut``: stopped at the output limit (``length``, ``max_tokens``, ``MAX_TOKENS``).
+    Raises ``ValueError`` for a request in no vendor's format (the fake answers 500)."""
+    if seen.vendor == "openai":
+        return openai_body(text, finish_reason="length" if cut else "stop",
+                           prompt_tokens=input_tokens, completion_tokens=output_tokens)
+    if seen.vendor == "anthropic":
+        return anthropic_body(text, stop_reason="max_tokens" if cut else "end_turn",
+                              input_tokens=input_tokens, output_tokens=output_tokens)
+    if seen.vendor == "google":
+        return gemini_body(text, finish_reason="MAX_TOKENS" if cut else "STOP",
+                           prompt_tokens=input_tokens, output_tokens=output_tokens)
+    raise ValueError(f"no vendor's path: {seen.path}")
+
+
+def cut_at_limit(text: str, *, would_write: int) -> Responder:
+    """A model that would write ``would_write`` tokens of ``text`` (4 characters a token):
+    the request's output limit stops it there, as a provider does (a prefix of ``text``,
+    finish reason ``length``, usage ``completion_tokens`` = the limit). The input is
+    counted as ``Seen.input_tokens``."""
+
+    def answer(seen: Seen) -> dict[str, Any]:
+        limit = seen.output_limit()
+        if limit is None or limit >= would_write:
+            return reply_body(seen, text, input_tokens=seen.input_tokens(),
+                              output_tokens=would_write)
+        return reply_body(seen, text[: 4 * limit], input_tokens=seen.input_tokens(),
+                          output_tokens=limit, cut=True)
+
+    return answer
 
 
 # --- shared request fixtures ---------------------------------------------------------
