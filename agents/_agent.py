@@ -223,6 +223,23 @@ class Agent:
         return sorted(self._routes)
 
     @property
+    def durable(self) -> str:
+        """The durable consumer this agent type pulls from: its ``name``, unless the type
+        says otherwise (a step agent's is its role at its workflow, ``coder@code-review``,
+        so two workflows with a role in common each keep their own work)."""
+        return self.name
+
+    @property
+    def workflow_name(self) -> str:
+        """The workflow this agent serves steps of ('' for an agent of no workflow)."""
+        return ""
+
+    def route_for(self, topic: str) -> Route | None:
+        """The handler of ``topic`` (None: none). Override to take topics known only when
+        a message comes (the step runtime takes every ``step.*`` topic of its role)."""
+        return self._routes.get(topic)
+
+    @property
     def model_name(self) -> str:
         """The model(s) this agent uses, for announcements (empty if none)."""
         return ""
@@ -257,7 +274,7 @@ class Agent:
 
     async def dispatch(self, bus: Bus, env: Envelope[Message], delivery: Delivery) -> None:
         """Run the handler of ``env``'s topic (through the middleware)."""
-        route = self._routes.get(env.topic)
+        route = self.route_for(env.topic)
         if route is None:
             raise Reject(f"{self.name} has no handler for topic {env.topic!r}")
         if not isinstance(env.message, route.message_type):

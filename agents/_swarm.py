@@ -135,7 +135,8 @@ class Swarm:
                     handler = functools.partial(agent.dispatch, bus)
                     for _ in range(agent.replicas):
                         consumer = PullConsumer(
-                            bus, agent.name, handler, topics=agent.topics, settings=agent.consumer,
+                            bus, agent.durable, handler, topics=agent.topics,
+                            settings=agent.consumer, sender=agent.name,
                             start=agent.start, update=self._update_consumers,
                             end_topics=_END_TOPICS if agent.start == "pending" else (),
                             # The settings in force (an existing consumer's win): the agent
@@ -222,6 +223,7 @@ class Swarm:
                     )
                     ann = AgentAnnouncement(
                         agent=agent.name, instance=self.instance, topics=agent.topics,
+                        consumer=agent.durable, workflow=agent.workflow_name,
                         namespace=self.namespace, model=agent.model_name,
                         version=agent.version, host=socket.gethostname(), pid=os.getpid(),
                         started_at=self._started_at,

@@ -196,13 +196,15 @@ class Bus:
         after_seq: int = 0,
         end_topics: tuple[str, ...] = (),
         update: bool = False,
+        sender: str | None = None,
     ) -> EnsuredConsumer:
         """Create the durable pull consumer for ``topics``, or adopt the existing one.
 
         A new consumer starts at ``start``: ``"new"`` (only what comes next),
         ``"all"`` (the oldest message), or ``"pending"``: the oldest message of its
-        topics (after ``after_seq``) that ``durable`` has not answered (no message
-        with its ``Swarm-Sender`` caused by it) in a workflow with nothing on
+        topics (after ``after_seq``) that ``sender`` (default ``durable``: the agent
+        type whose outputs carry it as ``Swarm-Sender``) has not answered (no message
+        with that ``Swarm-Sender`` caused by it) in a workflow with nothing on
         ``end_topics``; ``EnsuredConsumer.pending`` then lists what to handle of
         what was in the stream (the rest is done).
 
@@ -214,7 +216,7 @@ class Bus:
         """
         return await ensure_durable(
             self, durable, topics, settings, stream=stream, filters=filters, start=start,
-            after_seq=after_seq, end_topics=end_topics, update=update)
+            after_seq=after_seq, end_topics=end_topics, update=update, sender=sender)
 
     async def publish(
         self,
@@ -369,6 +371,18 @@ class Bus:
             store = KeyValueStore(await reopen(), reopen=reopen)
             self._kv[bucket] = store
         return store
+
+    async def find_key_value(self, name: str) -> KeyValueStore | None:
+        """The namespace's bucket ``name`` if it exists (None: not made yet); never makes
+        it, so a client that only reads does not create buckets with its settings."""
+        bucket = f"swarm_{self.namespace}_{name}"
+        known = self._kv.get(bucket)
+        if known is not None:
+            return known
+        try:
+            return KeyValueStore(await self.js.key_value(bucket))
+        except nats.js.errors.BucketNotFoundError:
+            return None
 
     async def get(self, seq: int, *, stream: str | None = None) -> StoredMessage | None:
         """The message at stream sequence ``seq``, or None."""

@@ -16,6 +16,7 @@ from typing import Literal
 
 import anyio
 import nats.errors
+import nats.js.errors
 from nats.js import api
 from pydantic import JsonValue
 
@@ -182,6 +183,12 @@ class SwarmClient:
             self._workflows = await WorkflowStore.open(self.bus)
         return self._workflows
 
+    async def _stored_workflows(self) -> WorkflowStore | None:
+        """The workflow store if a daemon made it; a client never makes it."""
+        if self._workflows is None:
+            self._workflows = await WorkflowStore.find(self.bus)
+        return self._workflows
+
     async def submit(self, task: TaskRequest | str, *, workflow_id: str | None = None) -> str:
         """Publish a task; returns its workflow id (random when not given).
 
@@ -232,7 +239,9 @@ class SwarmClient:
     async def _check_against_workflow(self, task: TaskRequest) -> CompiledWorkflow | None:
         """The stored workflow ``task`` will follow (None: none stored yet), after checking
         that it exists and that the task gives the inputs it declares."""
-        store = await self.workflows()
+        store = await self._stored_workflows()
+        if store is None:
+            return None  # no daemon has run in the namespace yet: nothing to check against
         ref = await store.resolve(task.workflow)
         if ref is None:
             names = await store.names() if task.workflow is not None else {}
@@ -360,7 +369,9 @@ class SwarmClient:
         task that never got further becomes the entry step's work), with its topic and
         message id."""
         history = await self.bus.history(workflow_id)
-        store = await self.workflows()
+        store = await self._stored_workflows()
+        if store is None:
+            return None
         for stored in reversed([h for h in history if h.seq < before]):
             env = stored.try_decode()
             if env is None:
@@ -401,14 +412,27 @@ class SwarmClient:
         st.stalled = next((a.stalled for a in agents if a.stalled), "")
         if not st.stalled and await self.bus.stream_full():
             st.stalled = "storage full"
-        store = await self.workflows()
+        store = await self._stored_workflows()
+        if store is None:
+            return
         ref = st.workflow or await store.resolve(None)
         wf = await store.get(ref) if ref else None
         if wf is None:
             return
         st.role = wf.role_of_topic(st.last_topic) or ""
         if st.role:
-            st.live = any(a.agent == st.role for a in agents)
+            # Working means a live agent pulls from the consumer that holds this step's
+            # work; an announcement of the role for another workflow does not count.
+            durable = wf.consumer(st.role)
+            st.live = any(a.consumer == durable or (not a.consumer and a.agent == st.role)
+                          for a in agents) and await self._consumer_exists(durable)
+
+    async def _consumer_exists(self, durable: str) -> bool:
+        try:
+            await self.bus.js.consumer_info(self.bus.stream_name, durable)
+        except nats.js.errors.NotFoundError:
+            return False
+        return True
 
     async def trail(self, workflow_id: str) -> list[StoredMessage]:
         """The workflow's whole history as stored (the audit trail); empty if unknown."""

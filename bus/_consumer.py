@@ -53,7 +53,8 @@ class PullConsumer:
     ``settings`` are what this replica wants; an existing consumer's server-side
     settings win unless ``update`` (see ``Bus.ensure_consumer``): ``settings``
     then holds the ones in force. A deleted consumer is re-created, at ``start``
-    (``"pending"``: the work of its topics not answered yet; ``end_topics`` name
+    (``"pending"``: the work of its topics that ``sender``, the agent type whose
+    outputs name it as ``Swarm-Sender``, has not answered yet; ``end_topics`` name
     what ends a workflow). While the store cannot take outputs (``Bus.stalled``)
     it pulls nothing and holds what it has, with in-progress acks.
     ``on_settings`` hears the settings in force whenever they change.
@@ -81,10 +82,12 @@ class PullConsumer:
         end_topics: tuple[str, ...] = (),
         update: bool = False,
         on_settings: Callable[[ConsumerSettings], None] | None = None,
+        sender: str | None = None,
         _raw: _RawHandler | None = None,
     ) -> None:
         self.bus = bus
         self.durable = durable
+        self.sender = sender or durable
 
         self.topics = topics or []
         self.filters = filters
@@ -195,7 +198,7 @@ class PullConsumer:
         ensured = await self.bus.ensure_consumer(
             self.durable, self.topics, self.settings, stream=self.stream,
             filters=self.filters, start=self._start, after_seq=self._ack_floor,
-            end_topics=self._end_topics, update=self._update,
+            end_topics=self._end_topics, update=self._update, sender=self.sender,
         )
         self._follow(ensured.settings)
         self._ack_floor = max(self._ack_floor, ensured.ack_floor)
@@ -339,7 +342,7 @@ class PullConsumer:
         # The old consumer's delivery of it may still run here: its outcome decides.
         await self._held.until_settled(seq, besides=msg)
         msg_id = (msg.headers or {}).get(headers.MSG_ID) or f"{self.bus.stream_name}-{seq}"
-        return await answered(self.bus, msg.subject, msg_id, self.durable, seq)
+        return await answered(self.bus, msg.subject, msg_id, self.sender, seq)
 
     async def _handle(self, msg: Msg) -> None:
         try:

@@ -177,6 +177,7 @@ async def ensure_durable(
     after_seq: int = 0,
     end_topics: tuple[str, ...] = (),
     update: bool = False,
+    sender: str | None = None,
 ) -> EnsuredConsumer:
     """``Bus.ensure_consumer`` (which documents it)."""
     own = settings or ConsumerSettings()
@@ -198,7 +199,8 @@ async def ensure_durable(
             config.deliver_policy = api.DeliverPolicy.ALL
         elif start == "pending":
             first, until, found = await pending_messages(
-                bus, stream, want, durable, after_seq=after_seq, end_topics=end_topics)
+                bus, stream, want, sender or durable, after_seq=after_seq,
+                end_topics=end_topics)
             pending = frozenset(found)
             config.deliver_policy = api.DeliverPolicy.BY_START_SEQUENCE
             config.opt_start_seq = first
@@ -210,7 +212,8 @@ async def ensure_durable(
             except nats.js.errors.NotFoundError:
                 raise refused from None  # the config itself was refused
             return await ensure_durable(
-                bus, durable, topics, settings, stream=stream, filters=filters, update=update)
+                bus, durable, topics, settings, stream=stream, filters=filters, update=update,
+                sender=sender)
         log.info("durable consumer created", consumer=durable, stream=stream, start=start,
                  from_seq=config.opt_start_seq, pending=len(pending or ()))
         return EnsuredConsumer(own, created=True, replay_until=until, pending=pending)

@@ -43,13 +43,35 @@ class WorkflowStore:
         ttl = bus.stream.max_age_s or None
         return cls(await bus.key_value(WORKFLOWS_BUCKET, ttl_s=ttl))
 
-    async def put(self, wf: CompiledWorkflow, *, default: bool = False) -> None:
-        """Store ``wf`` under its hash and make it its name's latest (and the default)."""
+    @classmethod
+    async def find(cls, bus: Bus) -> WorkflowStore | None:
+        """The store if a daemon made it (None: none has run in the namespace yet)."""
+        store = await bus.find_key_value(WORKFLOWS_BUCKET)
+        return cls(store) if store is not None else None
+
+    async def put(self, wf: CompiledWorkflow, *, default: bool | None = False) -> str | None:
+        """Store ``wf`` under its hash and make it its name's latest. ``default``: True
+        makes it the namespace's default workflow, None only when the namespace has
+        none yet, False never. Returns the default's hash before this call (None:
+        there was none)."""
         await self._store.put(wf.hash, wf.to_json().encode())
         await self._store.put(f"name.{wf.name}", wf.hash.encode())
-        if default:
+        previous = await self.resolve(None)
+        if default or (default is None and previous is None):
             await self._store.put("default", wf.hash.encode())
         self._cache[wf.hash] = wf
+        return previous
+
+    async def versions(self, name: str) -> list[CompiledWorkflow]:
+        """Every stored workflow named ``name`` (each version a daemon ever ran, while
+        the bucket keeps it: as long as the stream keeps messages)."""
+        out = []
+        for key in await self._store.keys():
+            if _HASH.match(key):
+                wf = await self.get(key)
+                if wf is not None and wf.name == name:
+                    out.append(wf)
+        return out
 
     async def get(self, workflow_hash: str) -> CompiledWorkflow | None:
         """The workflow stored under ``workflow_hash`` (types unresolved), or None."""

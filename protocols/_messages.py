@@ -305,6 +305,8 @@ class AgentAnnouncement(Message):
     agent: str
     instance: str
     topics: list[str]
+    consumer: str = Field("", description="The durable consumer it pulls from ('' : agent).")
+    workflow: str = Field("", description="The workflow whose steps it serves ('' : none).")
     namespace: str
     model: str = ""
     version: str = ""

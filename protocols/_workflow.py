@@ -407,6 +407,11 @@ class CompiledWorkflow:
             return step.role if step else None
         return None
 
+    def consumer(self, role: str) -> str:
+        """The durable consumer of ``role``'s steps in this workflow (any version of it):
+        ``<role>@<workflow name>``."""
+        return f"{role}@{self.name}"
+
     @cached_property
     def order(self) -> dict[str, int]:
         """Step id -> its position in the file."""

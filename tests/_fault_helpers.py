@@ -52,6 +52,8 @@ from swarmbus.protocols import Message, SourceFile, TestReport
 T = TypeVar("T", bound=Any)
 HERE = Path(__file__).resolve()
 ROLES = ("architect", "coder", "reviewer")
+DURABLES = tuple(f"{role}@code-review" for role in ROLES)
+"""The built-in workflow's role consumers (``<role>@<workflow>``)."""
 
 
 class EventLog:

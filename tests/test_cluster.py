@@ -88,8 +88,9 @@ async def test_swarm_survives_losing_a_node(tmp_path: Path) -> None:
                     got = await replicas_of(client.bus)
                 st, adv = client.bus.stream_name, client.bus.advisory_stream
                 assert sorted(got) == sorted([
-                    st, f"{st}/architect", f"{st}/coder", f"{st}/reviewer",
-                    f"{st}/supervisor", adv, f"{adv}/swarmbus_deadletter",
+                    st, f"{st}/architect@code-review", f"{st}/coder@code-review",
+                    f"{st}/reviewer@code-review", f"{st}/supervisor", adv,
+                    f"{adv}/swarmbus_deadletter", f"SWARMTIMER_{NS.upper()}",
                     *(f"KV_swarm_{NS}_{b}" for b in (
                         "agents", "cancel", "carry", "responses", "workflows")),
                     f"OBJ_swarm_{NS}_artifacts",

@@ -22,6 +22,7 @@ from typing import Any
 import anyio
 import pytest
 from _fault_helpers import (
+    DURABLES,
     ROLES,
     Follow,
     memory_kb,
@@ -121,7 +122,7 @@ async def wait_results(bus: Bus, wfs: list[str], *, at_least: int | None = None)
     await poll(enough, every_s=0.2)
 
 
-async def wait_settled(bus: Bus, durables: tuple[str, ...] = ROLES) -> None:
+async def wait_settled(bus: Bus, durables: tuple[str, ...] = DURABLES) -> None:
     """Nothing pending and nothing unacked on the roles' consumers (no late duplicate)."""
 
     async def settled() -> bool:
@@ -383,7 +384,7 @@ async def test_one_daemon_takes_1000_workflows_at_once(
         while not done.is_set():
             backlog = 0
             for role in ROLES:
-                info = await bus.js.consumer_info(bus.stream_name, role)
+                info = await bus.js.consumer_info(bus.stream_name, f"{role}@code-review")
                 ack_pending[role] = max(ack_pending[role], info.num_ack_pending or 0)
                 backlog += (info.num_pending or 0) + (info.num_ack_pending or 0)
             max_backlog = max(max_backlog, backlog)

@@ -583,7 +583,7 @@ async def test_hostile_barrage_is_accounted_for_and_the_swarm_goes_on(
                 for _ in range(64):
                     tg.start_soon(publisher)
             published_s = time.monotonic() - started
-            await settle(attacker, [a.name for a in agents])
+            await settle(attacker, [a.durable for a in agents])
         settled_s = time.monotonic() - started
 
         # The swarm is still up: every agent consumes and announces itself, and a valid

@@ -43,6 +43,7 @@ from swarmbus.protocols import TaskRequest, TaskResult, headers, stream_name
 pytestmark = pytest.mark.anyio
 
 ROLES = ("architect", "coder", "reviewer")
+DURABLES = {role: f"{role}@code-review" for role in ROLES}
 
 
 def counted(calls: Counter[tuple[str, str]]) -> dict[str, type[StepAgent]]:
@@ -75,7 +76,7 @@ async def wait_results(bus: Bus, n: int) -> dict[str, int]:
     return counts
 
 
-async def settled(bus: Bus, durables: tuple[str, ...] = ROLES) -> None:
+async def settled(bus: Bus, durables: tuple[str, ...] = tuple(DURABLES.values())) -> None:
     """Nothing pending, nothing unacknowledged: no late duplicate is on its way."""
     while True:
         infos = [await bus.js.consumer_info(bus.stream_name, d) for d in durables]
@@ -103,7 +104,7 @@ def once_per_step(calls: Mapping[tuple[str, str], int], wfs: list[str]) -> None:
 
 async def redelivered(bus: Bus) -> int:
     return sum([(await bus.js.consumer_info(bus.stream_name, d)).num_redelivered
-                for d in ROLES])
+                for d in DURABLES.values()])
 
 
 def report(title: str, **figures: object) -> None:
@@ -211,13 +212,14 @@ async def test_consumer_deleted_with_work_queued_resumes_at_the_waiting_work(
             # The daemon is down; work waits; a cleanup script deletes the entry role's
             # consumer (and the coder's).
             await submit(client, queued)
-            for durable in ("architect", "coder"):
-                await client.bus.js.delete_consumer(client.bus.stream_name, durable)
+            for role in ("architect", "coder"):
+                await client.bus.js.delete_consumer(client.bus.stream_name, DURABLES[role])
             async with Swarm(make_team(calls), nats=nats_url, namespace=namespace,
                              grace_s=3) as swarm:
                 await wait_results(client.bus, len(done) + len(queued))
                 await settled(client.bus)
-                info = await client.bus.js.consumer_info(client.bus.stream_name, "architect")
+                info = await client.bus.js.consumer_info(client.bus.stream_name,
+                                                         DURABLES["architect"])
                 first_queued = await client.bus.first(queued[0], "task")
                 stats = {name: cs[0] for name, cs in swarm.stats().items()}
             await one_approved_result_each(client.bus, done + queued)
@@ -245,7 +247,7 @@ async def test_consumer_deleted_with_work_in_flight_loses_and_redoes_nothing(
             while coder.in_flight < 4:
                 await anyio.sleep(0.01)
             in_flight = coder.in_flight
-            await client.bus.js.delete_consumer(client.bus.stream_name, "coder")
+            await client.bus.js.delete_consumer(client.bus.stream_name, DURABLES["coder"])
             await wait_results(client.bus, len(wfs))
             await settled(client.bus)
             await one_approved_result_each(client.bus, wfs)
@@ -279,7 +281,7 @@ async def test_two_daemons_with_different_ack_waits_share_one_consumer_and_one_r
         ):
             bus = client.bus
             for role in ROLES:
-                info = await bus.js.consumer_info(bus.stream_name, role)
+                info = await bus.js.consumer_info(bus.stream_name, DURABLES[role])
                 assert info.config.ack_wait == 60, role
             assert {a.consumer.ack_wait_s for a in b_agents if a.name in ROLES} == {60}
             await submit(client, wfs)
@@ -307,7 +309,7 @@ async def test_two_daemons_with_different_ack_waits_share_one_consumer_and_one_r
                                  roles=["coder"], supervisor=False)
             async with Swarm(c_agents, nats=nats_url, namespace=namespace,
                              update_consumers=True, announce=False, dead_letters=False):
-                info = await bus.js.consumer_info(bus.stream_name, "coder")
+                info = await bus.js.consumer_info(bus.stream_name, DURABLES["coder"])
                 assert info.config.ack_wait == 20
                 while {a.settings["ack_wait_s"] for a in await client.agents()
                        if a.agent == "coder"} != {20}:

@@ -23,13 +23,21 @@ __all__ = ["build_agents", "prepare_models", "unpriced_models"]
 log = structlog.get_logger("swarmbus.app")
 
 
-def _runs(cfg: SwarmConfig, wf: CompiledWorkflow, role: str) -> bool:
+def _runs(cfg: SwarmConfig, wf: CompiledWorkflow, role: str) -> tuple[bool, str]:
+    """Whether this process runs ``role``, and why not when it does not: it runs when
+    every step of the role can be served here (a model of its own, the role's model in
+    swarm.yaml, or code: ``agent:``), or when ``roles.<role>.run`` says so."""
     rc = cfg.roles.get(role)
     if rc is not None and rc.run is not None:
-        return rc.run
+        return rc.run, f"roles.{role}.run is false"
     if cfg.offline or (rc is not None and rc.model is not None):
-        return True
-    return all(wf.steps[s].model is not None for s in wf.roles[role])
+        return True, ""
+    lacking = [s for s in wf.roles[role]
+               if wf.steps[s].model is None and wf.steps[s].agent is None]
+    if lacking:
+        return False, (f"steps {lacking} have no model: give roles.{role}.model in swarm.yaml "
+                       "or model: in the step (another daemon may serve it)")
+    return True, ""
 
 
 def build_agents(
@@ -62,7 +70,10 @@ def build_agents(
     models: dict[str, Model] = {}
     running: list[str] = []
     for role in wf.roles:
-        if not _runs(cfg, wf, role):
+        runs, why = _runs(cfg, wf, role)
+        if not runs:
+            log.warning("role not run here", role=role, why=why,
+                        waits_on=wf.consumer(role))
             continue
         running.append(role)
         rc = cfg.roles.get(role)
@@ -71,7 +82,7 @@ def build_agents(
         elif rc is not None and rc.model is not None:
             models[role] = build_model(rc.model)
     if tools is None and importlib.util.find_spec("pytest") is None and any(
-        "sandbox.pytest" in wf.steps[s].tools for r in running for s in wf.roles[r]
+        "sandbox.pytest" in wf.steps[s].tool_names for r in running for s in wf.roles[r]
     ):
         raise ConfigError(
             "a step of this workflow runs submitted tests with pytest (sandbox.pytest), "
@@ -88,7 +99,7 @@ def build_agents(
         cache_ttl_s=cache, share_cache=cfg.cache.share_across_workflows,
     )
     agents.extend(cfg.custom_agents())
-    if tools is None and any("sandbox.pytest" in wf.steps[s].tools
+    if tools is None and any("sandbox.pytest" in wf.steps[s].tool_names
                              for r in running for s in wf.roles[r]):
         # Model-written code runs in the sandbox: refuse to start without the isolation it
         # needs (the offline models' code is the project's own, so any isolation will do).

@@ -15,29 +15,39 @@ log = structlog.get_logger("swarmbus.workflow")
 
 
 class Workflows:
-    """The process's workflows: ``default`` (what a task that names none follows,
-    stored as the namespace's default when ``make_default``), and every workflow
-    a message names by hash, read from the namespace's store and compiled once.
+    """The process's workflows: ``default`` (the one this process serves: every stored
+    version of its name), and every workflow a message names by hash, read from the
+    namespace's store and compiled once.
 
-    One instance serves every step agent of a process (``setup`` is idempotent).
+    ``make_default``: True makes ``default`` the namespace's default workflow (what a
+    task that names none follows), None only when the namespace has none yet (the
+    default changes only when asked), False never. One instance serves every step
+    agent of a process (``setup`` is idempotent).
     """
 
-    def __init__(self, default: CompiledWorkflow, *, make_default: bool = True) -> None:
+    def __init__(self, default: CompiledWorkflow, *, make_default: bool | None = None) -> None:
         self.default = default
         self.make_default = make_default
         self._known: dict[str, CompiledWorkflow] = {default.hash: default}
         self._store: WorkflowStore | None = None
+        self.versions: list[CompiledWorkflow] = [default]
+        """Every stored version of ``default``'s name (``default`` included), once set up."""
 
     async def setup(self, bus: Bus) -> None:
         if self._store is not None:
             return
         self._store = await WorkflowStore.open(bus)
-        previous = await self._store.resolve(None)
-        await self._store.put(self.default, default=self.make_default)
+        previous = await self._store.put(self.default, default=self.make_default)
         if self.make_default and previous and previous != self.default.hash:
             old = await self._store.get(previous)
             log.warning("namespace default workflow changed", namespace=bus.namespace,
                         old=old.label if old else previous, new=self.default.label)
+        stored = await self._store.versions(self.default.name)
+        self.versions = [self.default, *(w for w in stored if w.hash != self.default.hash)]
+
+    def serves(self, wf: CompiledWorkflow) -> bool:
+        """Whether ``wf`` is a version of the workflow this process serves."""
+        return wf.name == self.default.name
 
     async def get(self, ref: str | None) -> CompiledWorkflow:
         """The workflow with hash ``ref`` (None: the default). Raises ``Reject`` when
@@ -57,20 +67,31 @@ class Workflows:
         self._known[ref] = compiled
         return compiled
 
+    async def graph(self, ref: str) -> CompiledWorkflow | None:
+        """The stored workflow ``ref`` as a graph only (its types unresolved: what routing
+        a message needs, without importing its code), or None."""
+        known = self._known.get(ref)
+        if known is not None:
+            return known
+        return await self._store.get(ref) if self._store is not None else None
+
     async def for_task(self, task: TaskRequest, header: str | None) -> CompiledWorkflow:
-        """The workflow a task follows: the ``Swarm-Workflow`` header, the task's
-        ``workflow`` (a name or hash), else the namespace's default."""
+        """The workflow a task follows, as a graph (see ``graph``): the ``Swarm-Workflow``
+        header, the task's ``workflow`` (a name or hash), else the namespace's default
+        (as stored now). Raises ``Reject`` when the namespace does not hold it."""
+        if task.workflow in (self.default.name, self.default.hash) and not header:
+            return self.default
         if header:
-            return await self.get(header)
-        if task.workflow is None:
-            if self._store is not None and self.make_default is False:
-                ref = await self._store.resolve(None)
-                return await self.get(ref) if ref else self.default
+            ref: str | None = header
+        elif self._store is None:
             return self.default
-        if task.workflow in (self.default.name, self.default.hash):
-            return self.default
-        ref = await self._store.resolve(task.workflow) if self._store is not None else None
-        if ref is None:
-            raise Reject(f"the task names workflow {task.workflow!r}, which this namespace "
+        else:
+            ref = await self._store.resolve(task.workflow)
+            if ref is None and task.workflow is None:
+                return self.default
+        found = await self.graph(ref) if ref else None
+        if found is None:
+            named = task.workflow or header
+            raise Reject(f"the task names workflow {named!r}, which this namespace "
                          "does not hold")
-        return await self.get(ref)
+        return found

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import anyio
+import structlog
 from pydantic import BaseModel, ValidationError
 
 from swarmbus.bus import (
@@ -65,6 +66,8 @@ from ._state import missing_inputs, start_state, update_findings
 from ._tools import Tool
 
 __all__ = ["StepAgent", "StepCall"]
+
+log = structlog.get_logger("swarmbus.workflow")
 
 _CACHE_BUCKET = "responses"
 INLINE_BYTES = 128 * 1024
@@ -127,6 +130,22 @@ class StepAgent(Agent):
     def model_name(self) -> str:
         return self.model.name if self.model is not None else ""
 
+    @property
+    def durable(self) -> str:
+        return self.workflows.default.consumer(self.role)
+
+    @property
+    def workflow_name(self) -> str:
+        return self.workflows.default.name
+
+    def route_for(self, topic: str) -> Route | None:
+        """Every ``step.*`` topic is the work of some version of a workflow: ``on_work``
+        reads which (a version stored after this process started included)."""
+        found = self._routes.get(topic)
+        if found is None and topics.step_of_topic(topic) is not None:
+            return Route(Work, self.on_work)
+        return found
+
     def routes(self) -> dict[str, Route]:
         served = self.workflows.default.topics(self.role)
         if not served:
@@ -141,6 +160,13 @@ class StepAgent(Agent):
         await super().setup(bus)
         await self.guards.setup(bus, self)
         await self.workflows.setup(bus)
+        # The consumer takes this role's steps of every stored version of the workflow: a
+        # run started on an older graph finishes by it, also after a step was renamed.
+        served = [t for wf in self.workflows.versions for t in wf.topics(self.role)]
+        for topic in dict.fromkeys(served):
+            if topic not in self._routes:
+                self._routes[topic] = Route(Work, self.on_work)
+        await self._warn_legacy_consumer(bus)
         self._objects = await ArtifactStore.open(bus)
         if self.cache_ttl_s is not None:
             self._cache_store = await bus.key_value(_CACHE_BUCKET, ttl_s=self.cache_ttl_s)
@@ -174,9 +200,10 @@ class StepAgent(Agent):
     # -- handlers ---------------------------------------------------------------------------
 
     async def on_task(self, task: TaskRequest, ctx: Context[TaskRequest]) -> None:
-        wf = await self.workflows.for_task(task, ctx.envelope.workflow)
-        if wf.entry.role != self.role:
-            return  # another workflow's kick-off: its own entry role takes it
+        found = await self.workflows.for_task(task, ctx.envelope.workflow)
+        if not self.workflows.serves(found) or found.entry.role != self.role:
+            return  # another workflow's kick-off: the consumer of its entry role has it too
+        wf = await self.workflows.get(found.hash)
         if not await self._first_task(task, ctx):
             return
         state = start_state(task, wf, ctx)
@@ -184,12 +211,31 @@ class StepAgent(Agent):
         await self.guards.run(ctx, state, lambda: self._run(ctx, wf, wf.entry, state, task))
 
     async def on_work(self, work: Work, ctx: Context[Work]) -> None:
-        wf = await self.workflows.get(work.state.workflow or ctx.envelope.workflow)
+        ref = work.state.workflow or ctx.envelope.workflow
+        found = await self.workflows.graph(ref) if ref else self.workflows.default
+        if found is None:
+            raise Reject(f"workflow {ref!r} is not stored in this namespace")
+        if not self.workflows.serves(found):
+            return  # another workflow's step of the same name: its own consumer has it too
+        wf = await self.workflows.get(found.hash)
         step = wf.steps.get(topics.step_of_topic(ctx.envelope.topic) or "")
         if step is None or step.role != self.role:
             raise Reject(f"workflow {wf.label} has no step {ctx.envelope.topic!r} "
                          f"for role {self.role!r}")
         await self.guards.run(ctx, work.state, lambda: self._run(ctx, wf, step, work.state))
+
+    async def _warn_legacy_consumer(self, bus: Bus) -> None:
+        """Versions before 0.2 pulled a role's work from a consumer named after the role
+        alone; one left behind takes a copy of the same work."""
+        try:
+            info = await bus.js.consumer_info(bus.stream_name, self.role)
+        except Exception:
+            return
+        log.warning("a consumer of an earlier version takes this role's work too: once no "
+                    "daemon of that version runs, delete it (nats consumer rm "
+                    f"{bus.stream_name} {self.role})", consumer=self.role,
+                    now=self.durable, filters=info.config.filter_subjects or [
+                        info.config.filter_subject])
 
     async def _first_task(self, task: TaskRequest, ctx: Context[TaskRequest]) -> bool:
         """Workflow ids are single-use: a later, different task under a used id is

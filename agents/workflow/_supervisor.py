@@ -112,7 +112,7 @@ class Supervisor(Agent):
         role = wf.role_of_topic(topic) if wf is not None else None
         if role is None and topic != topics.TASK:
             return  # not a step of a workflow we know
-        if role is not None and letter.agent != role:
+        if role is not None and wf is not None and letter.agent not in (role, wf.consumer(role)):
             return  # a custom agent gave up on its copy: the workflow goes on
         stored = await self._bus.get(letter.stream_seq) if letter.stream_seq else None
         latest = await self._read(stored, wf) if stored is not None else None
@@ -123,12 +123,13 @@ class Supervisor(Agent):
             latest.msg_id = letter.headers[headers.MSG_ID]
         reason = (f"{letter.agent or 'an agent'} gave up on {topic} ({letter.reason}): "
                   f"{letter.error}")
-        if letter.reason == "max_deliveries" and letter.agent:
-            error = await last_error(self._bus, letter.agent, latest.msg_id)
+        agent = role or letter.agent  # spend and errors are kept under the agent type
+        if letter.reason == "max_deliveries" and agent:
+            error = await last_error(self._bus, agent, latest.msg_id)
             reason += f"; last error: {error}" if error else ""
         # A step that failed on every delivery may pass another time (a crash, an outage);
         # a message that cannot be read, or that its agent refused, will not.
-        await self._end(ctx, latest, letter.agent or role or "", "failed", reason[:4000],
+        await self._end(ctx, latest, agent, "failed", reason[:4000],
                         retryable=letter.reason == "max_deliveries")
 
     @handles(topics.DEADLINE)

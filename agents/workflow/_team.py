@@ -47,14 +47,16 @@ def team(
     cache_ttl_s: float | None = None,
     share_cache: bool = False,
     supervisor: bool = True,
-    make_default: bool = True,
+    make_default: bool | None = None,
     classes: Mapping[str, type[StepAgent]] | None = None,
 ) -> list[Agent]:
     """A ``StepAgent`` for each role of ``workflow`` (or of ``roles``), sharing one
     ``Workflows`` and one ``Guards``, plus the ``Supervisor``.
 
-    ``models`` gives each role's model (steps naming their own are built with
-    ``build``); ``tools`` defaults to the real sandbox. A role runs as its class
+    ``make_default``: make ``workflow`` the namespace's default (True), only when it
+    has none (None, the default), or never (False). ``models`` gives each role's model
+    (steps naming their own are built with ``build``); ``tools`` defaults to the real
+    sandbox. A role runs as its class
     in ``classes``, else the ``agent`` its steps name, else ``StepAgent``. Raises
     ``ConfigError`` for a role the workflow does not have, or steps of one role
     bound to different classes.
