@@ -117,7 +117,9 @@ class TaskRequest(Message):
 
     goal: str = Field(min_length=1, max_length=20_000)
     constraints: list[str] = Field(default_factory=list)
-    language: str = "python"
+    language: str | None = Field(
+        None, description="The language to work in, when the workflow leaves it open "
+        "(shown to every step; none: the workflow's prompts say).")
     inputs: dict[str, str] = Field(
         default_factory=dict, description="Named inputs a workflow declares beyond the goal.")
     workflow: str | None = Field(

@@ -146,7 +146,8 @@ def render_work(
     parts = [_block("Goal", task.goal)]
     if task.constraints:
         parts.append(_block("Constraints", "\n".join(f"- {c}" for c in task.constraints)))
-    parts.append(_block("Language", task.language))
+    if task.language:
+        parts.append(_block("Language", task.language))
     for name, text in task.inputs.items():
         parts.append(_block(f"Input: {name}", text))
     if step.task:
