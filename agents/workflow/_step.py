@@ -298,7 +298,8 @@ class StepAgent(Agent):
         except (ModelError, ConfigError, PromptError, ValidationError) as e:
             await self._failed(ctx, run, step, call, e)
             return
-        usage = run.take_spend()
+        run.take_spend()
+        usage = run.spent_here  # what this delivery spent, whoever took it into the state
         state.steps += 1
         prov = call.provenance
         if step.output:
