@@ -141,3 +141,35 @@ async def test_a_rolling_upgrade_serves_old_and_new_runs_side_by_side(
 
 async def _events(client: SwarmClient, wf: str) -> list[Any]:
     return [s.decode() for s in await client.trail(wf)]
+
+
+def test_up_runs_a_step_served_by_code_and_names_a_role_it_will_not_run(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A step bound to a class (``agent:``) needs no model: ``swarmbus up`` serves it.
+    A role it cannot serve here is named with why, not left silently waiting."""
+    from swarmbus.agents.app import SwarmConfig, build_agents
+
+    file = tmp_path / "lint.yaml"
+    file.write_text(
+        "name: lint\n"
+        "artifacts: {audit: swarmbus.Verdict}\n"
+        "steps:\n"
+        "- {id: design, role: architect}\n"
+        "- {id: implement, role: coder, input: design}\n"
+        "- id: audit\n"
+        "  role: auditor\n"
+        "  agent: test_workflow_examples:KeywordAuditor\n"
+        "  input: code\n"
+        "  output: audit\n"
+        "  routes: {approve: end, revise_code: {to: implement, max: 1}, "
+        "revise_design: {to: design, max: 1}}\n")
+    cfg = SwarmConfig(workflow=str(file), roles={"architect": {"model": "openai:gpt-4o"}})
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key-0000000000000")
+    agents = build_agents(cfg)
+    names = {a.name: type(a).__name__ for a in agents}
+    assert names == {"architect": "StepAgent", "auditor": "KeywordAuditor",
+                     "supervisor": "Supervisor"}, names
+    said = capsys.readouterr()
+    assert "role not run here" in said.out + said.err
+    assert "coder" in said.out + said.err and "have no model" in said.out + said.err
