@@ -169,6 +169,7 @@ async def test_canonical_arm_scores_164_of_164_on_humaneval(
     assert arm.pass_at_1 == 1.0 and arm.runs == 164
 
 
+@pytest.mark.bubblewrap  # model arms run model-written code
 async def test_single_arm_end_to_end_sums_scripted_costs_exactly(
     tmp_path: Path, nats_url: str
 ) -> None:
@@ -190,6 +191,7 @@ async def test_single_arm_end_to_end_sums_scripted_costs_exactly(
     assert not any(HIDDEN_MARK in p for p in models.prompts())
 
 
+@pytest.mark.bubblewrap  # model arms run model-written code
 async def test_runs_of_an_unpriced_model_cost_unknown_never_zero(
     tmp_path: Path, nats_url: str
 ) -> None:
@@ -201,6 +203,7 @@ async def test_runs_of_an_unpriced_model_cost_unknown_never_zero(
     assert all(r.cost_usd is None for r in read_rows(tmp_path / "run"))
 
 
+@pytest.mark.bubblewrap  # model arms run model-written code
 async def test_retry_arm_sends_the_failing_test_output_back_up_to_the_teams_rounds(
     tmp_path: Path, nats_url: str
 ) -> None:
@@ -234,6 +237,7 @@ async def test_retry_arm_sends_the_failing_test_output_back_up_to_the_teams_roun
     assert not any(HIDDEN_MARK in p for p in models.prompts())
 
 
+@pytest.mark.bubblewrap  # model arms run model-written code
 async def test_workflow_arm_runs_the_team_and_no_model_sees_the_hidden_tests(
     tmp_path: Path, nats_url: str
 ) -> None:
@@ -300,6 +304,7 @@ async def test_a_rerun_resumes_and_a_row_cut_short_by_a_crash_is_dropped(
     assert table.returncode == 2 and "1 rows repeat a (task, arm, repeat)" in table.stderr
 
 
+@pytest.mark.bubblewrap  # model arms run model-written code
 async def test_the_budget_stops_new_runs_and_a_higher_budget_resumes(
     tmp_path: Path, nats_url: str
 ) -> None:
@@ -315,6 +320,7 @@ async def test_the_budget_stops_new_runs_and_a_higher_budget_resumes(
     assert second.spent_usd == pytest.approx(6 * CALL_USD, abs=1e-12)
 
 
+@pytest.mark.bubblewrap  # model arms run model-written code
 async def test_an_interrupted_run_keeps_what_its_runs_in_flight_had_spent(
     tmp_path: Path, nats_url: str
 ) -> None:
