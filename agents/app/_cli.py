@@ -143,7 +143,8 @@ def _config(args: argparse.Namespace, **extra: Any) -> SwarmConfig:
 
 
 async def _client(cfg: SwarmConfig) -> SwarmClient:
-    return await SwarmClient.connect(cfg.nats, namespace=cfg.namespace, stream=cfg.stream)
+    return await SwarmClient.connect(cfg.client_nats(), namespace=cfg.namespace,
+                                     stream=cfg.stream)
 
 
 # -- commands ---------------------------------------------------------------------------------
