@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import fcntl
 import os
 import shutil
 import signal
@@ -270,6 +269,8 @@ class EmbeddedServer:
 def _lock(data_dir: Path) -> IO[str]:
     """Hold ``data_dir``'s lock for as long as the returned file is open (the kernel
     drops it when this process dies). Raises ``DataDirInUseError`` when held."""
+    import fcntl  # POSIX, like the rest of the embedded server: `swarmbus.bus` imports anywhere
+
     f = (data_dir / LOCK_FILE).open("a+", encoding="utf-8")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
