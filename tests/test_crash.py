@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import anyio
@@ -19,6 +20,7 @@ import pytest
 from swarmbus.bus import (
     AGENTS_BUCKET,
     Bus,
+    EmbeddedServer,
     SwarmClient,
     find_nats_server,
     free_port,
@@ -222,3 +224,33 @@ async def test_status_stops_saying_working_once_a_killed_workers_liveness_expire
         "architect", False, "waiting for architect")
     assert text.stdout.decode().startswith(
         f"after-kill: running; waiting: no architect is running in namespace {namespace}")
+
+
+def ppid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+async def test_the_server_outlives_the_thread_that_started_it_not_the_process() -> None:
+    """Started from a thread that then ends (as an anyio worker thread does when idle),
+    the server runs on; its guard killed with SIGKILL, the server stops too (Linux:
+    the kernel signals it)."""
+    server = EmbeddedServer()
+    starter = threading.Thread(target=server.start_blocking)
+    starter.start()
+    starter.join()
+    try:
+        async with await Bus.connect(server.url, namespace="thread") as bus:
+            await bus.publish("w", "task", TaskRequest(goal="still here"), msg_id="t-1")
+        assert server.pid is not None and alive(server.pid)
+        if not sys.platform.startswith("linux"):
+            return
+        pid, guard = server.pid, ppid(server.pid)
+        assert guard != os.getpid()  # the guard sits between us and the server
+        os.kill(guard, signal.SIGKILL)
+        with anyio.fail_after(30):
+            while alive(pid):
+                await anyio.sleep(0.05)
+        assert await server.wait() == -signal.SIGKILL
+    finally:
+        await server.stop()
+        server.cleanup()
