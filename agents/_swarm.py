@@ -41,7 +41,9 @@ GC_THRESHOLD = 10_000
 
 _gc_tuned = False
 
-_ANNOUNCE_EVERY_S = 5.0
+_ANNOUNCES_PER_TTL = 4
+"""An announcement is refreshed this many times per liveness TTL (a slow put or two
+does not make a live agent look gone)."""
 _END_TOPICS = ("result",)
 """A workflow with a message here has ended (its only result)."""
 
@@ -58,6 +60,13 @@ class Swarm:
     Consumers that exist already keep their server-side settings (ack wait, max
     deliveries; a warning names both values) unless ``update_consumers``, which
     rewrites them with the agents' (``swarmbus up --update-consumers``).
+
+    Liveness: each agent announces itself in the namespace's ``agents`` bucket every
+    ``liveness_ttl_s / 4`` seconds; an announcement not refreshed for
+    ``liveness_ttl_s`` (default ``AGENTS_TTL_S``, 20 s) expires, so a process killed
+    without a word counts as gone after at most that long (``swarmbus status``,
+    ``swarmbus agents``). The swarm sets the bucket's TTL to its own when it differs
+    (a bucket made without one would keep a dead agent for ever).
 
     ``tune_gc`` (default on): once started, the objects made at start-up are
     moved out of the garbage collector's view (``gc.freeze()``) and its first
@@ -80,10 +89,14 @@ class Swarm:
         announce: bool = True,
         update_consumers: bool = False,
         tune_gc: bool = True,
+        liveness_ttl_s: float = _ANNOUNCE_TTL_S,
     ) -> None:
         names = [a.name for a in agents]
         if len(set(names)) != len(names):
             raise ValueError(f"agent names must be unique in one swarm: {names}")
+        if not liveness_ttl_s >= 0.5:
+            raise ValueError(f"liveness_ttl_s must be at least 0.5 seconds, got {liveness_ttl_s}")
+        self.liveness_ttl_s = float(liveness_ttl_s)
         self.agents = list(agents)
         self.namespace = bus.namespace if bus else namespace
         self.grace_s = grace_s
@@ -203,7 +216,7 @@ class Swarm:
     async def _announce_loop(
         self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        store = await self.bus.key_value(AGENTS_BUCKET, ttl_s=_ANNOUNCE_TTL_S,
+        store = await self.bus.key_value(AGENTS_BUCKET, ttl_s=self.liveness_ttl_s,
                                          storage=AGENTS_STORAGE)
         keys = {a.name: f"{a.name}.{self.instance}" for a in self.agents}
         started = False
@@ -243,7 +256,8 @@ class Swarm:
                 if not started:
                     started = True
                     task_status.started()
-                with anyio.move_on_after(_ANNOUNCE_EVERY_S):
+                    await self._own_liveness_ttl(store.bucket)  # after start: not on its path
+                with anyio.move_on_after(self.liveness_ttl_s / _ANNOUNCES_PER_TTL):
                     await self._announce_now.wait()
             if not started:  # stopped before the first announcement
                 task_status.started()
@@ -254,6 +268,22 @@ class Swarm:
                         await store.delete(key)
                     except Exception:
                         break
+
+    async def _own_liveness_ttl(self, bucket: str) -> None:
+        """Give the announcements' bucket this swarm's TTL: one made without a TTL (by
+        hand, by another tool) would keep a killed agent "live" for ever."""
+        try:
+            info = await self.bus.js.stream_info(f"KV_{bucket}")
+            config = info.config
+            if abs((config.max_age or 0) - self.liveness_ttl_s) < 0.001:
+                return
+            log.info("setting the liveness TTL of the agents bucket", bucket=bucket,
+                     was_s=config.max_age or None, ttl_s=self.liveness_ttl_s)
+            config.max_age = self.liveness_ttl_s
+            config.duplicate_window = min(config.duplicate_window or 120.0, self.liveness_ttl_s)
+            await self.bus.js.update_stream(config)
+        except Exception as e:  # liveness is best effort; work goes on
+            log.warning("could not set the agents bucket's TTL", bucket=bucket, error=repr(e))
 
     async def __aenter__(self) -> Swarm:
         self._cm_tg = anyio.create_task_group()

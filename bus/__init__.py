@@ -27,7 +27,14 @@ from ._consumer import ConsumerStats, Delivery, Handler, PullConsumer
 from ._control import Reject, Retry
 from ._deadletter import dead_letter
 from ._deadletter_worker import dead_letter_worker
-from ._embedded import EmbeddedServer, NatsServerNotFoundError, find_nats_server, free_port
+from ._embedded import (
+    DataDirInUseError,
+    EmbeddedServer,
+    NatsServerNotFoundError,
+    PortTakenError,
+    find_nats_server,
+    free_port,
+)
 from ._kv import KeyValueStore, WatchedKeys
 from ._objects import OBJECTS_BUCKET, ArtifactStore
 from ._publish import EXPECT_FIRST, PayloadTooLargeError, PublishResult, SubjectTakenError
@@ -54,6 +61,7 @@ __all__ = (
     "ConsumerSettings",
     "ConsumerStart",
     "ConsumerStats",
+    "DataDirInUseError",
     "DecodeError",
     "Delivery",
     "EmbeddedServer",
@@ -64,6 +72,7 @@ __all__ = (
     "NatsServerNotFoundError",
     "NatsSettings",
     "PayloadTooLargeError",
+    "PortTakenError",
     "PublishResult",
     "PullConsumer",
     "Reject",

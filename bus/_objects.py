@@ -20,6 +20,7 @@ from nats.js.object_store import ObjectStore
 from swarmbus.protocols import ArtifactRef, ExternalError
 
 from ._store import storage_problem, store_error
+from ._streams import while_settling
 
 if TYPE_CHECKING:
     from ._bus import Bus
@@ -99,6 +100,13 @@ class ArtifactStore:
 
 
 async def _open(bus: Bus, bucket: str) -> ObjectStore:
+    """Open the bucket, or create it; retried while JetStream settles (a cluster that has
+    just started, or is electing leaders, may not place a stream yet), like the stream
+    and the key-value buckets."""
+    return await while_settling(lambda: _open_once(bus, bucket), f"object store {bucket}")
+
+
+async def _open_once(bus: Bus, bucket: str) -> ObjectStore:
     try:
         return await bus.js.object_store(bucket)
     except nats.js.errors.BucketNotFoundError:

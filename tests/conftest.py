@@ -5,9 +5,31 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
+from _sandbox_helpers import REQUIRE_BUBBLEWRAP, bubblewrap_missing
 from _vendor_fakes import SECRET, FakeServer
 
 pytest_plugins = ["swarmbus.agents.pytest_plugin"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "bubblewrap(tree_limits=False): runs model-written code in the bubblewrap "
+        f"sandbox; skipped where it cannot (fails instead with {REQUIRE_BUBBLEWRAP}=1, as in CI)")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A test marked ``bubblewrap`` skips where bubblewrap cannot run, saying what to
+    install; with REQUIRE_BUBBLEWRAP=1 (``.ci/run``) it fails instead."""
+    marker = item.get_closest_marker("bubblewrap")
+    if marker is None:
+        return
+    why = bubblewrap_missing(tree_limits=bool(marker.kwargs.get("tree_limits", False)))
+    if not why:
+        return
+    if os.environ.get(REQUIRE_BUBBLEWRAP) == "1":
+        pytest.fail(f"{REQUIRE_BUBBLEWRAP}=1 and this test needs bubblewrap: {why}",
+                    pytrace=False)
+    pytest.skip(f"needs the bubblewrap sandbox: {why}")
 
 KEY_ENVS = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY")
 

@@ -17,10 +17,12 @@ from collections import Counter
 from pathlib import Path
 
 import anyio
+import nats.errors
 import nats.js.errors
 import pytest
 from _cluster import Cluster
 from _team_helpers import GOAL, Script, team
+from nats.js import api
 
 from swarmbus.agents import Swarm
 from swarmbus.bus import Bus, NatsSettings, StreamSettings, SwarmClient
@@ -30,6 +32,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 WORKFLOWS = 30
 NS = "cluster"
+NO_MESSAGE = 10037  # JetStream: no message found
 
 
 async def replicas_of(bus: Bus) -> dict[str, tuple[int, int]]:
@@ -119,7 +122,7 @@ async def test_swarm_survives_losing_a_node(tmp_path: Path) -> None:
             # Read the trail back from a surviving node: one result per workflow, all approved.
             survivors = NatsSettings(servers=[n.url for n in cluster.nodes if n.running])
             async with await Bus.connect(survivors, namespace=NS, setup=False) as bus:
-                info = await bus.js.stream_info(bus.stream_name)
+                info = await leader_elected(bus)
                 per_wf = Counter[str]()
                 topics = Counter[str]()
                 seq = 0
@@ -143,11 +146,26 @@ async def test_swarm_survives_losing_a_node(tmp_path: Path) -> None:
     print(f"killed {killed} after {done_before}/{WORKFLOWS} results; {retried} retries")
 
 
+async def leader_elected(bus: Bus) -> api.StreamInfo:
+    """The stream's info once the survivors answer it with a leader: right after a node
+    loss the API may time out (or not know the stream yet) while leaders move."""
+    while True:
+        try:
+            info = await bus.js.stream_info(bus.stream_name)
+        except (nats.errors.TimeoutError, nats.js.errors.NotFoundError):
+            info = None
+        if info is not None and info.cluster is not None and info.cluster.leader:
+            return info
+        await anyio.sleep(0.2)
+
+
 async def _next(bus: Bus, after: int) -> tuple[int, str] | None:
     try:
         raw = await bus.js.get_msg(bus.stream_name, seq=after + 1,
                                    subject=namespace_filter(NS), next=True)
-    except nats.js.errors.NotFoundError:
+    except nats.js.errors.NotFoundError as e:
+        if e.err_code != NO_MESSAGE:
+            raise  # "stream not found" is not the end of the stream
         return None
     assert raw.seq is not None
     return raw.seq, str(raw.subject)

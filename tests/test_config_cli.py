@@ -182,6 +182,7 @@ def test_secrets_from_the_environment_are_raw_strings(tmp_path: Path) -> None:
     assert cfg.roles["coder"].model == ["openai:gpt-4o", "x:y"]
 
 
+@pytest.mark.bubblewrap  # real models: the reviewer needs bubblewrap
 def test_up_on_a_port_names_unpriced_models_and_stops_on_sigterm(tmp_path: Path) -> None:
     from swarmbus.bus import free_port
 
@@ -335,7 +336,8 @@ def test_a_command_ends_when_its_embedded_server_dies(tmp_path: Path, command: s
             line = proc.stdout.readline()
             assert line, "".join(seen)
             seen.append(line)
-        [server] = _children(proc.pid)
+        [guard] = _children(proc.pid)  # it stops the server if the command is killed
+        [server] = _children(guard)
         os.kill(server, signal.SIGKILL)
         out, _ = proc.communicate(timeout=30)
     finally:

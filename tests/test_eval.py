@@ -56,7 +56,7 @@ from swarmbus.agents.models import (
     Price,
     cost_text,
 )
-from swarmbus.agents.sandbox import SandboxLimits
+from swarmbus.agents.sandbox import SandboxLimits, landlock_abi
 from swarmbus.agents.workflow import load_workflow
 from swarmbus.protocols import Code, ConfigError, Design, SourceFile, Verdict
 
@@ -169,6 +169,7 @@ async def test_canonical_arm_scores_164_of_164_on_humaneval(
     assert arm.pass_at_1 == 1.0 and arm.runs == 164
 
 
+@pytest.mark.bubblewrap  # model arms run model-written code
 async def test_single_arm_end_to_end_sums_scripted_costs_exactly(
     tmp_path: Path, nats_url: str
 ) -> None:
@@ -190,6 +191,7 @@ async def test_single_arm_end_to_end_sums_scripted_costs_exactly(
     assert not any(HIDDEN_MARK in p for p in models.prompts())
 
 
+@pytest.mark.bubblewrap  # model arms run model-written code
 async def test_runs_of_an_unpriced_model_cost_unknown_never_zero(
     tmp_path: Path, nats_url: str
 ) -> None:
@@ -201,6 +203,7 @@ async def test_runs_of_an_unpriced_model_cost_unknown_never_zero(
     assert all(r.cost_usd is None for r in read_rows(tmp_path / "run"))
 
 
+@pytest.mark.bubblewrap  # model arms run model-written code
 async def test_retry_arm_sends_the_failing_test_output_back_up_to_the_teams_rounds(
     tmp_path: Path, nats_url: str
 ) -> None:
@@ -234,6 +237,7 @@ async def test_retry_arm_sends_the_failing_test_output_back_up_to_the_teams_roun
     assert not any(HIDDEN_MARK in p for p in models.prompts())
 
 
+@pytest.mark.bubblewrap  # model arms run model-written code
 async def test_workflow_arm_runs_the_team_and_no_model_sees_the_hidden_tests(
     tmp_path: Path, nats_url: str
 ) -> None:
@@ -300,6 +304,7 @@ async def test_a_rerun_resumes_and_a_row_cut_short_by_a_crash_is_dropped(
     assert table.returncode == 2 and "1 rows repeat a (task, arm, repeat)" in table.stderr
 
 
+@pytest.mark.bubblewrap  # model arms run model-written code
 async def test_the_budget_stops_new_runs_and_a_higher_budget_resumes(
     tmp_path: Path, nats_url: str
 ) -> None:
@@ -315,6 +320,7 @@ async def test_the_budget_stops_new_runs_and_a_higher_budget_resumes(
     assert second.spent_usd == pytest.approx(6 * CALL_USD, abs=1e-12)
 
 
+@pytest.mark.bubblewrap  # model arms run model-written code
 async def test_an_interrupted_run_keeps_what_its_runs_in_flight_had_spent(
     tmp_path: Path, nats_url: str
 ) -> None:
@@ -533,3 +539,39 @@ def test_ctrl_c_in_a_terminal_stops_the_run_quickly_and_keeps_its_rows(tmp_path:
                      "--limit", str(len(rows) + 1))
     assert again.returncode == 0, again.stderr
     assert f"1 rows written to {out / RESULTS_FILE}, {len(rows)} kept" in again.stderr
+
+
+def test_eval_run_takes_the_weaker_sandbox_explicitly(tmp_path: Path, nats_url: str) -> None:
+    """Its error names what `eval run` reads (a flag, or -c swarm.yaml's `sandbox:`), and
+    both give the Landlock backend: the run goes on (its model calls are blocked here, so
+    its one row is `failed`, but it ran)."""
+    env = {**os.environ, "OPENAI_API_KEY": "sk-not-a-real-key"}  # real calls are blocked
+    conf = tmp_path / "swarm.yaml"
+    conf.write_text("sandbox: {bwrap_path: /nonexistent/bwrap}\n")  # no bubblewrap, anywhere
+
+    def run(out: str, *flags: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "swarmbus", "eval", "run", "--suite", FIXTURE, "--limit", "1",
+             "--arms", "single:openai:gpt-4o", "--nats", nats_url, "--no-progress",
+             "--out", str(tmp_path / out), *flags],
+            capture_output=True, text=True, timeout=300, check=False, env=env)
+
+    refused = run("refused", "-c", str(conf))
+    err = refused.stderr.strip()
+    assert refused.returncode == 2 and err.count("\n") == 0, err
+    assert err.startswith("error: the sandbox needs bubblewrap for model-written code: "
+                          "bubblewrap is not installed (/nonexistent/bwrap)"), err
+    assert err.endswith("accept the weaker backend explicitly with `--sandbox-isolation "
+                        "landlock` (or `sandbox: {isolation: landlock}` in the swarm.yaml "
+                        "given with -c)"), err
+    assert not (tmp_path / "refused" / RESULTS_FILE).exists()
+    if landlock_abi() < 1:
+        pytest.skip("kernel without Landlock: the weaker backend cannot run here")
+    landlock = tmp_path / "landlock.yaml"
+    landlock.write_text("sandbox: {isolation: landlock, bwrap_path: /nonexistent/bwrap}\n")
+    for out, flags in (("flag", ("-c", str(conf), "--sandbox-isolation", "landlock")),
+                       ("file", ("-c", str(landlock)))):
+        done = run(out, *flags)
+        assert done.returncode == 0, done.stderr
+        [row] = read_rows(tmp_path / out)
+        assert (row.status, row.calls) == ("failed", 0) and "blocked" in row.reason

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from swarmbus.bus import (
     EmbeddedServer,
+    PortTakenError,
     SwarmClient,
     UnknownWorkflowIdError,
     WorkflowStatus,
@@ -44,7 +45,7 @@ from ..workflow import check_models, load_workflow, mermaid, show_text
 from ._config import SwarmConfig, load_config
 from ._eval import add_eval_parser, cmd_eval, interrupted_line
 from ._logging import configure_logging
-from ._nats import cmd_nats, port_in_use, watch_server
+from ._nats import cmd_nats, watch_server
 from ._render import progress_line, render_result, render_status, render_trail, trail_json
 
 __all__ = ["main"]
@@ -145,7 +146,8 @@ def _config(args: argparse.Namespace, **extra: Any) -> SwarmConfig:
 
 
 async def _client(cfg: SwarmConfig) -> SwarmClient:
-    return await SwarmClient.connect(cfg.nats, namespace=cfg.namespace, stream=cfg.stream)
+    return await SwarmClient.connect(cfg.client_nats(), namespace=cfg.namespace,
+                                     stream=cfg.stream)
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -161,13 +163,15 @@ async def cmd_up(args: argparse.Namespace) -> int:
     server: EmbeddedServer | None = None
     died: list[str] = []
     if cfg.embedded and "servers" not in cfg.nats.model_fields_set:
-        if port_in_use("127.0.0.1", cfg.port):
+        # An orphaned server of this data directory (its daemon was killed) is taken over.
+        server = EmbeddedServer(port=cfg.port, data_dir=cfg.data_dir / "nats")
+        try:
+            await server.start()
+        except PortTakenError:
             raise ConfigError(
                 f"127.0.0.1:{cfg.port} is taken (another NATS or swarmbus up?): pass "
                 f"--nats nats://127.0.0.1:{cfg.port} to join that server, or --port for another"
-            )
-        server = EmbeddedServer(port=cfg.port, data_dir=cfg.data_dir / "nats")
-        await server.start()
+            ) from None
         print(f"embedded nats-server on {server.url} (data in {server.data_dir})",
               file=sys.stderr)
     try:
@@ -381,6 +385,10 @@ def _run(args: argparse.Namespace) -> int:
         return cmd_schema(args)
     if args.command == "workflow":
         return cmd_workflow(args)
+    if args.command not in ("up", "demo", "eval"):  # those set up their own logging
+        # Warnings (a bucket as it is, a server taken over) on stderr: stdout is the
+        # command's output (--json).
+        configure_logging("console", level="WARNING")
     commands = {
         "up": cmd_up, "submit": cmd_submit, "status": cmd_status, "trail": cmd_trail,
         "cancel": cmd_cancel, "agents": cmd_agents, "demo": cmd_demo, "nats": cmd_nats,

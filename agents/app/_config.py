@@ -31,6 +31,7 @@ from .._yaml import DuplicateKeyError, load_yaml, yaml_problem
 from ..models import ModelConfig, ModelSettings
 from ..sandbox import SandboxLimits
 from ..workflow import DEFAULT_WORKFLOW
+from ._config_paths import relative_to_file
 
 __all__ = ["ENV_PREFIX", "CacheConfig", "RoleConfig", "SwarmConfig", "load_config"]
 
@@ -92,6 +93,13 @@ class SwarmConfig(BaseModel):
     sandbox: SandboxLimits = Field(default_factory=SandboxLimits)
     grace_s: float = Field(30, ge=0, description="Shutdown: time for in-flight work.")
     offline: bool = Field(False, description="Use the demo's scripted models (no keys).")
+
+    def client_nats(self) -> NatsSettings:
+        """Where client commands (submit, status, ...) connect: ``nats.servers`` when
+        set, else the embedded server this config starts (``nats://127.0.0.1:<port>``)."""
+        if "servers" in self.nats.model_fields_set or not self.embedded:
+            return self.nats
+        return self.nats.model_copy(update={"servers": [f"nats://127.0.0.1:{self.port}"]})
 
     def custom_agents(self) -> list[Agent]:
         out = []
@@ -202,7 +210,7 @@ def load_config(
             raise ConfigError(f"{p} is not valid YAML: {yaml_problem(e)}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{p}: the top level must be a mapping")
-        data = loaded or {}
+        data = relative_to_file(loaded or {}, p.parent)  # its paths: next to the file
     env, sources = _env_overrides(dict(os.environ if environ is None else environ))
     data = _merge(data, env)
     data = _merge(data, {k: v for k, v in overrides.items() if v is not None})

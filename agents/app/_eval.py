@@ -32,7 +32,8 @@ from ..eval import (
     table_markdown,
 )
 from ..models import cost_text
-from ..sandbox import SandboxLimits
+from ..sandbox import SandboxLimits, SandboxUnavailableError
+from ._config import load_config
 from ._logging import configure_logging
 
 __all__ = ["add_eval_parser", "cmd_eval", "interrupted_line"]
@@ -59,8 +60,14 @@ def add_eval_parser(sub: Any) -> None:
                    "--out included: no new run starts once it is spent")
     r.add_argument("--models", help="role=model,... for workflow arms' roles without a model")
     r.add_argument("--concurrency", type=int, default=2, help="runs in flight (default 2)")
-    r.add_argument("--sandbox-timeout", type=float, default=60.0,
-                   help="seconds for one sandboxed test run (default 60)")
+    r.add_argument("--sandbox-timeout", type=float,
+                   help="seconds for one sandboxed test run (default: -c's, else 60)")
+    r.add_argument("--sandbox-isolation", choices=["auto", "bubblewrap", "landlock"],
+                   help="the sandbox's backend (default: -c's, else auto, which needs "
+                   "bubblewrap for model arms); landlock is the weaker one, chosen explicitly")
+    r.add_argument("-c", "--config", metavar="SWARM_YAML",
+                   help="read the sandbox's settings from this swarm.yaml's `sandbox:` (and "
+                   "SWARMBUS_SANDBOX__* variables); the flags above win")
     r.add_argument("--task-timeout", type=float, default=1800.0,
                    help="seconds for one workflow run (default 1800)")
     r.add_argument("--task-budget", type=float, help="USD for one workflow run")
@@ -146,7 +153,10 @@ async def _cmd_run(args: argparse.Namespace) -> int:
         flag = _FLAGS.get(field, field)
         msg = str(first["msg"]).removeprefix("Value error, ")
         raise ConfigError(f"{flag}: {msg}" if flag else msg) from None
-    s = await run_eval(config)
+    try:
+        s = await run_eval(config)
+    except SandboxUnavailableError as e:  # it names the setting as swarm.yaml spells it
+        raise ConfigError(_eval_hint(str(e))) from None
     unpriced = f" ({s.unpriced_calls} unpriced calls)" if s.unpriced_calls else ""
     print(f"{s.written} rows written to {s.out / 'results.jsonl'}, {s.kept} kept from before; "
           f"spent {cost_text(s.spent)}{unpriced} in all", file=sys.stderr)
@@ -168,8 +178,28 @@ _FLAGS = {
     "repeats": "--repeats", "budget_usd": "--budget", "models": "--models",
     "concurrency": "--concurrency", "sandbox": "--sandbox-timeout",
     "task_timeout_s": "--task-timeout", "task_budget_usd": "--task-budget", "nats": "--nats",
-    "timeout_s": "--sandbox-timeout", "servers": "--nats",
+    "timeout_s": "--sandbox-timeout", "servers": "--nats", "isolation": "--sandbox-isolation",
 }
+
+
+_LANDLOCK_YAML = "`sandbox: {isolation: landlock}` in swarm.yaml"
+_LANDLOCK_EVAL = ("`--sandbox-isolation landlock` (or `sandbox: {isolation: landlock}` in the "
+                  "swarm.yaml given with -c)")
+
+
+def _eval_hint(message: str) -> str:
+    """The sandbox's error, with the way `eval run` takes the weaker backend."""
+    if _LANDLOCK_YAML in message:
+        return message.replace(_LANDLOCK_YAML, _LANDLOCK_EVAL)
+    return f"{message} (eval run: {_LANDLOCK_EVAL})"
+
+
+def _sandbox(args: argparse.Namespace) -> SandboxLimits:
+    """``sandbox:`` of -c's swarm.yaml and the environment, then the flags."""
+    limits = load_config(args.config).sandbox
+    chosen = {"isolation": args.sandbox_isolation, "timeout_s": args.sandbox_timeout}
+    return SandboxLimits.model_validate(
+        {**limits.model_dump(), **{k: v for k, v in chosen.items() if v is not None}})
 
 
 def _config(args: argparse.Namespace) -> EvalConfig:
@@ -178,7 +208,7 @@ def _config(args: argparse.Namespace) -> EvalConfig:
     return EvalConfig(
         suite=args.suite, out=Path(args.out), arms=tuple(args.arms), limit=args.limit,
         repeats=args.repeats, budget_usd=args.budget, models=dict(models_option(args.models)),
-        concurrency=args.concurrency, sandbox=SandboxLimits(timeout_s=args.sandbox_timeout),
+        concurrency=args.concurrency, sandbox=_sandbox(args),
         task_timeout_s=args.task_timeout, task_budget_usd=args.task_budget,
         oracle_feedback=args.oracle_feedback, nats=args.nats, progress=not args.no_progress,
     )

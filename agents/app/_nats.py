@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import signal
-import socket
 import sys
 
 import anyio
@@ -12,7 +11,7 @@ import anyio
 from swarmbus.bus import EmbeddedServer
 from swarmbus.protocols import ExternalError
 
-__all__ = ["cmd_nats", "port_in_use", "watch_server"]
+__all__ = ["cmd_nats", "watch_server"]
 
 
 async def cmd_nats(args: argparse.Namespace) -> int:
@@ -38,8 +37,3 @@ async def watch_server(server: EmbeddedServer, scope: anyio.CancelScope, died: l
     died.append(f"the embedded nats-server exited with {code} (its log: "
                 f"{server.data_dir}/nats-server.log); restart to resume")
     scope.cancel()
-
-
-def port_in_use(host: str, port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex((host, port)) == 0

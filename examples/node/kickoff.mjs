@@ -4,6 +4,9 @@
 // swarm.<namespace>.<workflow_id>.task, then read swarm.<namespace>.<workflow_id>.result
 // (its body always has "status"). No swarmbus code is needed on this side.
 //
+// A workflow id is single-use: this same command run again (same id, same goal) joins the
+// workflow and prints its result; another task under a used id is refused (exit 2).
+//
 //   npm install            (in this folder: installs the official `nats` client)
 //   node kickoff.mjs --nats nats://127.0.0.1:4222 --namespace default "Write fizzbuzz(n)"
 import { connect } from "nats";
@@ -28,16 +31,34 @@ const ns = values.namespace;
 const workflowId = values.id ?? randomUUID().replaceAll("-", "");
 const stream = `SWARM_${ns.toUpperCase()}`;
 
+const WRONG_LAST_SEQUENCE = 10071; // JetStream: the subject already holds a message
+
 const nc = await connect({ servers: values.nats.split(","), name: "node-kickoff" });
 const js = nc.jetstream();
 
-// Nats-Msg-Id makes a retried publish land once.
-await js.publish(
-  `swarm.${ns}.${workflowId}.task`,
-  JSON.stringify({ goal }),
-  { msgID: `task-${workflowId}` },
-);
-console.error(`submitted ${workflowId}`);
+// Nats-Msg-Id makes a retried publish land once; Nats-Expected-Last-Subject-Sequence: 0
+// makes the server refuse a second task under this workflow id.
+const subject = `swarm.${ns}.${workflowId}.task`;
+const task = JSON.stringify({ goal });
+try {
+  await js.publish(subject, task, {
+    msgID: `task-${workflowId}`,
+    expect: { lastSubjectSequence: 0 },
+  });
+  console.error(`submitted ${workflowId}`);
+} catch (err) {
+  if (err?.api_error?.err_code !== WRONG_LAST_SEQUENCE) throw err;
+  // A task is stored under this id already: ours (this command run again) joins it.
+  const jsm = await nc.jetstreamManager();
+  const stored = await jsm.streams.getMessage(stream, { last_by_subj: subject });
+  if (stored.string() !== task) {
+    console.error(`error: workflow id ${workflowId} is taken by another task in namespace ` +
+      `${ns}; choose another --id (or none for a random one)`);
+    await nc.close();
+    process.exit(2);
+  }
+  console.error(`joined ${workflowId} (already submitted)`);
+}
 
 // An ordered consumer on the result subject reads it even if it was published
 // before we started listening (the stream keeps it).
