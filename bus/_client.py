@@ -236,6 +236,16 @@ class SwarmClient:
                                     sender="client")
         return wf
 
+    async def deadline(self, task: TaskRequest) -> datetime:
+        """When a run of ``task`` must end: its own ``deadline``, else its submission
+        (``submitted_at``, else now) plus its ``timeout_s``, else its workflow's, else
+        ``DEFAULT_TIMEOUT_S``."""
+        store = await self._stored_workflows()
+        ref = await store.resolve(task.workflow) if store is not None else None
+        wf = await store.get(ref) if store is not None and ref else None
+        return task.limits.deadline_from(task.submitted_at or datetime.now(UTC),
+                                         wf.spec.limits.timeout_s if wf else None)
+
     async def _check_against_workflow(self, task: TaskRequest) -> CompiledWorkflow | None:
         """The stored workflow ``task`` will follow (None: none stored yet), after checking
         that it exists and that the task gives the inputs it declares."""

@@ -230,7 +230,7 @@ async def run_demo(*, json_out: bool = False) -> int:
 
     from .._swarm import Swarm
     from ..sandbox import describe_isolation
-    from ._cli import follow
+    from ._commands import follow
     from ._config import load_config
     from ._render import render_result, render_trail
     from ._team import build_agents
@@ -250,7 +250,9 @@ async def run_demo(*, json_out: bool = False) -> int:
                     async def run(wf: str, goal: str, constraints: list[str]) -> None:
                         await client.submit(TaskRequest(goal=goal, constraints=constraints),
                                             workflow_id=wf)
-                        results[wf] = await follow(client, wf, quiet=json_out)
+                        result = await follow(client, wf, quiet=json_out)
+                        assert result is not None  # no deadline: it waits for the result
+                        results[wf] = result
 
                     with anyio.fail_after(120):
                         async with anyio.create_task_group() as tg:

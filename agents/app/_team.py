@@ -45,10 +45,12 @@ def build_agents(
     *,
     workflow: CompiledWorkflow | None = None,
     tools: Mapping[str, Tool] | None = None,
+    make_default: bool | None = None,
 ) -> list[Agent]:
     """The agents ``swarmbus up`` runs: every role of the workflow that has a model
     here (all of them with ``offline``), the supervisor, and the custom agents.
-    ``tools`` replaces the tools steps use (default: the real sandbox).
+    ``tools`` replaces the tools steps use (default: the real sandbox);
+    ``make_default`` as for ``team`` (None: the namespace's default only if it has none).
 
     Raises ``ConfigError`` (``WorkflowError``) for a workflow that does not load or
     whose step models do not resolve (``check_models``; its warnings are logged), a
@@ -97,6 +99,7 @@ def build_agents(
         consumers={r: cfg.roles.get(r, RoleConfig()).consumer() for r in running},
         replicas={r: cfg.roles.get(r, RoleConfig()).replicas for r in running},
         cache_ttl_s=cache, share_cache=cfg.cache.share_across_workflows,
+        make_default=make_default,
     )
     agents.extend(cfg.custom_agents())
     if tools is None and any("sandbox.pytest" in wf.steps[s].tool_names
