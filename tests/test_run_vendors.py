@@ -174,7 +174,7 @@ async def test_cancel_aborts_a_call_in_flight(
             result = await client.result(wf)
             took = time.monotonic() - vendors.requests[0].at
             await until_true(lambda: vendors.dropped or vendors.answered)
-            await settled(client.bus, "coder")  # the coder's handler is done
+            await settled(client.bus, "coder@code-review")  # the coder's handler is done
             trail = await client.trail(wf)
     assert result.status == "cancelled", result.reason
     assert took < 5, f"the result came {took:.1f} s into the call: not before its answer"
@@ -212,7 +212,7 @@ async def test_cancel_aborts_a_retry_after_wait(
             took = time.monotonic() - vendors.requests[0].at
             # The coder's handler is done: its wait was cut, not waited out (a check before
             # the next call would also stop it, but only 12 s later).
-            await settled(client.bus, "coder")
+            await settled(client.bus, "coder@code-review")
             ended = time.monotonic() - vendors.requests[0].at
             trail = await client.trail(wf)
     assert result.status == "cancelled", result.reason
@@ -235,7 +235,7 @@ async def test_the_deadline_cuts_the_sdks_own_retry_wait(
         with anyio.fail_after(40):
             wf = await client.submit(TaskRequest(goal=GOAL, limits=Limits(timeout_s=2)))
             result = await client.result(wf)
-            await settled(client.bus, "coder")
+            await settled(client.bus, "coder@code-review")
             ended = time.monotonic() - vendors.requests[0].at
     assert result.status == "deadline_exceeded", result.reason
     assert ended < 10, f"the coder's handler ended {ended:.1f} s after the 429: it waited"

@@ -56,7 +56,8 @@ def template_problems(text: str) -> list[str]:
     return []
 
 
-def template_paths(text: str) -> list[tuple[str, ...]]:
+@lru_cache(maxsize=512)
+def template_paths(text: str) -> tuple[tuple[str, ...], ...]:
     """The names a template reads, as paths: ``{{ artifacts.outline.summary }}`` is
     ``("artifacts", "outline", "summary")``, ``{{ inputs['goal'] }}`` is
     ``("inputs", "goal")``; only the longest path of each use, only names of
@@ -87,7 +88,7 @@ def template_paths(text: str) -> list[tuple[str, ...]]:
             walk(child, node)
 
     walk(_env.parse(text), None)
-    return list(dict.fromkeys(found))
+    return tuple(dict.fromkeys(found))
 
 
 def _context(state: WorkState, step: StepSpec,
