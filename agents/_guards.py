@@ -38,7 +38,7 @@ from swarmbus.protocols import (
 )
 
 from ._agent import Agent, Context, Next
-from ._run import Run, running
+from ._run import Run, current_run, running
 from .models import Ledger, LimitReached, metered
 
 __all__ = [
@@ -119,7 +119,7 @@ class Guards:
     def mark_ended(self, workflow_id: str, resumed_after: int = 0) -> None:
         """Remember that the run (resumed after the result at ``resumed_after``, if it
         was) has its result: later work of it is dropped."""
-        self._ended[f"{workflow_id}@{resumed_after}"] = None
+        self._ended[_ended_key(workflow_id, resumed_after)] = None
         if len(self._ended) > _ENDED_KEEP:
             self._ended.popitem(last=False)
 
@@ -130,7 +130,7 @@ class Guards:
         re-created consumer), or the run was resumed."""
         wf = ctx.workflow_id
         after = state.resumed_after if state is not None else 0
-        if f"{wf}@{after}" in self._ended:
+        if _ended_key(wf, after) in self._ended:
             return True
         if ctx.deliveries > 1 or ctx.delivery.replayed or wf in self._maybe_ended or after:
             self._maybe_ended.discard(wf)
@@ -168,14 +168,9 @@ class Guards:
         if self._cancel is not None:
             await self._cancel.contains(ctx.workflow_id)  # re-reads the flags after a reconnect
         carried = await self._carried(ctx)
-        run_ref: list[Run] = []
-
-        def check(ledger: Ledger, model: str) -> None:
-            run_ref[0].check()
-
         ledger = Ledger(
             scope="" if self.share_cache else ctx.workflow_id,
-            check=check,
+            check=_check_run,
             redelivery=ctx.deliveries > 1 and carried is None,
             spent_before=state.total,
             carried=carried,
@@ -184,7 +179,6 @@ class Guards:
         )
         run = Run(ctx, state, ledger, key=ctx.agent, watch=self._watch,
                   cancelled=self.cancelled_now, on_end=self.mark_ended)
-        run_ref.append(run)
         try:
             with running(run), metered(ledger):
                 ledger.before_call("")  # a limit hit already ends it before any work
@@ -234,6 +228,20 @@ class Guards:
             except Exception as e:
                 log.warning("could not carry spend to the next delivery", error=repr(e),
                             priced_cost_usd=usage.priced_cost_usd, calls=usage.calls)
+
+
+def _check_run(ledger: Ledger, model: str) -> None:
+    """The ledger's check before every call: the current run's deadline and cancel. (A
+    function, not a closure over the run: the run holds the ledger, and a cycle would
+    keep every handled message's run until the next full collection.)"""
+    run = current_run()
+    if run is not None:
+        run.check()
+
+
+def _ended_key(workflow_id: str, resumed_after: int) -> str:
+    # The id itself for a run never resumed (most): no new string kept per run.
+    return f"{workflow_id}@{resumed_after}" if resumed_after else workflow_id
 
 
 def _carry_key(ctx: Context[Any]) -> str:

@@ -9,6 +9,7 @@ the namespace's default workflow (the one a task that names none follows).
 from __future__ import annotations
 
 import re
+import time
 
 from pydantic import ValidationError
 
@@ -20,6 +21,9 @@ from ._kv import KeyValueStore
 __all__ = ["WORKFLOWS_BUCKET", "UnknownWorkflowError", "WorkflowStore"]
 
 WORKFLOWS_BUCKET = "workflows"
+RESOLVE_TTL_S = 5.0
+"""How long a process keeps what a workflow name (or the default) stands for (seconds):
+a changed default reaches a client submitting many tasks within this."""
 _HASH = re.compile(r"^[0-9a-f]{16}$")
 
 
@@ -37,6 +41,7 @@ class WorkflowStore:
     def __init__(self, store: KeyValueStore) -> None:
         self._store = store
         self._cache: dict[str, CompiledWorkflow] = {}
+        self._resolved: dict[str, tuple[str | None, float]] = {}
 
     @classmethod
     async def open(cls, bus: Bus) -> WorkflowStore:
@@ -56,9 +61,11 @@ class WorkflowStore:
         there was none)."""
         await self._store.put(wf.hash, wf.to_json().encode())
         await self._store.put(f"name.{wf.name}", wf.hash.encode())
+        self._resolved.clear()
         previous = await self.resolve(None)
         if default or (default is None and previous is None):
             await self._store.put("default", wf.hash.encode())
+            self._resolved.clear()
         self._cache[wf.hash] = wf
         return previous
 
@@ -91,13 +98,20 @@ class WorkflowStore:
         return wf
 
     async def resolve(self, ref: str | None) -> str | None:
-        """The hash ``ref`` (a hash, a name, or None for the default) stands for."""
+        """The hash ``ref`` (a hash, a name, or None for the default) stands for. What a
+        name or the default stands for is read again after ``RESOLVE_TTL_S``."""
         if ref and _HASH.match(ref) and await self.get(ref) is not None:
             return ref
         if ref and not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", ref):
             return None
-        raw = await self._store.get(f"name.{ref}" if ref else "default")
-        return raw.decode() if raw else None
+        key = f"name.{ref}" if ref else "default"
+        known = self._resolved.get(key)
+        if known is not None and time.monotonic() - known[1] < RESOLVE_TTL_S:
+            return known[0]
+        raw = await self._store.get(key)
+        found = raw.decode() if raw else None
+        self._resolved[key] = (found, time.monotonic())
+        return found
 
     async def names(self) -> dict[str, str]:
         """Stored workflow names -> their latest hash."""
