@@ -6,7 +6,17 @@ Pure data: no I/O, no NATS, no model SDKs.
 
 from . import _headers as headers
 from . import _topics as topics
-from ._data import Code, Component, Design, Finding, SourceFile, TestReport, Text, Verdict
+from ._data import (
+    Code,
+    Component,
+    Design,
+    Finding,
+    Review,
+    SourceFile,
+    TestReport,
+    Text,
+    Verdict,
+)
 from ._errors import ConfigError, ControlFlow, ExternalError, SwarmbusError
 from ._graph import (
     TASK_FIELDS,
@@ -100,6 +110,7 @@ __all__ = (
     "Problem",
     "Provenance",
     "Resume",
+    "Review",
     "SourceFile",
     "StepSpec",
     "Subject",

@@ -19,6 +19,7 @@ __all__ = [
     "Component",
     "Design",
     "Finding",
+    "Review",
     "SourceFile",
     "TestReport",
     "Text",
@@ -78,6 +79,16 @@ class Verdict(_Data):
     """A review's decision; a workflow routes on ``decision``."""
 
     decision: Literal["approve", "revise_code", "revise_design"]
+    summary: str
+    findings: list[Finding] = Field(default_factory=list)
+
+
+@data_type("swarmbus.Review")
+class Review(_Data):
+    """A review of any work (a document, a plan, code): ``approve`` it, or send it back
+    to be revised, with findings addressed to whoever must act."""
+
+    decision: Literal["approve", "revise"]
     summary: str
     findings: list[Finding] = Field(default_factory=list)
 

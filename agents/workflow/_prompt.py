@@ -109,8 +109,8 @@ def render(text: str, state: WorkState, step: StepSpec,
         return text
     try:
         return str(_template(text).render(_context(state, step, artifacts)))
-    except TemplateError as e:
-        raise PromptError(f"step {step.id!r}: prompt template: {e}") from e
+    except Exception as e:  # a template fails the same way every time: never retried
+        raise PromptError(f"step {step.id!r}: prompt template: {type(e).__name__}: {e}") from e
 
 
 def render_system(step: StepSpec, state: WorkState, *,

@@ -1,0 +1,137 @@
+"""Route values typed by their field (a bool, an Enum, a Literal), a route field that is
+not a fixed set refused, a generic verdict for workflows that are not about code, and a
+template that fails at run time ending the run at its first delivery."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any, Literal
+
+import anyio
+import pytest
+from pydantic import BaseModel
+
+from swarmbus.agents import Swarm
+from swarmbus.agents.models import FunctionModel
+from swarmbus.agents.workflow import compile_workflow, team
+from swarmbus.bus import ConsumerSettings, SwarmClient
+from swarmbus.protocols import (
+    Review,
+    TaskRequest,
+    Text,
+    Workflow,
+    WorkflowError,
+    data_type,
+    route_values,
+)
+
+
+@data_type("tests.Check")
+class Check(BaseModel):
+    passed: bool
+    summary: str = ""
+
+
+class Mood(Enum):
+    GOOD = "good"
+    BAD = "bad"
+
+
+@data_type("tests.Feel")
+class Feel(BaseModel):
+    mood: Mood
+    summary: str = ""
+
+
+@data_type("tests.FreeText")
+class FreeText(BaseModel):
+    decision: str
+
+
+@data_type("tests.Pick")
+class Pick(BaseModel):
+    decision: Literal["keep", 1, True]
+
+
+def wf(out: str, routes: dict[str, Any], *, route_on: str = "decision",
+       task: str = "") -> dict[str, Any]:
+    return {"name": "t", "artifacts": {"draft": "swarmbus.Text", "out": out},
+            "steps": [{"id": "write", "role": "writer", "output": "draft", "task": task},
+                      {"id": "judge", "role": "judge", "input": "draft", "output": "out",
+                       "route_on": route_on, "routes": routes}]}
+
+
+def test_route_values_of_every_fixed_field_type() -> None:
+    assert route_values(Check, "passed") == ["true", "false"]
+    assert route_values(Feel, "mood") == ["good", "bad"]
+    assert route_values(Pick, "decision") == ["keep", "1", "true"]
+    assert route_values(FreeText, "decision") is None
+
+
+@pytest.mark.parametrize(("out", "route_on", "routes", "words"), [
+    ("tests.Check", "passed", {"true": "end"}, "no route for passed = false"),
+    ("tests.Check", "passed", {"True": "end", "false": "end"}, "never 'True'"),
+    ("tests.Feel", "mood", {"good": "end"}, "no route for mood = bad"),
+    ("tests.Feel", "mood", {"GOOD": "end", "bad": "end"}, "never 'GOOD'"),
+    ("tests.FreeText", "decision", {"approve": "end"}, "not a fixed set of values"),
+])
+def test_a_route_field_is_checked_by_its_values(
+    out: str, route_on: str, routes: dict[str, Any], words: str
+) -> None:
+    with pytest.raises(WorkflowError) as caught:
+        compile_workflow(Workflow.parse(wf(out, routes, route_on=route_on)))
+    assert any(words in p.message for p in caught.value.problems), caught.value.problems
+
+
+async def run(spec: dict[str, Any], answer: Any, nats_url: str, namespace: str,
+              **kw: Any) -> Any:
+    compiled = compile_workflow(Workflow.parse(spec))
+    models = {"writer": FunctionModel(lambda r: Text(text="a draft"), name="t:writer"),
+              "judge": FunctionModel(lambda r: answer, name="t:judge")}
+    async with (
+        Swarm(team(compiled, models=models, tools={}, **kw), nats=nats_url,
+              namespace=namespace, grace_s=3),
+        await SwarmClient.connect(nats_url, namespace=namespace) as client,
+    ):
+        wf_id = await client.submit(TaskRequest(goal="write"))
+        return await client.result(wf_id)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("out", "route_on", "answer"), [
+    ("tests.Check", "passed", Check(passed=True, summary="ok")),
+    ("tests.Feel", "mood", Feel(mood=Mood.GOOD, summary="ok")),
+    ("swarmbus.Review", "decision", Review(decision="approve", summary="ok")),
+])
+async def test_a_typed_value_takes_its_route(
+    out: str, route_on: str, answer: Any, nats_url: str, namespace: str
+) -> None:
+    values = {"tests.Check": ("true", "false"), "tests.Feel": ("good", "bad"),
+              "swarmbus.Review": ("approve", "revise")}[out]
+    routes = {values[0]: "end", values[1]: {"to": "write", "max": 1}}
+    with anyio.fail_after(30):
+        result = await run(wf(out, routes, route_on=route_on), answer, nats_url, namespace)
+    assert result.status == "approved", result.reason
+
+
+@pytest.mark.anyio
+async def test_a_template_failing_at_run_time_ends_the_run_at_its_first_delivery(
+    nats_url: str, namespace: str
+) -> None:
+    """Checked at load (it names nothing unknown), it fails when rendered, every time:
+    the run ends `failed` with the reason at once, not after five deliveries."""
+    spec = wf("swarmbus.Review", {"approve": "end", "revise": {"to": "write", "max": 1}},
+              task="Write {{ 1 // 0 }} words")
+    slow = ConsumerSettings(retry_delay_s=5, max_deliver=5)
+    with anyio.fail_after(20):
+        result = await run(spec, Review(decision="approve", summary="ok"), nats_url, namespace,
+                           consumers={"writer": slow})
+    assert result.status == "failed"
+    assert "prompt template" in result.reason and "ZeroDivisionError" in result.reason
+    assert not result.retryable
+
+
+def test_review_is_a_verdict_for_any_work() -> None:
+    assert route_values(Review, "decision") == ["approve", "revise"]
+    Review.model_validate({"decision": "revise", "summary": "too long", "findings": [
+        {"severity": "minor", "explanation": "cut it", "target": "writer"}]})
