@@ -21,7 +21,14 @@ from swarmbus.bus import (
     Reject,
 )
 from swarmbus.bus import output_msg_id as _output_msg_id
-from swarmbus.protocols import ConfigError, Message, check_topic, check_workflow_id, registry
+from swarmbus.protocols import (
+    ConfigError,
+    Message,
+    Meta,
+    check_topic,
+    check_workflow_id,
+    registry,
+)
 
 from .models import Ledger, current_ledger
 
@@ -144,12 +151,11 @@ class Context(Generic[M]):
         wf = check_workflow_id(workflow_id) if workflow_id else self.envelope.workflow_id
         msg_id = self.output_id()
         self._index += 1
-        return await self.bus.publish(
-            wf, topic, message, msg_id=msg_id, causation_id=self.envelope.msg_id,
-            sender=self.agent, round=self.envelope.round if round is None else round,
-            model=model, workflow=workflow or self.envelope.workflow, first=first,
-            expect_last_seq=expect_last_seq,
-        )
+        meta = Meta(msg_id, causation_id=self.envelope.msg_id, sender=self.agent,
+                    round=self.envelope.round if round is None else round, model=model,
+                    workflow=workflow or self.envelope.workflow)
+        return await self.bus.publish(wf, topic, message, meta, first=first,
+                                      expect_last_seq=expect_last_seq)
 
 
 Next = Callable[[], Awaitable[None]]

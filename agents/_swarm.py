@@ -28,7 +28,7 @@ from swarmbus.bus import (
     dead_letter_worker,
 )
 from swarmbus.bus import AGENTS_TTL_S as _ANNOUNCE_TTL_S
-from swarmbus.protocols import AgentAnnouncement
+from swarmbus.protocols import AgentAnnouncement, topics
 
 from ._agent import Agent
 
@@ -44,7 +44,7 @@ _gc_tuned = False
 _ANNOUNCES_PER_TTL = 4
 """An announcement is refreshed this many times per liveness TTL (a slow put or two
 does not make a live agent look gone)."""
-_END_TOPICS = ("result",)
+_END_TOPICS = (topics.RESULT,)
 """A workflow with a message here has ended (its only result)."""
 
 

@@ -59,7 +59,7 @@ from _common import (
     run,
 )
 
-from swarmbus.protocols import Message, TaskRequest
+from swarmbus.protocols import Message, Meta, TaskRequest
 
 TOPICS = ["bench.task", "bench.s1", "bench.s2", "bench.result"]
 
@@ -158,7 +158,7 @@ async def team_sizes(url: str, ns: str, wf: str) -> str:
             env = decode(m.subject, m.data, m.headers)
             hdr_bytes = sum(len(k) + len(v) + 4 for k, v in m.headers.items())
             dec = per_call_us(lambda m=m: decode(m.subject, m.data, m.headers))
-            enc = per_call_us(lambda env=env: encode(env.message, msg_id="x" * 32, round=1))
+            enc = per_call_us(lambda env=env: encode(env.message, Meta("x" * 32, round=1)))
             rows.append([topic, f"{len(m.data):,}", str(hdr_bytes), f"{dec:.0f}", f"{enc:.0f}"])
     total = sum(len(m.data) for m in history)
     return (

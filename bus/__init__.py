@@ -1,25 +1,14 @@
-"""NATS for swarmbus: connection, streams, codec, publish/consume, key-value,
-stored workflows, the embedded server, and ``SwarmClient``. Never imports
+"""NATS for swarmbus: a ``Bus`` composed of the namespace's ``Streams``, a
+``Publisher``, its key-value ``Buckets`` and its ``Consumers``; the codec, the
+consume loop, stored workflows, the embedded server, and ``SwarmClient``. Never imports
 ``swarmbus.agents``; knows no role and no particular workflow."""
 
 from ._bus import SCHEDULE, SCHEDULE_TARGET, Bus, StoredMessage
 from ._client import (
-    AGENTS_BUCKET,
-    AGENTS_STORAGE,
-    AGENTS_TTL_S,
-    CANCEL_BUCKET,
-    DEADLINE_HEADER,
     RunNotRetryableError,
     SwarmClient,
     UnknownWorkflowIdError,
     WorkflowIdTakenError,
-    WorkflowStatus,
-    apply_event,
-    cancel_flags,
-    deadline_msg_id,
-    live_agents,
-    same_task,
-    schedulable,
 )
 from ._codec import DecodeError, Envelope, decode, encode, output_msg_id
 from ._connect import BusUnavailableError, NatsSettings, connect
@@ -27,6 +16,7 @@ from ._consumer import ConsumerStats, Delivery, Handler, PullConsumer
 from ._control import Reject, Retry
 from ._deadletter import dead_letter
 from ._deadletter_worker import dead_letter_worker
+from ._durable import Consumers
 from ._embedded import (
     DataDirInUseError,
     EmbeddedServer,
@@ -35,12 +25,33 @@ from ._embedded import (
     find_nats_server,
     free_port,
 )
-from ._kv import KeyValueStore, WatchedKeys
+from ._kv import Buckets, KeyValueStore, WatchedKeys
 from ._objects import OBJECTS_BUCKET, ArtifactStore
-from ._publish import EXPECT_FIRST, PayloadTooLargeError, PublishResult, SubjectTakenError
+from ._publish import (
+    EXPECT_FIRST,
+    PayloadTooLargeError,
+    Publisher,
+    PublishResult,
+    SubjectTakenError,
+)
 from ._secrets import MASK, register_secret, registered_secrets, scrub, scrub_bytes
 from ._settings import ConsumerSettings, ConsumerStart, EnsuredConsumer, StreamSettings
+from ._status import (
+    AGENTS_BUCKET,
+    AGENTS_STORAGE,
+    AGENTS_TTL_S,
+    CANCEL_BUCKET,
+    DEADLINE_HEADER,
+    WorkflowStatus,
+    apply_event,
+    cancel_flags,
+    deadline_msg_id,
+    live_agents,
+    same_task,
+    schedulable,
+)
 from ._store import StoreGate, StoreUnavailableError, hold_publishes
+from ._streams import Streams
 from ._workflows import WORKFLOWS_BUCKET, UnknownWorkflowError, WorkflowStore
 
 __all__ = (
@@ -56,11 +67,13 @@ __all__ = (
     "SCHEDULE_TARGET",
     "WORKFLOWS_BUCKET",
     "ArtifactStore",
+    "Buckets",
     "Bus",
     "BusUnavailableError",
     "ConsumerSettings",
     "ConsumerStart",
     "ConsumerStats",
+    "Consumers",
     "DataDirInUseError",
     "DecodeError",
     "Delivery",
@@ -74,6 +87,7 @@ __all__ = (
     "PayloadTooLargeError",
     "PortTakenError",
     "PublishResult",
+    "Publisher",
     "PullConsumer",
     "Reject",
     "Retry",
@@ -82,6 +96,7 @@ __all__ = (
     "StoreUnavailableError",
     "StoredMessage",
     "StreamSettings",
+    "Streams",
     "SubjectTakenError",
     "SwarmClient",
     "UnknownWorkflowError",

@@ -1,71 +1,48 @@
-"""The connection to one namespace: stream set-up, publish, key-value, stream reads."""
+"""The connection to one namespace, and what it is composed of: its streams, its
+publisher, its key-value buckets and its durable consumers (``Bus``)."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
-from datetime import UTC, datetime
-from typing import Any, Literal
+from datetime import datetime
+from typing import Literal
 
 import anyio
 import nats.errors
-import nats.js.errors
 import structlog
 from nats.aio.client import Client as NATS
-from nats.js import JetStreamContext, api
+from nats.js import JetStreamContext
 
-from swarmbus.protocols import (
-    Message,
-    advisory_stream_name,
-    check_namespace,
-    stream_name,
-    subject,
-    timer_subject,
-    workflow_filter,
-)
+from swarmbus.protocols import Message, Meta, check_namespace
 
-from ._codec import encode
 from ._connect import NatsSettings, connect
-from ._durable import ensure_durable
-from ._kv import KeyValueStore, open_bucket
-from ._publish import EXPECT_FIRST, PublishResult, check_size, publish_once
-from ._reads import StoredMessage, read_all, read_one
-from ._secrets import scrub_bytes, scrub_headers
-from ._settings import (
-    ConsumerSettings,
-    ConsumerStart,
-    EnsuredConsumer,
-    StreamSettings,
-    adopt_stream,
-)
-from ._store import (
-    StoreGate,
-    StoreUnavailableError,
-    stream_bytes,
-)
-from ._streams import (
-    advisory_config,
-    drop_legacy_advisories,
-    ensure_stream,
-    settling,
-    stream_config,
-    timer_config,
-    while_settling,
-)
+from ._durable import Consumers
+from ._kv import Buckets, KeyValueStore
+from ._publish import SCHEDULE, SCHEDULE_TARGET, Publisher, PublishResult
+from ._reads import StoredMessage
+from ._settings import ConsumerSettings, ConsumerStart, EnsuredConsumer, StreamSettings
+from ._store import StoreGate, StoreUnavailableError
+from ._streams import Streams
 
 __all__ = ["SCHEDULE", "SCHEDULE_TARGET", "Bus", "StoredMessage"]
-
-SCHEDULE = "Nats-Schedule"
-SCHEDULE_TARGET = "Nats-Schedule-Target"
 
 log = structlog.get_logger("swarmbus.bus")
 
 
 class Bus:
-    """NATS + JetStream for one namespace.
+    """NATS + JetStream for one namespace: a connection, and the four things it is
+    composed of, each usable on its own:
 
-    Build with ``await Bus.connect(settings, namespace=...)`` (which also sets
-    up the stream), use as an async context manager, close with ``aclose``.
+    - ``streams`` (``Streams``): the namespace's streams, their settings in force, and
+      messages read back (``get``, ``last``, ``first``, ``history``);
+    - ``publisher`` (``Publisher``): the one way out to the streams (``publish``,
+      ``publish_raw``, ``schedule``), its size limit and its store gate;
+    - ``buckets`` (``Buckets``): the namespace's key-value buckets (``key_value``);
+    - ``consumers`` (``Consumers``): durable consumers (``ensure_consumer``).
+
+    The methods here are the everyday face of those. Build with ``await
+    Bus.connect(settings, namespace=...)`` (which also sets up the streams), use as an
+    async context manager, close with ``aclose`` (only a connection it opened).
     """
 
     def __init__(
@@ -79,19 +56,15 @@ class Bus:
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream(timeout=10.0)
         self.namespace = check_namespace(namespace)
-        self.stream = stream or StreamSettings()
-        self.stream_name = stream_name(namespace)
-        self.advisory_stream = advisory_stream_name(namespace)
+        self.streams = Streams(self.js, self.namespace, stream or StreamSettings())
+        self.publisher = Publisher(nc, self.js, self.streams)
+        self.buckets = Buckets(self.js, self.streams)
+        self.consumers = Consumers(self.streams)
         self._owns = owns_connection
         self.reconnects = 0
+        """How often the connection came back after a loss (pull requests, watches and
+        subscriptions on the server are gone after one)."""
         self._closing = False
-        self._kv: dict[str, KeyValueStore] = {}
-        self.gate = StoreGate()
-        """Holds publishes the store cannot take now (see ``hold_publishes``)."""
-        self._healing: anyio.Lock = anyio.Lock()
-        self._direct_gets = True  # until the stream turns out not to allow them
-        self.schedules = False
-        """Whether the stream holds scheduled messages (nats-server 2.12+; see ``schedule``)."""
 
     @classmethod
     async def connect(
@@ -130,59 +103,73 @@ class Bus:
                 raise
         return bus
 
+    # -- what the components hold ------------------------------------------------------------
+
+    @property
+    def stream(self) -> StreamSettings:
+        """The work stream's settings in force (an existing stream's, where this process
+        was not configured otherwise)."""
+        return self.streams.settings
+
+    @property
+    def stream_name(self) -> str:
+        return self.streams.name
+
+    @property
+    def advisory_stream(self) -> str:
+        return self.streams.advisory
+
+    @property
+    def schedules(self) -> bool:
+        """Whether the server holds scheduled messages (nats-server 2.12+; see ``schedule``)."""
+        return self.streams.schedules
+
+    @property
+    def gate(self) -> StoreGate:
+        """Holds publishes the store cannot take now (see ``hold_publishes``)."""
+        return self.publisher.gate
+
+    @property
+    def stalled(self) -> StoreUnavailableError | None:
+        """Why this connection holds publishes now (None: the store takes them)."""
+        return self.publisher.gate.stalled
+
+    # -- streams -------------------------------------------------------------------------------
+
     async def setup(self) -> None:
-        """Create or update the stream and the advisory stream (idempotent).
+        """Create or update the work stream, the advisory stream and the timer stream
+        (idempotent).
 
         Only settings given explicitly change an existing stream: a process that
         leaves a field unset (a client without swarm.yaml) adopts the stream's
         current value instead of "correcting" the daemon's (e.g. scaling R3 to R1).
         While JetStream settles (a cluster starting), it retries for ``SETTLE_S``.
         """
-        await while_settling(self._setup_once, f"stream {self.stream_name}")
+        await self.streams.setup()
 
-    async def _setup_once(self) -> None:
-        try:
-            current: api.StreamConfig | None = (await self.js.stream_info(self.stream_name)).config
-        except nats.js.errors.NotFoundError:
-            current = None
-        if current is not None:
-            self.stream = adopt_stream(self.stream, current)
-        self.schedules = await self._setup_timers()
-        await ensure_stream(self.js, stream_config(self.stream_name, self.namespace,
-                                                   self.stream), current)
-        advisories = advisory_config(self.advisory_stream, self.stream_name, self.stream)
-        try:
-            current = (await self.js.stream_info(self.advisory_stream)).config
-        except nats.js.errors.NotFoundError:
-            current = None
-            self.advisory_stream = await drop_legacy_advisories(
-                self.js, self.stream_name, advisories)
-            if self.advisory_stream != advisories.name:
-                return
-        await ensure_stream(self.js, advisories, current)
+    async def stream_full(self) -> bool:
+        """Whether the stream is at its own ``max_bytes`` (the next message of the
+        largest size would be refused). False when it has no such cap."""
+        return await self.streams.full()
 
-    async def _setup_timers(self) -> bool:
-        """Create or update the timer stream; False when the server cannot schedule."""
-        config = timer_config(self.namespace, self.stream)
-        assert config.name is not None
-        try:
-            try:
-                current: api.StreamConfig | None = (await self.js.stream_info(config.name)).config
-            except nats.js.errors.NotFoundError:
-                current = None
-            in_force = await ensure_stream(self.js, config, current)
-        except nats.js.errors.APIError as e:
-            if settling(e):
-                raise
-            log.warning("cannot make the timer stream", stream=config.name,
-                        error=f"{type(e).__name__}: {e}")
-            in_force = api.StreamConfig()
-        if not in_force.allow_msg_schedules:
-            log.warning("this nats-server does not schedule messages (2.12 and later do): "
-                        "a run whose next step no agent takes ends at its deadline only "
-                        "once an agent takes it", stream=config.name)
-            return False
-        return True
+    async def get(self, seq: int, *, stream: str | None = None) -> StoredMessage | None:
+        """The message at stream sequence ``seq``, or None."""
+        return await self.streams.get(seq, stream=stream)
+
+    async def last(self, workflow_id: str, topic: str) -> StoredMessage | None:
+        """The newest message of one workflow on one topic, or None."""
+        return await self.streams.last(workflow_id, topic)
+
+    async def first(self, workflow_id: str, topic: str) -> StoredMessage | None:
+        """The oldest message of one workflow on one topic, or None (a replica answers
+        when it has it, the stream's leader when it does not)."""
+        return await self.streams.first(workflow_id, topic)
+
+    async def history(self, workflow_id: str, *, after_seq: int = 0) -> list[StoredMessage]:
+        """Every stored message of one workflow, oldest first."""
+        return await self.streams.history(workflow_id, after_seq=after_seq)
+
+    # -- consumers -----------------------------------------------------------------------------
 
     async def ensure_consumer(
         self,
@@ -214,60 +201,41 @@ class Bus:
         changed workflow) and its replicas the stream's. The settings in force are
         returned: a replica must use them (keep-alives follow the ack wait).
         """
-        return await ensure_durable(
-            self, durable, topics, settings, stream=stream, filters=filters, start=start,
+        return await self.consumers.ensure(
+            durable, topics, settings, stream=stream, filters=filters, start=start,
             after_seq=after_seq, end_topics=end_topics, update=update, sender=sender)
+
+    # -- publishing ----------------------------------------------------------------------------
 
     async def publish(
         self,
         workflow_id: str,
         topic: str,
         message: Message,
+        meta: Meta,
         *,
-        msg_id: str,
-        causation_id: str | None = None,
-        sender: str | None = None,
-        round: int = 0,
-        model: str | None = None,
-        workflow: str | None = None,
         first: bool = False,
         expect_last_seq: int | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> PublishResult:
         """Publish ``message`` on ``swarm.<ns>.<workflow_id>.<topic>`` through JetStream,
-        awaiting the stream's ack (``headers``: extra headers to send).
+        awaiting the stream's ack; ``meta`` (``swarmbus.protocols.Meta``) becomes its
+        headers, ``headers`` are extra ones.
 
-        ``msg_id`` becomes ``Nats-Msg-Id``: a repeat within the duplicate window is
-        stored once. ``workflow`` (a compiled workflow's hash) goes in the
-        ``Swarm-Workflow`` header. ``first=True`` has the server refuse the message
-        if its subject already holds one (``SubjectTakenError``): one result per
-        workflow, one task per workflow id, whatever races; ``expect_last_seq`` if the
-        subject's last message is not at that stream sequence (a resumed run's result
-        supersedes only the one it resumed from). Raises ``ExternalError``
-        if the stream does not confirm, ``PayloadTooLargeError`` if it is too big.
+        ``meta.msg_id`` becomes ``Nats-Msg-Id``: a repeat within the duplicate window is
+        stored once. ``first=True`` has the server refuse the message if its subject
+        already holds one (``SubjectTakenError``): one result per workflow, one task per
+        workflow id, whatever races; ``expect_last_seq`` if the subject's last message
+        is not at that stream sequence (a resumed run's result supersedes only the one
+        it resumed from). Raises ``ExternalError`` if the stream does not confirm,
+        ``PayloadTooLargeError`` if it is too big.
         """
-        body, hdrs = encode(
-            message, msg_id=msg_id, causation_id=causation_id, sender=sender, round=round,
-            model=model, workflow=workflow,
-        )
-        subj = subject(self.namespace, workflow_id, topic)
-        if headers:
-            hdrs.update(headers)
-        if first or expect_last_seq is not None:
-            hdrs[EXPECT_FIRST] = str(expect_last_seq or 0)
-        return await self.publish_raw(subj, body, hdrs)
+        return await self.publisher.publish(workflow_id, topic, message, meta, first=first,
+                                            expect_last_seq=expect_last_seq, headers=headers)
 
     async def schedule(
-        self,
-        workflow_id: str,
-        topic: str,
-        message: Message,
-        *,
-        at: datetime,
+        self, workflow_id: str, topic: str, message: Message, meta: Meta, *, at: datetime,
         target: str,
-        msg_id: str,
-        sender: str | None = None,
-        workflow: str | None = None,
     ) -> PublishResult | None:
         """Have the server publish ``message`` on ``target`` (a topic of the same
         workflow) at ``at``: it is held in the namespace's timer stream on ``topic``
@@ -275,13 +243,8 @@ class Bus:
         replaces it; the namespace's stream takes it when it fires (only ``deadline``
         is taken so far). Returns None, publishing nothing, when the server cannot
         schedule (``schedules`` is False)."""
-        if not self.schedules:
-            return None
-        body, hdrs = encode(message, msg_id=msg_id, sender=sender, workflow=workflow)
-        hdrs[SCHEDULE] = "@at " + at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        hdrs[SCHEDULE_TARGET] = timer_subject(self.namespace, workflow_id, target)
-        return await self.publish_raw(timer_subject(self.namespace, workflow_id, topic), body,
-                                      hdrs)
+        return await self.publisher.schedule(workflow_id, topic, message, meta, at=at,
+                                             target=target)
 
     async def publish_raw(
         self, subj: str, body: bytes, headers: dict[str, str] | None = None
@@ -289,60 +252,21 @@ class Bus:
         """Publish bytes through JetStream, every registered secret scrubbed first from
         the body and from the headers that are not protocol (the one way out to the
         stream; ``subj`` and the envelope's and server's headers pass as they are, see
-        ``register_secret``). Raises
-        ``PayloadTooLargeError`` before sending what the server would refuse (it
-        closes the connection for it), ``SubjectTakenError`` when an expected last
-        subject sequence does not hold, ``StoreUnavailableError`` when the store
-        cannot take it now (full, offline) — except in a task that holds publishes
-        (a consumer's handlers, see ``hold_publishes``), where it waits, retrying,
-        until the store takes it. A deleted stream is re-created (with a warning); one that
-        exists but takes no message yet (a cluster still spreading the news of a new
-        stream) is waited for, up to 3 s (``publish_once``)."""
-        body = scrub_bytes(body)
-        if headers:
-            headers = scrub_headers(headers)
-        limit = self.stream.max_msg_bytes
-        if self.nc.max_payload:
-            limit = min(limit, self.nc.max_payload)
-        check_size(subj, body, headers, limit)
-        return await self.gate.run(lambda: publish_once(
-            self.js, subj, body, headers, stream=self.stream_name, heal=self._heal_stream))
-
-    async def stream_full(self) -> bool:
-        """Whether the stream is at its own ``max_bytes`` (the next message of the
-        largest size would be refused). False when it has no such cap."""
-        held, cap = await stream_bytes(self.js, self.stream_name)
-        return bool(cap) and held + self.stream.max_msg_bytes > cap
-
-    @property
-    def stalled(self) -> StoreUnavailableError | None:
-        """Why this connection holds publishes now (None: the store takes them)."""
-        return self.gate.stalled
+        ``register_secret``). Raises ``PayloadTooLargeError`` before sending what the
+        server would refuse (it closes the connection for it), ``SubjectTakenError``
+        when an expected last subject sequence does not hold, ``StoreUnavailableError``
+        when the store cannot take it now (full, offline) — except in a task that holds
+        publishes (a consumer's handlers, see ``hold_publishes``), where it waits,
+        retrying, until the store takes it. A deleted stream is re-created (with a
+        warning); one that exists but takes no message yet (a cluster still spreading
+        the news of a new stream) is waited for, up to 3 s (``publish_once``)."""
+        return await self.publisher.publish_raw(subj, body, headers)
 
     async def store_available(self) -> None:
         """Return once no publish of this bus is held for a full or missing store."""
-        await self.gate.available()
+        await self.publisher.gate.available()
 
-    async def _heal_stream(self, stream: str | None = None) -> bool:
-        """Re-create the namespace's streams if ``stream`` (default: the namespace's) is
-        gone, with a warning; True if it exists now."""
-        async with self._healing:
-            try:
-                await self.js.stream_info(stream or self.stream_name)
-                return True
-            except nats.js.errors.NotFoundError:
-                pass
-            except (nats.errors.Error, OSError):
-                return False
-            log.warning("stream was deleted: re-creating it (its messages are gone; work "
-                        "published from now on is kept)", stream=stream or self.stream_name)
-            try:
-                await self.setup()
-            except (nats.errors.Error, OSError) as e:
-                log.error("could not re-create the stream", stream=self.stream_name,
-                          error=repr(e))
-                return False
-            return True
+    # -- buckets -------------------------------------------------------------------------------
 
     async def key_value(
         self, name: str, *, ttl_s: float | None = None, history: int = 1,
@@ -357,64 +281,15 @@ class Bus:
         writable when the file store is full. A bucket deleted later is re-created
         on next use (with a warning). Raises ``ValueError`` for another name.
         """
-        if not re.fullmatch(r"[a-z0-9]{1,32}", name):
-            raise ValueError(f"bucket names are lower-case letters and digits, got {name!r}")
-        bucket = f"swarm_{self.namespace}_{name}"
-        store = self._kv.get(bucket)
-        if store is None:
-            async def reopen() -> Any:
-                return await while_settling(
-                    lambda: open_bucket(self.js, bucket, ttl_s=ttl_s, history=history,
-                                        storage=storage, stream=self.stream),
-                    f"bucket {bucket}")
-
-            store = KeyValueStore(await reopen(), reopen=reopen)
-            self._kv[bucket] = store
-        return store
+        return await self.buckets.key_value(name, ttl_s=ttl_s, history=history,
+                                            storage=storage)
 
     async def find_key_value(self, name: str) -> KeyValueStore | None:
         """The namespace's bucket ``name`` if it exists (None: not made yet); never makes
         it, so a client that only reads does not create buckets with its settings."""
-        bucket = f"swarm_{self.namespace}_{name}"
-        known = self._kv.get(bucket)
-        if known is not None:
-            return known
-        try:
-            return KeyValueStore(await self.js.key_value(bucket))
-        except nats.js.errors.BucketNotFoundError:
-            return None
+        return await self.buckets.find(name)
 
-    async def get(self, seq: int, *, stream: str | None = None) -> StoredMessage | None:
-        """The message at stream sequence ``seq``, or None."""
-        return await read_one(self.js, stream or self.stream_name, seq=seq)
-
-    async def last(self, workflow_id: str, topic: str) -> StoredMessage | None:
-        """The newest message of one workflow on one topic, or None."""
-        return await read_one(self.js, self.stream_name,
-                              subject=subject(self.namespace, workflow_id, topic))
-
-    async def first(self, workflow_id: str, topic: str) -> StoredMessage | None:
-        """The oldest message of one workflow on one topic, or None.
-
-        Asked of any replica first (a direct get, cheap); a replica applies the
-        stream in order, so a message it returns is the oldest. When it has none
-        (none, or not yet), the stream's leader answers."""
-        subj = subject(self.namespace, workflow_id, topic)
-        if self._direct_gets:
-            try:
-                found = await read_one(self.js, self.stream_name, seq=1, next=True, subject=subj,
-                                       direct=True)
-            except nats.errors.NoRespondersError:
-                self._direct_gets = False  # a stream made without allow_direct
-            else:
-                if found is not None:
-                    return found
-        return await read_one(self.js, self.stream_name, seq=1, next=True, subject=subj)
-
-    async def history(self, workflow_id: str, *, after_seq: int = 0) -> list[StoredMessage]:
-        """Every stored message of one workflow, oldest first."""
-        return await read_all(self.js, self.stream_name,
-                              workflow_filter(self.namespace, workflow_id), after_seq=after_seq)
+    # -- lifecycle -----------------------------------------------------------------------------
 
     async def aclose(self) -> None:
         """Drain and close the connection if this bus opened it. The drain (at most 5 s)
@@ -442,4 +317,3 @@ class Bus:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
-

@@ -10,9 +10,7 @@ import contextlib
 import json
 import uuid
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Literal
 
 import anyio
 import nats.errors
@@ -27,14 +25,13 @@ from swarmbus.protocols import (
     Cancel,
     CompiledWorkflow,
     ConfigError,
-    DeadLetter,
     Deadline,
     Message,
+    Meta,
     Resume,
     SwarmbusError,
     TaskRequest,
     TaskResult,
-    Usage,
     Work,
     WorkState,
     check_workflow_id,
@@ -48,57 +45,27 @@ from swarmbus.protocols import (
 from ._bus import Bus, StoredMessage
 from ._codec import Envelope
 from ._connect import NatsSettings
-from ._kv import KeyValueStore
 from ._objects import ArtifactStore
 from ._publish import PayloadTooLargeError, SubjectTakenError
 from ._settings import StreamSettings
+from ._status import (
+    DEADLINE_HEADER,
+    WorkflowStatus,
+    apply_event,
+    cancel_flags,
+    deadline_msg_id,
+    live_agents,
+    same_task,
+    schedulable,
+)
 from ._workflows import UnknownWorkflowError, WorkflowStore
 
 __all__ = [
-    "AGENTS_BUCKET",
-    "CANCEL_BUCKET",
-    "DEADLINE_HEADER",
     "RunNotRetryableError",
     "SwarmClient",
     "UnknownWorkflowIdError",
     "WorkflowIdTakenError",
-    "WorkflowStatus",
-    "apply_event",
-    "cancel_flags",
-    "deadline_msg_id",
-    "live_agents",
-    "schedulable",
 ]
-
-CANCEL_BUCKET = "cancel"
-CANCEL_TTL_S = 7 * 24 * 3600
-AGENTS_BUCKET = "agents"
-AGENTS_TTL_S = 20.0
-AGENTS_STORAGE: Literal["memory"] = "memory"
-"""Announcements live in memory: short-lived, and writable when the file store is full."""
-DEADLINE_HEADER = "Swarm-Deadline"
-"""On a task: the deadline (ISO 8601) its submitter scheduled already, so the entry agent
-does not schedule the same one again."""
-
-
-def deadline_msg_id(workflow_id: str, deadline: datetime) -> str:
-    """The ``Nats-Msg-Id`` of a run's scheduled deadline (one per deadline)."""
-    return f"deadline-{workflow_id}-{int(deadline.timestamp() * 1000)}"
-
-
-def schedulable(deadline: datetime | None) -> bool:
-    """Whether a deadline is worth a timer: still to come, and within the calendar (a
-    deadline already passed ends the run at its first check)."""
-    if deadline is None:
-        return False
-    try:
-        return datetime.now(UTC) < deadline.astimezone(UTC) < _LATEST
-    except (OverflowError, ValueError):
-        return False
-
-
-_LATEST = datetime(9000, 1, 1, tzinfo=UTC)
-
 
 class WorkflowIdTakenError(SwarmbusError, ValueError):
     """A *different* task was submitted under a workflow id already used."""
@@ -110,46 +77,6 @@ class UnknownWorkflowIdError(SwarmbusError, LookupError):
 
 class RunNotRetryableError(SwarmbusError, ValueError):
     """A run that did not end on a cause another attempt may not meet (``retry``)."""
-
-
-@dataclass(slots=True)
-class WorkflowStatus:
-    """Where a workflow stands, read from its messages in the stream.
-
-    ``step`` is the step whose work is waiting or running, ``role`` the agent
-    type that serves it (from the stored workflow), ``live`` whether any agent
-    of that role is running in the namespace (None: not checked). ``spent``: the
-    largest running total its messages carry (see ``Usage`` for what is priced).
-    ``stalled``
-    says why it cannot go on now (``storage full``: the stream takes no
-    messages, agents hold their outputs), empty otherwise.
-    """
-
-    workflow_id: str
-    known: bool
-    step: str = ""
-    role: str = ""
-    live: bool | None = None
-    last_topic: str = ""
-    round: int = 0
-    steps: int = 0
-    spent: Usage = field(default_factory=Usage)
-    workflow: str = ""
-    result: TaskResult | None = None
-    dead_letters: list[DeadLetter] = field(default_factory=list)
-    stalled: str = ""
-
-    @property
-    def working(self) -> str:
-        """Who is on it: ``coder``, ``waiting for coder``, ``stalled: storage full``,
-        ``done`` (for progress lines)."""
-        if self.result is not None:
-            return "done"
-        if self.stalled:
-            return f"stalled: {self.stalled}"
-        if not self.role:
-            return ""
-        return self.role if self.live is not False else f"waiting for {self.role}"
 
 
 class SwarmClient:
@@ -216,11 +143,11 @@ class SwarmClient:
             task.submitted_at, workflow.spec.limits.timeout_s if workflow is not None else None)
         armed = self.bus.schedules and schedulable(deadline)
         try:
-            await self.bus.publish(wf, topics.TASK, task, msg_id=f"task-{wf}", sender="client",
+            await self.bus.publish(wf, topics.TASK, task, Meta(f"task-{wf}", sender="client"),
                                    first=True, headers={DEADLINE_HEADER: deadline.isoformat()}
                                    if armed else None)
         except SubjectTakenError:
-            stored = await self.bus.last(wf, "task")
+            stored = await self.bus.last(wf, topics.TASK)
             env = stored.try_decode() if stored is not None else None
             if env is None or not isinstance(env.message, TaskRequest) or not same_task(
                 env.message, task
@@ -231,9 +158,9 @@ class SwarmClient:
                 ) from None
             return wf  # joined the running workflow: its deadline is armed already
         if armed:
-            await self.bus.schedule(wf, topics.DEADLINE_TIMER, Deadline(at=deadline), at=deadline,
-                                    target=topics.DEADLINE, msg_id=deadline_msg_id(wf, deadline),
-                                    sender="client")
+            await self.bus.schedule(wf, topics.DEADLINE_TIMER, Deadline(at=deadline),
+                                    Meta(deadline_msg_id(wf, deadline), sender="client"),
+                                    at=deadline, target=topics.DEADLINE)
         return wf
 
     async def deadline(self, task: TaskRequest) -> datetime:
@@ -362,16 +289,17 @@ class SwarmClient:
             "spend": dict(result.spend), "deadline": deadline, "resumed_after": ended.seq})})
         if self.bus.schedules and schedulable(deadline):
             await self.bus.schedule(workflow_id, topics.DEADLINE_TIMER, Deadline(at=deadline),
-                                    at=deadline, target=topics.DEADLINE, sender="client",
-                                    msg_id=deadline_msg_id(workflow_id, deadline))
-        await self.bus.publish(workflow_id, topic, resumed, msg_id=f"resume-{ended.seq}-{msg_id}",
-                               sender="client", round=state.round,
-                               workflow=state.workflow or None)
+                                    Meta(deadline_msg_id(workflow_id, deadline),
+                                         sender="client"),
+                                    at=deadline, target=topics.DEADLINE)
+        meta = Meta(f"resume-{ended.seq}-{msg_id}", sender="client", round=state.round,
+                    workflow=state.workflow or None)
+        await self.bus.publish(workflow_id, topic, resumed, meta)
         marker = Resume(after=ended.seq, step=topics.step_of_topic(topic) or "",
                         deadline=deadline, reason=reason)
-        await self.bus.publish(workflow_id, topics.RESUME, marker,
-                               msg_id=f"resume-{workflow_id}-{ended.seq}", sender="client",
-                               round=state.round, workflow=state.workflow or None)
+        await self.bus.publish(workflow_id, topics.RESUME, marker, Meta(
+            f"resume-{workflow_id}-{ended.seq}", sender="client", round=state.round,
+            workflow=state.workflow or None))
         return marker
 
     async def _last_work(self, workflow_id: str, *, before: int) -> tuple[Work, str, str] | None:
@@ -461,7 +389,7 @@ class SwarmClient:
         store = await cancel_flags(self.bus)
         await store.put(workflow_id, b"1")
         await self.bus.publish(workflow_id, topics.CANCEL, Cancel(reason=reason),
-                               msg_id=f"cancel-{workflow_id}", sender="client")
+                               Meta(f"cancel-{workflow_id}", sender="client"))
 
     async def artifact(self, result: TaskResult | WorkState, name: str) -> JsonValue:
         """Artifact ``name`` of a result (or state) as JSON, read from the namespace's
@@ -490,51 +418,3 @@ class SwarmClient:
         await self.aclose()
 
 
-def same_task(a: TaskRequest, b: TaskRequest) -> bool:
-    """Whether two submissions are the same task (the submission time aside)."""
-    skip = {"submitted_at"}
-    return a.model_dump(mode="json", exclude=skip) == b.model_dump(mode="json", exclude=skip)
-
-
-async def cancel_flags(bus: Bus) -> KeyValueStore:
-    """The namespace's cancel flags: a key per cancelled workflow id."""
-    return await bus.key_value(CANCEL_BUCKET, ttl_s=CANCEL_TTL_S)
-
-
-async def live_agents(bus: Bus) -> list[AgentAnnouncement]:
-    """Every agent replica announced in the namespace, by agent then instance."""
-    store = await bus.key_value(AGENTS_BUCKET, ttl_s=AGENTS_TTL_S, storage=AGENTS_STORAGE)
-    out = []
-    for key in await store.keys():
-        raw = await store.get(key)
-        if raw:
-            with contextlib.suppress(ValueError):
-                out.append(AgentAnnouncement.model_validate_json(raw))
-    return sorted(out, key=lambda a: (a.agent, a.instance))
-
-
-def _more(a: Usage, b: Usage) -> Usage:
-    """The spend that has seen more: messages of one workflow carry its running total,
-    and those of parallel branches each their own (so the larger is a lower bound)."""
-    return b if (b.calls, b.priced_cost_usd) > (a.calls, a.priced_cost_usd) else a
-
-
-def apply_event(st: WorkflowStatus, env: Envelope[Message]) -> None:
-    """Fold one message into a status (used by ``status`` and live progress)."""
-    msg = env.message
-    st.known = True
-    st.round = max(st.round, env.round)
-    if isinstance(msg, TaskRequest | Work):
-        st.last_topic = env.topic
-        st.step = env.topic[5:] if env.topic.startswith("step.") else ""
-        st.workflow = env.workflow or st.workflow
-        if isinstance(msg, Work):
-            st.spent = _more(st.spent, msg.state.total)
-    if isinstance(msg, TaskResult):
-        st.result = msg
-        st.last_topic = env.topic
-        st.spent = _more(st.spent, msg.total)
-    if isinstance(msg, Resume):
-        st.result = None  # running again
-    if isinstance(msg, DeadLetter):
-        st.dead_letters.append(msg)

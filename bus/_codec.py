@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from swarmbus.protocols import (
     Message,
+    Meta,
     Subject,
     SubjectError,
     TypeRegistry,
@@ -37,16 +38,12 @@ class DecodeError(Reject):
 
 @dataclass(frozen=True, slots=True)
 class Envelope(Generic[M]):
-    """A decoded message with where it came from and its header metadata."""
+    """A decoded message with where it came from (``subject``), what its headers say of
+    it (``meta``) and the headers themselves."""
 
     message: M
     subject: Subject
-    msg_id: str
-    causation_id: str | None = None
-    sender: str | None = None
-    round: int = 0
-    model: str | None = None
-    workflow: str | None = None
+    meta: Meta
     headers: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -57,30 +54,37 @@ class Envelope(Generic[M]):
     def topic(self) -> str:
         return self.subject.topic
 
+    @property
+    def msg_id(self) -> str:
+        return self.meta.msg_id
 
-def encode(
-    message: Message,
-    *,
-    msg_id: str,
-    causation_id: str | None = None,
-    sender: str | None = None,
-    round: int = 0,
-    model: str | None = None,
-    workflow: str | None = None,
-) -> tuple[bytes, dict[str, str]]:
+    @property
+    def causation_id(self) -> str | None:
+        return self.meta.causation_id
+
+    @property
+    def sender(self) -> str | None:
+        return self.meta.sender
+
+    @property
+    def round(self) -> int:
+        return self.meta.round
+
+    @property
+    def model(self) -> str | None:
+        return self.meta.model
+
+    @property
+    def workflow(self) -> str | None:
+        """The hash of the workflow the run follows (``Swarm-Workflow``)."""
+        return self.meta.workflow
+
+
+def encode(message: Message, meta: Meta) -> tuple[bytes, dict[str, str]]:
     """Body and headers for ``message``. Raises ``TypeError`` for unregistered types."""
     if not message.swarm_type:
         raise TypeError(f"{type(message).__qualname__} is not registered with @message_type")
-    hdrs = {headers.TYPE: message.swarm_type, headers.MSG_ID: msg_id, headers.ROUND: str(round)}
-    if causation_id:
-        hdrs[headers.CAUSATION_ID] = causation_id
-    if sender:
-        hdrs[headers.SENDER] = sender
-    if model:
-        hdrs[headers.MODEL] = model
-    if workflow:
-        hdrs[headers.WORKFLOW] = workflow
-    return message.model_dump_json().encode(), hdrs
+    return message.model_dump_json().encode(), meta.headers(message.swarm_type)
 
 
 def decode(
@@ -113,21 +117,8 @@ def decode(
         raise DecodeError(reason, _short(e)) from None
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise DecodeError("undecodable", str(e)[:500]) from None
-    try:
-        round_ = int(hdrs.get(headers.ROUND, "0"))
-    except ValueError:
-        round_ = 0
-    return Envelope(
-        message=message,
-        subject=subj,
-        msg_id=hdrs.get(headers.MSG_ID) or fallback_id,
-        causation_id=hdrs.get(headers.CAUSATION_ID),
-        sender=hdrs.get(headers.SENDER),
-        round=round_,
-        model=hdrs.get(headers.MODEL),
-        workflow=hdrs.get(headers.WORKFLOW),
-        headers=dict(hdrs),
-    )
+    return Envelope(message=message, subject=subj,
+                    meta=Meta.read(hdrs, fallback_id=fallback_id), headers=dict(hdrs))
 
 
 def output_msg_id(input_id: str, agent: str, index: int) -> str:

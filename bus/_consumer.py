@@ -30,7 +30,6 @@ from ._codec import decode
 from ._control import Reject, Retry
 from ._deadletter import reject
 from ._delivery import ConsumerStats, Delivery, Handler, PullStatus
-from ._durable import answered, consumer_drift
 from ._held import Held
 from ._settings import ConsumerSettings, ConsumerStart
 from ._store import hold_publishes
@@ -217,7 +216,7 @@ class PullConsumer:
     async def _check_consumer(self) -> None:
         """Every few seconds: is the consumer still there, with which settings."""
         self._last_check = time.monotonic()
-        drift = await consumer_drift(self.bus, self.stream, self.durable, self.settings)
+        drift = await self.bus.consumers.drift(self.stream, self.durable, self.settings)
         if drift is None:
             self._consumer_gone = True
             return
@@ -342,7 +341,7 @@ class PullConsumer:
         # The old consumer's delivery of it may still run here: its outcome decides.
         await self._held.until_settled(seq, besides=msg)
         msg_id = (msg.headers or {}).get(headers.MSG_ID) or f"{self.bus.stream_name}-{seq}"
-        return await answered(self.bus, msg.subject, msg_id, self.sender, seq)
+        return await self.bus.consumers.answered(msg.subject, msg_id, self.sender, seq)
 
     async def _handle(self, msg: Msg) -> None:
         try:

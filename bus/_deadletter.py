@@ -8,7 +8,15 @@ from typing import TYPE_CHECKING
 import nats.aio.msg
 import structlog
 
-from swarmbus.protocols import DeadLetter, DeadLetterReason, Subject, SubjectError, headers
+from swarmbus.protocols import (
+    DeadLetter,
+    DeadLetterReason,
+    Meta,
+    Subject,
+    SubjectError,
+    headers,
+    topics,
+)
 
 from ._control import Reject
 
@@ -23,7 +31,7 @@ __all__ = [
 log = structlog.get_logger("swarmbus.deadletter")
 
 ADVISORY_DURABLE = "swarmbus_deadletter"
-DEADLETTER_TOPIC = "deadletter"
+DEADLETTER_TOPIC = topics.DEADLETTER
 _MAX_BODY = 16 * 1024
 _UNROUTED = "_unrouted"
 
@@ -73,11 +81,9 @@ async def dead_letter(
     )
     ident = f"dl-{bus.stream_name}-{stream_seq}-{agent}" if stream_seq else None
     msg_id = ident or f"dl-{hdrs.get(headers.MSG_ID, '')}-{agent}"
-    await bus.publish(
-        workflow, DEADLETTER_TOPIC, letter, msg_id=msg_id,
-        causation_id=hdrs.get(headers.MSG_ID), sender=agent or "swarmbus",
-        workflow=hdrs.get(headers.WORKFLOW),
-    )
+    await bus.publish(workflow, DEADLETTER_TOPIC, letter, Meta(
+        msg_id, causation_id=hdrs.get(headers.MSG_ID), sender=agent or "swarmbus",
+        workflow=hdrs.get(headers.WORKFLOW)))
     return True
 
 

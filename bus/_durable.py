@@ -40,10 +40,10 @@ from ._settings import (
 from ._store import STREAM_NOT_FOUND
 
 if TYPE_CHECKING:
-    from ._bus import Bus
+    from ._streams import Streams
 
 __all__ = [
-    "Drift", "answered", "consumer_drift", "ensure_durable", "pending_messages",
+    "Consumers", "Drift", "answered", "consumer_drift", "ensure_durable", "pending_messages",
     "subject_matches",
 ]
 
@@ -71,7 +71,7 @@ def _workflow(subject: str) -> str:
 
 
 async def pending_messages(
-    bus: Bus, stream: str, filters: list[str], sender: str, *, after_seq: int = 0,
+    streams: Streams, stream: str, filters: list[str], sender: str, *, after_seq: int = 0,
     end_topics: tuple[str, ...] = (),
 ) -> tuple[int, int, set[int]]:
     """Scan ``stream``'s headers after ``after_seq``: returns (the sequence to start
@@ -81,7 +81,7 @@ async def pending_messages(
     is. Reads headers only, once; bounded by the stream's length at the call.
     Raises ``nats.errors.Error`` when the stream cannot be read.
     """
-    info = await bus.js.stream_info(stream)
+    info = await streams.js.stream_info(stream)
     last, first = int(info.state.last_seq or 0), int(info.state.first_seq or 0)
     if after_seq > last:  # a stream made anew since: read it all
         after_seq = 0
@@ -92,7 +92,7 @@ async def pending_messages(
     ended: set[str] = set()
     config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
                                 opt_start_seq=begin, headers_only=True)
-    sub = await bus.js.subscribe(namespace_filter(bus.namespace), stream=stream,
+    sub = await streams.js.subscribe(namespace_filter(streams.namespace), stream=stream,
                                  ordered_consumer=True, config=config)
     try:
         while True:
@@ -134,12 +134,12 @@ class Drift:
 
 
 async def consumer_drift(
-    bus: Bus, stream: str, durable: str, settings: ConsumerSettings
+    streams: Streams, stream: str, durable: str, settings: ConsumerSettings
 ) -> Drift | None:
     """The consumer's ack floor and changed settings (ack wait, max deliveries, max
     ack pending); None when it no longer exists."""
     try:
-        info = await bus.js.consumer_info(stream, durable)
+        info = await streams.js.consumer_info(stream, durable)
     except nats.js.errors.NotFoundError:
         return None
     cur = info.config
@@ -152,13 +152,13 @@ async def consumer_drift(
     return Drift(int(floor or 0), changed)
 
 
-async def answered(bus: Bus, subject: str, msg_id: str, sender: str, seq: int) -> bool:
+async def answered(streams: Streams, subject: str, msg_id: str, sender: str, seq: int) -> bool:
     """Whether ``sender`` has published a message caused by ``msg_id`` (stored after
     ``seq``, in the same workflow): the message was handled already."""
     wf = _workflow(subject)
     if not wf:
         return False
-    for stored in await bus.history(wf, after_seq=seq):
+    for stored in await streams.history(wf, after_seq=seq):
         h = stored.headers
         if h.get(headers.SENDER) == sender and h.get(headers.CAUSATION_ID) == msg_id:
             return True
@@ -166,7 +166,7 @@ async def answered(bus: Bus, subject: str, msg_id: str, sender: str, seq: int) -
 
 
 async def ensure_durable(
-    bus: Bus,
+    streams: Streams,
     durable: str,
     topics: list[str],
     settings: ConsumerSettings | None = None,
@@ -181,38 +181,38 @@ async def ensure_durable(
 ) -> EnsuredConsumer:
     """``Bus.ensure_consumer`` (which documents it)."""
     own = settings or ConsumerSettings()
-    want = filters or sorted(topic_filter(bus.namespace, t) for t in topics)
-    stream = stream or bus.stream_name
+    want = filters or sorted(topic_filter(streams.namespace, t) for t in topics)
+    stream = stream or streams.name
     try:
-        info = await bus.js.consumer_info(stream, durable)
+        info = await streams.js.consumer_info(stream, durable)
     except nats.js.errors.NotFoundError as e:
         if e.err_code == STREAM_NOT_FOUND and stream in (
-            bus.stream_name, bus.advisory_stream
+            streams.name, streams.advisory
         ):
-            await bus._heal_stream(stream)
+            await streams.heal(stream)
         info = None
     if info is None:
         pending: frozenset[int] | None = None
         until = 0
-        config = consumer_config(durable, want, own, bus.stream.replicas)
+        config = consumer_config(durable, want, own, streams.settings.replicas)
         if start == "all":
             config.deliver_policy = api.DeliverPolicy.ALL
         elif start == "pending":
             first, until, found = await pending_messages(
-                bus, stream, want, sender or durable, after_seq=after_seq,
+                streams, stream, want, sender or durable, after_seq=after_seq,
                 end_topics=end_topics)
             pending = frozenset(found)
             config.deliver_policy = api.DeliverPolicy.BY_START_SEQUENCE
             config.opt_start_seq = first
         try:
-            await bus.js.add_consumer(stream, config)
+            await streams.js.add_consumer(stream, config)
         except nats.js.errors.BadRequestError as refused:
             try:  # created concurrently (with another start): adopt that one
-                await bus.js.consumer_info(stream, durable)
+                await streams.js.consumer_info(stream, durable)
             except nats.js.errors.NotFoundError:
                 raise refused from None  # the config itself was refused
             return await ensure_durable(
-                bus, durable, topics, settings, stream=stream, filters=filters, update=update,
+                streams, durable, topics, settings, stream=stream, filters=filters, update=update,
                 sender=sender)
         log.info("durable consumer created", consumer=durable, stream=stream, start=start,
                  from_seq=config.opt_start_seq, pending=len(pending or ()))
@@ -242,10 +242,32 @@ async def ensure_durable(
     if have != want:
         log.warning("consumer filters follow this process's topics", consumer=durable,
                     had=have, now=want)
-    if (differ and update) or have != want or (cur.num_replicas or 0) < bus.stream.replicas:
-        config = consumer_config(durable, want, effective, bus.stream.replicas)
+    if (differ and update) or have != want or (cur.num_replicas or 0) < streams.settings.replicas:
+        config = consumer_config(durable, want, effective, streams.settings.replicas)
         config.deliver_policy = cur.deliver_policy
         config.opt_start_seq = cur.opt_start_seq
         config.opt_start_time = cur.opt_start_time
-        await bus.js.add_consumer(stream, config)
+        await streams.js.add_consumer(stream, config)
     return EnsuredConsumer(effective, created=False, ack_floor=ack_floor(info))
+
+
+class Consumers:
+    """The namespace's durable consumers: made or adopted with the settings in force
+    (``ensure``), watched for what changed on the server (``drift``), and what a
+    re-created one must not redo (``answered``)."""
+
+    def __init__(self, streams: Streams) -> None:
+        self.streams = streams
+
+    async def ensure(self, durable: str, topics: list[str],
+                     settings: ConsumerSettings | None = None, **options: Any) -> EnsuredConsumer:
+        """``Bus.ensure_consumer`` (which documents it)."""
+        return await ensure_durable(self.streams, durable, topics, settings, **options)
+
+    async def drift(self, stream: str, durable: str, settings: ConsumerSettings) -> Drift | None:
+        """``consumer_drift`` on this namespace's streams."""
+        return await consumer_drift(self.streams, stream, durable, settings)
+
+    async def answered(self, subject: str, msg_id: str, sender: str, seq: int) -> bool:
+        """``answered`` on this namespace's work stream."""
+        return await answered(self.streams, subject, msg_id, sender, seq)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import nats.errors
 import nats.js.errors
 import structlog
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext, api
@@ -16,11 +18,19 @@ from nats.js.kv import KeyValue
 
 from ._settings import StreamSettings
 from ._store import StoreUnavailableError, storage_problem
+from ._streams import while_settling
 
 if TYPE_CHECKING:
-    from ._bus import Bus
+    from ._streams import Streams
 
-__all__ = ["KeyValueStore", "WatchedKeys", "open_bucket"]
+
+class Connection(Protocol):
+    """What watching a bucket needs of a connection (``Bus`` has both)."""
+
+    nc: NATS
+    reconnects: int
+
+__all__ = ["Buckets", "Connection", "KeyValueStore", "WatchedKeys", "open_bucket"]
 
 log = structlog.get_logger("swarmbus.bus")
 
@@ -126,7 +136,7 @@ class WatchedKeys:
     bucket on the next check.
     """
 
-    def __init__(self, bus: Bus, store: KeyValueStore) -> None:
+    def __init__(self, bus: Connection, store: KeyValueStore) -> None:
         self._bus = bus
         self._store = store
         self._prefix = f"$KV.{store.bucket}."
@@ -222,3 +232,49 @@ async def open_bucket(
         info.config.num_replicas = stream.replicas
         await js.update_stream(info.config)
     return kv
+
+
+class Buckets:
+    """The namespace's key-value buckets (``swarm_<ns>_<name>``), made with the work
+    stream's replicas and storage, opened once per process, made again when deleted."""
+
+    def __init__(self, js: JetStreamContext, streams: Streams) -> None:
+        self.js = js
+        self.streams = streams
+        self._open: dict[str, KeyValueStore] = {}
+
+    def bucket(self, name: str) -> str:
+        """The bucket of ``name``. Raises ``ValueError`` unless it is lower-case letters
+        and digits (so ``x-y`` and ``x_y`` never share one)."""
+        if not re.fullmatch(r"[a-z0-9]{1,32}", name):
+            raise ValueError(f"bucket names are lower-case letters and digits, got {name!r}")
+        return f"swarm_{self.streams.namespace}_{name}"
+
+    async def key_value(
+        self, name: str, *, ttl_s: float | None = None, history: int = 1,
+        storage: Literal["file", "memory"] | None = None,
+    ) -> KeyValueStore:
+        """``Bus.key_value`` (which documents it)."""
+        bucket = self.bucket(name)
+        store = self._open.get(bucket)
+        if store is None:
+            async def reopen() -> Any:
+                return await while_settling(
+                    lambda: open_bucket(self.js, bucket, ttl_s=ttl_s, history=history,
+                                        storage=storage, stream=self.streams.settings),
+                    f"bucket {bucket}")
+
+            store = KeyValueStore(await reopen(), reopen=reopen)
+            self._open[bucket] = store
+        return store
+
+    async def find(self, name: str) -> KeyValueStore | None:
+        """``Bus.find_key_value`` (which documents it)."""
+        bucket = self.bucket(name)
+        known = self._open.get(bucket)
+        if known is not None:
+            return known
+        try:
+            return KeyValueStore(await self.js.key_value(bucket))
+        except nats.js.errors.BucketNotFoundError:
+            return None

@@ -24,6 +24,8 @@ from ._streams import while_settling
 
 if TYPE_CHECKING:
     from ._bus import Bus
+    from ._kv import Buckets
+    from ._store import StoreGate
 
 __all__ = ["OBJECTS_BUCKET", "ArtifactStore"]
 
@@ -42,15 +44,19 @@ class ArtifactStore:
     ``StoreUnavailableError``. Raises ``ExternalError`` when an object is missing.
     """
 
-    def __init__(self, store: ObjectStore, bucket: str, bus: Bus | None = None) -> None:
+    def __init__(self, store: ObjectStore, bucket: str, buckets: Buckets | None = None,
+                 gate: StoreGate | None = None) -> None:
         self._store = store
         self.bucket = bucket
-        self._bus = bus
+        self._buckets = buckets
+        self._gate = gate
 
     @classmethod
     async def open(cls, bus: Bus) -> ArtifactStore:
+        """The namespace's artifact store (made with the work stream's replicas and
+        storage when missing)."""
         bucket = f"swarm_{bus.namespace}_{OBJECTS_BUCKET}"
-        return cls(await _open(bus, bucket), bucket, bus)
+        return cls(await _open(bus.buckets, bucket), bucket, bus.buckets, bus.publisher.gate)
 
     async def put(self, data: bytes, *, media_type: str = "application/json") -> ArtifactRef:
         """Store ``data``; returns its reference (the same data stores once)."""
@@ -63,26 +69,27 @@ class ArtifactStore:
                 except nats.js.errors.ObjectNotFoundError:
                     await self._store.put(digest, data)
             except nats.js.errors.APIError as e:
-                if self._bus is None or storage_problem(e) is None:
+                if self._buckets is None or storage_problem(e) is None:
                     raise
-                raise await store_error(self._bus.js, self._bus.stream_name, e) from None
+                raise await store_error(self._buckets.js, self._buckets.streams.name,
+                                        e) from None
 
         async def healing() -> None:
             try:
                 await attempt()
             except (nats.js.errors.NoStreamResponseError, nats.errors.NoRespondersError,
                     nats.js.errors.BucketNotFoundError) as e:
-                if self._bus is None:
+                if self._buckets is None:
                     raise
                 log.warning("object store bucket was deleted: re-creating it",
                             bucket=self.bucket, error=repr(e))
-                self._store = await _open(self._bus, self.bucket)
+                self._store = await _open(self._buckets, self.bucket)
                 await attempt()
 
-        if self._bus is None:
+        if self._gate is None:
             await healing()
         else:
-            await self._bus.gate.run(healing)
+            await self._gate.run(healing)
         return ArtifactRef(bucket=OBJECTS_BUCKET, key=digest, size=len(data),
                            media_type=media_type)
 
@@ -99,19 +106,19 @@ class ArtifactStore:
         return data
 
 
-async def _open(bus: Bus, bucket: str) -> ObjectStore:
+async def _open(buckets: Buckets, bucket: str) -> ObjectStore:
     """Open the bucket, or create it; retried while JetStream settles (a cluster that has
     just started, or is electing leaders, may not place a stream yet), like the stream
     and the key-value buckets."""
-    return await while_settling(lambda: _open_once(bus, bucket), f"object store {bucket}")
+    return await while_settling(lambda: _open_once(buckets, bucket), f"object store {bucket}")
 
 
-async def _open_once(bus: Bus, bucket: str) -> ObjectStore:
+async def _open_once(buckets: Buckets, bucket: str) -> ObjectStore:
+    settings = buckets.streams.settings
     try:
-        return await bus.js.object_store(bucket)
+        return await buckets.js.object_store(bucket)
     except nats.js.errors.BucketNotFoundError:
-        return await bus.js.create_object_store(bucket, config=api.ObjectStoreConfig(
-            bucket=bucket, ttl=bus.stream.max_age_s or None,
-            replicas=bus.stream.replicas,
-            storage=api.StorageType.FILE if bus.stream.storage == "file"
+        return await buckets.js.create_object_store(bucket, config=api.ObjectStoreConfig(
+            bucket=bucket, ttl=settings.max_age_s or None, replicas=settings.replicas,
+            storage=api.StorageType.FILE if settings.storage == "file"
             else api.StorageType.MEMORY))

@@ -3,30 +3,42 @@ large, a store that cannot take it, a stream not there (yet)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import anyio
 import nats.errors
 import nats.js.errors
+from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from swarmbus.protocols import ExternalError, SwarmbusError
+from swarmbus.protocols import ExternalError, Message, Meta, SwarmbusError, subject, timer_subject
 
+from ._codec import encode
+from ._secrets import scrub_bytes, scrub_headers
 from ._store import (
     MESSAGE_TOO_LARGE,
     STORE_FAILED,
     SUBJECT_BUSY,
     WRONG_LAST_SEQUENCE,
+    StoreGate,
     StoreUnavailableError,
     storage_problem,
     store_error,
 )
 
+if TYPE_CHECKING:
+    from ._streams import Streams
+
 __all__ = [
     "EXPECT_FIRST",
+    "SCHEDULE",
+    "SCHEDULE_TARGET",
     "PayloadTooLargeError",
     "PublishResult",
+    "Publisher",
     "SubjectTakenError",
     "check_size",
     "publish_once",
@@ -123,3 +135,72 @@ async def publish_once(
                 raise await store_error(js, stream, e) from None
             raise
         return PublishResult(seq=ack.seq, duplicate=bool(ack.duplicate))
+
+
+SCHEDULE = "Nats-Schedule"
+SCHEDULE_TARGET = "Nats-Schedule-Target"
+
+
+class Publisher:
+    """The one way out to the namespace's streams: every message goes through
+    ``publish_raw``, which scrubs registered secrets, checks the size against the one
+    limit (the stream's ``max_msg_bytes``, or the server's ``max_payload`` when
+    smaller), lets JetStream de-duplicate by ``Nats-Msg-Id``, and holds what a full
+    store cannot take (``gate``)."""
+
+    def __init__(self, nc: NATS, js: JetStreamContext, streams: Streams) -> None:
+        self.nc = nc
+        self.js = js
+        self.streams = streams
+        self.gate = StoreGate()
+        """Holds publishes the store cannot take now (see ``hold_publishes``)."""
+
+    @property
+    def limit(self) -> int:
+        """The largest message (body and headers, bytes) any publisher may send."""
+        limit = self.streams.settings.max_msg_bytes
+        return min(limit, self.nc.max_payload) if self.nc.max_payload else limit
+
+    async def publish(
+        self,
+        workflow_id: str,
+        topic: str,
+        message: Message,
+        meta: Meta,
+        *,
+        first: bool = False,
+        expect_last_seq: int | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> PublishResult:
+        """``Bus.publish`` (which documents it)."""
+        body, hdrs = encode(message, meta)
+        subj = subject(self.streams.namespace, workflow_id, topic)
+        if headers:
+            hdrs.update(headers)
+        if first or expect_last_seq is not None:
+            hdrs[EXPECT_FIRST] = str(expect_last_seq or 0)
+        return await self.publish_raw(subj, body, hdrs)
+
+    async def schedule(
+        self, workflow_id: str, topic: str, message: Message, meta: Meta, *, at: datetime,
+        target: str,
+    ) -> PublishResult | None:
+        """``Bus.schedule`` (which documents it)."""
+        if not self.streams.schedules:
+            return None
+        body, hdrs = encode(message, meta)
+        ns = self.streams.namespace
+        hdrs[SCHEDULE] = "@at " + at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        hdrs[SCHEDULE_TARGET] = timer_subject(ns, workflow_id, target)
+        return await self.publish_raw(timer_subject(ns, workflow_id, topic), body, hdrs)
+
+    async def publish_raw(
+        self, subj: str, body: bytes, headers: dict[str, str] | None = None
+    ) -> PublishResult:
+        """``Bus.publish_raw`` (which documents it)."""
+        body = scrub_bytes(body)
+        if headers:
+            headers = scrub_headers(headers)
+        check_size(subj, body, headers, self.limit)
+        return await self.gate.run(lambda: publish_once(
+            self.js, subj, body, headers, stream=self.streams.name, heal=self.streams.heal))

@@ -1,4 +1,5 @@
-"""The namespace's streams: their configurations, and creating or updating them."""
+"""The namespace's streams: their configurations, creating or updating them, and
+``Streams``, what one process knows of them (settings in force, reads, healing)."""
 
 from __future__ import annotations
 
@@ -13,15 +14,20 @@ import structlog
 from nats.js import JetStreamContext, api
 
 from swarmbus.protocols import (
+    advisory_stream_name,
     namespace_filter,
+    stream_name,
+    subject,
     timer_filter,
     timer_stream_name,
     topic_filter,
     topics,
+    workflow_filter,
 )
 
-from ._settings import StreamSettings
-from ._store import NO_PLACEMENT, storage_problem
+from ._reads import StoredMessage, read_all, read_one
+from ._settings import StreamSettings, adopt_stream
+from ._store import NO_PLACEMENT, storage_problem, stream_bytes
 
 __all__ = [
     "SETTLE_S",
@@ -193,3 +199,129 @@ async def ensure_stream(
 def _sources(config: api.StreamConfig) -> list[tuple[str | None, list[tuple[str, str]]]]:
     return [(src.name, [(t.src, t.dest) for t in src.subject_transforms or []])
             for src in config.sources or []]
+
+
+class Streams:
+    """The namespace's streams, as one process sees them: the work stream
+    ``SWARM_<NS>`` (work, results, dead letters: the audit trail), its advisory stream
+    and its timer stream; made or adopted (``setup``), made again when deleted
+    (``heal``), and read back (``get``, ``last``, ``first``, ``history``).
+
+    ``settings`` are the ones in force once set up: only what the process was
+    configured with explicitly changes an existing stream.
+    """
+
+    def __init__(self, js: JetStreamContext, namespace: str, settings: StreamSettings) -> None:
+        self.js = js
+        self.namespace = namespace
+        self.settings = settings
+        self.name = stream_name(namespace)
+        self.advisory = advisory_stream_name(namespace)
+        self.schedules = False
+        """Whether the server holds scheduled messages (nats-server 2.12+)."""
+        self._healing = anyio.Lock()
+        self._direct_gets = True  # until the stream turns out not to allow them
+
+    async def setup(self) -> None:
+        """Create or update the streams (idempotent); while JetStream settles (a cluster
+        starting), retry for ``SETTLE_S``."""
+        await while_settling(self._setup_once, f"stream {self.name}")
+
+    async def _setup_once(self) -> None:
+        try:
+            current: api.StreamConfig | None = (await self.js.stream_info(self.name)).config
+        except nats.js.errors.NotFoundError:
+            current = None
+        if current is not None:
+            self.settings = adopt_stream(self.settings, current)
+        self.schedules = await self._setup_timers()
+        await ensure_stream(self.js, stream_config(self.name, self.namespace, self.settings),
+                            current)
+        advisories = advisory_config(self.advisory, self.name, self.settings)
+        try:
+            current = (await self.js.stream_info(self.advisory)).config
+        except nats.js.errors.NotFoundError:
+            current = None
+            self.advisory = await drop_legacy_advisories(self.js, self.name, advisories)
+            if self.advisory != advisories.name:
+                return
+        await ensure_stream(self.js, advisories, current)
+
+    async def _setup_timers(self) -> bool:
+        """Create or update the timer stream; False when the server cannot schedule."""
+        config = timer_config(self.namespace, self.settings)
+        assert config.name is not None
+        try:
+            try:
+                current: api.StreamConfig | None = (await self.js.stream_info(config.name)).config
+            except nats.js.errors.NotFoundError:
+                current = None
+            in_force = await ensure_stream(self.js, config, current)
+        except nats.js.errors.APIError as e:
+            if settling(e):
+                raise
+            log.warning("cannot make the timer stream", stream=config.name,
+                        error=f"{type(e).__name__}: {e}")
+            in_force = api.StreamConfig()
+        if not in_force.allow_msg_schedules:
+            log.warning("this nats-server does not schedule messages (2.12 and later do): "
+                        "a run whose next step no agent takes ends at its deadline only "
+                        "once an agent takes it", stream=config.name)
+            return False
+        return True
+
+    async def heal(self, stream: str | None = None) -> bool:
+        """Re-create the namespace's streams if ``stream`` (default: the work stream) is
+        gone, with a warning; True if it exists now."""
+        async with self._healing:
+            try:
+                await self.js.stream_info(stream or self.name)
+                return True
+            except nats.js.errors.NotFoundError:
+                pass
+            except (nats.errors.Error, OSError):
+                return False
+            log.warning("stream was deleted: re-creating it (its messages are gone; work "
+                        "published from now on is kept)", stream=stream or self.name)
+            try:
+                await self.setup()
+            except (nats.errors.Error, OSError) as e:
+                log.error("could not re-create the stream", stream=self.name, error=repr(e))
+                return False
+            return True
+
+    async def full(self) -> bool:
+        """Whether the work stream is at its own ``max_bytes`` (the next message of the
+        largest size would be refused). False when it has no such cap."""
+        held, cap = await stream_bytes(self.js, self.name)
+        return bool(cap) and held + self.settings.max_msg_bytes > cap
+
+    async def get(self, seq: int, *, stream: str | None = None) -> StoredMessage | None:
+        """The message at stream sequence ``seq``, or None."""
+        return await read_one(self.js, stream or self.name, seq=seq)
+
+    async def last(self, workflow_id: str, topic: str) -> StoredMessage | None:
+        """The newest message of one workflow on one topic, or None."""
+        return await read_one(self.js, self.name,
+                              subject=subject(self.namespace, workflow_id, topic))
+
+    async def first(self, workflow_id: str, topic: str) -> StoredMessage | None:
+        """The oldest message of one workflow on one topic, or None: asked of any replica
+        first (a direct get; a replica applies the stream in order, so what it returns
+        is the oldest), of the leader when it has none (none, or not yet)."""
+        subj = subject(self.namespace, workflow_id, topic)
+        if self._direct_gets:
+            try:
+                found = await read_one(self.js, self.name, seq=1, next=True, subject=subj,
+                                       direct=True)
+            except nats.errors.NoRespondersError:
+                self._direct_gets = False  # a stream made without allow_direct
+            else:
+                if found is not None:
+                    return found
+        return await read_one(self.js, self.name, seq=1, next=True, subject=subj)
+
+    async def history(self, workflow_id: str, *, after_seq: int = 0) -> list[StoredMessage]:
+        """Every stored message of one workflow, oldest first."""
+        return await read_all(self.js, self.name, workflow_filter(self.namespace, workflow_id),
+                              after_seq=after_seq)

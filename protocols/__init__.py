@@ -29,6 +29,7 @@ from ._graph import (
     route_key,
     route_values,
 )
+from ._headers import Meta
 from ._messages import (
     DEFAULT_BUDGET_USD,
     DEFAULT_TIMEOUT_S,
@@ -107,6 +108,7 @@ __all__ = (
     "InputSpec",
     "Limits",
     "Message",
+    "Meta",
     "Problem",
     "Provenance",
     "Resume",

@@ -25,7 +25,7 @@ from swarmbus.bus import (
     find_nats_server,
     free_port,
 )
-from swarmbus.protocols import TaskRequest
+from swarmbus.protocols import Meta, TaskRequest
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -240,7 +240,7 @@ async def test_the_server_outlives_the_thread_that_started_it_not_the_process() 
     starter.join()
     try:
         async with await Bus.connect(server.url, namespace="thread") as bus:
-            await bus.publish("w", "task", TaskRequest(goal="still here"), msg_id="t-1")
+            await bus.publish("w", "task", TaskRequest(goal="still here"), Meta("t-1"))
         assert server.pid is not None and alive(server.pid)
         if not sys.platform.startswith("linux"):
             return

@@ -14,7 +14,7 @@ import pytest
 from agent_proc import until, until_true, wait_announced
 
 from swarmbus.bus import AGENTS_BUCKET, AGENTS_STORAGE, Bus
-from swarmbus.protocols import Code, SourceFile, TaskRequest, Work, WorkState, subject
+from swarmbus.protocols import Code, Meta, SourceFile, TaskRequest, Work, WorkState, subject
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -48,7 +48,7 @@ async def test_custom_agent_example(
             files = [SourceFile(path="a.py", content="x = 1  # TODO\ny = x\n")]
             state = WorkState(task=TaskRequest(goal="g"),
                               artifacts={"code": Code(files=files).model_dump()})
-            await bus.publish("wf2", "step.review", Work(state=state), msg_id="code-1")
+            await bus.publish("wf2", "step.review", Work(state=state), Meta("code-1"))
             first = await until(lambda: bus.last("wf1", "audit.report"))
             second = await until(lambda: bus.last("wf2", "audit.report"))
     assert first.headers["Swarm-Type"] == "example.AuditReport/1"

@@ -52,6 +52,7 @@ from swarmbus.bus import (
 from swarmbus.protocols import (
     DeadLetter,
     Message,
+    Meta,
     Subject,
     SubjectError,
     TaskRequest,
@@ -77,7 +78,7 @@ async def wait_exit(proc: subprocess.Popen[bytes]) -> int:
 
 async def publish_jobs(bus: Bus, wf: str, jobs: list[Job]) -> None:
     for job in jobs:
-        await bus.publish(wf, "job", job, msg_id=f"{wf}-job-{job.n}")
+        await bus.publish(wf, "job", job, Meta(f"{wf}-job-{job.n}"))
 
 
 # -- replicas, crashes, restarts -------------------------------------------------------------
@@ -402,8 +403,8 @@ class Note(Message):
 
 def test_codec_round_trip() -> None:
     msg = TaskRequest(goal="write a parser", constraints=["stdlib only"])
-    body, hdrs = encode(msg, msg_id="m-1", causation_id="c-0", sender="tester", round=2,
-                        model="offline:echo")
+    body, hdrs = encode(msg, Meta("m-1", causation_id="c-0", sender="tester", round=2,
+                                  model="offline:echo"))
     assert hdrs == {
         "Swarm-Type": "swarmbus.TaskRequest/1", "Nats-Msg-Id": "m-1", "Swarm-Round": "2",
         "Swarm-Causation-Id": "c-0", "Swarm-Sender": "tester", "Swarm-Model": "offline:echo",
@@ -417,7 +418,7 @@ def test_codec_round_trip() -> None:
     bare = decode("swarm.ns.wf-1.task", b'{"goal": "g"}', None, fallback_id="seq-9")
     assert bare.message == TaskRequest(goal="g") and bare.msg_id == "seq-9"
     with pytest.raises(TypeError):
-        encode(Message(), msg_id="x")
+        encode(Message(), Meta("x"))
 
 
 @pytest.mark.parametrize(
@@ -501,7 +502,7 @@ def test_unknown_fields_are_kept_on_decode_and_encode() -> None:
     assert isinstance(msg, TaskRequest)
     assert msg.model_extra == {"from_the_future": {"x": 1}}
     assert msg.limits.model_extra == {"new_limit": 5}
-    again, _ = encode(msg, msg_id="x")
+    again, _ = encode(msg, Meta("x"))
     out = json.loads(again)
     assert out["from_the_future"] == {"x": 1} and out["limits"]["new_limit"] == 5
 
@@ -552,7 +553,7 @@ async def test_embedded_server_start_stop() -> None:
     async with server:
         assert server.running and server.pid
         async with await Bus.connect(server.url, namespace="embedded") as bus:
-            assert (await bus.publish("w", "note", Note(text="x"), msg_id="1")).seq == 1
+            assert (await bus.publish("w", "note", Note(text="x"), Meta("1"))).seq == 1
         data_dir = server.data_dir
         assert data_dir is not None and data_dir.is_dir()
     assert not server.running
@@ -588,8 +589,8 @@ async def test_oversize_publish_is_refused_before_it_reaches_the_server(
     async with await Bus.connect(nats_url, namespace=namespace) as bus:
         big = TaskRequest(goal="x" * 20_000, constraints=["y" * 1_000] * 1_100)
         with pytest.raises(PayloadTooLargeError, match="exceeds the limit"):
-            await bus.publish("wf", "task", big, msg_id="big-1")
-        ok = await bus.publish("wf", "task", TaskRequest(goal="small"), msg_id="small-1")
+            await bus.publish("wf", "task", big, Meta("big-1"))
+        ok = await bus.publish("wf", "task", TaskRequest(goal="small"), Meta("small-1"))
         assert ok.seq > 0 and bus.nc.is_connected and bus.reconnects == 0
 
 

@@ -38,7 +38,7 @@ from swarmbus.bus import (
     StreamSettings,
     SwarmClient,
 )
-from swarmbus.protocols import TaskRequest, TaskResult, headers, stream_name
+from swarmbus.protocols import Meta, TaskRequest, TaskResult, headers, stream_name
 
 pytestmark = pytest.mark.anyio
 
@@ -442,7 +442,7 @@ async def test_second_ctrl_c_forces_the_exit_and_naks_in_flight_work(
     with anyio.fail_after(45):  # two processes start: slow on a loaded machine
         async with await Bus.connect(nats_url, namespace=namespace) as bus:
             await wait_announced(bus, "worker", [proc.pid])
-            await bus.publish("w", "job", Job(n=1, sleep_s=60), msg_id="w-job-1")
+            await bus.publish("w", "job", Job(n=1, sleep_s=60), Meta("w-job-1"))
             await until_true(lambda: numbers(events, "start") == [1])
             proc.send_signal(signal.SIGINT)
             await anyio.sleep(1.0)

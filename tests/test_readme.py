@@ -12,6 +12,7 @@ import pytest
 from swarmbus.agents import Swarm
 from swarmbus.protocols import (
     Code,
+    Meta,
     SourceFile,
     TaskRequest,
     Work,
@@ -60,7 +61,7 @@ async def test_custom_agent_snippet_runs(nats_url: str, namespace: str) -> None:
     state = WorkState(task=TaskRequest(goal="g"), artifacts={"code": code.model_dump()})
     msg = Work(state=state, source="implement", output="code")
     async with Swarm([auditor], nats=nats_url, namespace=namespace) as swarm:
-        await swarm.bus.publish("wf-readme", "step.review", msg, msg_id="readme-1")
+        await swarm.bus.publish("wf-readme", "step.review", msg, Meta("readme-1"))
         with anyio.fail_after(10):
             while (stored := await swarm.bus.last("wf-readme", "audit")) is None:
                 await anyio.sleep(0.02)

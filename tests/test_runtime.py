@@ -14,7 +14,7 @@ import pytest
 
 from swarmbus.agents import Agent, Context, Swarm, handles
 from swarmbus.bus import Bus, SwarmClient
-from swarmbus.protocols import TaskRequest
+from swarmbus.protocols import Meta, TaskRequest
 
 pytestmark = pytest.mark.anyio
 
@@ -23,8 +23,8 @@ async def test_first_task_is_read_from_any_replica_or_else_from_the_leader(
     nats_url: str, namespace: str
 ) -> None:
     async with await Bus.connect(nats_url, namespace=namespace) as bus:
-        await bus.publish("wf-1", "task", TaskRequest(goal="the first"), msg_id="m-1")
-        await bus.publish("wf-1", "task", TaskRequest(goal="a later one"), msg_id="m-2")
+        await bus.publish("wf-1", "task", TaskRequest(goal="the first"), Meta("m-1"))
+        await bus.publish("wf-1", "task", TaskRequest(goal="a later one"), Meta("m-2"))
 
         direct = await bus.first("wf-1", "task")  # a direct get
         assert direct is not None

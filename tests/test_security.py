@@ -42,6 +42,7 @@ from swarmbus.protocols import (
     Code,
     Design,
     Message,
+    Meta,
     SourceFile,
     TaskRequest,
     TaskResult,
@@ -455,7 +456,7 @@ async def test_no_secrets_in_logs_trails_or_sandbox(
                 # Straight to the reviewer, as if a coder had written it.
                 await client.bus.publish("hostile", "step.review",
                                          Work(state=state, source="implement", output="code"),
-                                         msg_id="hostile-code", sender="coder")
+                                         Meta("hostile-code", sender="coder"))
                 hostile = await client.result("hostile")
                 revise = await client.bus.last("hostile", "step.implement")
                 stream = await everything(client.bus)

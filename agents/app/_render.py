@@ -6,14 +6,18 @@ from typing import Any
 
 from swarmbus.bus import StoredMessage, WorkflowStatus
 from swarmbus.protocols import (
+    Cancel,
     DeadLetter,
+    Deadline,
     Message,
     Provenance,
+    Resume,
     TaskRequest,
     TaskResult,
     Usage,
     Work,
     headers,
+    topics,
 )
 
 from ..models import cost_text
@@ -92,6 +96,12 @@ def describe(msg: Message) -> str:
         return f"{msg.status.upper()} after {msg.rounds} rounds, total {cost(msg.total)}"
     if isinstance(msg, DeadLetter):
         return f"dead letter ({msg.reason}): {_cut(msg.error, 60)}"
+    if isinstance(msg, Deadline):
+        return f"deadline {msg.at.isoformat(timespec='seconds')}"
+    if isinstance(msg, Cancel):
+        return "cancel requested" + (f": {_cut(msg.reason, 50)}" if msg.reason else "")
+    if isinstance(msg, Resume):
+        return f"resumed at step {msg.step!r} (result #{msg.after} superseded)"
     return type(msg).__name__
 
 
@@ -183,7 +193,7 @@ def _doing(st: WorkflowStatus, namespace: str) -> str:
         return f"waiting: no {st.role} is running in namespace {namespace}"
     if st.role:
         return f"{st.role} working" + (f" on {st.step}" if st.step else "")
-    if st.last_topic == "task" and not st.workflow:
+    if st.last_topic == topics.TASK and not st.workflow:
         return f"waiting: no swarm has started in namespace {namespace} yet"
     return "waiting"
 

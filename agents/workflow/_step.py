@@ -36,6 +36,7 @@ from swarmbus.protocols import (
     ConfigError,
     Deadline,
     Finish,
+    Meta,
     Provenance,
     StepSpec,
     SwarmbusError,
@@ -436,10 +437,10 @@ async def arm_deadline(ctx: Context[Any], state: WorkState, workflow: str) -> No
     if ctx.envelope.headers.get(DEADLINE_HEADER) == deadline.isoformat():
         return
     try:
-        await ctx.bus.schedule(
-            ctx.workflow_id, topics.DEADLINE_TIMER, Deadline(at=deadline), at=deadline,
-            target=topics.DEADLINE, msg_id=deadline_msg_id(ctx.workflow_id, deadline),
-            sender=ctx.agent, workflow=workflow)
+        meta = Meta(deadline_msg_id(ctx.workflow_id, deadline), sender=ctx.agent,
+                    workflow=workflow)
+        await ctx.bus.schedule(ctx.workflow_id, topics.DEADLINE_TIMER, Deadline(at=deadline),
+                               meta, at=deadline, target=topics.DEADLINE)
     except SwarmbusError as e:  # the run goes on; agents still cut it at the deadline
         ctx.log.warning("could not schedule the deadline", error=str(e)[:300])
 

@@ -40,6 +40,7 @@ from swarmbus.protocols import (
     CompiledWorkflow,
     DeadLetter,
     Deadline,
+    Meta,
     Subject,
     SubjectError,
     TaskRequest,
@@ -226,10 +227,10 @@ class Supervisor(Agent):
         assert self._bus is not None
         if not schedulable(deadline):
             return
-        await self._bus.schedule(
-            ctx.workflow_id, topics.DEADLINE_TIMER, Deadline(at=deadline), at=deadline,
-            target=topics.DEADLINE, msg_id=deadline_msg_id(ctx.workflow_id, deadline),
-            sender=self.name, workflow=latest.state.workflow or None)
+        meta = Meta(deadline_msg_id(ctx.workflow_id, deadline), sender=self.name,
+                    workflow=latest.state.workflow or None)
+        await self._bus.schedule(ctx.workflow_id, topics.DEADLINE_TIMER, Deadline(at=deadline),
+                                 meta, at=deadline, target=topics.DEADLINE)
 
     async def _end(self, ctx: Context[Any], latest: _Latest, role: str, status: TaskStatus,
                    reason: str, *, retryable: bool = False) -> None:
