@@ -30,6 +30,7 @@ from swarmbus.protocols import (
     registry,
 )
 
+from ._run import current_run
 from .models import Ledger, current_ledger
 
 if TYPE_CHECKING:
@@ -113,8 +114,6 @@ class Context(Generic[M]):
     def run(self) -> Run | None:
         """The run this message belongs to, with its limits, spend and ending (with
         ``Guards``, for a message that carries a ``WorkState``)."""
-        from ._run import current_run
-
         return current_run()
 
     def output_id(self, index: int | None = None) -> str:

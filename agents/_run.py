@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import json
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -184,7 +185,9 @@ class Run:
         self._watch = watch
         self._cancelled = cancelled
         self._on_end = on_end
-        self._spent_here = Usage()
+        self._taken: list[Usage] = []  # what each take_spend added
+        self._until: float | None = None  # the deadline on the monotonic clock
+        self._deadline_seen: datetime | None = None
         self.ended = False
 
     @property
@@ -196,10 +199,16 @@ class Run:
         return self.state.deadline
 
     def time_left_s(self) -> float | None:
-        """Seconds until the deadline (negative once passed; None: no deadline)."""
+        """Seconds until the deadline (negative once passed; None: no deadline). Read
+        from the wall clock once per run, then from the monotonic one (checked before
+        every call)."""
         if self.state.deadline is None:
             return None
-        return (self.state.deadline - datetime.now(UTC)).total_seconds()
+        if self._until is None or self._deadline_seen != self.state.deadline:
+            self._deadline_seen = self.state.deadline
+            left = (self.state.deadline - datetime.now(UTC)).total_seconds()
+            self._until = time.monotonic() + left
+        return self._until - time.monotonic()
 
     def check(self) -> None:
         """Raise ``LimitReached`` when the run is cancelled or past its deadline."""
@@ -246,13 +255,13 @@ class Run:
         returns that part (taking twice never adds a call twice)."""
         new = self.ledger.take()
         self.state.spend[self.key] = self.state.spend.get(self.key, Usage()) + new
-        self._spent_here = self._spent_here + new
+        self._taken.append(new)
         return new
 
     @property
     def spent_here(self) -> Usage:
         """What this delivery added to the spend so far."""
-        return self._spent_here
+        return self._taken[0] if len(self._taken) == 1 else Usage.sum(self._taken)
 
     async def end(
         self,
@@ -279,7 +288,7 @@ class Run:
                       f"could end as {status} ({reason})")
             status = "deadline_exceeded"
         result = result_from(self.state, status, reason, step=self.step,
-                             provenance=provenance, usage=self._spent_here)
+                             provenance=provenance, usage=self.spent_here)
         result.retryable = retryable or status == "deadline_exceeded"
         ended = await end_workflow(self.ctx, result, model=model,
                                    after=self.state.resumed_after)

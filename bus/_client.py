@@ -240,12 +240,15 @@ class SwarmClient:
         """The workflow's result, waiting for it if needed (for a run resumed with
         ``retry``, the result after the resume). Raises ``TimeoutError``."""
         with anyio.fail_after(timeout_s):
-            resumed = await self.bus.last(workflow_id, topics.RESUME)
-            after = resumed.seq if resumed is not None else 0
+            after = 0
             stored = await self.bus.last(workflow_id, topics.RESULT)
-            if stored is not None and stored.seq > after:
-                env = stored.try_decode()
-                if env is not None and isinstance(env.message, TaskResult):
+            env = stored.try_decode() if stored is not None else None
+            if env is not None and isinstance(env.message, TaskResult):
+                if not env.message.retryable:
+                    return env.message  # only a retryable result can have been resumed
+                resumed = await self.bus.last(workflow_id, topics.RESUME)
+                after = resumed.seq if resumed is not None else 0
+                if stored is not None and stored.seq > after:
                     return env.message
             async with contextlib.aclosing(self._stored(workflow_id, after_seq=after)) as new:
                 async for message in new:

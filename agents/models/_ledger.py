@@ -85,9 +85,13 @@ def input_token_bound(request: ModelRequest[Any], history: tuple[ChatMessage, ..
 
     messages = request.messages if history is None else history
     schema = schema_text(request.output_type)  # type: ignore[arg-type]  # a type hashes
-    size = len(request.system.encode()) + len(schema.encode())
-    size += sum(len(m.content.encode()) for m in messages)
+    size = _utf8_len(request.system) + _utf8_len(schema)
+    size += sum(_utf8_len(m.content) for m in messages)
     return math.ceil(size / BYTES_PER_TOKEN_BOUND) + _TOKENS_PER_MESSAGE * (len(messages) + 1)
+
+
+def _utf8_len(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode())  # isascii: no copy, O(1)
 
 
 @dataclass(frozen=True, slots=True)

@@ -178,9 +178,10 @@ class _OfflineModel(Model):
         ledger = current_ledger()
         for attempt in (1, 2):
             if ledger is not None:
-                ledger.before_call(self.name, CallBound(
-                    self._bound_price(), input_token_bound(current),
-                    current.settings.max_tokens))
+                price = self._bound_price()
+                free = price is not None and not (price.input or price.output)
+                ledger.before_call(self.name, None if free else CallBound(
+                    price, input_token_bound(current), current.settings.max_tokens))
             self.requests.append(current)
             call_started = time.perf_counter()
             if self.latency_s > 0:

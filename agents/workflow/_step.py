@@ -208,8 +208,10 @@ class StepAgent(Agent):
         if not await self._first_task(task, ctx):
             return
         state = start_state(task, wf, ctx)
-        await arm_deadline(ctx, state, wf.hash)
-        await self.guards.run(ctx, state, lambda: self._run(ctx, wf, wf.entry, state, task))
+        async with anyio.create_task_group() as tg:
+            # Scheduling the deadline is off the first step's path (a publish and its ack).
+            tg.start_soon(arm_deadline, ctx, state, wf.hash)
+            await self.guards.run(ctx, state, lambda: self._run(ctx, wf, wf.entry, state, task))
 
     async def on_work(self, work: Work, ctx: Context[Work]) -> None:
         ref = work.state.workflow or ctx.envelope.workflow
