@@ -182,6 +182,9 @@ class Run:
         self.key = key
         self.step = ""
         """The step being run (its id), named in the result when the run ends here."""
+        self.last_error = ""
+        """The last transient failure met while retrying (named when the deadline or a
+        cancel cuts the wait)."""
         self._watch = watch
         self._cancelled = cancelled
         self._on_end = on_end
@@ -244,11 +247,12 @@ class Run:
                 stop()
         if scope.cancelled_caught:
             during = f" during {what}" if what else ""
+            last = f"; last error: {self.last_error}" if self.last_error else ""
             if why:
-                raise LimitReached("cancelled", f"cancelled on request{during}")
+                raise LimitReached("cancelled", f"cancelled on request{during}{last}")
             assert self.state.deadline is not None
             raise LimitReached("deadline_exceeded", f"deadline "
-                               f"{self.state.deadline.isoformat()} passed{during}")
+                               f"{self.state.deadline.isoformat()} passed{during}{last}")
 
     def take_spend(self) -> Usage:
         """Add what this delivery booked and did not add yet to ``state.spend[key]``;

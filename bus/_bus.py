@@ -3,6 +3,7 @@ publisher, its key-value buckets and its durable consumers (``Bus``)."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Literal
@@ -235,16 +236,17 @@ class Bus:
 
     async def schedule(
         self, workflow_id: str, topic: str, message: Message, meta: Meta, *, at: datetime,
-        target: str,
+        target: str, confirm: bool = True,
     ) -> PublishResult | None:
         """Have the server publish ``message`` on ``target`` (a topic of the same
         workflow) at ``at``: it is held in the namespace's timer stream on ``topic``
         (header ``Nats-Schedule: @at ...``) until then, and a later schedule on ``topic``
         replaces it; the namespace's stream takes it when it fires (only ``deadline``
-        is taken so far). Returns None, publishing nothing, when the server cannot
-        schedule (``schedules`` is False)."""
+        is taken so far). ``confirm=False`` does not wait for the stream's ack (cheaper,
+        but a store that cannot take it then drops it unseen). Returns None, publishing
+        nothing, when the server cannot schedule (``schedules`` is False)."""
         return await self.publisher.schedule(workflow_id, topic, message, meta, at=at,
-                                             target=target)
+                                             target=target, confirm=confirm)
 
     async def publish_raw(
         self, subj: str, body: bytes, headers: dict[str, str] | None = None
@@ -304,6 +306,11 @@ class Bus:
                 pass
             finally:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                    if not self.nc.is_closed and self.nc.is_connected:
+                        # A drain cut short (a forced stop) leaves what was just written,
+                        # such as the naks of work in flight, unsent: send it first.
+                        with contextlib.suppress(nats.errors.Error, OSError, RuntimeError):
+                            await self.nc.flush(timeout=1)
                     if not self.nc.is_closed:
                         try:
                             await self.nc.close()

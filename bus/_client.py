@@ -288,21 +288,24 @@ class SwarmClient:
                                if first and state.deadline and state.task.submitted_at
                                else DEFAULT_TIMEOUT_S)
         deadline = datetime.now(UTC) + timedelta(seconds=length)
-        resumed = work.model_copy(update={"state": state.model_copy(update={
+        # The work again, as it was, but for the spend so far (the result's) and the new
+        # deadline; its own usage was counted already, so it carries none (the trail's
+        # steps still add up to the total).
+        resumed = work.model_copy(update={"usage": None, "state": state.model_copy(update={
             "spend": dict(result.spend), "deadline": deadline, "resumed_after": ended.seq})})
         if self.bus.schedules and schedulable(deadline):
             await self.bus.schedule(workflow_id, topics.DEADLINE_TIMER, Deadline(at=deadline),
                                     Meta(deadline_msg_id(workflow_id, deadline),
                                          sender="client"),
                                     at=deadline, target=topics.DEADLINE)
-        meta = Meta(f"resume-{ended.seq}-{msg_id}", sender="client", round=state.round,
-                    workflow=state.workflow or None)
-        await self.bus.publish(workflow_id, topic, resumed, meta)
         marker = Resume(after=ended.seq, step=topics.step_of_topic(topic) or "",
                         deadline=deadline, reason=reason)
         await self.bus.publish(workflow_id, topics.RESUME, marker, Meta(
             f"resume-{workflow_id}-{ended.seq}", sender="client", round=state.round,
             workflow=state.workflow or None))
+        meta = Meta(f"resume-{ended.seq}-{msg_id}", sender="client", round=state.round,
+                    workflow=state.workflow or None)
+        await self.bus.publish(workflow_id, topic, resumed, meta)
         return marker
 
     async def _last_work(self, workflow_id: str, *, before: int) -> tuple[Work, str, str] | None:
@@ -364,7 +367,7 @@ class SwarmClient:
         if st.role:
             # Working means a live agent pulls from the consumer that holds this step's
             # work; an announcement of the role for another workflow does not count.
-            durable = wf.consumer(st.role)
+            durable = st.consumer = wf.consumer(st.role)
             st.live = any(a.consumer == durable or (not a.consumer and a.agent == st.role)
                           for a in agents) and await self._consumer_exists(durable)
 
@@ -379,20 +382,37 @@ class SwarmClient:
         """The workflow's whole history as stored (the audit trail); empty if unknown."""
         return await self.bus.history(workflow_id)
 
-    async def cancel(self, workflow_id: str, *, reason: str = "") -> None:
+    async def cancel(self, workflow_id: str, *, reason: str = "") -> TaskResult | None:
         """Stop this workflow: its cancel flag is set (an agent in the middle of a model
         call, a retry wait or a sandbox run aborts it within about a second and ends the
         run ``cancelled`` with the best attempt so far, handing nothing on), and a
         ``Cancel`` message has the supervisor end it when no agent holds its work.
-        Raises ``UnknownWorkflowIdError`` when no task has this id."""
+        Returns None once asked; the run's result, sending nothing, when it had ended
+        already. Raises ``UnknownWorkflowIdError`` when no task has this id."""
         check_workflow_id(workflow_id)
         if await self.bus.last(workflow_id, topics.TASK) is None:
             raise UnknownWorkflowIdError(
                 f"no workflow {workflow_id!r} in namespace {self.bus.namespace!r}")
+        ended = await self._ended(workflow_id)
+        if ended is not None:
+            return ended
         store = await cancel_flags(self.bus)
         await store.put(workflow_id, b"1")
         await self.bus.publish(workflow_id, topics.CANCEL, Cancel(reason=reason),
                                Meta(f"cancel-{workflow_id}", sender="client"))
+        return None
+
+    async def _ended(self, workflow_id: str) -> TaskResult | None:
+        """The run's result if it has ended (a result no resume came after), else None."""
+        stored = await self.bus.last(workflow_id, topics.RESULT)
+        env = stored.try_decode() if stored is not None else None
+        if stored is None or env is None or not isinstance(env.message, TaskResult):
+            return None
+        if env.message.retryable:
+            resumed = await self.bus.last(workflow_id, topics.RESUME)
+            if resumed is not None and resumed.seq > stored.seq:
+                return None
+        return env.message
 
     async def artifact(self, result: TaskResult | WorkState, name: str) -> JsonValue:
         """Artifact ``name`` of a result (or state) as JSON, read from the namespace's

@@ -183,7 +183,7 @@ class Publisher:
 
     async def schedule(
         self, workflow_id: str, topic: str, message: Message, meta: Meta, *, at: datetime,
-        target: str,
+        target: str, confirm: bool = True,
     ) -> PublishResult | None:
         """``Bus.schedule`` (which documents it)."""
         if not self.streams.schedules:
@@ -192,7 +192,13 @@ class Publisher:
         ns = self.streams.namespace
         hdrs[SCHEDULE] = "@at " + at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         hdrs[SCHEDULE_TARGET] = timer_subject(ns, workflow_id, target)
-        return await self.publish_raw(timer_subject(ns, workflow_id, topic), body, hdrs)
+        subj = timer_subject(ns, workflow_id, topic)
+        if confirm:
+            return await self.publish_raw(subj, body, hdrs)
+        body, hdrs = scrub_bytes(body), scrub_headers(hdrs)
+        check_size(subj, body, hdrs, self.limit)
+        await self.nc.publish(subj, body, headers=hdrs)  # stored by the stream, not awaited
+        return None
 
     async def publish_raw(
         self, subj: str, body: bytes, headers: dict[str, str] | None = None

@@ -96,6 +96,8 @@ class WorkflowStatus:
     steps: int = 0
     spent: Usage = field(default_factory=Usage)
     workflow: str = ""
+    consumer: str = ""
+    """The durable consumer that holds the waiting step's work (``<role>@<workflow>``)."""
     result: TaskResult | None = None
     dead_letters: list[DeadLetter] = field(default_factory=list)
     stalled: str = ""

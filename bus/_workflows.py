@@ -56,14 +56,19 @@ class WorkflowStore:
 
     async def put(self, wf: CompiledWorkflow, *, default: bool | None = False) -> str | None:
         """Store ``wf`` under its hash and make it its name's latest. ``default``: True
-        makes it the namespace's default workflow, None only when the namespace has
-        none yet, False never. Returns the default's hash before this call (None:
-        there was none)."""
+        makes it the namespace's default workflow; None only when the namespace has
+        none yet, or when the default is another version of ``wf``'s workflow (an
+        upgrade: the same name, a changed file); False never. Returns the default's
+        hash before this call (None: there was none)."""
         await self._store.put(wf.hash, wf.to_json().encode())
         await self._store.put(f"name.{wf.name}", wf.hash.encode())
         self._resolved.clear()
         previous = await self.resolve(None)
-        if default or (default is None and previous is None):
+        upgrade = False
+        if default is None and previous is not None and previous != wf.hash:
+            current = await self.get(previous)
+            upgrade = current is not None and current.name == wf.name
+        if default or upgrade or (default is None and previous is None):
             await self._store.put("default", wf.hash.encode())
             self._resolved.clear()
         self._cache[wf.hash] = wf

@@ -56,6 +56,11 @@ async def test_artifact_prints_any_artifact_of_a_run(nats_url: str, namespace: s
             assert code == 1 and "no artifact 'plan'" in err and "code, design" in err
             code, _, err = await cli("artifact", "nope", "design", **kw)
             assert code == 1 and "no workflow 'nope'" in err
+            # cancelling a run that has ended sends nothing and says so
+            before = len(await client.trail("a1"))
+            code, out, _ = await cli("cancel", "a1", **kw)
+            assert code == 0 and "had ended already (approved)" in out
+            assert len(await client.trail("a1")) == before
 
 
 async def test_retry_resumes_a_retryable_run_and_refuses_another(

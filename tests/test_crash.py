@@ -223,7 +223,8 @@ async def test_status_stops_saying_working_once_a_killed_workers_liveness_expire
     assert (status["role"], status["live"], status["working"]) == (
         "architect", False, "waiting for architect")
     assert text.stdout.decode().startswith(
-        f"after-kill: running; waiting: no architect is running in namespace {namespace}")
+        f"after-kill: running; waiting: no architect is running in namespace {namespace} "
+        "for workflow code-review")
 
 
 def ppid(pid: int) -> int:

@@ -14,7 +14,7 @@ from _team_helpers import GOAL, Priced, Script, path, team
 from swarmbus.agents import Swarm
 from swarmbus.agents.models import FunctionModel, Model, ModelRequest, ProviderServerError, Reply
 from swarmbus.bus import ConsumerSettings, RunNotRetryableError, SwarmClient
-from swarmbus.protocols import Limits, Resume, TaskRequest
+from swarmbus.protocols import Limits, Resume, TaskRequest, Work
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(90)]
 
@@ -75,9 +75,12 @@ async def test_a_step_that_failed_on_every_delivery_resumes_keeping_its_spend(
     assert result.total.priced_cost_usd == pytest.approx(0.03)
     assert len(architect.inner.requests) == 1  # the design was not made again
     assert status.result is not None and status.result.status == "approved"
-    # the design's work published again (by the client), then the marker of the resume
-    assert path(trail) == ["task", "design", "deadletter", "result", "design", "resume",
+    # the marker of the resume, then the design's work published again (by the client)
+    assert path(trail) == ["task", "design", "deadletter", "result", "resume", "design",
                            "implement", "result"]
+    again = [m for s in trail if s.headers.get("Swarm-Sender") == "client"
+             and isinstance(m := s.decode().message, Work)]
+    assert len(again) == 1 and again[0].usage is None  # counted once: the steps add up
     assert "RuntimeError" in failed.reason  # the last error is named, not only the count
 
 

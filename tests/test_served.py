@@ -173,3 +173,53 @@ def test_up_runs_a_step_served_by_code_and_names_a_role_it_will_not_run(
     said = capsys.readouterr()
     assert "role not run here" in said.out + said.err
     assert "coder" in said.out + said.err and "have no model" in said.out + said.err
+
+
+async def test_a_new_version_of_the_default_workflow_takes_over_as_an_upgrade(
+    nats_url: str, namespace: str
+) -> None:
+    """Restarting on a changed file of the default workflow is an upgrade: new tasks that
+    name no workflow follow the new graph; another workflow never takes over unasked."""
+    old, new, other = workflow("essay", "write"), workflow("essay", "draft"), workflow(
+        "report", "write", writer="author")
+    seen = Seen()
+    with anyio.fail_after(40):
+        async with await SwarmClient.connect(nats_url, namespace=namespace) as client:
+            async with Swarm(seen.team(old, "old"), nats=nats_url, namespace=namespace,
+                             grace_s=3):
+                pass
+            async with Swarm(seen.team(other, "other"), nats=nats_url, namespace=namespace,
+                             grace_s=3):
+                pass
+            store = await WorkflowStore.open(client.bus)
+            assert await store.resolve(None) == old.hash  # another workflow: unchanged
+            async with Swarm(seen.team(new, "new"), nats=nats_url, namespace=namespace,
+                             grace_s=3):
+                await client.submit(TaskRequest(goal="u1"), workflow_id="u1")
+                result = await client.result("u1")
+            fresh = await WorkflowStore.open(client.bus)
+            assert await fresh.resolve(None) == new.hash
+    assert result.status == "approved" and result.workflow == new.hash
+
+
+def test_a_step_model_given_as_a_spec_or_a_chain_is_built_from_it() -> None:
+    """`model:` in a step may be a name, a spec or a fallback chain, as the README says:
+    the step agent builds it from the typed config, not from the file's raw mapping."""
+    from swarmbus.agents.models import FallbackSpec, ModelSpec
+    from swarmbus.agents.workflow import StepAgent, Workflows
+
+    built: list[Any] = []
+
+    def build(config: Any) -> Model:
+        built.append(config)
+        return FunctionModel(lambda r: Text(text="x"), name="t:built")
+
+    spec = Workflow.parse({"name": "m", "artifacts": {"a": "swarmbus.Text"}, "steps": [
+        {"id": "one", "role": "writer", "output": "a",
+         "model": {"name": "openai:gpt-4o", "base_url": "http://127.0.0.1:9/v1"}},
+        {"id": "two", "role": "writer", "input": "a", "output": "a",
+         "model": {"fallback": ["openai:gpt-4o", "anthropic:claude-haiku-4-5"]}},
+    ]})
+    StepAgent("writer", workflows=Workflows(compile_workflow(spec)), build=build)
+    assert isinstance(built[0], ModelSpec) and built[0].base_url == "http://127.0.0.1:9/v1"
+    assert isinstance(built[1], FallbackSpec) and len(built[1].fallback) == 2

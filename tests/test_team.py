@@ -314,7 +314,8 @@ async def test_status_names_a_role_nobody_runs(nats_url: str, namespace: str) ->
     assert status.working == "waiting for coder"
     assert (status.spent.calls, status.spent.unpriced_calls, status.spent.cost_usd) == (1, 1, None)
     assert render_status(status, namespace) == (
-        f"{wf}: running; waiting: no coder is running in namespace {namespace}, round 1, "
+        f"{wf}: running; waiting: no coder is running in namespace {namespace} for workflow "
+        "code-review, round 1, "
         f"{status.steps} messages, spent cost unknown")
 
 

@@ -135,3 +135,42 @@ def test_review_is_a_verdict_for_any_work() -> None:
     assert route_values(Review, "decision") == ["approve", "revise"]
     Review.model_validate({"decision": "revise", "summary": "too long", "findings": [
         {"severity": "minor", "explanation": "cut it", "target": "writer"}]})
+
+
+@pytest.mark.parametrize(("template", "words"), [
+    ("{{ inputs.goal.bar }}", "inputs.goal is text: it has no 'bar'"),
+    ("{{ round.x }}", "round is a plain value: it has no 'x'"),
+    ("{{ findings.y }}", "findings is a list of findings: it has no 'y'"),
+    ("{{ artifacts.draft.text.foo }}", "draft.text is not an object with fields"),
+    ("{{ role | nosuchfilter }}", "No filter named 'nosuchfilter'"),
+])
+def test_a_template_reading_past_a_plain_value_or_an_unknown_filter_is_refused(
+    template: str, words: str
+) -> None:
+    spec = wf("swarmbus.Review", {"approve": "end", "revise": {"to": "write", "max": 1}})
+    spec["steps"][1]["task"] = template
+    with pytest.raises(WorkflowError) as caught:
+        compile_workflow(Workflow.parse(spec))
+    assert any(words in p.message and p.path == "steps[1].task"
+               for p in caught.value.problems), caught.value.problems
+
+
+def test_the_seed_reviewer_runs_the_tests_and_cannot_approve_failing_ones() -> None:
+    """The short form's reviewer gets the built-in reviewer's prompt (which says it sees
+    the tests run) and its sandbox tool, so an approve of failing code is vetoed."""
+    from pathlib import Path
+
+    from swarmbus.agents.workflow import SandboxPytest, StepCall, load_workflow
+    from swarmbus.protocols import Code, SourceFile, TestReport, Verdict, WorkState
+
+    seed = load_workflow(Path(__file__).parent.parent / "examples/workflows/seed.yaml")
+    reviewer = seed.steps["reviewer"]
+    assert reviewer.tool_names == ["sandbox.pytest"]
+    assert "sandbox" in (reviewer.system or "")
+    call = StepCall(workflow=seed, step=reviewer, state=WorkState(
+        task=TaskRequest(goal="x"), test_report=TestReport(exit_code=1, passed=1, failed=1)),
+        inputs={"code": Code(files=[SourceFile(path="a.py", content="")])}, previous=None,
+        output_type=Verdict, model=None, settings=None, ctx=None)  # type: ignore[arg-type]
+    out = SandboxPytest(None).after(  # type: ignore[arg-type]
+        call, Verdict(decision="approve", summary="looks fine"))
+    assert isinstance(out, Verdict) and out.decision == "revise_code"

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib.util
 import json
+import os
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -258,6 +260,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(e, SwarmbusError):
             print(f"error: {e}", file=sys.stderr)
             return 2
+        if isinstance(e, BrokenPipeError):  # `swarmbus trail ID | head`: the reader left
+            with contextlib.suppress(OSError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
         raise
 
 

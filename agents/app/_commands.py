@@ -234,10 +234,13 @@ async def cmd_trail(args: argparse.Namespace) -> int:
 async def cmd_cancel(args: argparse.Namespace) -> int:
     async with await client(config(args)) as c:
         try:
-            await c.cancel(args.workflow_id)
+            ended = await c.cancel(args.workflow_id)
         except UnknownWorkflowIdError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
+    if ended is not None:
+        print(f"{args.workflow_id} had ended already ({ended.status}): nothing to cancel")
+        return 0
     print(f"cancel requested for {args.workflow_id}: it ends within about a second, with "
           "its best attempt")
     return 0

@@ -168,7 +168,9 @@ def usage_line(u: Usage) -> str:
 def render_result(workflow_id: str, r: TaskResult) -> str:
     lines = [f"{workflow_id}: {r.status}" + (f" ({r.reason})" if r.reason else "")]
     routes = ", ".join(f"{k} {v}" for k, v in sorted(r.routes.items())) or "none"
-    lines.append(f"  rounds {r.rounds}, steps {r.steps}, send-backs: {routes}")
+    backs = ", ".join(f"{k} {v}" for k, v in sorted(r.send_backs.items())) or "none"
+    lines.append(f"  rounds {r.rounds}, steps {r.steps}, routes taken: {routes}; "
+                 f"sent back to: {backs}")
     for role, u in sorted(r.spend.items()):
         lines.append(f"  {role:<10} {usage_line(u)}")
     lines.append(f"  total      {usage_line(r.total)}")
@@ -190,7 +192,9 @@ def _doing(st: WorkflowStatus, namespace: str) -> str:
     if st.stalled:
         return f"stalled: {st.stalled}" + (f" ({st.role} holds its work)" if st.role else "")
     if st.live is False:
-        return f"waiting: no {st.role} is running in namespace {namespace}"
+        of = st.consumer.partition("@")[2]
+        return (f"waiting: no {st.role} is running in namespace {namespace}"
+                + (f" for workflow {of}" if of else ""))
     if st.role:
         return f"{st.role} working" + (f" on {st.step}" if st.step else "")
     if st.last_topic == topics.TASK and not st.workflow:

@@ -11,6 +11,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from pydantic import ValidationError
 
+from swarmbus.bus import scrub_bytes
 from swarmbus.protocols import Provenance, Usage
 
 from ._base import Model, ModelRequest, ModelResponse, T
@@ -138,7 +139,9 @@ class CachedModel(Model):
             "paid": paid.model_dump(mode="json"),
         }
         try:
-            await self.store.put(key, json.dumps(entry).encode())
+            # The cache is stored like a message: no configured secret in it, whatever a
+            # model echoed (a hit then serves what the stream would have held anyway).
+            await self.store.put(key, scrub_bytes(json.dumps(entry).encode()))
         except Exception as exc:
             log.warning("model cache put failed for %s: %r", self.name, exc)
         return replace(response)

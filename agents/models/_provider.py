@@ -44,7 +44,10 @@ __all__ = [
     "usage_of",
 ]
 
-DEFAULT_MAX_RETRIES = 1
+DEFAULT_MAX_RETRIES = 0
+"""The SDKs' own retries: none. A step retries transient failures itself, after the
+provider's Retry-After, for as long as its run's deadline allows, where a cancel and the
+deadline can reach the wait and the last error is named (an SDK's wait is silent)."""
 
 CHARS_PER_TOKEN = 4
 """The estimate for a reply without usage figures: one token per 4 characters of

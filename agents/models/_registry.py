@@ -48,7 +48,8 @@ class ModelSpec(BaseModel):
         None, gt=0, description="Per-call timeout; overrides the request's when set."
     )
     max_retries: int = Field(
-        1, ge=0, le=10, description="SDK retries of 429 / 5xx / timeouts before giving up."
+        0, ge=0, le=10, description="The SDK's own retries of 429 / 5xx / timeouts (a step "
+        "retries transient failures itself, within its run's deadline)."
     )
     price: Price | None = Field(None, description="Overrides the price table for this model.")
     structured_output: Literal["auto", "native", "tool"] = Field(

@@ -119,8 +119,10 @@ class StepCall:
                 if permanent(e) or run is None:
                     raise
                 attempt += 1
-                delay = max(self.retry_delay(attempt),
-                            float(getattr(e, "retry_after_s", None) or 0.0))
+                # The provider's Retry-After when it gave one, else our doubling delay.
+                asked = getattr(e, "retry_after_s", None)
+                delay = float(asked) if asked else self.retry_delay(attempt)
+                run.last_error = f"{self.model.name}: {str(e)[:300]}"
                 left = run.time_left_s()
                 if left is not None and delay >= left:
                     raise LimitReached(

@@ -7,8 +7,8 @@ self-contained. Every fault names the file, the path in it and what to change.
 
 from __future__ import annotations
 
-import difflib
 import importlib
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -32,7 +32,8 @@ from swarmbus.protocols import (
 
 from .._yaml import load_yaml, yaml_problem
 from ..models import ModelConfig, UnknownModelError, check_model, qualify_model_name
-from ._prompt import template_paths, template_problems
+from ._checks import template_path_problems, tool_problems
+from ._prompt import template_problems
 
 __all__ = [
     "BUILTIN_PREFIX",
@@ -126,10 +127,16 @@ def _prompt_text(rel: str, folder: Path | None) -> str:
 def load_workflow(source: str | Path) -> CompiledWorkflow:
     """Load, complete and check a workflow file, or ``builtin:<name>``.
 
-    Raises ``WorkflowError`` (a ``ConfigError``) listing every problem with its
-    path in the file.
+    The import paths it names (``agent: pkg.module:Class``, ``pkg.module:Model``
+    types) are found as Python finds them, and also below the current directory and
+    the file's own folder (added to the end of ``sys.path``). Raises
+    ``WorkflowError`` (a ``ConfigError``) listing every problem with its path in the
+    file.
     """
     data, name, folder, shown = _read(str(source))
+    for where in (Path.cwd(), folder):
+        if where is not None and str(where.resolve()) not in sys.path:
+            sys.path.append(str(where.resolve()))
     spec = Workflow.parse(data, default_name=name, source=shown)
     return compile_workflow(spec, folder=folder, source=shown)
 
@@ -185,9 +192,9 @@ def compile_workflow(
             problems.append(Problem(f"artifacts.{art}", str(e)))
     spec = _preset_routes(spec, types)
     problems += check(spec, types)
-    problems += _tool_problems(spec, types)
+    problems += tool_problems(spec, types)
     if not problems:  # the paths taken to a step need a graph that checks
-        problems += _template_path_problems(spec, types)
+        problems += template_path_problems(spec, types)
     if problems:
         raise WorkflowError(source or spec.name, problems)
     return CompiledWorkflow(spec, types)
@@ -203,7 +210,10 @@ def _preset_routes(spec: Workflow, types: Mapping[str, type[BaseModel]]) -> Work
     the built-in team's: ``approve`` goes on (to the next step, or ends the run),
     ``revise_code`` back to the step that produced its code input and
     ``revise_design`` back to the one that produced its design input (each capped by
-    ``PRESET_CAPS``; the input's own author when it has only one input)."""
+    ``PRESET_CAPS``; the input's own author when it has only one input); and, when it
+    reviews code and names no tools, the built-in reviewer's ``sandbox.pytest`` (its
+    prompt says it sees the tests run, and the tool never lets it approve failing
+    ones)."""
     from swarmbus.protocols import Code, Design, Verdict
 
     wf = CompiledWorkflow(spec, types)
@@ -227,7 +237,12 @@ def _preset_routes(spec: Workflow, types: Mapping[str, type[BaseModel]]) -> Work
         routes = {"approve": {"to": wf.successor(step.id)},
                   "revise_code": {"to": code, "max": PRESET_CAPS["revise_code"]},
                   "revise_design": {"to": design, "max": PRESET_CAPS["revise_design"]}}
-        steps.append(StepSpec.model_validate({**step.model_dump(), "routes": routes}))
+        update: dict[str, Any] = {"routes": routes}
+        reviews_code = any(isinstance(types.get(n), type) and issubclass(types[n], Code)
+                           for n in step.input)
+        if reviews_code and not step.tools:
+            update["tools"] = ["sandbox.pytest"]
+        steps.append(StepSpec.model_validate({**step.model_dump(), **update}))
     return spec.model_copy(update={"steps": steps})
 
 
@@ -313,90 +328,3 @@ def _agent_problem(path: str) -> str:
     if not (isinstance(cls, type) and issubclass(cls, StepAgent)):
         return f"{path!r} is not a StepAgent subclass (override its `perform`)"
     return ""
-
-
-def _tool_problems(spec: Workflow, types: Mapping[str, type[BaseModel]]) -> list[Problem]:
-    """``sandbox.pytest`` needs a code input to test and, on a step with routes, a route
-    to send failing code back on (``on_fail``) and approving values that are routes."""
-    from swarmbus.protocols import Code
-
-    from ._tools import send_back_value
-
-    wf = CompiledWorkflow(spec, types)
-    out = []
-    for i, step in enumerate(spec.steps):
-        tool = step.tool("sandbox.pytest")
-        if tool is None:
-            continue
-        code = next((n for n in step.input if isinstance(types.get(n), type)
-                     and issubclass(types[n], Code)), None)
-        if code is None:
-            out.append(Problem(f"steps[{i}].tools", "sandbox.pytest runs the tests of a code "
-                               "input: give the step an input of type swarmbus.Code"))
-            continue
-        if not step.routes:
-            continue
-        on_fail = tool.on_fail or send_back_value(wf, step, code)
-        if on_fail is None:
-            out.append(Problem(f"steps[{i}].tools", f"sandbox.pytest sends failing code back, "
-                               f"but no route of step {step.id!r} goes to the step that "
-                               f"produces {code!r}: add one, or give the tool `on_fail`"))
-        elif on_fail not in step.routes:
-            out.append(Problem(f"steps[{i}].tools", f"on_fail {on_fail!r} is not a route of "
-                               f"step {step.id!r} ({', '.join(step.routes)})"))
-        for value in tool.approve or []:
-            if value not in step.routes:
-                out.append(Problem(f"steps[{i}].tools", f"approve {value!r} is not a route of "
-                                   f"step {step.id!r} ({', '.join(step.routes)})"))
-    return out
-
-
-def _template_path_problems(
-    spec: Workflow, types: Mapping[str, type[BaseModel]]
-) -> list[Problem]:
-    """Every name a step's templates read exists whenever the step runs: ``inputs.X`` is
-    the goal, the constraints, the language or a declared input; ``artifacts.X`` is an
-    artifact produced on every path to the step, and ``artifacts.X.F`` a field of its
-    type. A near name is suggested."""
-    from swarmbus.protocols import TASK_FIELDS, available_artifacts
-
-    wf = CompiledWorkflow(spec, types)
-    available = available_artifacts(wf)
-    inputs = [*sorted(TASK_FIELDS), *spec.inputs]
-    out: list[Problem] = []
-    for i, step in enumerate(spec.steps):
-        for key, text in (("task", step.task), ("prompt", step.system or "")):
-            if "{" not in text:
-                continue
-            for path in template_paths(text):
-                where, shown = f"steps[{i}].{key}", "{{ " + ".".join(path) + " }}"
-                if path[0] == "inputs" and len(path) > 1 and path[1] not in inputs:
-                    out.append(Problem(where, f"{shown}: no input {path[1]!r}"
-                                       f"{_near(path[1], inputs)}; inputs are "
-                                       f"{', '.join(inputs)}"))
-                if path[0] != "artifacts" or len(path) < 2:
-                    continue
-                name = path[1]
-                if name not in spec.artifacts:
-                    known = list(spec.artifacts)
-                    out.append(Problem(where, f"{shown}: no artifact {name!r}"
-                                       f"{_near(name, known)}; artifacts are "
-                                       f"{', '.join(known) or 'none'}"))
-                    continue
-                if name not in available[step.id]:
-                    out.append(Problem(where, f"{shown}: artifact {name!r} is not produced on "
-                                       f"every path to step {step.id!r} (the first time it "
-                                       "runs, at least)"))
-                    continue
-                type_ = types.get(name)
-                if len(path) > 2 and type_ is not None and path[2] not in type_.model_fields:
-                    fields = list(type_.model_fields)
-                    out.append(Problem(where, f"{shown}: {type_.__name__} has no field "
-                                       f"{path[2]!r}{_near(path[2], fields)}; its fields are "
-                                       f"{', '.join(fields)}"))
-    return out
-
-
-def _near(name: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(name, known, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -48,6 +48,7 @@ def template_problems(text: str) -> list[str]:
     """Syntax errors and names a template uses that no step context defines."""
     try:
         parsed = _env.parse(text)
+        _env.from_string(text)  # an unknown filter or test fails here, not in parse
     except TemplateError as e:
         return [f"template error: {e}"]
     unknown = sorted(meta.find_undeclared_variables(parsed) - TEMPLATE_NAMES)

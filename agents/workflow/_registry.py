@@ -20,8 +20,9 @@ class Workflows:
     namespace's store and compiled once.
 
     ``make_default``: True makes ``default`` the namespace's default workflow (what a
-    task that names none follows), None only when the namespace has none yet (the
-    default changes only when asked), False never. One instance serves every step
+    task that names none follows); None only when the namespace has none yet, or when
+    the default is another version of the same workflow (an upgrade), so another
+    workflow's default changes only when asked; False never. One instance serves every step
     agent of a process (``setup`` is idempotent).
     """
 
@@ -38,10 +39,17 @@ class Workflows:
             return
         self._store = await WorkflowStore.open(bus)
         previous = await self._store.put(self.default, default=self.make_default)
-        if self.make_default and previous and previous != self.default.hash:
+        now = await self._store.resolve(None)
+        if previous and previous != now and now == self.default.hash:
             old = await self._store.get(previous)
             log.warning("namespace default workflow changed", namespace=bus.namespace,
                         old=old.label if old else previous, new=self.default.label)
+        elif now != self.default.hash:
+            current = await self._store.get(now) if now else None
+            log.info("this workflow is not the namespace's default: tasks that name none "
+                     "follow the default (swarmbus up --make-default takes it over)",
+                     namespace=bus.namespace, workflow=self.default.label,
+                     default=current.label if current else now)
         stored = await self._store.versions(self.default.name)
         self.versions = [self.default, *(w for w in stored if w.hash != self.default.hash)]
 

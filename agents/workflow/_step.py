@@ -16,7 +16,7 @@ from typing import Any
 
 import anyio
 import structlog
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from swarmbus.bus import (
     DEADLINE_HEADER,
@@ -71,6 +71,7 @@ __all__ = ["StepAgent", "StepCall"]
 log = structlog.get_logger("swarmbus.workflow")
 
 _CACHE_BUCKET = "responses"
+MODEL_CONFIG: TypeAdapter[ModelConfig] = TypeAdapter(ModelConfig)
 INLINE_BYTES = 128 * 1024
 """Artifacts larger than this (as JSON) travel by reference (the object store)."""
 MAX_ARTIFACT_BYTES = 16 * 1024 * 1024
@@ -129,7 +130,9 @@ class StepAgent(Agent):
 
     @property
     def model_name(self) -> str:
-        return self.model.name if self.model is not None else ""
+        """The role's model and its steps' own, as announced (``swarmbus agents``)."""
+        names = [m.name for m in (self.model, *self._step_models.values()) if m is not None]
+        return ", ".join(dict.fromkeys(names))
 
     @property
     def durable(self) -> str:
@@ -192,7 +195,8 @@ class StepAgent(Agent):
         key = json.dumps(step.model, sort_keys=True)
         model = self._step_models.get(key)
         if model is None:
-            model = self.build(step.model)  # type: ignore[arg-type]
+            # A step's model is JSON in the file: a name, a spec or a fallback chain.
+            model = self.build(MODEL_CONFIG.validate_python(step.model))
             if self._cache_store is not None:
                 model = CachedModel(model, self._cache_store, ttl_s=self.cache_ttl_s)
             self._step_models[key] = model
@@ -208,10 +212,8 @@ class StepAgent(Agent):
         if not await self._first_task(task, ctx):
             return
         state = start_state(task, wf, ctx)
-        async with anyio.create_task_group() as tg:
-            # Scheduling the deadline is off the first step's path (a publish and its ack).
-            tg.start_soon(arm_deadline, ctx, state, wf.hash)
-            await self.guards.run(ctx, state, lambda: self._run(ctx, wf, wf.entry, state, task))
+        await arm_deadline(ctx, state, wf.hash)
+        await self.guards.run(ctx, state, lambda: self._run(ctx, wf, wf.entry, state, task))
 
     async def on_work(self, work: Work, ctx: Context[Work]) -> None:
         ref = work.state.workflow or ctx.envelope.workflow
@@ -441,8 +443,10 @@ async def arm_deadline(ctx: Context[Any], state: WorkState, workflow: str) -> No
     try:
         meta = Meta(deadline_msg_id(ctx.workflow_id, deadline), sender=ctx.agent,
                     workflow=workflow)
+        # Not awaiting the ack keeps it off the first step's path; the task was stored
+        # a moment ago, so the store takes it (and this agent bounds the step itself).
         await ctx.bus.schedule(ctx.workflow_id, topics.DEADLINE_TIMER, Deadline(at=deadline),
-                               meta, at=deadline, target=topics.DEADLINE)
+                               meta, at=deadline, target=topics.DEADLINE, confirm=False)
     except SwarmbusError as e:  # the run goes on; agents still cut it at the deadline
         ctx.log.warning("could not schedule the deadline", error=str(e)[:300])
 

@@ -87,3 +87,24 @@ async def test_in_a_jetstream_bucket(nats_url: str, namespace: str) -> None:
 def test_build_model_wraps_in_cache(fake_keys: str) -> None:
     model = build_model("openai:gpt-4o", cache=MemoryStore(), cache_ttl_s=10)
     assert isinstance(model, CachedModel) and model.ttl_s == 10 and model.name == "openai:gpt-4o"
+
+
+async def test_no_configured_secret_is_stored_in_the_cache() -> None:
+    """A model that echoes a key in its answer: the cache entry (stored in the
+    namespace's bucket, on disk) holds the mask, as every message does."""
+    from swarmbus.agents.models import FunctionModel, MemoryStore, ModelRequest
+    from swarmbus.bus import MASK, register_secret
+    from swarmbus.protocols import Text
+
+    secret = "sk-cache-test-0123456789abcdefghij"
+    register_secret(secret, source="TEST_CACHE_KEY")
+
+    def echo(request: ModelRequest[Text]) -> Text:
+        return Text(text=f"the key is {secret}")
+
+    store = MemoryStore()
+    model = CachedModel(FunctionModel(echo, name="t:echo"), store)
+    request = ModelRequest(system="s", messages=(), output_type=Text)
+    await model.complete(request)
+    (raw,) = store.data.values()
+    assert secret.encode() not in raw and MASK.encode() in raw
