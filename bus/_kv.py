@@ -36,6 +36,7 @@ log = structlog.get_logger("swarmbus.bus")
 
 
 _STREAM_NOT_FOUND = 10059
+_WRONG_LAST_SEQUENCE = 10071
 
 
 def _bucket_gone(e: BaseException) -> bool:
@@ -87,6 +88,35 @@ class KeyValueStore:
                 continue
             return entry.value
         return None  # pragma: no cover - the loop returns or raises
+
+    async def entry(self, key: str) -> tuple[bytes, int] | None:
+        """The value of ``key`` and its revision (for ``swap``), or None when it has none."""
+        for attempt in (0, 1):
+            try:
+                entry = await self._kv.get(key)
+            except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+                return None
+            except nats.errors.Error as e:
+                if attempt or not await self._heal(e):
+                    raise
+                continue
+            return entry.value or b"", int(entry.revision or 0)
+        return None  # pragma: no cover - the loop returns or raises
+
+    async def swap(self, key: str, value: bytes, revision: int) -> int | None:
+        """Compare-and-set: store ``value`` only if ``key`` is still at ``revision`` (0:
+        only if it has no value yet). Returns the new revision, or None when another
+        writer came first (read it again and retry)."""
+        try:
+            if revision == 0:
+                return int(await self._kv.create(key, value))
+            return int(await self._kv.update(key, value, last=revision))
+        except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.KeyNotFoundError):
+            return None
+        except nats.js.errors.APIError as e:
+            if e.err_code == _WRONG_LAST_SEQUENCE:
+                return None
+            raise
 
     async def put(self, key: str, value: bytes) -> None:
         """Raises ``StoreUnavailableError`` when the server cannot store it now."""

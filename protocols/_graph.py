@@ -25,6 +25,7 @@ __all__ = [
     "Goto",
     "available_artifacts",
     "check",
+    "list_item_type",
     "literal_values",
     "route",
     "route_key",
@@ -219,11 +220,90 @@ def check(spec: Workflow, types: Mapping[str, type[BaseModel]]) -> list[Problem]
     if spec.steps[0].input:
         problems.append(Problem("steps[0].input", "the first step runs on the task alone: "
                                 "it can have no input artifacts"))
+    problems += _check_fanouts(wf, index, types)
     if problems:
         return problems  # the graph analyses below need valid targets
     problems += _check_cycles(wf, index)
     problems += _check_reach_and_inputs(wf, index)
     return problems
+
+
+def list_item_type(model: type[BaseModel] | None, field_name: str) -> Any:
+    """The item type of ``model.field_name`` when it is a list (``Any`` for an untyped
+    list), else None (no such field, or not a list)."""
+    if model is None or field_name not in model.model_fields:
+        return None
+    annotation = _unwrap(model.model_fields[field_name].annotation)
+    if annotation is list:
+        return Any
+    if typing.get_origin(annotation) is list:
+        args = typing.get_args(annotation)
+        return args[0] if args else Any
+    return None
+
+
+def _check_fanouts(wf: CompiledWorkflow, index: Mapping[str, int],
+                   types: Mapping[str, type[BaseModel]]) -> list[Problem]:
+    """``for_each`` names a list field of an artifact, the step has no routes and is
+    joined by exactly one step, ``join`` names a ``for_each`` step, and the fan-out's
+    own keys appear only on fan-out (or join) steps."""
+    out: list[Problem] = []
+    joined: dict[str, list[str]] = {}
+    for s in wf.spec.steps:
+        if s.join is not None:
+            joined.setdefault(s.join, []).append(s.id)
+    for s in wf.spec.steps:
+        at = f"steps[{index[s.id]}]"
+        if s.for_each is None:
+            for key, value in (("max_parallel", s.max_parallel), ("max_items", s.max_items)):
+                if value is not None:
+                    out.append(Problem(f"{at}.{key}", f"`{key}` applies to a step with "
+                                       "`for_each`"))
+            if s.as_ != "item":
+                out.append(Problem(f"{at}.as", "`as` names the item of a step with `for_each`"))
+        else:
+            art, _, list_field = s.for_each.partition(".")
+            if s.id == wf.entry.id:
+                out.append(Problem(f"{at}.for_each", "the first step runs on the task alone: "
+                                   "it cannot run for each item of an artifact"))
+            if art not in wf.spec.artifacts:
+                out.append(Problem(f"{at}.for_each", f"no artifact {art!r}; artifacts are "
+                                   f"{', '.join(wf.spec.artifacts) or 'none'}"))
+            elif art in types and list_item_type(types[art], list_field) is None:
+                fields = ", ".join(f for f in types[art].model_fields
+                                   if list_item_type(types[art], f) is not None)
+                out.append(Problem(f"{at}.for_each", f"{types[art].__name__}.{list_field} is "
+                                   f"not a list field (its list fields: {fields or 'none'})"))
+            if s.as_ in ("inputs", "artifacts", "findings", "round", "role", "step"):
+                out.append(Problem(f"{at}.as", f"{s.as_!r} is a template name of every step: "
+                                   "name the item otherwise"))
+            if s.routes:
+                out.append(Problem(f"{at}.routes", "a step with `for_each` goes to the step that "
+                                   "joins it: it cannot have `routes` (route at the join)"))
+            names = joined.get(s.id, [])
+            if not names:
+                out.append(Problem(f"{at}.for_each", f"no step joins {s.id!r}: add a step with "
+                                   f"`join: {s.id}` after it"))
+            elif len(names) > 1:
+                out.append(Problem(f"{at}.for_each", f"steps {', '.join(names)} all join "
+                                   f"{s.id!r}: one step joins a fan-out"))
+            elif s.next is not None and s.next != names[0]:
+                out.append(Problem(f"{at}.next", f"a fan-out step goes to the step that joins "
+                                   f"it ({names[0]!r}), not {s.next!r}"))
+            if not s.output:
+                out.append(Problem(f"{at}.output", "a step with `for_each` needs an `output`: "
+                                   "the join reads each item's result under its name"))
+        if s.join is not None:
+            target = wf.steps.get(s.join)
+            if target is None or target.for_each is None:
+                fanouts = [f.id for f in wf.spec.steps if f.for_each is not None]
+                out.append(Problem(f"{at}.join", f"{s.join!r} is not a step with `for_each` "
+                                   f"(those are: {', '.join(fanouts) or 'none'})"))
+            elif s.join == s.id:
+                out.append(Problem(f"{at}.join", "a step cannot join itself"))
+        elif s.min_ok is not None:
+            out.append(Problem(f"{at}.min_ok", "`min_ok` applies to a step with `join`"))
+    return out
 
 
 def _check_routes(s: StepSpec, at: str, output: type[BaseModel] | None) -> list[Problem]:
@@ -349,7 +429,9 @@ def _check_reach_and_inputs(wf: CompiledWorkflow, index: Mapping[str, int]) -> l
     every: set[str] = {s.output for s in wf.spec.steps if s.output}
     avail_in = available_artifacts(wf)
     for sid in reached:
-        for name in wf.steps[sid].input:
+        step = wf.steps[sid]
+        listed = [step.for_each.partition(".")[0]] if step.for_each else []
+        for name in [*step.input, *listed]:
             if name in every and name not in avail_in[sid]:
                 problems.append(Problem(f"steps[{index[sid]}].input", f"{name!r} is not produced "
                                         f"on every path to {sid!r}"))

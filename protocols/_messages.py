@@ -14,6 +14,7 @@ from typing import Annotated, Literal, TypeVar
 from pydantic import BaseModel, Field, JsonValue
 
 from ._data import Code, Design, Finding, SourceFile, TestReport
+from ._fanout import WorkItem
 from ._registry import Message, message_type
 from ._topics import CANCEL, DEADLINE, DEADLINE_TIMER, RESUME
 from ._usage import Provenance, Usage, UtcDatetime, _Data
@@ -215,6 +216,8 @@ class Work(Message):
     edge: str = Field("", description="The route taken, '<step>.<route>', if any.")
     provenance: Provenance | None = Field(None, description="The producing step's model.")
     usage: Usage | None = Field(None, description="What the producing step spent.")
+    item: WorkItem | None = Field(
+        None, description="The item of a fan-out this work runs (a for_each step's).")
 
 
 @message_type("swarmbus.TaskResult", topics=("result",))

@@ -170,9 +170,13 @@ class WorkflowLimits(BaseModel):
 
 
 class StepSpec(BaseModel):
-    """One step: a role runs it on a model, from named inputs to one named output."""
+    """One step: a role runs it on a model, from named inputs to one named output.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    A step with ``for_each`` runs once per item of a list (a fan-out); the step with
+    ``join`` naming it runs once every item has finished, with the items' results in
+    item order under the fan-out's output name (a ``Joined``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     id: str = Field(pattern=_NAME, description="Unique; the topic is step.<id>.")
     role: str = Field(pattern=_NAME, description="The agent type (durable consumer) serving it.")
@@ -194,6 +198,21 @@ class StepSpec(BaseModel):
     on_cap: Literal["end_best", "fail"] = Field(
         "end_best", description="A capped edge used up: end with the best attempt, or fail.")
     agent: str | None = Field(None, description="'pkg.module:Class' serving this step.")
+    for_each: str | None = Field(
+        None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}\.[A-Za-z_][A-Za-z0-9_]{0,63}$",
+        description="'<artifact>.<list field>': run this step once per item of the list.")
+    as_: str = Field("item", alias="as", pattern=_ARTIFACT,
+                     description="The item's name in this step's templates ({{ item.name }}).")
+    max_parallel: int | None = Field(
+        None, ge=1, description="Items in flight at once (default: all).")
+    max_items: int | None = Field(
+        None, ge=1, description="More items than this: the list goes back to its producer "
+        "with a finding.")
+    join: str | None = Field(
+        None, pattern=_NAME, description="A for_each step: run once all its items finished.")
+    min_ok: int | None = Field(
+        None, ge=0, description="Items that must succeed for the join to run (default: all); "
+        "the others are named as findings.")
 
     @field_validator("input", mode="before")
     @classmethod
@@ -374,8 +393,11 @@ class CompiledWorkflow:
         return self.spec.steps[0]
 
     def successor(self, step_id: str) -> str:
-        """Where a step without routes goes: its ``next``, else the following step, else end."""
+        """Where a step without routes goes: its ``next``, else the following step, else end
+        (a fan-out step: the step that joins it)."""
         step = self.steps[step_id]
+        if step.for_each is not None and step.next is None and step_id in self.joins:
+            return self.joins[step_id]
         if step.next is not None:
             return step.next
         order = [s.id for s in self.spec.steps]
@@ -429,6 +451,23 @@ class CompiledWorkflow:
     def to_json(self) -> str:
         """The stored form: the spec (prompts inlined) and its artifact type names."""
         return self.spec.canonical_json()
+
+    @cached_property
+    def joins(self) -> dict[str, str]:
+        """Fan-out step id -> the id of the step that joins it."""
+        return {s.join: s.id for s in self.spec.steps if s.join is not None}
+
+    @cached_property
+    def read_types(self) -> dict[str, type[BaseModel]]:
+        """Artifact name -> its type as the run's state holds it: a fan-out step's output
+        is its items' results, ``Joined[<type>]``; any other artifact its own type."""
+        from ._fanout import Joined
+
+        out = dict(self.types)
+        for s in self.spec.steps:
+            if s.for_each is not None and s.output and s.output in self.types:
+                out[s.output] = Joined[self.types[s.output]]  # type: ignore[name-defined]
+        return out
 
 
 def initial_state(

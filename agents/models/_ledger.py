@@ -151,7 +151,8 @@ class Ledger:
 
     __slots__ = (
         "_booked", "_carry_taken", "_taken", "_total", "_usage", "budget_usd", "carried",
-        "check", "persist", "records", "redelivery", "scope", "spent_before", "stopped",
+        "check", "persist", "records", "redelivery", "scope", "share", "spent_before",
+        "stopped",
     )
 
     def __init__(
@@ -171,7 +172,12 @@ class Ledger:
         self.budget_usd = budget_usd
         self.persist = persist
         self.spent_before = spent_before or Usage()
-        """What the workflow spent before this ledger (for budget checks)."""
+        """What the workflow spent before this ledger (for budget checks); a fan-out's
+        item adds what its siblings booked so far (``see_spent``)."""
+        self.share = 1
+        """How many ledgers may spend what is left at once (the items a fan-out runs in
+        parallel): one call's worst case is fitted to ``left / share``, so calls in
+        flight at once never add up to more than is left."""
         self.carried = carried or Usage()
         self.records: list[Provenance] = []
         self._booked: list[Usage] = []  # what each record costs, in the same order
@@ -214,6 +220,7 @@ class Ledger:
                 + (f"; stopped before calling {model}" if model else ""))
         if bound is None:
             return None
+        left /= max(self.share, 1)
         fits = bound.affordable(left)
         if fits is None or fits >= bound.max_tokens:
             return None
@@ -221,7 +228,9 @@ class Ledger:
             worst = bound.worst_usd(min(MIN_OUTPUT_TOKENS, bound.max_tokens)) or 0.0
             raise LimitReached(
                 "budget_exceeded",
-                f"${left:.4f} of ${self.budget_usd:.4f} left; a call to {model} with "
+                f"${left:.4f} of ${self.budget_usd:.4f} left"
+                + (f" (this item's share: {self.share} run in parallel)" if self.share > 1
+                   else "") + f"; a call to {model} with "
                 f"{bound.input_tokens:,} input tokens at most could cost ${worst:.4f} before "
                 f"writing {min(MIN_OUTPUT_TOKENS, bound.max_tokens)} tokens: not made")
         return fits
@@ -266,6 +275,11 @@ class Ledger:
             new = Usage.sum(self._booked[self._taken:])
         self._taken = len(self.records)
         return new
+
+    def see_spent(self, before: Usage) -> None:
+        """Replace ``spent_before`` (the next check uses it)."""
+        self.spent_before = before
+        self._total = None
 
     @property
     def spent_usd(self) -> float:

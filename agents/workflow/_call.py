@@ -9,7 +9,15 @@ from typing import Any
 import anyio
 from pydantic import BaseModel
 
-from swarmbus.protocols import Code, CompiledWorkflow, ConfigError, Provenance, StepSpec, WorkState
+from swarmbus.protocols import (
+    Code,
+    CompiledWorkflow,
+    ConfigError,
+    Provenance,
+    StepSpec,
+    WorkItem,
+    WorkState,
+)
 
 from .._agent import Context
 from .._run import current_run
@@ -69,6 +77,8 @@ class StepCall:
     provenance: Provenance | None = None
     artifacts: Mapping[str, Any] | None = None
     retry_delay: Callable[[int], float] = field(default=_retry_delay)
+    item: WorkItem | None = None
+    """The item of a fan-out this call runs (a ``for_each`` step's), else None."""
 
     def producer_role(self, artifact: str) -> str:
         """The role of the step that produces ``artifact`` ('' if none)."""
@@ -81,9 +91,10 @@ class StepCall:
             isinstance(self.previous, Code) or issubclass(self.output_type, Code))
         user = render_work(self.step, self.state, self.inputs, self.previous,
                            show_report=show_report, all_findings=bool(self.step.routes),
-                           artifacts=self.artifacts)
+                           artifacts=self.artifacts, item=self.item)
         return ModelRequest(
-            system=render_system(self.step, self.state, artifacts=self.artifacts),
+            system=render_system(self.step, self.state, artifacts=self.artifacts,
+                                 item=self.item),
             messages=(ChatMessage(role="user", content=user),),
             output_type=self.output_type,
             settings=self.settings,

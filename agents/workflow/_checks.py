@@ -63,9 +63,10 @@ def template_path_problems(
     below them); ``round``, ``role`` and ``step`` are plain values; ``artifacts.X`` is
     an artifact produced on every path to the step, and each name after it a field
     of the type before it. A near name is suggested."""
-    from swarmbus.protocols import TASK_FIELDS, available_artifacts
+    from swarmbus.protocols import TASK_FIELDS, available_artifacts, list_item_type
 
     wf = CompiledWorkflow(spec, types)
+    read = wf.read_types
     available = available_artifacts(wf)
     inputs = [*sorted(TASK_FIELDS), *spec.inputs]
     out: list[Problem] = []
@@ -73,9 +74,14 @@ def template_path_problems(
         for key, text in (("task", step.task), ("prompt", step.system or "")):
             if "{" not in text:
                 continue
-            for path in template_paths(text):
+            extra = (step.as_,) if step.for_each else ()
+            for path in template_paths(text, extra):
                 where, shown = f"steps[{i}].{key}", "{{ " + ".".join(path) + " }}"
-                why = _path_problem(path, inputs, spec, types, available[step.id], step.id)
+                if extra and path[0] == step.as_:
+                    art, _, field = (step.for_each or "").partition(".")
+                    why = _field_problem(path, list_item_type(types.get(art), field))
+                else:
+                    why = _path_problem(path, inputs, spec, read, available[step.id], step.id)
                 if why:
                     out.append(Problem(where, f"{shown}: {why}"))
     return out
@@ -105,9 +111,16 @@ def _path_problem(path: tuple[str, ...], inputs: list[str], spec: Workflow,
     if name not in available:
         return (f"artifact {name!r} is not produced on every path to step {step!r} (the "
                 "first time it runs, at least)")
-    annotation: Any = types.get(name)
-    for depth, field_name in enumerate(path[2:], start=2):
-        owner = ".".join(path[1:depth])
+    return _field_problem(path[1:], types.get(name))
+
+
+def _field_problem(path: tuple[str, ...], annotation: Any) -> str:
+    """What is wrong with reading the fields ``path[1:]`` of a value of type
+    ``annotation`` (named ``path[0]``); '' when nothing is (or the type is unknown)."""
+    if annotation is None:
+        return ""
+    for depth, field_name in enumerate(path[1:], start=1):
+        owner = ".".join(path[:depth])
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             if typing.get_origin(annotation) in (dict, Mapping) or annotation is Any:
                 return ""  # any key may be there

@@ -168,7 +168,7 @@ def compile_workflow(
             except OSError as e:
                 problems.append(Problem(f"{at}.prompt", f"cannot read {prompt!r}: {e.strerror}"))
         for key, text in (("task", step.task), ("system", update.get("system", step.system))):
-            for why in template_problems(text or ""):
+            for why in template_problems(text or "", (step.as_,) if step.for_each else ()):
                 problems.append(Problem(f"{at}.{'prompt' if key == 'system' else key}", why))
         if step.model is not None:
             update["model"], why = _model(step.model)

@@ -2,7 +2,8 @@
 
 Templates are Jinja2 in a sandboxed environment with strict undefined names:
 ``{{ inputs.goal }}``, ``{{ inputs.<name> }}``, ``{{ artifacts.<name>.<field> }}``,
-``{{ findings }}``, ``{{ round }}``, ``{{ role }}``, ``{{ step }}``. Values are
+``{{ findings }}``, ``{{ round }}``, ``{{ role }}``, ``{{ step }}``, and in a
+``for_each`` step its item (``{{ item }}``, or the name its ``as`` gives). Values are
 inserted as text, never evaluated as templates. Hidden acceptance tests are
 never rendered.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from functools import lru_cache
 from typing import Any
 
@@ -19,7 +20,7 @@ from jinja2 import StrictUndefined, TemplateError, meta, nodes
 from jinja2.sandbox import SandboxedEnvironment
 from pydantic import BaseModel
 
-from swarmbus.protocols import Code, Finding, StepSpec, TestReport, WorkState
+from swarmbus.protocols import Code, Finding, Joined, StepSpec, TestReport, WorkItem, WorkState
 
 __all__ = [
     "TEMPLATE_NAMES",
@@ -44,21 +45,23 @@ def _template(text: str) -> Any:
     return _env.from_string(text)
 
 
-def template_problems(text: str) -> list[str]:
-    """Syntax errors and names a template uses that no step context defines."""
+def template_problems(text: str, extra: Collection[str] = ()) -> list[str]:
+    """Syntax errors and names a template uses that no step context defines (``extra``:
+    names this step's context adds, a fan-out's item)."""
     try:
         parsed = _env.parse(text)
         _env.from_string(text)  # an unknown filter or test fails here, not in parse
     except TemplateError as e:
         return [f"template error: {e}"]
-    unknown = sorted(meta.find_undeclared_variables(parsed) - TEMPLATE_NAMES)
+    known = TEMPLATE_NAMES | set(extra)
+    unknown = sorted(meta.find_undeclared_variables(parsed) - known)
     if unknown:
-        return [f"unknown template names {unknown}; use {sorted(TEMPLATE_NAMES)}"]
+        return [f"unknown template names {unknown}; use {sorted(known)}"]
     return []
 
 
 @lru_cache(maxsize=512)
-def template_paths(text: str) -> tuple[tuple[str, ...], ...]:
+def template_paths(text: str, extra: tuple[str, ...] = ()) -> tuple[tuple[str, ...], ...]:
     """The names a template reads, as paths: ``{{ artifacts.outline.summary }}`` is
     ``("artifacts", "outline", "summary")``, ``{{ inputs['goal'] }}`` is
     ``("inputs", "goal")``; only the longest path of each use, only names of
@@ -82,7 +85,8 @@ def template_paths(text: str) -> tuple[tuple[str, ...], ...]:
         path = chain(node) if isinstance(node, nodes.Name | nodes.Getattr | nodes.Getitem) \
             else None
         outer = isinstance(parent, nodes.Getattr | nodes.Getitem) and chain(parent) is not None
-        if path is not None and not outer and path[0] in TEMPLATE_NAMES and not (
+        if path is not None and not outer and (
+                path[0] in TEMPLATE_NAMES or path[0] in extra) and not (
                 isinstance(parent, nodes.Call) and parent.node is node):
             found.append(path)
         for child in node.iter_child_nodes():
@@ -92,33 +96,37 @@ def template_paths(text: str) -> tuple[tuple[str, ...], ...]:
     return tuple(dict.fromkeys(found))
 
 
-def _context(state: WorkState, step: StepSpec,
-             artifacts: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def _context(state: WorkState, step: StepSpec, artifacts: Mapping[str, Any] | None = None,
+             item: WorkItem | None = None) -> dict[str, Any]:
     task = state.task
     inputs = {"goal": task.goal, "constraints": task.constraints, "language": task.language,
               **task.inputs}
-    return {"inputs": inputs, "artifacts": state.artifacts if artifacts is None else artifacts,
-            "findings": state.findings, "round": state.round, "role": step.role,
-            "step": step.id}
+    out = {"inputs": inputs, "artifacts": state.artifacts if artifacts is None else artifacts,
+           "findings": state.findings, "round": state.round, "role": step.role,
+           "step": step.id}
+    if step.for_each is not None:
+        out[step.as_] = item.value if item is not None else None
+    return out
 
 
 def render(text: str, state: WorkState, step: StepSpec,
-           artifacts: Mapping[str, Any] | None = None) -> str:
+           artifacts: Mapping[str, Any] | None = None, item: WorkItem | None = None) -> str:
     """``text`` rendered for ``step`` (``artifacts``: every artifact as templates see it,
     references read; default ``state.artifacts``). Raises ``PromptError``."""
     if "{" not in text:  # most prompts are plain text: skip the template engine
         return text
     try:
-        return str(_template(text).render(_context(state, step, artifacts)))
+        return str(_template(text).render(_context(state, step, artifacts, item)))
     except Exception as e:  # a template fails the same way every time: never retried
         raise PromptError(f"step {step.id!r}: prompt template: {type(e).__name__}: {e}") from e
 
 
 def render_system(step: StepSpec, state: WorkState, *,
-                  artifacts: Mapping[str, Any] | None = None) -> str:
+                  artifacts: Mapping[str, Any] | None = None, item: WorkItem | None = None,
+                  ) -> str:
     """The step's system prompt (its ``prompt`` file or preset), rendered."""
     text = step.system or f"You are the {step.role} of a team of agents."
-    return render(text, state, step, artifacts)
+    return render(text, state, step, artifacts, item)
 
 
 def _block(title: str, body: str) -> str:
@@ -126,6 +134,11 @@ def _block(title: str, body: str) -> str:
 
 
 def _show(value: BaseModel) -> str:
+    if isinstance(value, Joined):
+        return "\n\n".join(
+            f"### Item {r.key}: " + (_show(r.value) if r.ok and isinstance(r.value, BaseModel)
+                                     else f"did not succeed ({r.reason})")
+            for r in value.items) or "(no items)"
     if isinstance(value, Code):
         files = "\n\n".join(f"### {f.path}\n```\n{f.content}\n```" for f in value.files)
         return files + (f"\n\nNotes: {value.notes}" if value.notes else "")
@@ -141,9 +154,11 @@ def render_work(
     show_report: bool,
     all_findings: bool,
     artifacts: Mapping[str, Any] | None = None,
+    item: WorkItem | None = None,
 ) -> str:
-    """The user message: goal and inputs, the step's instructions, its input
-    artifacts, its own previous output, the findings it must address, the facts."""
+    """The user message: goal and inputs, the step's instructions, its item (a
+    fan-out's), its input artifacts, its own previous output, the findings it must
+    address, the facts."""
     task = state.task
     parts = [_block("Goal", task.goal)]
     if task.constraints:
@@ -153,7 +168,10 @@ def render_work(
     for name, text in task.inputs.items():
         parts.append(_block(f"Input: {name}", text))
     if step.task:
-        parts.append(_block("Instructions", render(step.task, state, step, artifacts)))
+        parts.append(_block("Instructions", render(step.task, state, step, artifacts, item)))
+    if item is not None:
+        parts.append(_block(f"Your item: {item.key} ({item.index + 1} of {item.total})",
+                            json.dumps(item.value, indent=2)))
     for name, value in inputs.items():
         parts.append(_block(f"Current {name}", _show(value)))
     if previous is not None and step.output:

@@ -1,0 +1,297 @@
+"""Fan-out and join on NATS: items published once, completions recorded with
+compare-and-set, the join published by the one completion that finished the set.
+
+The pure part (which items run after which completion, when the set is
+complete) is ``swarmbus.protocols.FanoutPlan``. This module does the I/O:
+
+- ``start``: the step before a ``for_each`` step publishes the first items, each
+  with an id derived from the run, the fan-out and the item (``item_msg_id``);
+- ``record``: an item's result is stored under its own key, then its completion
+  is appended to the fan-out's record with compare-and-set (a duplicate finds
+  itself there and gets its old position back);
+- ``after``: the completion at position ``p`` publishes what position ``p``
+  released, and, if ``p`` finished the set, the join (``join_msg_id``). A
+  redelivery replays the same position, so it publishes the same ids again,
+  which the stream drops; the record's ``fired`` mark stops a replay after the
+  stream's duplicate window.
+
+Keys, in bucket ``joins`` (a week's TTL): ``<run>.<fanout>`` (the record),
+``<run>.<fanout>.i<index>`` (an item's result), ``<run>.<fanout>.s<index>``
+(what an item in flight has spent so far, read by its siblings' budget checks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from nats.aio.msg import Msg
+from pydantic import BaseModel
+
+from swarmbus.bus import Bus, KeyValueStore
+from swarmbus.protocols import (
+    CompiledWorkflow,
+    FanoutPlan,
+    Finding,
+    ItemResult,
+    Joined,
+    Meta,
+    Progress,
+    StepSpec,
+    Usage,
+    Work,
+    WorkItem,
+    WorkState,
+    fanout_key,
+    item_msg_id,
+    join_msg_id,
+)
+
+from .._agent import Context
+from ..models import Ledger
+
+__all__ = ["Fanouts", "Refused"]
+
+_BUCKET = "joins"
+_TTL_S = 7 * 24 * 3600.0
+DEFAULT_SEND_BACKS = 2
+"""How often a list is sent back to its producer (too many items, a bad dependency)
+when the task sets no send-back cap for that role."""
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A list the fan-out cannot run: it goes back to its producer with ``findings``."""
+
+    findings: list[Finding]
+
+
+Publish = Callable[[Work, str, str], Awaitable[None]]
+"""Publish work on a step's topic with a given ``Nats-Msg-Id``: (work, step id, msg id)."""
+
+
+class Fanouts:
+    """The fan-out side of a step agent: one per ``StepAgent``, opened in ``setup``."""
+
+    def __init__(self) -> None:
+        self.store: KeyValueStore | None = None
+        self.bus: Bus | None = None
+
+    async def setup(self, bus: Bus) -> None:
+        self.bus = bus
+        self.store = await bus.key_value(_BUCKET, ttl_s=_TTL_S)
+
+    # -- starting ---------------------------------------------------------------------------
+
+    @staticmethod
+    def items_of(step: StepSpec, listing: BaseModel | dict[str, Any]) -> list[Any]:
+        """The items of ``step``'s ``for_each`` list in ``listing`` (the artifact)."""
+        assert step.for_each is not None
+        field = step.for_each.partition(".")[2]
+        data = listing.model_dump(mode="json") if isinstance(listing, BaseModel) else listing
+        value = data.get(field)
+        return list(value) if isinstance(value, list) else []
+
+    @staticmethod
+    def check(step: StepSpec, items: list[Any], producer: str) -> tuple[FanoutPlan, Refused | None]:
+        """The plan for ``items``, or why they go back to ``producer`` (a role)."""
+        plan, problems = FanoutPlan.of(items, step.max_parallel)
+        if step.max_items is not None and len(items) > step.max_items:
+            problems.insert(0, f"{len(items)} items for step {step.id!r}, above its max_items "
+                            f"of {step.max_items}: merge some")
+        if not problems:
+            return plan, None
+        return plan, Refused([Finding(severity="major", location=step.for_each or "",
+                                      explanation=p, target=producer) for p in problems])
+
+    async def start(self, ctx: Context[Any], wf: CompiledWorkflow, step: StepSpec, work: Work,
+                    plan: FanoutPlan, items: list[Any], publish: Publish) -> None:
+        """Publish the first items of a fan-out of ``step`` for ``work`` (its state the
+        state every item starts from); with no items, the join at once."""
+        state = work.state
+        key = fanout_key(step.id, state.round, state.steps)
+        if not items:
+            joined = Joined[Any](items=[])
+            await self._publish_join(ctx, wf, step, work, key, joined, [], publish)
+            return
+        for i in plan.start():
+            await self._publish_item(ctx, step, work, key, plan, items, i, publish)
+
+    async def _publish_item(self, ctx: Context[Any], step: StepSpec, work: Work, key: str,
+                            plan: FanoutPlan, items: list[Any], i: int,
+                            publish: Publish) -> None:
+        item = WorkItem(fanout=key, index=i, total=plan.n, key=plan.keys[i], value=items[i])
+        out = work.model_copy(update={"item": item})
+        await publish(out, step.id, item_msg_id(ctx.workflow_id, key, i))
+
+    # -- one item ---------------------------------------------------------------------------
+
+    def _base(self, ctx: Context[Any], item: WorkItem) -> str:
+        return f"{ctx.workflow_id}.{item.fanout}"
+
+    async def position(self, ctx: Context[Any], item: WorkItem,
+                       ) -> tuple[int, list[tuple[int, bool]]] | None:
+        """Where this item's completion is in the record (and the record), or None when it
+        has not completed yet."""
+        done, _ = await self._record(self._base(ctx, item))
+        for p, (i, _ok) in enumerate(done):
+            if i == item.index:
+                return p, done
+        return None
+
+    async def _record(self, key: str) -> tuple[list[tuple[int, bool]], int]:
+        assert self.store is not None
+        got = await self.store.entry(key)
+        if got is None:
+            return [], 0
+        data = json.loads(got[0])
+        return [(int(i), bool(ok)) for i, ok in data.get("done", [])], got[1]
+
+    async def record(self, ctx: Context[Any], item: WorkItem, result: ItemResult[Any],
+                     ) -> tuple[int, list[tuple[int, bool]]]:
+        """Store ``result``, then append its completion to the record (compare-and-set;
+        a duplicate gets its earlier position). Returns (position, record)."""
+        assert self.store is not None
+        base = self._base(ctx, item)
+        await self.store.put(f"{base}.i{item.index}", result.model_dump_json().encode())
+        while True:
+            done, revision = await self._record(base)
+            for p, (i, _ok) in enumerate(done):
+                if i == item.index:
+                    return p, done
+            new = [*done, (item.index, result.ok)]
+            body = json.dumps({"done": new}).encode()
+            if await self.store.swap(base, body, revision) is not None:
+                return len(done), new
+
+    async def after(self, ctx: Context[Any], wf: CompiledWorkflow, step: StepSpec, work: Work,
+                    plan: FanoutPlan, items: list[Any], position: int,
+                    done: list[tuple[int, bool]], publish: Publish,
+                    fail: Callable[[WorkState, str], Awaitable[None]]) -> Progress:
+        """What completion ``position`` does: publish the items it released; if it
+        finished the set, the join (or ``fail`` with the joined state when fewer items
+        succeeded than the join's ``min_ok``)."""
+        item = work.item
+        assert item is not None
+        progress = plan.replay(done[:position + 1])
+        for i in progress.released:
+            await self._publish_item(ctx, step, work, item.fanout, plan, items, i, publish)
+        if progress.completed_at != position:
+            return progress
+        base = self._base(ctx, item)
+        assert self.store is not None
+        fired = await self.store.get(f"{base}.fired")
+        if fired is not None:
+            return progress  # published before, longer ago than the duplicate window
+        results = await self._results(base, plan, progress)
+        joined = Joined[Any](items=results)
+        join_step = wf.steps[wf.joins[step.id]]
+        need = join_step.min_ok if join_step.min_ok is not None else plan.n
+        if progress.ok < need:
+            state = self.joined_state(step, work.state, joined)
+            await fail(state, f"{progress.ok} of {plan.n} items of step {step.id!r} succeeded; "
+                       f"the join {join_step.id!r} needs {need} (min_ok)")
+            return progress
+        await self._publish_join(ctx, wf, step, work, item.fanout, joined, results, publish)
+        await self.store.put(f"{base}.fired", b"1")
+        return progress
+
+    async def _results(self, base: str, plan: FanoutPlan, progress: Progress,
+                       ) -> list[ItemResult[Any]]:
+        assert self.store is not None
+        out: list[ItemResult[Any]] = []
+        for i in range(plan.n):
+            raw = await self.store.get(f"{base}.i{i}")
+            if raw is not None:
+                out.append(ItemResult[Any].model_validate_json(raw))
+                continue
+            failed = sorted(plan.keys[d] for d in plan.deps[i] if not progress.finished.get(d))
+            out.append(ItemResult[Any](index=i, key=plan.keys[i], ok=False,
+                                       reason=f"skipped: depends on {', '.join(failed)}, "
+                                       "which did not succeed"))
+        return out
+
+    @staticmethod
+    def joined_state(step: StepSpec, state: WorkState, joined: Joined[Any]) -> WorkState:
+        """``state`` (as the fan-out started) with the items' results under the step's
+        output, their spend booked to the step's role, one step counted per item run,
+        and a finding for each item that did not succeed."""
+        out = state.model_copy(deep=True)
+        assert step.output is not None
+        out.artifacts[step.output] = joined.model_dump(mode="json")
+        spent = Usage.sum(r.usage for r in joined.items)
+        out.spend[step.role] = out.spend.get(step.role, Usage()) + spent
+        out.steps += sum(1 for r in joined.items if not r.reason.startswith("skipped"))
+        out.findings = [*out.findings, *(
+            Finding(severity="major", location=f"{step.id}[{r.key}]", target=step.role,
+                    explanation=r.reason or "failed") for r in joined.items if not r.ok)]
+        return out
+
+    async def _publish_join(self, ctx: Context[Any], wf: CompiledWorkflow, step: StepSpec,
+                            work: Work, key: str, joined: Joined[Any],
+                            results: list[ItemResult[Any]], publish: Publish) -> None:
+        state = self.joined_state(step, work.state, joined)
+        out = Work(state=state, source=step.id, output=step.output or "",
+                   edge=f"{step.id}.join", provenance=None,
+                   usage=Usage.sum(r.usage for r in results))
+        await publish(out, wf.joins[step.id], join_msg_id(ctx.workflow_id, key))
+
+    # -- the budget across items ------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def shared_budget(self, ctx: Context[Any], item: WorkItem, ledger: Ledger,
+                            before: Usage, parallel: int) -> AsyncIterator[dict[int, Usage]]:
+        """While an item runs: its ledger counts what its siblings booked so far (read
+        now, then kept current from the bucket's own messages), each paid call of its
+        own is stored for them, and one call's worst case is fitted to ``left /
+        parallel``. Yields the siblings' spend by index (what this item must add to
+        the run's spend if it ends the run)."""
+        assert self.store is not None and self.bus is not None
+        base = self._base(ctx, item)
+        siblings: dict[int, Usage] = {}
+
+        def seen() -> None:
+            ledger.see_spent(before + Usage.sum(siblings.values()))
+
+        def take(index: int, raw: bytes) -> None:
+            if index != item.index and raw:
+                with contextlib.suppress(ValueError):
+                    siblings[index] = Usage.model_validate_json(raw)
+                    seen()
+
+        async def on_update(msg: Msg) -> None:
+            token = msg.subject.rpartition(".")[2]
+            if token.startswith("s") and token[1:].isdigit():
+                take(int(token[1:]), msg.data)
+
+        sub = await self.bus.nc.subscribe(f"$KV.{self.store.bucket}.{base}.*", cb=on_update)
+        for j in range(item.total):
+            if j != item.index:
+                raw = await self.store.get(f"{base}.s{j}")
+                if raw:
+                    take(j, raw)
+        inner = ledger.persist
+        store = self.store
+
+        async def persist(usage: Usage) -> None:
+            if inner is not None:
+                await inner(usage)
+            await store.put(f"{base}.s{item.index}", usage.model_dump_json().encode())
+
+        ledger.persist = persist
+        ledger.share = max(1, min(parallel, item.total))
+        try:
+            yield siblings
+        finally:
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+
+def fanout_meta(ctx: Context[Any], msg_id: str, workflow: str, round: int) -> Meta:
+    """The metadata of a fan-out's message (an item's work, or the join's)."""
+    return Meta(msg_id, causation_id=ctx.envelope.msg_id, sender=ctx.agent, round=round,
+                workflow=workflow)
