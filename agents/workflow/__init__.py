@@ -5,6 +5,7 @@ runtime that runs any of them (one ``StepAgent`` per role, a ``Supervisor``).
 reviewer team; ``team(workflow, models=...)`` builds the agents that run one.
 """
 
+from ._fanout import Fanouts
 from ._load import (
     BUILTIN_PREFIX,
     DEFAULT_WORKFLOW,
@@ -30,6 +31,7 @@ __all__ = (
     "DEFAULT_WORKFLOW",
     "PRESETS",
     "AcceptanceRunner",
+    "Fanouts",
     "ModelCheck",
     "PromptError",
     "RolePreset",

@@ -101,7 +101,8 @@ def _context(state: WorkState, step: StepSpec, artifacts: Mapping[str, Any] | No
     task = state.task
     inputs = {"goal": task.goal, "constraints": task.constraints, "language": task.language,
               **task.inputs}
-    out = {"inputs": inputs, "artifacts": state.artifacts if artifacts is None else artifacts,
+    out: dict[str, Any] = {
+           "inputs": inputs, "artifacts": state.artifacts if artifacts is None else artifacts,
            "findings": state.findings, "round": state.round, "role": step.role,
            "step": step.id}
     if step.for_each is not None:
