@@ -46,6 +46,11 @@ def spec(**fanout: Any) -> dict[str, Any]:
                        "output": "whole"}]}
 
 
+def note(seen: list[str], text: str, answer: Any) -> Any:
+    seen.append(text)
+    return answer
+
+
 def user_text(request: Any) -> str:
     return "\n".join(str(m.content) for m in request.messages)
 
@@ -80,7 +85,7 @@ class Builder:
         return Text(text=f"built {name} from item {name}")
 
 
-async def run_fanout(fanout: dict[str, Any], parts: list[dict[str, Any]], builder: Builder,
+async def run_fanout(fanout: dict[str, Any], parts: list[Any], builder: Builder,
                      nats_url: str, namespace: str, *, seen: list[str] | None = None,
                      min_ok: int | None = None) -> Any:
     s = spec(**fanout)
@@ -254,13 +259,12 @@ async def test_a_duplicate_completion_neither_reruns_the_item_nor_fires_the_join
     compiled = compile_workflow(Workflow.parse(spec()))
     merged: list[str] = []
     republished = anyio.Event()
-    client_box: list[SwarmClient] = []
+    box: dict[str, Any] = {}
     builder = Builder({"a": 0.05, "b": 1.0})
 
     async def build(request: Any) -> Any:
         if "Build b" in user_text(request):
-            client = client_box[0]
-            wf_id = next(iter(client_box[1:]))  # type: ignore[call-overload]
+            client, wf_id = box["client"], box["wf_id"]
             for _ in range(100):  # a's completion is recorded first
                 done = [m for m in await item_messages(client, wf_id, "step.build")]
                 if len(done) >= 2:
@@ -277,7 +281,7 @@ async def test_a_duplicate_completion_neither_reruns_the_item_nor_fires_the_join
     models = {"planner": FunctionModel(
         lambda r: Plan(parts=[Part(name="a"), Part(name="b")]), name="t:planner"),
         "builder": FunctionModel(build, name="t:builder"),
-        "merger": FunctionModel(lambda r: merged.append(user_text(r)) or Text(text="m"),
+        "merger": FunctionModel(lambda r: note(merged, user_text(r), Text(text="m")),
                                 name="t:merger")}
     with anyio.fail_after(30):
         async with (
@@ -285,9 +289,9 @@ async def test_a_duplicate_completion_neither_reruns_the_item_nor_fires_the_join
                   namespace=namespace, grace_s=3),
             await SwarmClient.connect(nats_url, namespace=namespace) as client,
         ):
-            client_box.append(client)
+            box["client"] = client
             wf_id = await client.submit(TaskRequest(goal="build it"))
-            client_box.append(wf_id)  # type: ignore[arg-type]
+            box["wf_id"] = wf_id
             result = await client.result(wf_id)
             await anyio.sleep(0.5)  # time for a late second join to show
             joins = await item_messages(client, wf_id, "step.merge")
@@ -333,7 +337,7 @@ async def test_a_crash_after_each_completion_still_fires_the_join_exactly_once(
     parts = [Part(name="a"), Part(name="b", depends_on=["a"]), Part(name="c")]
     models = {"planner": FunctionModel(lambda r: Plan(parts=parts), name="t:planner"),
               "builder": FunctionModel(builder, name="t:builder"),
-              "merger": FunctionModel(lambda r: merged.append(user_text(r)) or Text(text="m"),
+              "merger": FunctionModel(lambda r: note(merged, user_text(r), Text(text="m")),
                                       name="t:merger")}
     fast = ConsumerSettings(retry_delay_s=0.05)
     with anyio.fail_after(30):
@@ -389,7 +393,8 @@ async def test_a_second_round_of_a_loop_is_a_new_set(nats_url: str, namespace: s
     assert len(merged) == 2
     assert "Item a" in merged[0] and "Item c" not in merged[0]
     assert "Item a" not in merged[1] and all(f"Item {k}" in merged[1] for k in "cde")
-    assert [i["key"] for i in result.artifacts["piece"]["items"]] == ["c", "d", "e"]
+    items: Any = result.artifacts["piece"]
+    assert [i["key"] for i in items["items"]] == ["c", "d", "e"]
 
 
 @pytest.mark.anyio
