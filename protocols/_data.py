@@ -17,8 +17,11 @@ from ._usage import _Data
 __all__ = [
     "Code",
     "Component",
+    "ComponentPlan",
+    "Contract",
     "Design",
     "Finding",
+    "ParallelDesign",
     "Review",
     "SourceFile",
     "TestReport",
@@ -72,6 +75,41 @@ class Finding(_Data):
     location: str = ""
     explanation: str
     target: str = Field(description="The role (or step id) that must act on it.")
+
+
+class ComponentPlan(_Data):
+    """One component of a parallel build: the files it owns (its tests included), the
+    names it provides (as the interface declares them: ``parse(text: str) -> int``),
+    and the components it builds on (by name)."""
+
+    name: str
+    responsibility: str
+    files: list[str] = Field(description="The files it writes, tests included; no other "
+                             "component writes them.")
+    provides: list[str] = Field(default_factory=list, description="Signatures it implements, "
+                                "as in the interface file: `parse(text: str) -> int`.")
+    depends_on: list[str] = Field(default_factory=list, description="Components it uses.")
+
+
+@data_type("swarmbus.ParallelDesign")
+class ParallelDesign(_Data):
+    """A design for coders working at once: one ``interface`` file of signatures only,
+    and components that own disjoint files and depend on each other without cycles."""
+
+    summary: str
+    interface: SourceFile = Field(description="Signatures (stubs) of every provided name.")
+    components: list[ComponentPlan] = Field(default_factory=list)
+    acceptance_criteria: list[str] = Field(default_factory=list)
+
+
+@data_type("swarmbus.Contract")
+class Contract(_Data):
+    """A parallel design's check: build it in ``parallel``, with a ``single`` coder
+    (fewer than two components, or files owned twice), or ``revise_design``."""
+
+    decision: Literal["parallel", "single", "revise_design"]
+    summary: str = ""
+    findings: list[Finding] = Field(default_factory=list)
 
 
 @data_type("swarmbus.Verdict")

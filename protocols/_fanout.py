@@ -58,6 +58,8 @@ class ItemResult(BaseModel, Generic[_T]):
     value: _T | None = None
     reason: str = ""
     usage: Usage = Field(default_factory=Usage)
+    input: JsonValue = Field(None, description="The item it ran on.")
+    reused: bool = Field(False, description="Taken from the round before (rerun: affected).")
 
 
 class Joined(BaseModel, Generic[_T]):

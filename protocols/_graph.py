@@ -259,6 +259,8 @@ def _check_fanouts(wf: CompiledWorkflow, index: Mapping[str, int],
                 if value is not None:
                     out.append(Problem(f"{at}.{key}", f"`{key}` applies to a step with "
                                        "`for_each`"))
+            if s.rerun != "all":
+                out.append(Problem(f"{at}.rerun", "`rerun` applies to a step with `for_each`"))
             if s.as_ != "item":
                 out.append(Problem(f"{at}.as", "`as` names the item of a step with `for_each`"))
         else:

@@ -208,6 +208,9 @@ class StepSpec(BaseModel):
     max_items: int | None = Field(
         None, ge=1, description="More items than this: the list goes back to its producer "
         "with a finding.")
+    rerun: Literal["all", "affected"] = Field(
+        "all", description="A later round of a for_each step: run every item again, or "
+        "only those the open findings point at (and new or changed ones).")
     join: str | None = Field(
         None, pattern=_NAME, description="A for_each step: run once all its items finished.")
     min_ok: int | None = Field(

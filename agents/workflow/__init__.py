@@ -18,6 +18,7 @@ from ._load import (
     load_workflow,
     resolve_type,
 )
+from ._parallel import Integrator, SandboxContract, contract_tests, integrate
 from ._prompt import PromptError, render_system, render_work, report_text
 from ._registry import Workflows
 from ._show import mermaid, show_text
@@ -32,9 +33,11 @@ __all__ = (
     "PRESETS",
     "AcceptanceRunner",
     "Fanouts",
+    "Integrator",
     "ModelCheck",
     "PromptError",
     "RolePreset",
+    "SandboxContract",
     "SandboxPytest",
     "StepAgent",
     "StepCall",
@@ -45,8 +48,10 @@ __all__ = (
     "builtin_workflows",
     "check_models",
     "compile_workflow",
+    "contract_tests",
     "default_tools",
     "failing_tests_finding",
+    "integrate",
     "load_workflow",
     "mermaid",
     "render_system",

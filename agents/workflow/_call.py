@@ -81,8 +81,11 @@ class StepCall:
     """The item of a fan-out this call runs (a ``for_each`` step's), else None."""
 
     def producer_role(self, artifact: str) -> str:
-        """The role of the step that produces ``artifact`` ('' if none)."""
+        """The role of the step that produces ``artifact`` ('' if none); for a join's
+        output, the role of the fan-out it joins (whose items wrote the work)."""
         producer = self.workflow.producer(artifact)
+        if producer is not None and producer.join is not None:  # a join unites the items'
+            producer = self.workflow.steps.get(producer.join, producer)  # work: theirs
         return producer.role if producer is not None else ""
 
     def request(self) -> ModelRequest[BaseModel]:

@@ -54,7 +54,7 @@ from swarmbus.protocols import (
 from .._agent import Context
 from ..models import Ledger
 
-__all__ = ["Fanouts", "Refused"]
+__all__ = ["Fanouts", "Refused", "affected"]
 
 _BUCKET = "joins"
 _TTL_S = 7 * 24 * 3600.0
@@ -295,3 +295,49 @@ def fanout_meta(ctx: Context[Any], msg_id: str, workflow: str, round: int) -> Me
     """The metadata of a fan-out's message (an item's work, or the join's)."""
     return Meta(msg_id, causation_id=ctx.envelope.msg_id, sender=ctx.agent, round=round,
                 workflow=workflow)
+
+
+def affected(step: StepSpec, findings: list[Finding], items: list[Any]) -> set[str] | None:
+    """The keys of the items the open ``findings`` for ``step`` point at; None when
+    every item must run again (no finding for the step, or one that points at no item
+    in particular). A finding is for the step when its target is the step's role or
+    id, or an item (``parser``, ``build[parser]``); it points at an item named in its
+    target or location (``build[parser]: x.py``), or whose ``files`` its location or
+    explanation names."""
+    keys: list[str] = []
+    files: dict[str, list[str]] = {}
+    for i, item in enumerate(items):
+        name = item.get("name") if isinstance(item, dict) else None
+        key = str(name) if isinstance(name, str) and name else str(i)
+        keys.append(key)
+        owned = item.get("files") if isinstance(item, dict) else None
+        files[key] = [str(f) for f in owned] if isinstance(owned, list) else []
+    mine = {step.role.lower(), step.id.lower()}
+    hit: set[str] = set()
+    relevant = 0
+    for f in findings:
+        target = f.target.strip()
+        pointed = {k for k in keys if target in (k, f"{step.id}[{k}]")
+                   or f.location.startswith(f"{step.id}[{k}]")
+                   or any(_names(path, f.location) or _names(path, f.explanation)
+                          for path in files[k])}
+        if not pointed and target.lower() not in mine:
+            continue  # another step's finding
+        relevant += 1
+        if not pointed:
+            return None
+        hit |= pointed
+    return hit if relevant else None
+
+
+def _names(path: str, text: str) -> bool:
+    """Whether ``text`` names ``path`` (as a whole path, not inside a longer name)."""
+    start = text.find(path)
+    while start != -1:
+        before = text[start - 1] if start else " "
+        end = start + len(path)
+        after = text[end] if end < len(text) else " "
+        if not (before.isalnum() or before in "_/.") and not (after.isalnum() or after == "_"):
+            return True
+        start = text.find(path, start + 1)
+    return False

@@ -69,7 +69,7 @@ PRESETS: dict[str, RolePreset] = {
 }
 """The built-in team's roles: what a bare ``- role: coder`` step produces, and its prompt."""
 
-KNOWN_TOOLS = frozenset({"sandbox.pytest"})
+KNOWN_TOOLS = frozenset({"sandbox.pytest", "sandbox.contract"})
 
 
 def builtin_workflows() -> list[str]:

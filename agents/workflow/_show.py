@@ -12,7 +12,9 @@ def _edges(wf: CompiledWorkflow) -> list[tuple[str, str, str, int | None]]:
     out: list[tuple[str, str, str, int | None]] = []
     for s in wf.spec.steps:
         if not s.routes:
-            out.append((s.id, wf.successor(s.id), "", None))
+            label = (f"join ({s.min_ok}+ ok)" if s.min_ok is not None else "join") \
+                if s.for_each is not None else ""
+            out.append((s.id, wf.successor(s.id), label, None))
         for key, edge in s.routes.items():
             out.append((s.id, edge.to, f"{s.route_on}={key}", edge.max))
     return out
@@ -29,7 +31,15 @@ def show_text(wf: CompiledWorkflow) -> str:
         out = f"{s.output} ({typ})" if s.output else "-"
         model = f", model {s.model}" if s.model is not None else ""
         tools = f", tools {', '.join(s.tool_names)}" if s.tools else ""
-        lines.append(f"  {s.id:<14} role {s.role}{model}: {ins} -> {out}{tools}")
+        each = ""
+        if s.for_each is not None:
+            limits = [f"{k} {v}" for k, v in (("max_parallel", s.max_parallel),
+                                              ("max_items", s.max_items)) if v is not None]
+            if s.rerun != "all":
+                limits.append(f"rerun {s.rerun}")
+            each = f", for each {s.as_} in {s.for_each}" + (
+                f" ({', '.join(limits)})" if limits else "")
+        lines.append(f"  {s.id:<14} role {s.role}{model}: {ins} -> {out}{tools}{each}")
     lines.append("edges:")
     for a, b, label, cap in _edges(wf):
         capped = f" (max {cap})" if cap is not None else ""
@@ -44,7 +54,14 @@ def mermaid(wf: CompiledWorkflow) -> str:
 
     lines = ["flowchart TD", "  start([task]) --> " + node(wf.entry.id)]
     for s in wf.spec.steps:
-        lines.append(f'  {node(s.id)}["{s.id}<br/><small>{s.role}</small>"]')
+        if s.for_each is not None:  # a stack of boxes: one run per item
+            each = f"for each {s.as_} in {s.for_each}"
+            lines.append(f'  {node(s.id)}[["{s.id}<br/><small>{s.role}: {each}</small>"]]')
+        elif s.join is not None:
+            lines.append(f'  {node(s.id)}{{{{"{s.id}<br/><small>{s.role}: joins '
+                         f'{s.join}</small>"}}}}')
+        else:
+            lines.append(f'  {node(s.id)}["{s.id}<br/><small>{s.role}</small>"]')
     lines.append(f"  {node(END)}([end])")
     for a, b, label, cap in _edges(wf):
         text = label + (f" max {cap}" if cap is not None else "")

@@ -45,6 +45,7 @@ from swarmbus.protocols import (
     TaskRequest,
     Usage,
     Work,
+    WorkItem,
     WorkState,
     route,
     step_topic,
@@ -64,7 +65,7 @@ from ..models import (
     build_model,
 )
 from ._call import StepCall, permanent
-from ._fanout import DEFAULT_SEND_BACKS, Fanouts, fanout_meta
+from ._fanout import DEFAULT_SEND_BACKS, Fanouts, affected, fanout_meta
 from ._prompt import PromptError, template_paths
 from ._registry import Workflows
 from ._state import missing_inputs, start_state, update_findings
@@ -416,7 +417,8 @@ class StepAgent(Agent):
         plan, items = await self._plan(wf, step, start)
         found = await self.fanouts.position(ctx, item)
         if found is None:
-            result = await self._item_result(ctx, run, wf, step, work, plan)
+            result = await self._reused(wf, step, start, item, items) or \
+                await self._item_result(ctx, run, wf, step, work, plan)
             if result is None:
                 return  # the run ended
             found = await self.fanouts.record(ctx, item, result)
@@ -475,10 +477,31 @@ class StepAgent(Agent):
                 ctx.log.warning("item failed", step=step.id, item=item.key, model=name,
                                 error=str(e)[:500])
                 return ItemResult[Any](index=item.index, key=item.key, ok=False,
-                                       reason=what[:2000], usage=run.take_spend())
+                                       reason=what[:2000], usage=run.take_spend(),
+                                       input=item.value)
         usage = run.take_spend()
         _answered(ctx, step, call.provenance, f"item {item.key}")
-        return ItemResult[Any](index=item.index, key=item.key, ok=True, value=value, usage=usage)
+        return ItemResult[Any](index=item.index, key=item.key, ok=True, value=value, usage=usage,
+                               input=item.value)
+
+    async def _reused(self, wf: CompiledWorkflow, step: StepSpec, state: WorkState,
+                      item: WorkItem, items: list[Any]) -> ItemResult[Any] | None:
+        """With ``rerun: affected``, an item's result of the round before, when it
+        succeeded on the same item and the open findings for this step all point at
+        other items (``affected``); None: run it."""
+        if step.rerun != "affected" or not step.output or step.output not in state.artifacts:
+            return None
+        joined = await self._artifact(state, step.output, wf.read_types[step.output])
+        before = next((r for r in getattr(joined, "items", []) if r.key == item.key), None)
+        if before is None or not before.ok or before.input != item.value:
+            return None
+        hit = affected(step, state.findings, items)
+        if hit is None or item.key in hit:
+            return None
+        value = before.value.model_dump(mode="json") if isinstance(
+            before.value, BaseModel) else before.value
+        return ItemResult[Any](index=item.index, key=item.key, ok=True, value=value,
+                               input=item.value, reused=True)
 
     async def _previous_item(self, wf: CompiledWorkflow, step: StepSpec, state: WorkState,
                              key: str) -> BaseModel | None:

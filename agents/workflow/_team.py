@@ -12,6 +12,7 @@ from .._agent import Agent
 from .._guards import Guards
 from ..models import Model, ModelConfig, ModelSettings
 from ..sandbox import SandboxLimits, run_acceptance, run_tests
+from ._parallel import SandboxContract
 from ._registry import Workflows
 from ._step import StepAgent
 from ._supervisor import Supervisor
@@ -22,7 +23,8 @@ __all__ = ["default_tools", "team"]
 
 def default_tools(sandbox: SandboxLimits | None = None) -> dict[str, Tool]:
     """The tools a workflow can name, with the real sandbox behind ``sandbox.pytest``
-    (the submission's own tests, then the task's hidden acceptance tests, if any)."""
+    (the submission's own tests, then the task's hidden acceptance tests, if any) and
+    ``sandbox.contract`` (a parallel design's interface, checked before coders start)."""
     limits = sandbox or SandboxLimits()
 
     async def runner(files: Sequence[SourceFile]) -> TestReport:
@@ -31,7 +33,8 @@ def default_tools(sandbox: SandboxLimits | None = None) -> dict[str, Tool]:
     async def acceptance(files: Sequence[SourceFile], tests: Sequence[SourceFile]) -> TestReport:
         return await run_acceptance(files, tests, limits=limits)
 
-    return {"sandbox.pytest": SandboxPytest(runner, acceptance=acceptance)}
+    return {"sandbox.pytest": SandboxPytest(runner, acceptance=acceptance),
+            "sandbox.contract": SandboxContract(runner)}
 
 
 def team(
