@@ -50,7 +50,7 @@ def design(interface: SourceFile = INTERFACE, *, one: bool = False) -> ParallelD
 
 
 def text_of(request: Any) -> str:
-    return request.system + "\n" + "\n".join(str(m.content) for m in request.messages)
+    return str(request.system) + "\n" + "\n".join(str(m.content) for m in request.messages)
 
 
 class Team:
