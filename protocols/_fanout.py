@@ -21,7 +21,7 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, Field, JsonValue
 
-from ._usage import Usage, _Data
+from ._usage import Provenance, Usage, _Data
 
 __all__ = [
     "FanoutPlan",
@@ -58,6 +58,7 @@ class ItemResult(BaseModel, Generic[_T]):
     value: _T | None = None
     reason: str = ""
     usage: Usage = Field(default_factory=Usage)
+    provenance: Provenance | None = Field(None, description="The model that answered.")
     input: JsonValue = Field(None, description="The item it ran on.")
     reused: bool = Field(False, description="Taken from the round before (rerun: affected).")
 

@@ -536,3 +536,28 @@ async def test_concurrent_and_duplicate_completions_get_one_position_each(
     assert sorted(order) == list(range(n))
     assert all(len(p) == 1 for p in told.values()), told
     assert {i: order.index(i) for i in range(n)} == {i: next(iter(p)) for i, p in told.items()}
+
+
+@pytest.mark.anyio
+async def test_the_trail_shows_each_item(nats_url: str, namespace: str) -> None:
+    from swarmbus.agents.app import render_trail
+
+    compiled = compile_workflow(Workflow.parse(spec()))
+    models = {"planner": FunctionModel(lambda r: Plan(parts=[Part(name="a"), Part(name="b")]),
+                                       name="t:planner"),
+              "builder": FunctionModel(Builder(), name="t:builder"),
+              "merger": FunctionModel(lambda r: Text(text="m"), name="t:merger")}
+    with anyio.fail_after(30):
+        async with (
+            Swarm(team(compiled, models=models, tools={}), nats=nats_url,
+                  namespace=namespace, grace_s=3),
+            await SwarmClient.connect(nats_url, namespace=namespace) as client,
+        ):
+            wf_id = await client.submit(TaskRequest(goal="build it"))
+            await client.result(wf_id)
+            text = render_trail(wf_id, await client.trail(wf_id))
+    assert "plan -> build[a]" in text and "plan -> build[b]" in text
+    assert "build -> merge" in text
+    lines = [line.split() for line in text.splitlines() if line.strip().startswith("item ")]
+    assert [(w[1], w[2], w[-1]) for w in lines] == [("a", "t:builder", "ok"),
+                                                    ("b", "t:builder", "ok")]

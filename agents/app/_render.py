@@ -9,6 +9,7 @@ from swarmbus.protocols import (
     Cancel,
     DeadLetter,
     Deadline,
+    ItemResult,
     Message,
     Provenance,
     Resume,
@@ -122,6 +123,8 @@ def render_trail(workflow_id: str, trail: list[StoredMessage]) -> str:
         where = env.topic
         if isinstance(msg, Work):
             where = f"{msg.source or 'task'} -> {env.topic.removeprefix('step.')}"
+            if msg.item is not None:
+                where += f"[{msg.item.key}]"
         elif isinstance(msg, TaskResult) and msg.step:
             where = f"{msg.step} -> result"
         lines.append(
@@ -131,10 +134,27 @@ def render_trail(workflow_id: str, trail: list[StoredMessage]) -> str:
         findings = []
         if isinstance(msg, Work) and msg.edge and not msg.edge.endswith(".next"):
             findings = msg.state.findings
+        if isinstance(msg, Work) and msg.edge.endswith(".join"):
+            lines += _items(msg)
         for f in findings:
             lines.append(f"{'':>8}- [{f.severity}] -> {f.target}: {f.location}: "
                          f"{_cut(f.explanation, 80)}")
     return "\n".join(lines)
+
+
+def _items(work: Work) -> list[str]:
+    """A join's items, one line each: how it ended, its model, tokens and cost."""
+    value = work.state.artifacts.get(work.output)
+    if not isinstance(value, dict) or not isinstance(value.get("items"), list):
+        return []  # in the object store: `swarmbus artifact` shows it
+    out = []
+    for raw in value["items"]:
+        r = ItemResult[Any].model_validate(raw)
+        how = "reused" if r.reused else ("ok" if r.ok else f"failed: {_cut(r.reason, 40)}")
+        model = r.provenance.name if r.provenance is not None else "-"
+        out.append(f"{'':>8}item {_cut(r.key, 14):<14} {_cut(model, 24):<24} "
+                   f"{_tokens(r.usage):<13} {cost(r.usage):<14} {how}")
+    return out
 
 
 def trail_json(trail: list[StoredMessage]) -> list[dict[str, Any]]:

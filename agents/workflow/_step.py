@@ -478,11 +478,11 @@ class StepAgent(Agent):
                                 error=str(e)[:500])
                 return ItemResult[Any](index=item.index, key=item.key, ok=False,
                                        reason=what[:2000], usage=run.take_spend(),
-                                       input=item.value)
+                                       input=item.value, provenance=call.provenance)
         usage = run.take_spend()
         _answered(ctx, step, call.provenance, f"item {item.key}")
         return ItemResult[Any](index=item.index, key=item.key, ok=True, value=value, usage=usage,
-                               input=item.value)
+                               input=item.value, provenance=call.provenance)
 
     async def _reused(self, wf: CompiledWorkflow, step: StepSpec, state: WorkState,
                       item: WorkItem, items: list[Any]) -> ItemResult[Any] | None:
