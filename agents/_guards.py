@@ -14,6 +14,7 @@ exactly this; a custom agent opts in with ``middleware = (Guards(),)``.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections import OrderedDict
 from typing import Any
 
@@ -30,7 +31,6 @@ from swarmbus.bus import (
     scrub,
 )
 from swarmbus.protocols import (
-    ControlFlow,
     Message,
     Usage,
     WorkState,
@@ -38,7 +38,7 @@ from swarmbus.protocols import (
 )
 
 from ._agent import Agent, Context, Next
-from ._run import Run, current_run, running
+from ._run import Run, WorkflowEnded, current_run, running
 from .models import Ledger, LimitReached, metered
 
 __all__ = [
@@ -53,10 +53,6 @@ log = structlog.get_logger("swarmbus.guards")
 _ENDED_KEEP = 100_000
 _CARRY_BUCKET = "carry"
 _CARRY_TTL_S = 24 * 3600.0
-
-
-class WorkflowEnded(ControlFlow):
-    """The workflow has its result (this handler's, or an earlier one's)."""
 
 
 def _state_of(message: Message) -> WorkState | None:
@@ -83,6 +79,7 @@ class Guards:
         self._carry: KeyValueStore | None = None
         self._ended: OrderedDict[str, None] = OrderedDict()
         self._maybe_ended: set[str] = set()
+        self._heard: OrderedDict[str, float] = OrderedDict()  # run -> when its result came
         self._sub: Subscription | None = None
         self._bus: Bus | None = None
 
@@ -95,9 +92,14 @@ class Guards:
         prefix = f"swarm.{bus.namespace}."
 
         async def on_result(msg: Any) -> None:
-            self._maybe_ended.add(msg.subject[len(prefix):].split(".", 1)[0])
+            wf = msg.subject[len(prefix):].split(".", 1)[0]
+            self._maybe_ended.add(wf)
             if len(self._maybe_ended) > _ENDED_KEEP:
                 self._maybe_ended.clear()
+            self._heard[wf] = time.monotonic()
+            self._heard.move_to_end(wf)
+            if len(self._heard) > _ENDED_KEEP:
+                self._heard.popitem(last=False)
 
         # A core subscription hears every result *published*, also one the stream refused
         # or lost in a failover: it only says "maybe ended", which the stream confirms.
@@ -147,6 +149,12 @@ class Guards:
         """Whether the workflow's cancel flag is set (the mirror as it stands)."""
         return self._cancel is not None and self._cancel.contains_now(workflow_id)
 
+    def ended_since(self, workflow_id: str, since: float) -> bool:
+        """Whether a result of the run was heard published after ``since`` (the
+        monotonic clock): it ended while a message of it was being handled."""
+        heard = self._heard.get(workflow_id)
+        return heard is not None and heard > since
+
     def _watch(self, workflow_id: str, callback: Any) -> Any:
         if self._cancel is None:
             return lambda: None
@@ -178,7 +186,8 @@ class Guards:
             persist=self._persister(ctx),
         )
         run = Run(ctx, state, ledger, key=ctx.agent, watch=self._watch,
-                  cancelled=self.cancelled_now, on_end=self.mark_ended)
+                  cancelled=self.cancelled_now, on_end=self.mark_ended,
+                  ended_since=self.ended_since)
         try:
             with running(run), metered(ledger):
                 ledger.before_call("")  # a limit hit already ends it before any work

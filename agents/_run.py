@@ -26,6 +26,7 @@ from swarmbus.bus import ArtifactStore, PayloadTooLargeError, SubjectTakenError
 from swarmbus.protocols import (
     ArtifactRef,
     Code,
+    ControlFlow,
     Design,
     Provenance,
     TaskResult,
@@ -40,7 +41,15 @@ from .models import Ledger, LimitReached
 if TYPE_CHECKING:
     from ._agent import Context
 
-__all__ = ["SPILL_BYTES", "Run", "current_run", "end_workflow", "result_from", "spill"]
+__all__ = [
+    "SPILL_BYTES",
+    "Run",
+    "WorkflowEnded",
+    "current_run",
+    "end_workflow",
+    "result_from",
+    "spill",
+]
 
 SPILL_BYTES = 4 * 1024
 """Artifacts at least this large (bytes of JSON) move to the object store when a
@@ -175,6 +184,7 @@ class Run:
         watch: Watch | None = None,
         cancelled: Callable[[str], bool] | None = None,
         on_end: Callable[[str, int], None] | None = None,
+        ended_since: Callable[[str, float], bool] | None = None,
     ) -> None:
         self.ctx = ctx
         self.state = state
@@ -188,6 +198,8 @@ class Run:
         self._watch = watch
         self._cancelled = cancelled
         self._on_end = on_end
+        self._ended_since = ended_since
+        self._born = time.monotonic()
         self._taken: list[Usage] = []  # what each take_spend added
         self._until: float | None = None  # the deadline on the monotonic clock
         self._deadline_seen: datetime | None = None
@@ -214,9 +226,14 @@ class Run:
         return self._until - time.monotonic()
 
     def check(self) -> None:
-        """Raise ``LimitReached`` when the run is cancelled or past its deadline."""
+        """Raise ``LimitReached`` when the run is cancelled or past its deadline, and
+        ``WorkflowEnded`` when its result was published while this message was handled
+        (by another item of a fan-out that spent the budget, say)."""
         if self._cancelled is not None and self._cancelled(self.workflow_id):
             raise LimitReached("cancelled", "cancelled on request")
+        if not self.ended and self._ended_since is not None and self._ended_since(
+                self.workflow_id, self._born):
+            raise WorkflowEnded(f"run {self.workflow_id} ended while this work was handled")
         left = self.time_left_s()
         if left is not None and left <= 0:
             assert self.state.deadline is not None
@@ -299,6 +316,10 @@ class Run:
         if self._on_end is not None:
             self._on_end(self.workflow_id, self.state.resumed_after)
         return ended
+
+
+class WorkflowEnded(ControlFlow):
+    """The workflow has its result (this handler's, or an earlier one's)."""
 
 
 _current: contextvars.ContextVar[Run | None] = contextvars.ContextVar(

@@ -531,7 +531,7 @@ async def test_concurrent_and_duplicate_completions_get_one_position_each(
         async with anyio.create_task_group() as tg:
             for i in writers:
                 tg.start_soon(write, i)
-        record = json.loads((await fanouts.store.get("race.build.r1s1")) or b"{}")  # type: ignore[union-attr]
+        record = json.loads((await (await fanouts.store()).get("race.build.r1s1")) or b"{}")
     order = [i for i, _ in record["done"]]
     assert sorted(order) == list(range(n))
     assert all(len(p) == 1 for p in told.values()), told
@@ -561,3 +561,44 @@ async def test_the_trail_shows_each_item(nats_url: str, namespace: str) -> None:
     lines = [line.split() for line in text.splitlines() if line.strip().startswith("item ")]
     assert [(w[1], w[2], w[-1]) for w in lines] == [("a", "t:builder", "ok"),
                                                     ("b", "t:builder", "ok")]
+
+
+@pytest.mark.anyio
+async def test_an_item_that_ends_the_run_stops_its_siblings_before_their_next_call(
+    nats_url: str, namespace: str
+) -> None:
+    """Item b ends the run (a limit its own code hits); item c, in its first call,
+    needs a repair: the repair is never asked for, the run ended while c worked."""
+    from swarmbus.agents.models import LimitReached
+    from swarmbus.agents.workflow import StepAgent, StepCall
+
+    calls: list[str] = []
+
+    class Ending(StepAgent):
+        async def perform(self, call: StepCall) -> BaseModel:
+            if call.item is not None and call.item.key == "b":
+                await anyio.sleep(0.1)
+                raise LimitReached("budget_exceeded", "b spent it all")
+            return await super().perform(call)
+
+    async def build(request: Any) -> Any:
+        calls.append("c")
+        await anyio.sleep(0.8)
+        return "not JSON"
+
+    compiled = compile_workflow(Workflow.parse(spec()))
+    models = {"planner": FunctionModel(lambda r: Plan(parts=[Part(name="b"), Part(name="c")]),
+                                       name="t:planner"),
+              "builder": FunctionModel(build, name="t:builder"),
+              "merger": FunctionModel(lambda r: Text(text="m"), name="t:merger")}
+    with anyio.fail_after(30):
+        async with (
+            Swarm(team(compiled, models=models, tools={}, classes={"builder": Ending}),
+                  nats=nats_url, namespace=namespace, grace_s=3),
+            await SwarmClient.connect(nats_url, namespace=namespace) as client,
+        ):
+            wf_id = await client.submit(TaskRequest(goal="build it"))
+            result = await client.result(wf_id)
+            await anyio.sleep(1.5)  # c's first call ends; a repair would start now
+    assert result.status == "budget_exceeded" and "b spent it all" in result.reason
+    assert calls == ["c"]

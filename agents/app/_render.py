@@ -145,10 +145,11 @@ def render_trail(workflow_id: str, trail: list[StoredMessage]) -> str:
 def _items(work: Work) -> list[str]:
     """A join's items, one line each: how it ended, its model, tokens and cost."""
     value = work.state.artifacts.get(work.output)
-    if not isinstance(value, dict) or not isinstance(value.get("items"), list):
+    items = value.get("items") if isinstance(value, dict) else None
+    if not isinstance(items, list):
         return []  # in the object store: `swarmbus artifact` shows it
     out = []
-    for raw in value["items"]:
+    for raw in items:
         r = ItemResult[Any].model_validate(raw)
         how = "reused" if r.reused else ("ok" if r.ok else f"failed: {_cut(r.reason, 40)}")
         model = r.provenance.name if r.provenance is not None else "-"

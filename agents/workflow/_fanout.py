@@ -78,12 +78,19 @@ class Fanouts:
     """The fan-out side of a step agent: one per ``StepAgent``, opened in ``setup``."""
 
     def __init__(self) -> None:
-        self.store: KeyValueStore | None = None
         self.bus: Bus | None = None
+        self._store: KeyValueStore | None = None
 
     async def setup(self, bus: Bus) -> None:
         self.bus = bus
-        self.store = await bus.key_value(_BUCKET, ttl_s=_TTL_S)
+
+    async def store(self) -> KeyValueStore:
+        """The ``joins`` bucket, opened (made) the first time a fan-out needs it: a
+        namespace whose workflows never fan out has none."""
+        if self._store is None:
+            assert self.bus is not None, "Fanouts.setup first"
+            self._store = await self.bus.key_value(_BUCKET, ttl_s=_TTL_S)
+        return self._store
 
     # -- starting ---------------------------------------------------------------------------
 
@@ -144,8 +151,7 @@ class Fanouts:
         return None
 
     async def _record(self, key: str) -> tuple[list[tuple[int, bool]], int]:
-        assert self.store is not None
-        got = await self.store.entry(key)
+        got = await (await self.store()).entry(key)
         if got is None:
             return [], 0
         data = json.loads(got[0])
@@ -155,9 +161,9 @@ class Fanouts:
                      ) -> tuple[int, list[tuple[int, bool]]]:
         """Store ``result``, then append its completion to the record (compare-and-set;
         a duplicate gets its earlier position). Returns (position, record)."""
-        assert self.store is not None
+        store = await self.store()
         base = self._base(ctx, item)
-        await self.store.put(f"{base}.i{item.index}", result.model_dump_json().encode())
+        await store.put(f"{base}.i{item.index}", result.model_dump_json().encode())
         while True:
             done, revision = await self._record(base)
             for p, (i, _ok) in enumerate(done):
@@ -165,7 +171,7 @@ class Fanouts:
                     return p, done
             new = [*done, (item.index, result.ok)]
             body = json.dumps({"done": new}).encode()
-            if await self.store.swap(base, body, revision) is not None:
+            if await store.swap(base, body, revision) is not None:
                 return len(done), new
 
     async def after(self, ctx: Context[Any], wf: CompiledWorkflow, step: StepSpec, work: Work,
@@ -183,8 +189,8 @@ class Fanouts:
         if progress.completed_at != position:
             return progress
         base = self._base(ctx, item)
-        assert self.store is not None
-        fired = await self.store.get(f"{base}.fired")
+        store = await self.store()
+        fired = await store.get(f"{base}.fired")
         if fired is not None:
             return progress  # published before, longer ago than the duplicate window
         results = await self._results(base, plan, progress)
@@ -197,15 +203,15 @@ class Fanouts:
                        f"the join {join_step.id!r} needs {need} (min_ok)")
             return progress
         await self._publish_join(ctx, wf, step, work, item.fanout, joined, results, publish)
-        await self.store.put(f"{base}.fired", b"1")
+        await store.put(f"{base}.fired", b"1")
         return progress
 
     async def _results(self, base: str, plan: FanoutPlan, progress: Progress,
                        ) -> list[ItemResult[Any]]:
-        assert self.store is not None
+        store = await self.store()
         out: list[ItemResult[Any]] = []
         for i in range(plan.n):
-            raw = await self.store.get(f"{base}.i{i}")
+            raw = await store.get(f"{base}.i{i}")
             if raw is not None:
                 out.append(ItemResult[Any].model_validate_json(raw))
                 continue
@@ -250,7 +256,8 @@ class Fanouts:
         own is stored for them, and one call's worst case is fitted to ``left /
         parallel``. Yields the siblings' spend by index (what this item must add to
         the run's spend if it ends the run)."""
-        assert self.store is not None and self.bus is not None
+        store = await self.store()
+        assert self.bus is not None
         base = self._base(ctx, item)
         siblings: dict[int, Usage] = {}
 
@@ -268,14 +275,13 @@ class Fanouts:
             if token.startswith("s") and token[1:].isdigit():
                 take(int(token[1:]), msg.data)
 
-        sub = await self.bus.nc.subscribe(f"$KV.{self.store.bucket}.{base}.*", cb=on_update)
+        sub = await self.bus.nc.subscribe(f"$KV.{store.bucket}.{base}.*", cb=on_update)
         for j in range(item.total):
             if j != item.index:
-                raw = await self.store.get(f"{base}.s{j}")
+                raw = await store.get(f"{base}.s{j}")
                 if raw:
                     take(j, raw)
         inner = ledger.persist
-        store = self.store
 
         async def persist(usage: Usage) -> None:
             if inner is not None:
