@@ -314,6 +314,10 @@ class PullConsumer:
             self._want_pull.set()
             return
         self._credit = max(0, self._credit - 1)
+        if self._credit == 0 and self._free() > 1:
+            # What was asked for has come and slots are free (this message takes one):
+            # ask again now, not when a handler ends (a burst of work, a fan-out's items).
+            self._want_pull.set()
         if not self._accepting or self._stopping.is_set():
             await _quietly(msg.nak())
             return

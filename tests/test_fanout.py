@@ -602,3 +602,19 @@ async def test_an_item_that_ends_the_run_stops_its_siblings_before_their_next_ca
             await anyio.sleep(1.5)  # c's first call ends; a repair would start now
     assert result.status == "budget_exceeded" and "b spent it all" in result.reason
     assert calls == ["c"]
+
+
+@pytest.mark.anyio
+async def test_every_item_starts_at_once_up_to_the_consumers_concurrency(
+    nats_url: str, namespace: str
+) -> None:
+    """16 items, a consumer of 16 handlers: all 16 run together (a pull request used up
+    asks again at once, not when a handler ends)."""
+    names = [f"p{i}" for i in range(16)]
+    builder = Builder({n: 1.0 for n in names})
+    with anyio.fail_after(30):
+        result = await run_fanout({}, [{"name": n} for n in names], builder, nats_url,
+                                  namespace)
+    assert result.status == "approved", result.reason
+    assert builder.most == 16
+    assert max(builder.started.values()) - min(builder.started.values()) < 0.5

@@ -125,15 +125,21 @@ class Fanouts:
             joined = Joined[Any](items=[])
             await self._publish_join(ctx, wf, step, work, key, joined, [], publish)
             return
-        for i in plan.start():
-            await self._publish_item(ctx, step, work, key, plan, items, i, publish)
+        await self._publish_items(ctx, step, work, key, plan, items, plan.start(), publish)
 
-    async def _publish_item(self, ctx: Context[Any], step: StepSpec, work: Work, key: str,
-                            plan: FanoutPlan, items: list[Any], i: int,
-                            publish: Publish) -> None:
-        item = WorkItem(fanout=key, index=i, total=plan.n, key=plan.keys[i], value=items[i])
-        out = work.model_copy(update={"item": item})
-        await publish(out, step.id, item_msg_id(ctx.workflow_id, key, i))
+    async def _publish_items(self, ctx: Context[Any], step: StepSpec, work: Work, key: str,
+                             plan: FanoutPlan, items: list[Any], indices: list[int],
+                             publish: Publish) -> None:
+        """Publish items ``indices`` at once (each awaits its own ack)."""
+        async def one(i: int) -> None:
+            item = WorkItem(fanout=key, index=i, total=plan.n, key=plan.keys[i],
+                            value=items[i])
+            out = work.model_copy(update={"item": item})
+            await publish(out, step.id, item_msg_id(ctx.workflow_id, key, i))
+
+        async with anyio.create_task_group() as tg:
+            for i in indices:
+                tg.start_soon(one, i)
 
     # -- one item ---------------------------------------------------------------------------
 
@@ -184,8 +190,8 @@ class Fanouts:
         item = work.item
         assert item is not None
         progress = plan.replay(done[:position + 1])
-        for i in progress.released:
-            await self._publish_item(ctx, step, work, item.fanout, plan, items, i, publish)
+        await self._publish_items(ctx, step, work, item.fanout, plan, items,
+                                  progress.released, publish)
         if progress.completed_at != position:
             return progress
         base = self._base(ctx, item)
@@ -209,9 +215,17 @@ class Fanouts:
     async def _results(self, base: str, plan: FanoutPlan, progress: Progress,
                        ) -> list[ItemResult[Any]]:
         store = await self.store()
+        raws: dict[int, bytes | None] = {}
+
+        async def read(i: int) -> None:
+            raws[i] = await store.get(f"{base}.i{i}")
+
+        async with anyio.create_task_group() as tg:
+            for i in range(plan.n):
+                tg.start_soon(read, i)
         out: list[ItemResult[Any]] = []
         for i in range(plan.n):
-            raw = await store.get(f"{base}.i{i}")
+            raw = raws[i]
             if raw is not None:
                 out.append(ItemResult[Any].model_validate_json(raw))
                 continue
@@ -276,11 +290,15 @@ class Fanouts:
                 take(int(token[1:]), msg.data)
 
         sub = await self.bus.nc.subscribe(f"$KV.{store.bucket}.{base}.*", cb=on_update)
-        for j in range(item.total):
-            if j != item.index:
-                raw = await store.get(f"{base}.s{j}")
-                if raw:
-                    take(j, raw)
+        async def read(j: int) -> None:
+            raw = await store.get(f"{base}.s{j}")
+            if raw:
+                take(j, raw)
+
+        async with anyio.create_task_group() as tg:  # what siblings booked before now
+            for j in range(item.total):
+                if j != item.index:
+                    tg.start_soon(read, j)
         inner = ledger.persist
 
         async def persist(usage: Usage) -> None:
