@@ -199,6 +199,9 @@ class Run:
         self._cancelled = cancelled
         self._on_end = on_end
         self._ended_since = ended_since
+        self.also_spent: Callable[[], Usage] | None = None
+        """What others spent for this run while this message was handled and must be in
+        its result if it ends here (a fan-out's other items), under ``key``."""
         self._born = time.monotonic()
         self._taken: list[Usage] = []  # what each take_spend added
         self._until: float | None = None  # the deadline on the monotonic clock
@@ -302,6 +305,9 @@ class Run:
             return False
         self.ended = True
         self.take_spend()
+        if self.also_spent is not None:
+            self.state.spend[self.key] = self.state.spend.get(self.key, Usage()) + \
+                self.also_spent()
         left = self.time_left_s()
         if status not in _LIMITS and left is not None and left <= 0:
             assert self.state.deadline is not None

@@ -291,7 +291,10 @@ class SwarmClient:
         # The work again, as it was, but for the spend so far (the result's) and the new
         # deadline; its own usage was counted already, so it carries none (the trail's
         # steps still add up to the total).
-        resumed = work.model_copy(update={"usage": None, "state": state.model_copy(update={
+        # An item of a fan-out resumes as the fan-out itself: its step then runs again
+        # every item that had not finished (and publishes the join if all had).
+        resumed = work.model_copy(update={"usage": None, "item": None, "state":
+                                          state.model_copy(update={
             "spend": dict(result.spend), "deadline": deadline, "resumed_after": ended.seq})})
         if self.bus.schedules and schedulable(deadline):
             await self.bus.schedule(workflow_id, topics.DEADLINE_TIMER, Deadline(at=deadline),

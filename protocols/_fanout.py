@@ -61,6 +61,8 @@ class ItemResult(BaseModel, Generic[_T]):
     provenance: Provenance | None = Field(None, description="The model that answered.")
     input: JsonValue = Field(None, description="The item it ran on.")
     reused: bool = Field(False, description="Taken from the round before (rerun: affected).")
+    resumed_after: int = Field(0, description="The run's resumed_after when it ran: an item "
+                               "run before a resume is in the resumed run's spend already.")
 
 
 class Joined(BaseModel, Generic[_T]):
@@ -81,8 +83,11 @@ def fanout_key(step: str, round: int, steps: int) -> str:
     return f"{step}.r{round}s{steps}"
 
 
-def item_msg_id(workflow_id: str, fanout: str, index: int) -> str:
-    """``Nats-Msg-Id`` of item ``index``'s work: the same whoever publishes it."""
+def item_msg_id(workflow_id: str, fanout: str, index: int, resumed_after: int = 0) -> str:
+    """``Nats-Msg-Id`` of item ``index``'s work: the same whoever publishes it (a run
+    resumed after the result at ``resumed_after`` publishes its items anew)."""
+    if resumed_after:
+        return _digest("item", workflow_id, fanout, str(index), str(resumed_after))
     return _digest("item", workflow_id, fanout, str(index))
 
 
@@ -104,13 +109,14 @@ class Progress:
     dependency of theirs failed); ``finished``: item -> ok, for every finished
     item; ``complete``: whether every item has finished; ``completed_at``: the
     position (0-based, in the completion order) whose completion finished the
-    set, or None."""
+    set, or None; ``running``: the items started and not finished."""
 
     released: list[int]
     skipped: list[int]
     finished: dict[int, bool]
     complete: bool
     completed_at: int | None
+    running: list[int] = field(default_factory=list)
 
     @property
     def ok(self) -> int:
@@ -261,4 +267,5 @@ class FanoutPlan:
             released, skipped = step()
             if completed_at is None and len(finished) == self.n:
                 completed_at = p
-        return Progress(released, skipped, finished, len(finished) == self.n, completed_at)
+        return Progress(released, skipped, finished, len(finished) == self.n, completed_at,
+                        sorted(in_flight))

@@ -618,3 +618,56 @@ async def test_every_item_starts_at_once_up_to_the_consumers_concurrency(
     assert result.status == "approved", result.reason
     assert builder.most == 16
     assert max(builder.started.values()) - min(builder.started.values()) < 0.5
+
+
+@pytest.mark.anyio
+async def test_a_run_resumed_in_a_fan_out_runs_only_the_unfinished_items(
+    nats_url: str, namespace: str
+) -> None:
+    """The deadline ends the run while items b and c are building (a is done); `retry`
+    resumes it at the fan-out: b and c run again, a does not, the join fires once, and
+    the spend has every paid call once: $1.25."""
+    from swarmbus.agents.models import Billed, Price
+    from swarmbus.protocols import Limits
+
+    price = Price(input=1.0, output=0.0)
+    compiled = compile_workflow(Workflow.parse(spec()))
+    calls: list[str] = []
+
+    async def build(request: Any) -> Any:
+        name = user_text(request).split("Build ", 1)[1].split()[0]
+        calls.append(name)
+        await anyio.sleep(5.0 if name in "bc" and calls.count(name) == 1 else 0.05)
+        return Billed(Text(text=f"built {name}"), input_tokens=250_000)
+
+    def paid(answer: Any) -> Any:
+        return Billed(answer, input_tokens=250_000)
+
+    merged: list[str] = []
+    models = {"planner": FunctionModel(lambda r: paid(Plan(parts=[
+        Part(name="a"), Part(name="b"), Part(name="c")])),
+                                       name="t:planner", price=price),
+              "builder": FunctionModel(build, name="t:builder", price=price),
+              "merger": FunctionModel(lambda r: note(merged, "m", paid(Text(text="m"))),
+                                      name="t:merger", price=price)}
+    with anyio.fail_after(60):
+        async with (
+            Swarm(team(compiled, models=models, tools={}), nats=nats_url,
+                  namespace=namespace, grace_s=3),
+            await SwarmClient.connect(nats_url, namespace=namespace) as client,
+        ):
+            wf_id = await client.submit(TaskRequest(goal="build it",
+                                                    limits=Limits(timeout_s=2.0)))
+            first = await client.result(wf_id)
+            assert first.status == "deadline_exceeded" and first.retryable, first.reason
+            assert first.total.cost_usd == pytest.approx(0.50)  # the planner and item a
+            await client.retry(wf_id, timeout_s=30)
+            result = await client.result(wf_id)
+            joins = await item_messages(client, wf_id, "step.merge")
+    assert result.status == "approved", result.reason
+    assert sorted(calls) == ["a", "b", "b", "c", "c"]
+    assert len(merged) == 1 and len(joins) == 1
+    assert result.total.cost_usd == pytest.approx(1.25)
+    assert result.spend["builder"].cost_usd == pytest.approx(0.75)
+    assert [i["value"]["text"] for i in result.artifacts["piece"]["items"]] == [  # type: ignore[index, union-attr, call-overload]
+        "built a", "built b", "built c"]

@@ -48,7 +48,7 @@ def run_cli(*args: str) -> tuple[int, str, str]:
 
 
 def test_the_built_in_team_is_a_packaged_workflow() -> None:
-    assert builtin_workflows() == ["builtin:code-review"]
+    assert builtin_workflows() == ["builtin:code-review", "builtin:code-review-parallel"]
     wf = load_workflow("builtin:code-review")
     assert [(s.id, s.role, s.output) for s in wf.spec.steps] == [
         ("design", "architect", "design"), ("implement", "coder", "code"),

@@ -135,11 +135,32 @@ class Fanouts:
             item = WorkItem(fanout=key, index=i, total=plan.n, key=plan.keys[i],
                             value=items[i])
             out = work.model_copy(update={"item": item})
-            await publish(out, step.id, item_msg_id(ctx.workflow_id, key, i))
+            await publish(out, step.id, item_msg_id(ctx.workflow_id, key, i,
+                                                    work.state.resumed_after))
 
         async with anyio.create_task_group() as tg:
             for i in indices:
                 tg.start_soon(one, i)
+
+    async def resume(self, ctx: Context[Any], wf: CompiledWorkflow, step: StepSpec,
+                     work: Work, plan: FanoutPlan, items: list[Any], publish: Publish) -> None:
+        """Go on with a fan-out of a resumed run (``swarmbus retry`` of a run that ended
+        while its items ran): the items it had started and not finished run again
+        (under ids of the resumed run), those not started yet start as completions
+        release them, and a set already complete publishes its join."""
+        key = fanout_key(step.id, work.state.round, work.state.steps)
+        done, _ = await self._record(f"{ctx.workflow_id}.{key}")
+        progress = plan.replay(done)
+        if not done:
+            await self._publish_items(ctx, step, work, key, plan, items, plan.start(), publish)
+            return
+        if progress.complete and progress.completed_at is not None:
+            item = WorkItem(fanout=key, index=done[progress.completed_at][0], total=plan.n)
+            last = work.model_copy(update={"item": item})
+            await self.after(ctx, wf, step, last, plan, items, progress.completed_at, done,
+                             publish, _no_fail, fresh=True)
+            return
+        await self._publish_items(ctx, step, work, key, plan, items, progress.running, publish)
 
     # -- one item ---------------------------------------------------------------------------
 
@@ -183,7 +204,8 @@ class Fanouts:
     async def after(self, ctx: Context[Any], wf: CompiledWorkflow, step: StepSpec, work: Work,
                     plan: FanoutPlan, items: list[Any], position: int,
                     done: list[tuple[int, bool]], publish: Publish,
-                    fail: Callable[[WorkState, str], Awaitable[None]]) -> Progress:
+                    fail: Callable[[WorkState, str], Awaitable[None]], *,
+                    fresh: bool = False) -> Progress:
         """What completion ``position`` does: publish the items it released; if it
         finished the set, the join (or ``fail`` with the joined state when fewer items
         succeeded than the join's ``min_ok``)."""
@@ -197,7 +219,7 @@ class Fanouts:
         base = self._base(ctx, item)
         store = await self.store()
         fired = await store.get(f"{base}.fired")
-        if fired is not None:
+        if fired is not None and not fresh:
             return progress  # published before, longer ago than the duplicate window
         results = await self._results(base, plan, progress)
         joined = Joined[Any](items=results)
@@ -239,11 +261,13 @@ class Fanouts:
     def joined_state(step: StepSpec, state: WorkState, joined: Joined[Any]) -> WorkState:
         """``state`` (as the fan-out started) with the items' results under the step's
         output, their spend booked to the step's role, one step counted per item run,
-        and a finding for each item that did not succeed."""
+        and a finding for each item that did not succeed. (An item run before the run
+        was resumed is in the resumed run's spend already.)"""
         out = state.model_copy(deep=True)
         assert step.output is not None
         out.artifacts[step.output] = joined.model_dump(mode="json")
-        spent = Usage.sum(r.usage for r in joined.items)
+        spent = Usage.sum(r.usage for r in joined.items
+                          if r.resumed_after == state.resumed_after)
         out.spend[step.role] = out.spend.get(step.role, Usage()) + spent
         out.steps += sum(1 for r in joined.items if not r.reason.startswith("skipped"))
         out.findings = [*out.findings, *(
@@ -258,7 +282,9 @@ class Fanouts:
         out = Work(state=state, source=step.id, output=step.output or "",
                    edge=f"{step.id}.join", provenance=None,
                    usage=Usage.sum(r.usage for r in results))
-        await publish(out, wf.joins[step.id], join_msg_id(ctx.workflow_id, key))
+        after = work.state.resumed_after
+        await publish(out, wf.joins[step.id],
+                      join_msg_id(ctx.workflow_id, f"{key}~{after}" if after else key))
 
     # -- the budget across items ------------------------------------------------------------
 
@@ -313,6 +339,10 @@ class Fanouts:
         finally:
             with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+
+async def _no_fail(state: WorkState, why: str) -> None:
+    return None
 
 
 def fanout_meta(ctx: Context[Any], msg_id: str, workflow: str, round: int) -> Meta:

@@ -239,6 +239,10 @@ class StepAgent(Agent):
                 raise Reject(f"an item of a fan-out on step {step.id!r}, which has no for_each")
             await self.guards.run(ctx, work.state, lambda: self._run_item(ctx, wf, step, work))
             return
+        if step.for_each is not None:  # the fan-out itself, again: a resumed run's
+            await self.guards.run(ctx, work.state, lambda: self._resume_fanout(ctx, wf, step,
+                                                                              work))
+            return
         await self.guards.run(ctx, work.state, lambda: self._run(ctx, wf, step, work.state))
 
     async def _warn_legacy_consumer(self, bus: Bus) -> None:
@@ -404,6 +408,16 @@ class StepAgent(Agent):
                         raise
         return publish
 
+    async def _resume_fanout(self, ctx: Context[Any], wf: CompiledWorkflow, step: StepSpec,
+                             work: Work) -> None:
+        run = ctx.run
+        assert run is not None
+        run.step = step.id
+        plan, items = await self._plan(wf, step, work.state)
+        with anyio.CancelScope(shield=True):
+            await self.fanouts.resume(ctx, wf, step, work, plan, items,
+                                      self._publisher(ctx, wf))
+
     async def _run_item(self, ctx: Context[Any], wf: CompiledWorkflow, step: StepSpec,
                         work: Work) -> None:
         """One item of a fan-out: run the step on it (unless its completion is recorded
@@ -456,6 +470,9 @@ class StepAgent(Agent):
         parallel = step.max_parallel or plan.n
         async with self.fanouts.shared_budget(ctx, item, run.ledger, state.total,
                                                parallel) as siblings:
+            # If this item ends the run (a limit, the deadline, a cancel), what the other
+            # items booked is part of its spend.
+            run.also_spent = lambda: Usage.sum(siblings.values())
             try:
                 for tool in tools:
                     await tool.before(call)
@@ -464,9 +481,6 @@ class StepAgent(Agent):
                     output = tool.after(call, output)
                 value = self._inline(output)
             except LimitReached:
-                # The run ends here: what the other items booked is part of its spend.
-                state.spend[step.role] = (state.spend.get(step.role) or Usage()) + Usage.sum(
-                    siblings.values())
                 raise
             except (ModelError, ConfigError, PromptError, ValidationError, _TooLarge) as e:
                 name = call.model.name if call.model is not None else None
@@ -476,13 +490,17 @@ class StepAgent(Agent):
                                 delay_s=self.consumer.retry_delay(ctx.deliveries)) from None
                 ctx.log.warning("item failed", step=step.id, item=item.key, model=name,
                                 error=str(e)[:500])
+                run.also_spent = None
                 return ItemResult[Any](index=item.index, key=item.key, ok=False,
                                        reason=what[:2000], usage=run.take_spend(),
-                                       input=item.value, provenance=call.provenance)
+                                       input=item.value, provenance=call.provenance,
+                                       resumed_after=state.resumed_after)
+        run.also_spent = None  # from here, the join (or its failure) counts every item
         usage = run.take_spend()
         _answered(ctx, step, call.provenance, f"item {item.key}")
         return ItemResult[Any](index=item.index, key=item.key, ok=True, value=value, usage=usage,
-                               input=item.value, provenance=call.provenance)
+                               input=item.value, provenance=call.provenance,
+                               resumed_after=state.resumed_after)
 
     async def _reused(self, wf: CompiledWorkflow, step: StepSpec, state: WorkState,
                       item: WorkItem, items: list[Any]) -> ItemResult[Any] | None:
