@@ -35,17 +35,13 @@ from swarmbus.protocols import (
     CompiledWorkflow,
     ConfigError,
     Deadline,
-    FanoutPlan,
     Finish,
-    ItemResult,
     Meta,
     Provenance,
     StepSpec,
     SwarmbusError,
     TaskRequest,
-    Usage,
     Work,
-    WorkItem,
     WorkState,
     route,
     step_topic,
@@ -65,7 +61,8 @@ from ..models import (
     build_model,
 )
 from ._call import StepCall, permanent
-from ._fanout import DEFAULT_SEND_BACKS, Fanouts, affected, fanout_meta
+from ._fanout import Fanouts
+from ._items import ItemSteps, TooLargeError, answered
 from ._prompt import PromptError, template_paths
 from ._registry import Workflows
 from ._state import missing_inputs, start_state, update_findings
@@ -127,6 +124,7 @@ class StepAgent(Agent):
         self._cache_store: Any = None
         self._objects: ArtifactStore | None = None
         self.fanouts = Fanouts()
+        self.items = ItemSteps(self)
         if kwargs.setdefault("name", role) != role:
             raise ConfigError(f"a step agent's name is its role ({role!r}): its consumer, its "
                               f"spend and the supervisor know it by that, got {kwargs['name']!r}")
@@ -237,11 +235,10 @@ class StepAgent(Agent):
         if work.item is not None:
             if step.for_each is None:
                 raise Reject(f"an item of a fan-out on step {step.id!r}, which has no for_each")
-            await self.guards.run(ctx, work.state, lambda: self._run_item(ctx, wf, step, work))
+            await self.guards.run(ctx, work.state, lambda: self.items.run_item(ctx, wf, step, work))
             return
         if step.for_each is not None:  # the fan-out itself, again: a resumed run's
-            await self.guards.run(ctx, work.state, lambda: self._resume_fanout(ctx, wf, step,
-                                                                              work))
+            await self.guards.run(ctx, work.state, lambda: self.items.resume(ctx, wf, step, work))
             return
         await self.guards.run(ctx, work.state, lambda: self._run(ctx, wf, step, work.state))
 
@@ -326,14 +323,14 @@ class StepAgent(Agent):
         if step.output:
             try:
                 state.artifacts[step.output] = await self._store(output)
-            except _TooLarge as e:
+            except TooLargeError as e:
                 await run.end("failed", f"step {step.id!r}: {e}", provenance=prov)
                 return
         update_findings(state, step, output)
         decision = route(wf, step.id, output, state.edges, state.caps,
                          send_backs=state.send_backs, send_back_caps=state.send_back_caps)
         if isinstance(decision, Finish):
-            _answered(ctx, step, prov, decision.status)
+            answered(ctx, step, prov, decision.status)
             await run.end(decision.status, decision.reason, provenance=prov)
             return
         if not decision.edge.endswith(".next"):  # every route taken counts; caps use them
@@ -349,192 +346,14 @@ class StepAgent(Agent):
         try:
             with anyio.CancelScope(shield=True):  # a publish is not cut half-way
                 if wf.steps[decision.step].for_each is not None:
-                    await self._fan_out(ctx, run, wf, wf.steps[decision.step], work, prov)
+                    await self.items.fan_out(ctx, run, wf, wf.steps[decision.step], work, prov)
                 else:
                     await self._hand_on(ctx, wf, work, decision.step, prov)
         except PayloadTooLargeError as e:
             await run.end("failed", f"step {step.id!r}: its output cannot be passed on: {e}",
                           provenance=prov)
         finally:  # logged once the next step has its work: a log line is not on its path
-            _answered(ctx, step, prov, decision.step)
-
-    # -- fan-out and join ---------------------------------------------------------------------
-
-    async def _fan_out(self, ctx: Context[Any], run: Run, wf: CompiledWorkflow, target: StepSpec,
-                       work: Work, prov: Provenance | None) -> None:
-        """Hand ``work`` on to the for_each step ``target``: its first items (each its own
-        message), or, when the list cannot run, back to the list's producer with
-        findings (capped by the role's send-backs, else ``DEFAULT_SEND_BACKS``)."""
-        plan, items = await self._plan(wf, target, work.state)
-        art = (target.for_each or "").partition(".")[0]
-        producer = wf.producer(art)
-        assert producer is not None  # the check makes sure
-        _, refused = Fanouts.check(target, items, producer.role)
-        if refused is None:
-            await self.fanouts.start(ctx, wf, target, work, plan, items, self._publisher(ctx, wf))
-            return
-        state = work.state
-        state.findings = refused.findings
-        role, sent = producer.role, work.state.send_backs.get(producer.role, 0)
-        cap = state.send_back_caps.get(role, DEFAULT_SEND_BACKS)
-        why = "; ".join(f.explanation for f in refused.findings)
-        if sent >= cap:
-            await run.end("rounds_exhausted", f"the {art} went back to the {role} {sent} times "
-                          f"(cap {cap}) and still cannot fan out: {why}", provenance=prov)
-            return
-        state.send_backs[role] = sent + 1
-        state.round += 1
-        ctx.log.info("list sent back to its producer", step=target.id, to=producer.id, why=why)
-        await self._hand_on(ctx, wf, work.model_copy(update={"edge": f"{target.id}.refused"}),
-                            producer.id, prov)
-
-    async def _plan(self, wf: CompiledWorkflow, step: StepSpec, state: WorkState,
-                    ) -> tuple[FanoutPlan, list[Any]]:
-        art = (step.for_each or "").partition(".")[0]
-        listing = await self._artifact(state, art, wf.read_types[art])
-        items = Fanouts.items_of(step, listing)
-        return FanoutPlan.of(items, step.max_parallel)[0], items
-
-    def _publisher(self, ctx: Context[Any], wf: CompiledWorkflow) -> Any:
-        async def publish(work: Work, to: str, msg_id: str) -> None:
-            meta = fanout_meta(ctx, msg_id, wf.hash, work.state.round)
-            for attempt in (1, 2):
-                try:
-                    await ctx.bus.publish(ctx.workflow_id, step_topic(to), work, meta)
-                    return
-                except PayloadTooLargeError:
-                    if attempt == 2 or self._objects is None or not await spill(
-                            work.state, self._objects):
-                        raise
-        return publish
-
-    async def _resume_fanout(self, ctx: Context[Any], wf: CompiledWorkflow, step: StepSpec,
-                             work: Work) -> None:
-        run = ctx.run
-        assert run is not None
-        run.step = step.id
-        plan, items = await self._plan(wf, step, work.state)
-        with anyio.CancelScope(shield=True):
-            await self.fanouts.resume(ctx, wf, step, work, plan, items,
-                                      self._publisher(ctx, wf))
-
-    async def _run_item(self, ctx: Context[Any], wf: CompiledWorkflow, step: StepSpec,
-                        work: Work) -> None:
-        """One item of a fan-out: run the step on it (unless its completion is recorded
-        already: a redelivery only replays what that completion does), record its
-        result, and hand on what the completion released."""
-        run = ctx.run
-        assert run is not None and work.item is not None
-        run.step = step.id
-        item = work.item
-        start = work.state.model_copy(deep=True)  # every item starts from the same state
-        plan, items = await self._plan(wf, step, start)
-        found = await self.fanouts.position(ctx, item)
-        if found is None:
-            result = await self._reused(wf, step, start, item, items) or \
-                await self._item_result(ctx, run, wf, step, work, plan)
-            if result is None:
-                return  # the run ended
-            found = await self.fanouts.record(ctx, item, result)
-        position, done = found
-        origin = work.model_copy(update={"state": start})
-
-        async def fail(state: WorkState, why: str) -> None:
-            run.state = state
-            await run.end("failed", why)
-
-        with anyio.CancelScope(shield=True):  # what a completion publishes is not cut
-            await self.fanouts.after(ctx, wf, step, origin, plan, items, position, done,
-                                     self._publisher(ctx, wf), fail)
-
-    async def _item_result(self, ctx: Context[Any], run: Run, wf: CompiledWorkflow,
-                           step: StepSpec, work: Work, plan: FanoutPlan,
-                           ) -> ItemResult[Any] | None:
-        item = work.item
-        assert item is not None and step.output is not None
-        state = work.state
-        why = self._cannot_start(ctx, wf, step, state, None)
-        if why:
-            await run.end("failed", why)
-            return None
-        output_type = wf.types[step.output]
-        call = StepCall(
-            workflow=wf, step=step, state=state,
-            inputs={n: await self._artifact(state, n, wf.read_types[n]) for n in step.input},
-            previous=await self._previous_item(wf, step, state, item.key),
-            output_type=output_type, model=self.model_for(step), settings=self.settings,
-            ctx=ctx, artifacts=await self._readable(state, step),
-            retry_delay=self.consumer.retry_delay, item=item,
-        )
-        tools = [self.tools[t] for t in step.tool_names if t in self.tools]
-        parallel = step.max_parallel or plan.n
-        async with self.fanouts.shared_budget(ctx, item, run.ledger, state.total,
-                                               parallel) as siblings:
-            # If this item ends the run (a limit, the deadline, a cancel), what the other
-            # items booked is part of its spend.
-            run.also_spent = lambda: Usage.sum(siblings.values())
-            try:
-                for tool in tools:
-                    await tool.before(call)
-                output = await self.perform(call)
-                for tool in tools:
-                    output = tool.after(call, output)
-                value = self._inline(output)
-            except LimitReached:
-                raise
-            except (ModelError, ConfigError, PromptError, ValidationError, _TooLarge) as e:
-                name = call.model.name if call.model is not None else None
-                what = f"{type(e).__name__}: {e}"
-                if not permanent(e) and ctx.deliveries < self.consumer.max_deliver - 1:
-                    raise Retry(f"item {item.key!r} of step {step.id!r}: {what}",
-                                delay_s=self.consumer.retry_delay(ctx.deliveries)) from None
-                ctx.log.warning("item failed", step=step.id, item=item.key, model=name,
-                                error=str(e)[:500])
-                run.also_spent = None
-                return ItemResult[Any](index=item.index, key=item.key, ok=False,
-                                       reason=what[:2000], usage=run.take_spend(),
-                                       input=item.value, provenance=call.provenance,
-                                       resumed_after=state.resumed_after)
-        run.also_spent = None  # from here, the join (or its failure) counts every item
-        usage = run.take_spend()
-        _answered(ctx, step, call.provenance, f"item {item.key}")
-        return ItemResult[Any](index=item.index, key=item.key, ok=True, value=value, usage=usage,
-                               input=item.value, provenance=call.provenance,
-                               resumed_after=state.resumed_after)
-
-    async def _reused(self, wf: CompiledWorkflow, step: StepSpec, state: WorkState,
-                      item: WorkItem, items: list[Any]) -> ItemResult[Any] | None:
-        """With ``rerun: affected``, an item's result of the round before, when it
-        succeeded on the same item and the open findings for this step all point at
-        other items (``affected``); None: run it."""
-        if step.rerun != "affected" or not step.output or step.output not in state.artifacts:
-            return None
-        joined = await self._artifact(state, step.output, wf.read_types[step.output])
-        before = next((r for r in getattr(joined, "items", []) if r.key == item.key), None)
-        if before is None or not before.ok or before.input != item.value:
-            return None
-        hit = affected(step, state.findings, items)
-        if hit is None or item.key in hit:
-            return None
-        value = before.value.model_dump(mode="json") if isinstance(
-            before.value, BaseModel) else before.value
-        return ItemResult[Any](index=item.index, key=item.key, ok=True, value=value,
-                               input=item.value, reused=True)
-
-    async def _previous_item(self, wf: CompiledWorkflow, step: StepSpec, state: WorkState,
-                             key: str) -> BaseModel | None:
-        """The item's own result from an earlier round of the fan-out (by its key)."""
-        assert step.output is not None
-        if step.output not in state.artifacts:
-            return None
-        joined = await self._artifact(state, step.output, wf.read_types[step.output])
-        for r in getattr(joined, "items", []):
-            if r.key == key and r.ok and r.value is not None:
-                value: BaseModel = wf.types[step.output].model_validate(
-                    r.value.model_dump(mode="json") if isinstance(r.value, BaseModel)
-                    else r.value)
-                return value
-        return None
+            answered(ctx, step, prov, decision.step)
 
     def _cannot_start(self, ctx: Context[Any], wf: CompiledWorkflow, step: StepSpec,
                       state: WorkState, task: TaskRequest | None) -> str:
@@ -591,23 +410,12 @@ class StepAgent(Agent):
             out[name] = json.loads(await self._objects.get(ref))
         return out
 
-    def _inline(self, output: BaseModel) -> Any:
-        """An item's output as its result holds it (always inline: the join's list is
-        moved to the object store whole when it is large). Raises ``_TooLarge``."""
-        data = output.model_dump(mode="json")
-        size = len(json.dumps(data, separators=(",", ":")).encode())
-        if size > min(self.max_artifact_bytes, self.inline_bytes * 4):
-            raise _TooLarge(f"its {type(output).__name__} output is {size:,} bytes, above the "
-                            f"limit of {min(self.max_artifact_bytes, self.inline_bytes * 4):,} "
-                            "bytes for one item's result")
-        return data
-
     async def _store(self, output: BaseModel) -> Any:
         """The output as it goes in the state: inline, or by reference when large.
-        Raises ``_TooLarge`` above ``max_artifact_bytes``."""
+        Raises ``TooLargeError`` above ``max_artifact_bytes``."""
         data = output.model_dump_json().encode()
         if len(data) > self.max_artifact_bytes:
-            raise _TooLarge(f"its {type(output).__name__} output is {len(data):,} bytes, "
+            raise TooLargeError(f"its {type(output).__name__} output is {len(data):,} bytes, "
                             f"above the limit of {self.max_artifact_bytes:,} bytes")
         if len(data) <= self.inline_bytes or self._objects is None:
             return output.model_dump(mode="json")
@@ -657,16 +465,6 @@ async def arm_deadline(ctx: Context[Any], state: WorkState, workflow: str) -> No
                                meta, at=deadline, target=topics.DEADLINE, confirm=False)
     except SwarmbusError as e:  # the run goes on; agents still cut it at the deadline
         ctx.log.warning("could not schedule the deadline", error=str(e)[:300])
-
-
-def _answered(ctx: Context[Any], step: StepSpec, prov: Provenance | None, then: str) -> None:
-    if prov is not None:
-        ctx.log.info("model answered", step=step.id, model=prov.name, cost_usd=prov.cost_usd,
-                     latency_s=round(prov.latency_s, 3), from_cache=prov.from_cache, then=then)
-
-
-class _TooLarge(Exception):
-    pass
 
 
 class _NoOutput(BaseModel):
