@@ -671,3 +671,47 @@ async def test_a_run_resumed_in_a_fan_out_runs_only_the_unfinished_items(
     assert result.spend["builder"].cost_usd == pytest.approx(0.75)
     assert [i["value"]["text"] for i in result.artifacts["piece"]["items"]] == [  # type: ignore[index, union-attr, call-overload]
         "built a", "built b", "built c"]
+
+
+@pytest.mark.anyio
+async def test_a_deadline_no_item_meets_ends_the_run_with_every_items_spend(
+    nats_url: str, namespace: str
+) -> None:
+    """Item a is paid and done; item b waits for a builder that is gone (its process
+    stopped): the supervisor ends the run at the deadline, and the result has a's
+    spend beside the planner's: $0.50."""
+    from swarmbus.agents.models import Billed, Price
+    from swarmbus.protocols import Limits
+
+    price = Price(input=1.0, output=0.0)
+    compiled = compile_workflow(Workflow.parse(spec(max_parallel=1)))
+
+    b_started = anyio.Event()
+
+    async def build(request: Any) -> Any:
+        if "Build b" in user_text(request):
+            b_started.set()
+            await anyio.sleep(60)  # the builder goes away before b is done
+        return Billed(Text(text="built"), input_tokens=250_000)
+
+    models = {"planner": FunctionModel(lambda r: Billed(Plan(parts=[
+        Part(name="a"), Part(name="b")]), input_tokens=250_000), name="t:planner", price=price),
+        "builder": FunctionModel(build, name="t:builder", price=price),
+        "merger": FunctionModel(lambda r: Text(text="m"), name="t:merger", price=price)}
+    agents = team(compiled, models=models, tools={})
+    builder = next(a for a in agents if a.name == "builder")
+    with anyio.fail_after(30):
+        async with (
+            Swarm([a for a in agents if a is not builder], nats=nats_url, namespace=namespace,
+                  grace_s=3),
+            await SwarmClient.connect(nats_url, namespace=namespace) as client,
+        ):
+            wf_id = await client.submit(TaskRequest(goal="build it",
+                                                    limits=Limits(timeout_s=4.0)))
+            # The builder is there for item a, and leaves while it builds b.
+            async with Swarm([builder], nats=nats_url, namespace=namespace, grace_s=0.5):
+                await b_started.wait()
+            result = await client.result(wf_id)
+    assert result.status == "deadline_exceeded", result.reason
+    assert result.total.cost_usd == pytest.approx(0.50)
+    assert result.spend["builder"].calls == 1

@@ -286,6 +286,25 @@ class Fanouts:
         await publish(out, wf.joins[step.id],
                       join_msg_id(ctx.workflow_id, f"{key}~{after}" if after else key))
 
+    async def spent_by_others(self, workflow_id: str, item: WorkItem) -> Usage:
+        """What the fan-out's other items booked so far (their stored spend): for whoever
+        ends the run from ``item``'s work (the supervisor, at a deadline no handler met)."""
+        store = await self.store()
+        base = f"{workflow_id}.{item.fanout}"
+        found: list[Usage] = []
+
+        async def read(j: int) -> None:
+            raw = await store.get(f"{base}.s{j}")
+            if raw:
+                with contextlib.suppress(ValueError):
+                    found.append(Usage.model_validate_json(raw))
+
+        async with anyio.create_task_group() as tg:
+            for j in range(item.total):
+                if j != item.index:
+                    tg.start_soon(read, j)
+        return Usage.sum(found)
+
     # -- the budget across items ------------------------------------------------------------
 
     @contextlib.asynccontextmanager

@@ -47,6 +47,7 @@ from swarmbus.protocols import (
     TaskStatus,
     Usage,
     Work,
+    WorkItem,
     WorkState,
     headers,
     initial_state,
@@ -57,6 +58,7 @@ from .._agent import Agent, Context, handles
 from .._guards import carried_spend, last_error
 from .._run import Run
 from ..models import Ledger
+from ._fanout import Fanouts
 
 __all__ = ["Supervisor"]
 
@@ -73,6 +75,7 @@ class _Latest:
     topic: str
     msg_id: str
     workflow: CompiledWorkflow | None
+    item: WorkItem | None = None
 
 
 class Supervisor(Agent):
@@ -89,11 +92,13 @@ class Supervisor(Agent):
         self.grace_s = grace_s
         self._store: WorkflowStore | None = None
         self._bus: Bus | None = None
+        self._fanouts = Fanouts()
 
     async def setup(self, bus: Bus) -> None:
         await super().setup(bus)
         self._bus = bus
         self._store = await WorkflowStore.open(bus)
+        await self._fanouts.setup(bus)
 
     # -- the three topics ---------------------------------------------------------------
 
@@ -202,7 +207,7 @@ class Supervisor(Agent):
         msg_id = stored.headers.get(headers.MSG_ID) or f"{self._bus.stream_name}-{stored.seq}"
         env = stored.try_decode()
         if env is not None and isinstance(env.message, Work):
-            return _Latest(env.message.state, topic, msg_id, wf)
+            return _Latest(env.message.state, topic, msg_id, wf, env.message.item)
         if env is not None and isinstance(env.message, TaskRequest):
             submitted = _parse_time(stored.time)
             if wf is None and env.message.workflow:
@@ -239,6 +244,9 @@ class Supervisor(Agent):
         carried = await carried_spend(self._bus, role, latest.msg_id) if (
             role and latest.msg_id) else None
         run = Run(ctx, latest.state, Ledger(carried=carried), key=role or self.name)
+        if latest.item is not None:  # a fan-out's: its other items' spend is the run's too
+            others = await self._fanouts.spent_by_others(ctx.workflow_id, latest.item)
+            run.also_spent = lambda: others
         run.step = topics.step_of_topic(latest.topic) or (
             latest.workflow.entry.id if latest.workflow else "")
         await run.end(status, reason, retryable=retryable)
