@@ -173,3 +173,23 @@ async def test_a_design_of_one_component_takes_the_single_coder_path(
     assert result.status == "approved", result.reason
     assert t.built == ["all"]
     assert result.routes.get("single") == 1
+
+
+@pytest.mark.anyio
+async def test_the_offline_models_run_the_parallel_team(nats_url: str, namespace: str) -> None:
+    """`swarmbus up --offline --workflow builtin:code-review-parallel` works: the
+    scripted architect answers a parallel design, each coder its component."""
+    from swarmbus.agents.app import offline_models
+
+    wf = load_workflow("builtin:code-review-parallel")
+    models = offline_models()
+    with anyio.fail_after(90):
+        async with (
+            Swarm(team(wf, models=models), nats=nats_url, namespace=namespace, grace_s=3),
+            await SwarmClient.connect(nats_url, namespace=namespace) as client,
+        ):
+            result = await client.result(await client.submit(TaskRequest(goal="say hello")))
+    assert result.status == "approved", result.reason
+    assert result.routes.get("parallel") == 1
+    assert result.test_report is not None and result.test_report.passed == 2
+    assert result.spend["coder"].calls == 2

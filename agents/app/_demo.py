@@ -23,7 +23,17 @@ from typing import Any
 import anyio
 from pydantic import BaseModel
 
-from swarmbus.protocols import Code, Component, Design, Finding, SourceFile, Text, Verdict
+from swarmbus.protocols import (
+    Code,
+    Component,
+    ComponentPlan,
+    Design,
+    Finding,
+    ParallelDesign,
+    SourceFile,
+    Text,
+    Verdict,
+)
 
 from ..models import FunctionModel, Model, ModelRequest
 
@@ -101,9 +111,54 @@ def _has_findings(prompt: str) -> bool:
     return "## Findings to address" in prompt
 
 
-def _architect(request: ModelRequest[Any]) -> Design:
+# A parallel design for any goal (builtin:code-review-parallel): two components, the
+# second using the first through the interface.
+_PARALLEL_INTERFACE = ("def words(text: str) -> list[str]: ...\n\n\n"
+                       "def solve() -> str: ...\n")
+_WORDS = ("def words(text: str) -> list[str]:\n"
+          "    return [w for w in text.replace(',', ' ').split() if w]\n")
+_WORDS_TEST = ("from words import words\n\n\ndef test_words():\n"
+               "    assert words('a, b c') == ['a', 'b', 'c']\n")
+_SOLVE_TEST = ("from solution import solve\n\n\ndef test_solve():\n"
+               "    assert solve()\n")
+
+
+def _parallel_design(goal: str) -> ParallelDesign:
+    return ParallelDesign(
+        summary=f"Two modules: words splits text, solution answers the goal: {goal[:200]}",
+        interface=SourceFile(path="interface.py", content=_PARALLEL_INTERFACE),
+        components=[
+            ComponentPlan(name="words", responsibility="split text into words",
+                          files=["words.py", "test_words.py"],
+                          provides=["words(text: str) -> list[str]"]),
+            ComponentPlan(name="solve", responsibility="answer the goal with words()",
+                          files=["solution.py", "test_solution.py"],
+                          provides=["solve() -> str"], depends_on=["words"]),
+        ],
+        acceptance_criteria=["words('a, b c') == ['a', 'b', 'c']", "solve() is not empty"],
+    )
+
+
+def _component(prompt: str, goal: str) -> Code | None:
+    """A coder's answer for one component of the parallel design, if asked for one."""
+    found = re.search(r"Build component (\w+)", prompt)
+    if found is None:
+        return None
+    if found.group(1) == "words":
+        return Code(files=[SourceFile(path="words.py", content=_WORDS),
+                           SourceFile(path="test_words.py", content=_WORDS_TEST)])
+    text = " ".join(re.sub(r"[^\w .,-]", "", goal)[:200].split()) or "done"
+    source = f"from words import words\n\n\ndef solve() -> str:\n" \
+             f"    return ' '.join(words({text!r}))\n"
+    return Code(files=[SourceFile(path="solution.py", content=source),
+                       SourceFile(path="test_solution.py", content=_SOLVE_TEST)])
+
+
+def _architect(request: ModelRequest[Any]) -> Design | ParallelDesign:
     prompt = _prompt(request)
     goal = prompt.split("## Goal", 1)[-1].split("##", 1)[0].strip()
+    if issubclass(request.output_type, ParallelDesign):
+        return _parallel_design(goal)
     if "slugify" in goal:
         if _has_findings(prompt):
             return Design(
@@ -142,6 +197,15 @@ def _architect(request: ModelRequest[Any]) -> Design:
 
 def _coder(request: ModelRequest[Any]) -> Code:
     prompt = _prompt(request)
+    part = _component(prompt, prompt.split("## Goal", 1)[-1].split("##", 1)[0].strip())
+    if part is not None:
+        return part
+    if "def words(text: str)" in prompt and "Build component" not in prompt:
+        return Code(files=[SourceFile(path="interface.py", content=_PARALLEL_INTERFACE),
+                           *(_component("Build component words", "") or Code(files=[])).files,
+                           *(_component("Build component solve", prompt.split(
+                               "## Goal", 1)[-1].split("##", 1)[0].strip())
+                             or Code(files=[])).files])
     if "slugify(title: str)" in prompt:
         if "transliterates" in prompt:
             files = [SourceFile(path="slugify.py", content=_SLUG_UNICODE),
@@ -193,7 +257,7 @@ def _reviewer(request: ModelRequest[Any]) -> Verdict:
 def _any(request: ModelRequest[Any]) -> BaseModel:
     """Any step of any workflow: the team's answers by output type, else a default."""
     out = request.output_type
-    if issubclass(out, Design):
+    if issubclass(out, Design | ParallelDesign):
         return _architect(request)
     if issubclass(out, Code):
         return _coder(request)
