@@ -77,17 +77,8 @@ class KeyValueStore:
         return True
 
     async def get(self, key: str) -> bytes | None:
-        for attempt in (0, 1):
-            try:
-                entry = await self._kv.get(key)
-            except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
-                return None
-            except nats.errors.Error as e:
-                if attempt or not await self._heal(e):
-                    raise
-                continue
-            return entry.value
-        return None  # pragma: no cover - the loop returns or raises
+        got = await self.entry(key)
+        return None if got is None else got[0]
 
     async def entry(self, key: str) -> tuple[bytes, int] | None:
         """The value of ``key`` and its revision (for ``swap``), or None when it has none."""
