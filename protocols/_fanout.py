@@ -61,6 +61,8 @@ class ItemResult(BaseModel, Generic[_T]):
     provenance: Provenance | None = Field(None, description="The model that answered.")
     input: JsonValue = Field(None, description="The item it ran on.")
     reused: bool = Field(False, description="Taken from the round before (rerun: affected).")
+    limit: str = Field("", description="The run's limit that stopped it (budget_exceeded): "
+                       "the run ends so once every item has finished.")
     resumed_after: int = Field(0, description="The run's resumed_after when it ran: an item "
                                "run before a resume is in the resumed run's spend already.")
 

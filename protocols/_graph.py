@@ -297,6 +297,14 @@ def _check_fanouts(wf: CompiledWorkflow, index: Mapping[str, int],
                                    "the join reads each item's result under its name"))
         if s.join is not None:
             target = wf.steps.get(s.join)
+            if s.for_each is not None:
+                out.append(Problem(f"{at}.join", "a step cannot both join a fan-out and fan "
+                                   "out itself: put a step between"))
+            elif target is not None and target.max_items is not None and \
+                    s.min_ok is not None and s.min_ok > target.max_items:
+                out.append(Problem(f"{at}.min_ok", f"min_ok {s.min_ok} can never be met: "
+                                   f"{s.join!r} runs at most {target.max_items} items "
+                                   "(max_items)"))
             if target is None or target.for_each is None:
                 fanouts = [f.id for f in wf.spec.steps if f.for_each is not None]
                 out.append(Problem(f"{at}.join", f"{s.join!r} is not a step with `for_each` "

@@ -567,7 +567,7 @@ async def test_the_trail_shows_each_item(nats_url: str, namespace: str) -> None:
 async def test_an_item_that_ends_the_run_stops_its_siblings_before_their_next_call(
     nats_url: str, namespace: str
 ) -> None:
-    """Item b ends the run (a limit its own code hits); item c, in its first call,
+    """Item b ends the run (its own code meets the deadline); item c, in its first call,
     needs a repair: the repair is never asked for, the run ended while c worked."""
     from swarmbus.agents.models import LimitReached
     from swarmbus.agents.workflow import StepAgent, StepCall
@@ -578,7 +578,7 @@ async def test_an_item_that_ends_the_run_stops_its_siblings_before_their_next_ca
         async def perform(self, call: StepCall) -> BaseModel:
             if call.item is not None and call.item.key == "b":
                 await anyio.sleep(0.1)
-                raise LimitReached("budget_exceeded", "b spent it all")
+                raise LimitReached("deadline_exceeded", "b ran out of time")
             return await super().perform(call)
 
     async def build(request: Any) -> Any:
@@ -600,7 +600,7 @@ async def test_an_item_that_ends_the_run_stops_its_siblings_before_their_next_ca
             wf_id = await client.submit(TaskRequest(goal="build it"))
             result = await client.result(wf_id)
             await anyio.sleep(1.5)  # c's first call ends; a repair would start now
-    assert result.status == "budget_exceeded" and "b spent it all" in result.reason
+    assert result.status == "deadline_exceeded" and "b ran out of time" in result.reason
     assert calls == ["c"]
 
 
@@ -715,3 +715,135 @@ async def test_a_deadline_no_item_meets_ends_the_run_with_every_items_spend(
     assert result.status == "deadline_exceeded", result.reason
     assert result.total.cost_usd == pytest.approx(0.50)
     assert result.spend["builder"].calls == 1
+
+
+@pytest.mark.anyio
+async def test_a_join_template_reads_the_items_field_not_the_dicts_method(
+    nats_url: str, namespace: str
+) -> None:
+    """`{{ artifacts.piece.items[0].key }}` (as the README shows) reads the field; an
+    artifact is a JSON object, so no field name is shadowed by a dict method."""
+    s = spec()
+    s["steps"][2]["task"] = ("first {{ artifacts.piece.items[0].key }} of "
+                             "{{ artifacts.piece.items | length }}")
+    compiled = compile_workflow(Workflow.parse(s))
+    seen: list[str] = []
+    models = {"planner": FunctionModel(lambda r: Plan(parts=[Part(name="a"), Part(name="b")]),
+                                       name="t:planner"),
+              "builder": FunctionModel(Builder(), name="t:builder"),
+              "merger": FunctionModel(lambda r: note(seen, user_text(r), Text(text="m")),
+                                      name="t:merger")}
+    with anyio.fail_after(30):
+        async with (
+            Swarm(team(compiled, models=models, tools={}), nats=nats_url,
+                  namespace=namespace, grace_s=3),
+            await SwarmClient.connect(nats_url, namespace=namespace) as client,
+        ):
+            result = await client.result(await client.submit(TaskRequest(goal="build it")))
+    assert result.status == "approved", result.reason
+    assert "first a of 2" in seen[0]
+
+
+@pytest.mark.anyio
+async def test_the_trails_costs_add_up_to_the_total(nats_url: str, namespace: str) -> None:
+    """The planner's cost is on one item's message only, a released item's message
+    carries none, and the join's carries the items': the rows sum to the total."""
+    from swarmbus.agents.models import Billed, Price
+    from swarmbus.protocols import TaskResult, Usage, Work
+
+    price = Price(input=1.0, output=0.0)
+
+    def paid(answer: Any) -> Any:
+        return Billed(answer, input_tokens=250_000)
+
+    compiled = compile_workflow(Workflow.parse(spec(max_parallel=2)))
+    models = {"planner": FunctionModel(lambda r: paid(Plan(parts=[
+        Part(name=k) for k in "abcd"])), name="t:planner", price=price),
+        "builder": FunctionModel(lambda r: paid(Text(text="built")), name="t:builder",
+                                 price=price),
+        "merger": FunctionModel(lambda r: paid(Text(text="m")), name="t:merger", price=price)}
+    with anyio.fail_after(30):
+        async with (
+            Swarm(team(compiled, models=models, tools={}), nats=nats_url,
+                  namespace=namespace, grace_s=3),
+            await SwarmClient.connect(nats_url, namespace=namespace) as client,
+        ):
+            wf_id = await client.submit(TaskRequest(goal="build it"))
+            result = await client.result(wf_id)
+            trail = [m.decode().message for m in await client.trail(wf_id)]
+    rows = [m.usage for m in trail if isinstance(m, Work | TaskResult) and m.usage]
+    assert result.total.cost_usd == pytest.approx(1.50)  # 1 + 4 + 1 calls at $0.25
+    assert Usage.sum(rows).cost_usd == pytest.approx(1.50)
+
+
+@pytest.mark.anyio
+async def test_an_item_failing_on_every_delivery_fails_alone(
+    nats_url: str, namespace: str
+) -> None:
+    """Item b's handler raises on every delivery: on its last one b is recorded as
+    failed (not dead-lettered with the whole run), min_ok 1 lets the join run, and the
+    spend keeps a's call."""
+    from swarmbus.bus import ConsumerSettings
+
+    async def build(request: Any) -> Any:
+        if "Build b" in user_text(request):
+            raise RuntimeError("a bug in the builder")
+        return Text(text="built a")
+
+    s = spec()
+    s["steps"][2]["min_ok"] = 1
+    compiled = compile_workflow(Workflow.parse(s))
+    models = {"planner": FunctionModel(lambda r: Plan(parts=[Part(name="a"), Part(name="b")]),
+                                       name="t:planner"),
+              "builder": FunctionModel(build, name="t:builder"),
+              "merger": FunctionModel(lambda r: Text(text="m"), name="t:merger")}
+    fast = ConsumerSettings(retry_delay_s=0.05, max_deliver=3)
+    with anyio.fail_after(30):
+        async with (
+            Swarm(team(compiled, models=models, tools={}, consumers={"builder": fast}),
+                  nats=nats_url, namespace=namespace, grace_s=3),
+            await SwarmClient.connect(nats_url, namespace=namespace) as client,
+        ):
+            result = await client.result(await client.submit(TaskRequest(goal="build it")))
+    assert result.status == "approved", result.reason
+    items: Any = result.artifacts["piece"]
+    b = items["items"][1]
+    assert not b["ok"] and "still failing after 3 deliveries" in b["reason"]
+    assert "a bug in the builder" in b["reason"]
+    assert result.spend["builder"].calls == 1
+
+
+@pytest.mark.anyio
+async def test_items_in_flight_at_once_cannot_spend_more_than_is_left(
+    nats_url: str, namespace: str
+) -> None:
+    """Budget $1.00, four items at once, each answering 5,000 output tokens at $100 per
+    million ($0.50): each call's max_tokens is fitted to a quarter of what is left, so
+    the answers are cut at 2,500 tokens and the run ends budget_exceeded at $1.00, not
+    at $2.00."""
+    from swarmbus.agents.models import Billed, Price
+    from swarmbus.protocols import Limits
+
+    price = Price(input=0.0, output=100.0)
+    compiled = compile_workflow(Workflow.parse(spec()))
+
+    async def build(request: Any) -> Any:
+        await anyio.sleep(0.2)
+        return Billed(Text(text="built"), output_tokens=5_000)
+
+    models = {"planner": FunctionModel(lambda r: Plan(parts=[Part(name=k) for k in "abcd"]),
+                                       name="t:planner"),
+              "builder": FunctionModel(build, name="t:builder", price=price),
+              "merger": FunctionModel(lambda r: Text(text="m"), name="t:merger")}
+    with anyio.fail_after(30):
+        async with (
+            Swarm(team(compiled, models=models, tools={}), nats=nats_url,
+                  namespace=namespace, grace_s=3),
+            await SwarmClient.connect(nats_url, namespace=namespace) as client,
+        ):
+            result = await client.result(await client.submit(
+                TaskRequest(goal="build it", limits=Limits(budget_usd=1.0))))
+            await anyio.sleep(0.5)  # every call has ended
+    assert result.status == "budget_exceeded", result.reason
+    assert result.total.cost_usd is not None and result.total.cost_usd <= 1.0 + 1e-9
+    assert result.total.cost_usd == pytest.approx(1.0)

@@ -16,7 +16,12 @@ from pydantic import BaseModel, ValidationError
 from swarmbus.protocols import ConfigError, Provenance
 
 from ._base import ChatMessage, Model, ModelRequest, ModelResponse, T
-from ._errors import ModelError, OutputValidationError, ScriptExhaustedError
+from ._errors import (
+    ModelError,
+    OutputTruncatedError,
+    OutputValidationError,
+    ScriptExhaustedError,
+)
 from ._ledger import CallBound, current_ledger, input_token_bound
 from ._output import repair_prompt, validate_output
 from ._prices import Price, price_table
@@ -177,10 +182,11 @@ class _OfflineModel(Model):
         spent: list[Provenance] = []
         ledger = current_ledger()
         for attempt in (1, 2):
+            lowered: int | None = None
             if ledger is not None:
                 price = self._bound_price()
                 free = price is not None and not (price.input or price.output)
-                ledger.before_call(self.name, None if free else CallBound(
+                lowered = ledger.before_call(self.name, None if free else CallBound(
                     price, input_token_bound(current), current.settings.max_tokens))
             self.requests.append(current)
             call_started = time.perf_counter()
@@ -192,11 +198,21 @@ class _OfflineModel(Model):
                 exc.usage = usage_of(spent) + exc.usage
                 raise
             answer = reply.reply if isinstance(reply, (Billed, Unmetered)) else reply
+            cut = lowered is not None and isinstance(reply, Billed) and \
+                reply.output_tokens > lowered
+            if cut:  # as a provider does: the output stops at the lowered max_tokens
+                assert isinstance(reply, Billed) and lowered is not None
+                reply = replace(reply, output_tokens=lowered)
             if not isinstance(answer, BaseException) or isinstance(reply, Billed):
                 booked = self._book(current, reply, time.perf_counter() - call_started)
                 spent.append(booked)
                 if ledger is not None:
                     await ledger.book(booked)
+            if cut:
+                raise OutputTruncatedError(
+                    f"{self.name}: the reply was cut at {lowered} tokens (max_tokens lowered "
+                    "to fit the budget left)", model=self.name, usage=usage_of(spent),
+                    budget_tokens=lowered)
             try:
                 output = _to_output(answer, request.output_type)
                 break

@@ -42,6 +42,7 @@ from swarmbus.protocols import (
     Meta,
     Progress,
     StepSpec,
+    TaskStatus,
     Usage,
     Work,
     WorkItem,
@@ -125,16 +126,24 @@ class Fanouts:
             joined = Joined[Any](items=[])
             await self._publish_join(ctx, wf, step, work, key, joined, [], publish)
             return
-        await self._publish_items(ctx, step, work, key, plan, items, plan.start(), publish)
+        await self._publish_items(ctx, step, work, key, plan, items, plan.start(), publish,
+                                  first_carries=True)
 
     async def _publish_items(self, ctx: Context[Any], step: StepSpec, work: Work, key: str,
                              plan: FanoutPlan, items: list[Any], indices: list[int],
-                             publish: Publish) -> None:
-        """Publish items ``indices`` at once (each awaits its own ack)."""
+                             publish: Publish, *, first_carries: bool = False) -> None:
+        """Publish items ``indices`` at once (each awaits its own ack). What the step
+        that handed the work on spent and its model go on the first item only
+        (``first_carries``), so a trail's costs still add up to the total."""
+        first = min(indices, default=-1) if first_carries else -1
+
         async def one(i: int) -> None:
             item = WorkItem(fanout=key, index=i, total=plan.n, key=plan.keys[i],
                             value=items[i])
-            out = work.model_copy(update={"item": item})
+            update: dict[str, Any] = {"item": item}
+            if i != first:
+                update.update(usage=None, provenance=None)
+            out = work.model_copy(update=update)
             await publish(out, step.id, item_msg_id(ctx.workflow_id, key, i,
                                                     work.state.resumed_after))
 
@@ -204,11 +213,12 @@ class Fanouts:
     async def after(self, ctx: Context[Any], wf: CompiledWorkflow, step: StepSpec, work: Work,
                     plan: FanoutPlan, items: list[Any], position: int,
                     done: list[tuple[int, bool]], publish: Publish,
-                    fail: Callable[[WorkState, str], Awaitable[None]], *,
+                    fail: Callable[[WorkState, str, TaskStatus], Awaitable[None]], *,
                     fresh: bool = False) -> Progress:
         """What completion ``position`` does: publish the items it released; if it
-        finished the set, the join (or ``fail`` with the joined state when fewer items
-        succeeded than the join's ``min_ok``)."""
+        finished the set, the join, or ``fail`` with the joined state: ``failed`` when
+        fewer items succeeded than the join's ``min_ok``, ``budget_exceeded`` when the
+        budget stopped an item."""
         item = work.item
         assert item is not None
         progress = plan.replay(done[:position + 1])
@@ -225,10 +235,17 @@ class Fanouts:
         joined = Joined[Any](items=results)
         join_step = wf.steps[wf.joins[step.id]]
         need = join_step.min_ok if join_step.min_ok is not None else plan.n
+        stopped = next((r for r in results if r.limit), None)
+        if stopped is not None:
+            state = self.joined_state(step, work.state, joined)
+            await fail(state, f"item {stopped.key!r} of step {step.id!r}: "
+                       f"{stopped.reason.removeprefix(stopped.limit + ': ')}",
+                       stopped.limit)  # type: ignore[arg-type]
+            return progress
         if progress.ok < need:
             state = self.joined_state(step, work.state, joined)
             await fail(state, f"{progress.ok} of {plan.n} items of step {step.id!r} succeeded; "
-                       f"the join {join_step.id!r} needs {need} (min_ok)")
+                       f"the join {join_step.id!r} needs {need} (min_ok)", "failed")
             return progress
         await self._publish_join(ctx, wf, step, work, item.fanout, joined, results, publish)
         await store.put(f"{base}.fired", b"1")
@@ -280,8 +297,8 @@ class Fanouts:
                             results: list[ItemResult[Any]], publish: Publish) -> None:
         state = self.joined_state(step, work.state, joined)
         out = Work(state=state, source=step.id, output=step.output or "",
-                   edge=f"{step.id}.join", provenance=None,
-                   usage=Usage.sum(r.usage for r in results))
+                   edge=f"{step.id}.join", provenance=None if results else work.provenance,
+                   usage=Usage.sum(r.usage for r in results) if results else work.usage)
         after = work.state.resumed_after
         await publish(out, wf.joins[step.id],
                       join_msg_id(ctx.workflow_id, f"{key}~{after}" if after else key))
@@ -360,7 +377,7 @@ class Fanouts:
                 await sub.unsubscribe()
 
 
-async def _no_fail(state: WorkState, why: str) -> None:
+async def _no_fail(state: WorkState, why: str, status: TaskStatus) -> None:
     return None
 
 

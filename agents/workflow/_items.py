@@ -10,14 +10,16 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from pydantic import BaseModel, ValidationError
 
-from swarmbus.bus import PayloadTooLargeError, Retry
+from swarmbus.bus import PayloadTooLargeError, Retry, scrub
 from swarmbus.protocols import (
     CompiledWorkflow,
     ConfigError,
+    ControlFlow,
     FanoutPlan,
     ItemResult,
     Provenance,
     StepSpec,
+    TaskStatus,
     Usage,
     Work,
     WorkItem,
@@ -128,9 +130,9 @@ class ItemSteps:
         position, done = found
         origin = work.model_copy(update={"state": start})
 
-        async def fail(state: WorkState, why: str) -> None:
+        async def fail(state: WorkState, why: str, status: TaskStatus) -> None:
             run.state = state
-            await run.end("failed", why)
+            await run.end(status, why)
 
         with anyio.CancelScope(shield=True):  # what a completion publishes is not cut
             await self.agent.fanouts.after(ctx, wf, step, origin, plan, items, position, done,
@@ -169,8 +171,14 @@ class ItemSteps:
                 for tool in tools:
                     output = tool.after(call, output)
                 value = self.inline(output)
-            except LimitReached:
-                raise
+            except LimitReached as e:
+                if e.status != "budget_exceeded":
+                    raise  # the deadline or a cancel: this item ends the run now
+                # The budget is spent (its siblings' calls included): this item stops
+                # here, and the run ends budget_exceeded once every item has finished, so
+                # the result has every item's spend, calls in flight now included.
+                return self._failed(run, call, item, f"budget_exceeded: {e.reason}",
+                                    limit=e.status)
             except (ModelError, ConfigError, PromptError, ValidationError, TooLargeError) as e:
                 name = call.model.name if call.model is not None else None
                 what = f"{type(e).__name__}: {e}"
@@ -179,17 +187,32 @@ class ItemSteps:
                                 delay_s=self.agent.consumer.retry_delay(ctx.deliveries)) from None
                 ctx.log.warning("item failed", step=step.id, item=item.key, model=name,
                                 error=str(e)[:500])
-                run.also_spent = None
-                return ItemResult[Any](index=item.index, key=item.key, ok=False,
-                                       reason=what[:2000], usage=run.take_spend(),
-                                       input=item.value, provenance=call.provenance,
-                                       resumed_after=state.resumed_after)
+                return self._failed(run, call, item, what)
+            except Exception as e:
+                if isinstance(e, ControlFlow) or ctx.deliveries < self.agent.consumer.max_deliver:
+                    raise  # retried by the consumer, as any step's error
+                # Its last delivery: the item fails (it counts as finished, min_ok decides)
+                # rather than the whole run being dead-lettered with it.
+                what = f"still failing after {ctx.deliveries} deliveries: " \
+                       f"{type(e).__name__}: {scrub(str(e))}"
+                ctx.log.warning("item failed on its last delivery", step=step.id,
+                                item=item.key, error=what[:500])
+                return self._failed(run, call, item, what)
         run.also_spent = None  # from here, the join (or its failure) counts every item
         usage = run.take_spend()
         answered(ctx, step, call.provenance, f"item {item.key}")
         return ItemResult[Any](index=item.index, key=item.key, ok=True, value=value, usage=usage,
                                input=item.value, provenance=call.provenance,
                                resumed_after=state.resumed_after)
+
+    @staticmethod
+    def _failed(run: Run, call: StepCall, item: WorkItem, why: str, *, limit: str = "",
+                ) -> ItemResult[Any]:
+        run.also_spent = None  # the join (or its failure) counts every item's spend
+        return ItemResult[Any](index=item.index, key=item.key, ok=False, reason=why[:2000],
+                               usage=run.take_spend(), input=item.value,
+                               provenance=call.provenance,
+                               resumed_after=call.state.resumed_after, limit=limit)
 
     async def reused(self, wf: CompiledWorkflow, step: StepSpec, state: WorkState,
                       item: WorkItem, items: list[Any]) -> ItemResult[Any] | None:

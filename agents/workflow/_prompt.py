@@ -33,7 +33,17 @@ __all__ = [
 
 TEMPLATE_NAMES = frozenset({"inputs", "artifacts", "findings", "round", "role", "step"})
 
-_env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+class _Environment(SandboxedEnvironment):
+    """Artifacts and inputs are JSON objects: ``{{ artifacts.x.items }}`` is the field
+    ``items``, never the dict's method of that name (``keys``, ``values``, ``get``...)."""
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if isinstance(obj, Mapping) and attribute in obj:
+            return obj[attribute]
+        return super().getattr(obj, attribute)
+
+
+_env = _Environment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
 
 
 class PromptError(ValueError):

@@ -12,8 +12,9 @@ def _edges(wf: CompiledWorkflow) -> list[tuple[str, str, str, int | None]]:
     out: list[tuple[str, str, str, int | None]] = []
     for s in wf.spec.steps:
         if not s.routes:
-            label = (f"join ({s.min_ok}+ ok)" if s.min_ok is not None else "join") \
-                if s.for_each is not None else ""
+            join = wf.steps.get(wf.joins.get(s.id, ""))
+            label = (f"join (min_ok {join.min_ok})" if join is not None and join.min_ok
+                     is not None else "join") if s.for_each is not None else ""
             out.append((s.id, wf.successor(s.id), label, None))
         for key, edge in s.routes.items():
             out.append((s.id, edge.to, f"{s.route_on}={key}", edge.max))
@@ -50,7 +51,9 @@ def show_text(wf: CompiledWorkflow) -> str:
 def mermaid(wf: CompiledWorkflow) -> str:
     """A Mermaid flowchart of the workflow."""
     def node(step: str) -> str:  # Mermaid reserves `end`; prefixing keeps every id legal
-        return "finish" if step == END else f"s_{step}"
+        if step == END:
+            return "finish"
+        return "s_" + "".join(c if c.isalnum() or c == "_" else f"_{ord(c):x}_" for c in step)
 
     lines = ["flowchart TD", "  start([task]) --> " + node(wf.entry.id)]
     for s in wf.spec.steps:
