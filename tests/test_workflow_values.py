@@ -174,3 +174,25 @@ def test_the_seed_reviewer_runs_the_tests_and_cannot_approve_failing_ones() -> N
     out = SandboxPytest(None).after(  # type: ignore[arg-type]
         call, Verdict(decision="approve", summary="looks fine"))
     assert isinstance(out, Verdict) and out.decision == "revise_code"
+
+
+def test_two_runs_of_the_same_failing_code_read_the_same() -> None:
+    """What pytest prints differently on each run of the same code (memory addresses,
+    temporary folders, epoch times) does not reach the prompt: a redelivered review of
+    failing code is the same request, served from the response cache."""
+    from swarmbus.agents.workflow import report_text
+    from swarmbus.protocols import TestReport
+
+    def run(addr: str, tmp: str, now: str) -> TestReport:
+        return TestReport(exit_code=1, passed=0, failed=3, failed_tests=[
+            f"test_m.py::test_a - assert <m.A object at 0x{addr}> == <m.A obje..."],
+            output=(f"E       assert <m.A object at 0x{addr}> == <m.A object at 0x{addr}>\n"
+                    f"E       AssertionError: /box/tmp/{tmp}\n"
+                    f"E       AssertionError: assert {now} < 0\n"
+                    "3 failed in 0.12s\n"))
+
+    first = report_text(run("7f943a2d80d0", "tmp5pzcs0l1", "1796680086.6806178"))
+    second = report_text(run("7fc63d518fd0", "tmp08_qppx8", "1796680086.9021063"))
+    assert first == second
+    assert "<m.A object at 0x…>" in first and "/box/tmp/tmp…" in first
+    assert "assert <time> < 0" in first

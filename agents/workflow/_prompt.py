@@ -27,11 +27,14 @@ __all__ = [
     "PromptError",
     "render_system",
     "render_work",
+    "report_text",
+    "steady",
     "template_paths",
     "template_problems",
 ]
 
 TEMPLATE_NAMES = frozenset({"inputs", "artifacts", "findings", "round", "role", "step"})
+
 
 class _Environment(SandboxedEnvironment):
     """Artifacts and inputs are JSON objects: ``{{ artifacts.x.items }}`` is the field
@@ -218,9 +221,28 @@ _DURATION = re.compile(r" in \d+(?:\.\d+)?s(?: \(\d+:\d\d:\d\d\))?(?=[ =]*$)", r
 # and can differ between two runs of the same code (a cgroup that could not be made under
 # load): left in, a redelivered review would ask anew and pay twice.
 _ISOLATION = re.compile(r"^\[sandbox\] isolation: .*\n?", re.M)
+# What differs between two runs of the same code and says nothing about it: memory
+# addresses in reprs (<A object at 0x7f94...>), the names of temporary folders
+# (tempfile's tmpXXXXXXXX) and the clock's seconds since the epoch (2020-2033). Left in,
+# a redelivered review of failing code would miss the response cache and pay again.
+_VOLATILE = (
+    (re.compile(r"\b0x[0-9a-fA-F]{6,16}\b"), "0x…"),
+    (re.compile(r"(?<=/)tmp[A-Za-z0-9_]{8}\b"), "tmp…"),
+    (re.compile(r"(?<![\d.])1[6-9]\d{8}\.\d+"), "<time>"),
+)
+
+
+def steady(text: str) -> str:
+    """``text`` without what two runs of the same code write differently."""
+    for pattern, stand_in in _VOLATILE:
+        text = pattern.sub(stand_in, text)
+    return text
 
 
 def report_text(r: TestReport) -> str:
+    """The test report as a model reads it: the counts, the failing tests and the output,
+    without what differs between two runs of the same code (the wall time, the
+    isolation note, addresses, temporary folder names, epoch times)."""
     head = (
         f"exit code {r.exit_code}, passed {r.passed}, failed {r.failed}, errors {r.errors}"
         + (", TIMED OUT" if r.timed_out else "")
@@ -233,6 +255,6 @@ def report_text(r: TestReport) -> str:
         )
     if r.limits_hit:
         head += f"\nLimits enforced by the sandbox: {', '.join(r.limits_hit)}"
-    failed = "\n".join(f"- {name}" for name in r.failed_tests)
-    output = _ISOLATION.sub("", _DURATION.sub("", r.output)).rstrip("\n")
+    failed = "\n".join(f"- {steady(name)}" for name in r.failed_tests)
+    output = steady(_ISOLATION.sub("", _DURATION.sub("", r.output))).rstrip("\n")
     return f"{head}\n{failed}\n\nOutput:\n```\n{output}\n```"

@@ -30,6 +30,8 @@ from swarmbus.protocols import (
     route_key,
 )
 
+from ._prompt import steady
+
 if TYPE_CHECKING:
     from ._step import StepCall
 
@@ -65,7 +67,7 @@ class Tool(Protocol):
 
 
 def failing_tests_finding(report: TestReport, target: str) -> Finding:
-    names = ", ".join(report.failed_tests[:10]) or (
+    names = ", ".join(steady(t) for t in report.failed_tests[:10]) or (
         "no test passed" if report.exit_code == 0 else f"exit code {report.exit_code}")
     return Finding(
         severity="critical", location="tests",
