@@ -132,12 +132,15 @@ class Context(Generic[M]):
         workflow: str | None = None,
         first: bool = False,
         expect_last_seq: int | None = None,
+        msg_id: str | None = None,
     ) -> PublishResult:
         """Publish an output (to this workflow unless ``workflow_id`` is given) and
         wait for the stream to confirm it.
 
         Its ``Nats-Msg-Id`` derives from the input's id, this agent and the
-        output's index, so a handler that runs twice publishes each output once.
+        output's index, so a handler that runs twice publishes each output once;
+        ``msg_id`` gives it instead (an id any publisher derives alike: a fan-out's
+        item or join, whichever handler publishes it).
         ``topic`` defaults to the message type's first default topic; ``workflow``
         (the ``Swarm-Workflow`` header) to the input's. ``first=True``: the server
         refuses it if its subject holds a message already (``SubjectTakenError``);
@@ -148,8 +151,9 @@ class Context(Generic[M]):
                 raise ConfigError(f"{message.swarm_type} has no default topic: pass topic=")
             topic = message.default_topics[0]
         wf = check_workflow_id(workflow_id) if workflow_id else self.envelope.workflow_id
-        msg_id = self.output_id()
-        self._index += 1
+        if msg_id is None:
+            msg_id = self.output_id()
+            self._index += 1
         meta = Meta(msg_id, causation_id=self.envelope.msg_id, sender=self.agent,
                     round=self.envelope.round if round is None else round, model=model,
                     workflow=workflow or self.envelope.workflow)

@@ -85,6 +85,19 @@ class Builder:
         return Text(text=f"built {name} from item {name}")
 
 
+async def run_one(compiled: Any, models: dict[str, Any], nats_url: str, namespace: str,
+                  task: TaskRequest | None = None, **team_kw: Any) -> Any:
+    """One run of ``compiled`` by a swarm of ``models`` (no tools): its result."""
+    with anyio.fail_after(30):
+        async with (
+            Swarm(team(compiled, models=models, tools={}, **team_kw), nats=nats_url,
+                  namespace=namespace, grace_s=3),
+            await SwarmClient.connect(nats_url, namespace=namespace) as client,
+        ):
+            return await client.result(await client.submit(
+                task or TaskRequest(goal="build it")))
+
+
 async def run_fanout(fanout: dict[str, Any], parts: list[Any], builder: Builder,
                      nats_url: str, namespace: str, *, seen: list[str] | None = None,
                      min_ok: int | None = None) -> Any:
@@ -103,13 +116,7 @@ async def run_fanout(fanout: dict[str, Any], parts: list[Any], builder: Builder,
                                        name="t:planner"),
               "builder": FunctionModel(builder, name="t:builder"),
               "merger": FunctionModel(merge, name="t:merger")}
-    async with (
-        Swarm(team(compiled, models=models, tools={}), nats=nats_url,
-              namespace=namespace, grace_s=3),
-        await SwarmClient.connect(nats_url, namespace=namespace) as client,
-    ):
-        wf_id = await client.submit(TaskRequest(goal="build it"))
-        return await client.result(wf_id)
+    return await run_one(compiled, models, nats_url, namespace)
 
 
 @pytest.mark.anyio
@@ -381,13 +388,7 @@ async def test_a_second_round_of_a_loop_is_a_new_set(nats_url: str, namespace: s
         lambda r: Plan(parts=[Part(name=n) for n in next(rounds)]), name="t:planner"),
         "builder": FunctionModel(builder, name="t:builder"),
         "merger": FunctionModel(merge, name="t:merger")}
-    with anyio.fail_after(30):
-        async with (
-            Swarm(team(compiled, models=models, tools={}), nats=nats_url,
-                  namespace=namespace, grace_s=3),
-            await SwarmClient.connect(nats_url, namespace=namespace) as client,
-        ):
-            result = await client.result(await client.submit(TaskRequest(goal="build it")))
+    result = await run_one(compiled, models, nats_url, namespace)
     assert result.status == "approved", result.reason
     assert sorted(builder.calls) == ["a", "b", "c", "d", "e"]
     assert len(merged) == 2
@@ -424,16 +425,10 @@ async def test_an_item_that_spends_the_budget_stops_its_siblings_before_their_ne
         Part(name="b"), Part(name="c")]), input_tokens=250_000), name="t:planner", price=price),
         "builder": FunctionModel(build, name="t:builder", price=price),
         "merger": FunctionModel(lambda r: Text(text="m"), name="t:merger", price=price)}
-    with anyio.fail_after(30):
-        async with (
-            Swarm(team(compiled, models=models, tools={}), nats=nats_url,
-                  namespace=namespace, grace_s=3),
-            await SwarmClient.connect(nats_url, namespace=namespace) as client,
-        ):
-            from swarmbus.protocols import Limits
+    from swarmbus.protocols import Limits
 
-            result = await client.result(await client.submit(
-                TaskRequest(goal="build it", limits=Limits(budget_usd=1.0))))
+    result = await run_one(compiled, models, nats_url, namespace,
+                           TaskRequest(goal="build it", limits=Limits(budget_usd=1.0)))
     assert result.status == "budget_exceeded", result.reason
     assert sorted(calls) == ["b", "c"]  # c's repair was not made
     assert result.total.cost_usd == pytest.approx(1.0)
@@ -733,13 +728,7 @@ async def test_a_join_template_reads_the_items_field_not_the_dicts_method(
               "builder": FunctionModel(Builder(), name="t:builder"),
               "merger": FunctionModel(lambda r: note(seen, user_text(r), Text(text="m")),
                                       name="t:merger")}
-    with anyio.fail_after(30):
-        async with (
-            Swarm(team(compiled, models=models, tools={}), nats=nats_url,
-                  namespace=namespace, grace_s=3),
-            await SwarmClient.connect(nats_url, namespace=namespace) as client,
-        ):
-            result = await client.result(await client.submit(TaskRequest(goal="build it")))
+    result = await run_one(compiled, models, nats_url, namespace)
     assert result.status == "approved", result.reason
     assert "first a of 2" in seen[0]
 
@@ -798,13 +787,7 @@ async def test_an_item_failing_on_every_delivery_fails_alone(
               "builder": FunctionModel(build, name="t:builder"),
               "merger": FunctionModel(lambda r: Text(text="m"), name="t:merger")}
     fast = ConsumerSettings(retry_delay_s=0.05, max_deliver=3)
-    with anyio.fail_after(30):
-        async with (
-            Swarm(team(compiled, models=models, tools={}, consumers={"builder": fast}),
-                  nats=nats_url, namespace=namespace, grace_s=3),
-            await SwarmClient.connect(nats_url, namespace=namespace) as client,
-        ):
-            result = await client.result(await client.submit(TaskRequest(goal="build it")))
+    result = await run_one(compiled, models, nats_url, namespace, consumers={"builder": fast})
     assert result.status == "approved", result.reason
     items: Any = result.artifacts["piece"]
     b = items["items"][1]
@@ -835,15 +818,8 @@ async def test_items_in_flight_at_once_cannot_spend_more_than_is_left(
                                        name="t:planner"),
               "builder": FunctionModel(build, name="t:builder", price=price),
               "merger": FunctionModel(lambda r: Text(text="m"), name="t:merger")}
-    with anyio.fail_after(30):
-        async with (
-            Swarm(team(compiled, models=models, tools={}), nats=nats_url,
-                  namespace=namespace, grace_s=3),
-            await SwarmClient.connect(nats_url, namespace=namespace) as client,
-        ):
-            result = await client.result(await client.submit(
-                TaskRequest(goal="build it", limits=Limits(budget_usd=1.0))))
-            await anyio.sleep(0.5)  # every call has ended
+    result = await run_one(compiled, models, nats_url, namespace,
+                           TaskRequest(goal="build it", limits=Limits(budget_usd=1.0)))
     assert result.status == "budget_exceeded", result.reason
     assert result.total.cost_usd is not None and result.total.cost_usd <= 1.0 + 1e-9
     assert result.total.cost_usd == pytest.approx(1.0)

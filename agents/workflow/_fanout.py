@@ -26,7 +26,7 @@ import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import anyio
 from nats.aio.msg import Msg
@@ -39,7 +39,6 @@ from swarmbus.protocols import (
     Finding,
     ItemResult,
     Joined,
-    Meta,
     Progress,
     StepSpec,
     TaskStatus,
@@ -73,6 +72,8 @@ class Refused:
 
 Publish = Callable[[Work, str, str], Awaitable[None]]
 """Publish work on a step's topic with a given ``Nats-Msg-Id``: (work, step id, msg id)."""
+Fail = Callable[[WorkState, str, TaskStatus], Awaitable[None]]
+"""End the run with a fan-out's joined state: (state, reason, status)."""
 
 
 class Fanouts:
@@ -152,7 +153,8 @@ class Fanouts:
                 tg.start_soon(one, i)
 
     async def resume(self, ctx: Context[Any], wf: CompiledWorkflow, step: StepSpec,
-                     work: Work, plan: FanoutPlan, items: list[Any], publish: Publish) -> None:
+                     work: Work, plan: FanoutPlan, items: list[Any], publish: Publish,
+                     fail: Fail) -> None:
         """Go on with a fan-out of a resumed run (``swarmbus retry`` of a run that ended
         while its items ran): the items it had started and not finished run again
         (under ids of the resumed run), those not started yet start as completions
@@ -167,7 +169,7 @@ class Fanouts:
             item = WorkItem(fanout=key, index=done[progress.completed_at][0], total=plan.n)
             last = work.model_copy(update={"item": item})
             await self.after(ctx, wf, step, last, plan, items, progress.completed_at, done,
-                             publish, _no_fail, fresh=True)
+                             publish, fail, fresh=True)
             return
         await self._publish_items(ctx, step, work, key, plan, items, progress.running, publish)
 
@@ -213,7 +215,7 @@ class Fanouts:
     async def after(self, ctx: Context[Any], wf: CompiledWorkflow, step: StepSpec, work: Work,
                     plan: FanoutPlan, items: list[Any], position: int,
                     done: list[tuple[int, bool]], publish: Publish,
-                    fail: Callable[[WorkState, str, TaskStatus], Awaitable[None]], *,
+                    fail: Fail, *,
                     fresh: bool = False) -> Progress:
         """What completion ``position`` does: publish the items it released; if it
         finished the set, the join, or ``fail`` with the joined state: ``failed`` when
@@ -240,7 +242,7 @@ class Fanouts:
             state = self.joined_state(step, work.state, joined)
             await fail(state, f"item {stopped.key!r} of step {step.id!r}: "
                        f"{stopped.reason.removeprefix(stopped.limit + ': ')}",
-                       stopped.limit)  # type: ignore[arg-type]
+                       cast(TaskStatus, stopped.limit))
             return progress
         if progress.ok < need:
             state = self.joined_state(step, work.state, joined)
@@ -251,17 +253,33 @@ class Fanouts:
         await store.put(f"{base}.fired", b"1")
         return progress
 
-    async def _results(self, base: str, plan: FanoutPlan, progress: Progress,
-                       ) -> list[ItemResult[Any]]:
+    async def _read(self, keys: list[str]) -> list[bytes | None]:
+        """The values of ``keys`` (None: no value), read at once, in their order."""
         store = await self.store()
-        raws: dict[int, bytes | None] = {}
+        out: list[bytes | None] = [None] * len(keys)
 
-        async def read(i: int) -> None:
-            raws[i] = await store.get(f"{base}.i{i}")
+        async def read(n: int) -> None:
+            out[n] = await store.get(keys[n])
 
         async with anyio.create_task_group() as tg:
-            for i in range(plan.n):
-                tg.start_soon(read, i)
+            for n in range(len(keys)):
+                tg.start_soon(read, n)
+        return out
+
+    async def _spent(self, base: str, item: WorkItem) -> dict[int, Usage]:
+        """What each other item of the fan-out has stored as its spend so far."""
+        others = [j for j in range(item.total) if j != item.index]
+        out: dict[int, Usage] = {}
+        for j, raw in zip(others, await self._read([f"{base}.s{j}" for j in others]),
+                          strict=True):
+            if raw:
+                with contextlib.suppress(ValueError):
+                    out[j] = Usage.model_validate_json(raw)
+        return out
+
+    async def _results(self, base: str, plan: FanoutPlan, progress: Progress,
+                       ) -> list[ItemResult[Any]]:
+        raws = await self._read([f"{base}.i{i}" for i in range(plan.n)])
         out: list[ItemResult[Any]] = []
         for i in range(plan.n):
             raw = raws[i]
@@ -306,21 +324,7 @@ class Fanouts:
     async def spent_by_others(self, workflow_id: str, item: WorkItem) -> Usage:
         """What the fan-out's other items booked so far (their stored spend): for whoever
         ends the run from ``item``'s work (the supervisor, at a deadline no handler met)."""
-        store = await self.store()
-        base = f"{workflow_id}.{item.fanout}"
-        found: list[Usage] = []
-
-        async def read(j: int) -> None:
-            raw = await store.get(f"{base}.s{j}")
-            if raw:
-                with contextlib.suppress(ValueError):
-                    found.append(Usage.model_validate_json(raw))
-
-        async with anyio.create_task_group() as tg:
-            for j in range(item.total):
-                if j != item.index:
-                    tg.start_soon(read, j)
-        return Usage.sum(found)
+        return Usage.sum((await self._spent(f"{workflow_id}.{item.fanout}", item)).values())
 
     # -- the budget across items ------------------------------------------------------------
 
@@ -352,15 +356,9 @@ class Fanouts:
                 take(int(token[1:]), msg.data)
 
         sub = await self.bus.nc.subscribe(f"$KV.{store.bucket}.{base}.*", cb=on_update)
-        async def read(j: int) -> None:
-            raw = await store.get(f"{base}.s{j}")
-            if raw:
-                take(j, raw)
-
-        async with anyio.create_task_group() as tg:  # what siblings booked before now
-            for j in range(item.total):
-                if j != item.index:
-                    tg.start_soon(read, j)
+        for j, usage in (await self._spent(base, item)).items():  # booked before now
+            siblings.setdefault(j, usage)  # an update heard meanwhile is newer
+        seen()
         inner = ledger.persist
 
         async def persist(usage: Usage) -> None:
@@ -375,16 +373,6 @@ class Fanouts:
         finally:
             with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
                 await sub.unsubscribe()
-
-
-async def _no_fail(state: WorkState, why: str, status: TaskStatus) -> None:
-    return None
-
-
-def fanout_meta(ctx: Context[Any], msg_id: str, workflow: str, round: int) -> Meta:
-    """The metadata of a fan-out's message (an item's work, or the join's)."""
-    return Meta(msg_id, causation_id=ctx.envelope.msg_id, sender=ctx.agent, round=round,
-                workflow=workflow)
 
 
 def affected(step: StepSpec, findings: list[Finding], items: list[Any]) -> set[str] | None:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from pydantic import BaseModel, ValidationError
 
-from swarmbus.bus import PayloadTooLargeError, Retry, scrub
+from swarmbus.bus import Retry, scrub
 from swarmbus.protocols import (
     CompiledWorkflow,
     ConfigError,
@@ -24,14 +24,13 @@ from swarmbus.protocols import (
     Work,
     WorkItem,
     WorkState,
-    step_topic,
 )
 
 from .._agent import Context
-from .._run import Run, spill
+from .._run import Run
 from ..models import LimitReached, ModelError
 from ._call import StepCall, permanent
-from ._fanout import DEFAULT_SEND_BACKS, Fanouts, affected, fanout_meta
+from ._fanout import DEFAULT_SEND_BACKS, Fail, Fanouts, Publish, affected
 from ._prompt import PromptError
 
 if TYPE_CHECKING:
@@ -55,11 +54,11 @@ class ItemSteps:
         """Hand ``work`` on to the for_each step ``target``: its first items (each its own
         message), or, when the list cannot run, back to the list's producer with
         findings (capped by the role's send-backs, else ``DEFAULT_SEND_BACKS``)."""
-        plan, items = await self.plan(wf, target, work.state)
+        items = await self.items(wf, target, work.state)
         art = (target.for_each or "").partition(".")[0]
         producer = wf.producer(art)
         assert producer is not None  # the check makes sure
-        _, refused = Fanouts.check(target, items, producer.role)
+        plan, refused = Fanouts.check(target, items, producer.role)
         if refused is None:
             await self.agent.fanouts.start(ctx, wf, target, work, plan, items,
                                            self.publisher(ctx, wf))
@@ -79,38 +78,44 @@ class ItemSteps:
         await self.agent._hand_on(ctx, wf, work.model_copy(update={"edge": f"{target.id}.refused"}),
                             producer.id, prov)
 
-    async def plan(self, wf: CompiledWorkflow, step: StepSpec, state: WorkState,
-                    ) -> tuple[FanoutPlan, list[Any]]:
+    async def items(self, wf: CompiledWorkflow, step: StepSpec, state: WorkState,
+                    ) -> list[Any]:
+        """The items of ``step``'s fan-out, from the artifact its ``for_each`` names."""
         art = (step.for_each or "").partition(".")[0]
         listing = await self.agent._artifact(state, art, wf.read_types[art])
-        items = Fanouts.items_of(step, listing)
+        return Fanouts.items_of(step, listing)
+
+    async def plan(self, wf: CompiledWorkflow, step: StepSpec, state: WorkState,
+                   ) -> tuple[FanoutPlan, list[Any]]:
+        items = await self.items(wf, step, state)
         return FanoutPlan.of(items, step.max_parallel)[0], items
 
-    def publisher(self, ctx: Context[Any], wf: CompiledWorkflow) -> Any:
+    def publisher(self, ctx: Context[Any], wf: CompiledWorkflow) -> Publish:
+        """Publish a fan-out's work under the id ``Fanouts`` derived for it."""
         async def publish(work: Work, to: str, msg_id: str) -> None:
-            meta = fanout_meta(ctx, msg_id, wf.hash, work.state.round)
-            for attempt in (1, 2):
-                try:
-                    await ctx.bus.publish(ctx.workflow_id, step_topic(to), work, meta)
-                    return
-                except PayloadTooLargeError:
-                    if attempt == 2 or self.agent._objects is None or not await spill(
-                            work.state, self.agent._objects):
-                        raise
+            await self.agent._hand_on(ctx, wf, work, to, work.provenance, msg_id=msg_id)
         return publish
 
+    @staticmethod
+    def ender(run: Run) -> Fail:
+        """End ``run`` with the joined state (a fan-out that cannot join)."""
+        async def fail(state: WorkState, why: str, status: TaskStatus) -> None:
+            run.state = state
+            await run.end(status, why)
+        return fail
+
     async def resume(self, ctx: Context[Any], wf: CompiledWorkflow, step: StepSpec,
-                             work: Work) -> None:
+                     work: Work) -> None:
         run = ctx.run
         assert run is not None
         run.step = step.id
         plan, items = await self.plan(wf, step, work.state)
         with anyio.CancelScope(shield=True):
             await self.agent.fanouts.resume(ctx, wf, step, work, plan, items,
-                                      self.publisher(ctx, wf))
+                                            self.publisher(ctx, wf), self.ender(run))
 
     async def run_item(self, ctx: Context[Any], wf: CompiledWorkflow, step: StepSpec,
-                        work: Work) -> None:
+                       work: Work) -> None:
         """One item of a fan-out: run the step on it (unless its completion is recorded
         already: a redelivery only replays what that completion does), record its
         result, and hand on what the completion released."""
@@ -130,17 +135,13 @@ class ItemSteps:
         position, done = found
         origin = work.model_copy(update={"state": start})
 
-        async def fail(state: WorkState, why: str, status: TaskStatus) -> None:
-            run.state = state
-            await run.end(status, why)
-
         with anyio.CancelScope(shield=True):  # what a completion publishes is not cut
             await self.agent.fanouts.after(ctx, wf, step, origin, plan, items, position, done,
-                                     self.publisher(ctx, wf), fail)
+                                           self.publisher(ctx, wf), self.ender(run))
 
     async def item_result(self, ctx: Context[Any], run: Run, wf: CompiledWorkflow,
-                           step: StepSpec, work: Work, plan: FanoutPlan,
-                           ) -> ItemResult[Any] | None:
+                          step: StepSpec, work: Work, plan: FanoutPlan,
+                          ) -> ItemResult[Any] | None:
         item = work.item
         assert item is not None and step.output is not None
         state = work.state
@@ -160,7 +161,7 @@ class ItemSteps:
         tools = [self.agent.tools[t] for t in step.tool_names if t in self.agent.tools]
         parallel = step.max_parallel or plan.n
         async with self.agent.fanouts.shared_budget(ctx, item, run.ledger, state.total,
-                                               parallel) as siblings:
+                                                    parallel) as siblings:
             # If this item ends the run (a limit, the deadline, a cancel), what the other
             # items booked is part of its spend.
             run.also_spent = lambda: Usage.sum(siblings.values())
@@ -215,7 +216,7 @@ class ItemSteps:
                                resumed_after=call.state.resumed_after, limit=limit)
 
     async def reused(self, wf: CompiledWorkflow, step: StepSpec, state: WorkState,
-                      item: WorkItem, items: list[Any]) -> ItemResult[Any] | None:
+                     item: WorkItem, items: list[Any]) -> ItemResult[Any] | None:
         """With ``rerun: affected``, an item's result of the round before, when it
         succeeded on the same item and the open findings for this step all point at
         other items (``affected``); None: run it."""
@@ -234,7 +235,7 @@ class ItemSteps:
                                input=item.value, reused=True)
 
     async def previous_item(self, wf: CompiledWorkflow, step: StepSpec, state: WorkState,
-                             key: str) -> BaseModel | None:
+                            key: str) -> BaseModel | None:
         """The item's own result from an earlier round of the fan-out (by its key)."""
         assert step.output is not None
         if step.output not in state.artifacts:

@@ -373,13 +373,15 @@ class StepAgent(Agent):
         return ""
 
     async def _hand_on(self, ctx: Context[Any], wf: CompiledWorkflow, work: Work, to: str,
-                       prov: Provenance | None) -> None:
-        """Publish ``work`` for step ``to``; too large, its larger artifacts move to the
-        object store first (the state grows with every step) and it is tried again."""
+                       prov: Provenance | None, msg_id: str | None = None) -> None:
+        """Publish ``work`` for step ``to`` (under ``msg_id`` when given); too large, its
+        larger artifacts move to the object store first (the state grows with every
+        step) and it is tried again."""
         for attempt in (1, 2):
             try:
                 await ctx.publish(work, topic=step_topic(to), round=work.state.round,
-                                  model=prov.name if prov else None, workflow=wf.hash)
+                                  model=prov.name if prov else None, workflow=wf.hash,
+                                  msg_id=msg_id)
                 return
             except PayloadTooLargeError:
                 if attempt == 2 or self._objects is None or not await spill(
