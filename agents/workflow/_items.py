@@ -49,8 +49,8 @@ class ItemSteps:
     def __init__(self, agent: StepAgent) -> None:
         self.agent = agent
 
-    async def fan_out(self, ctx: Context[Any], run: Run, wf: CompiledWorkflow, target: StepSpec,
-                       work: Work, prov: Provenance | None) -> None:
+    async def fan_out(self, ctx: Context[Any], run: Run, wf: CompiledWorkflow,
+                      target: StepSpec, work: Work, prov: Provenance | None) -> None:
         """Hand ``work`` on to the for_each step ``target``: its first items (each its own
         message), or, when the list cannot run, back to the list's producer with
         findings (capped by the role's send-backs, else ``DEFAULT_SEND_BACKS``)."""
@@ -65,7 +65,7 @@ class ItemSteps:
             return
         state = work.state
         state.findings = refused.findings
-        role, sent = producer.role, work.state.send_backs.get(producer.role, 0)
+        role, sent = producer.role, state.send_backs.get(producer.role, 0)
         cap = state.send_back_caps.get(role, DEFAULT_SEND_BACKS)
         why = "; ".join(f.explanation for f in refused.findings)
         if sent >= cap:
@@ -75,8 +75,8 @@ class ItemSteps:
         state.send_backs[role] = sent + 1
         state.round += 1
         ctx.log.info("list sent back to its producer", step=target.id, to=producer.id, why=why)
-        await self.agent._hand_on(ctx, wf, work.model_copy(update={"edge": f"{target.id}.refused"}),
-                            producer.id, prov)
+        back = work.model_copy(update={"edge": f"{target.id}.refused"})
+        await self.agent._hand_on(ctx, wf, back, producer.id, prov)
 
     async def items(self, wf: CompiledWorkflow, step: StepSpec, state: WorkState,
                     ) -> list[Any]:
