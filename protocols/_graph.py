@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from ._data import Finding
+from ._data import Code, Finding
 from ._workflow import END, CompiledWorkflow, Problem, StepSpec, Workflow
 
 __all__ = [
@@ -203,6 +203,9 @@ def check(spec: Workflow, types: Mapping[str, type[BaseModel]]) -> list[Problem]
             if name not in producers:
                 problems.append(Problem(f"{at}.input", f"no step produces {name!r}"))
         output = types.get(s.output or "")
+        if s.revise == "edits" and output is not None and not issubclass(output, Code):
+            problems.append(Problem(f"{at}.revise", f"edits revise code: {output.__name__} "
+                                    "is not swarmbus.Code or a type derived from it"))
         if s.routes:
             problems += _check_routes(s, at, output)
         elif output is not None and route_values(output, s.route_on) is not None:

@@ -166,6 +166,9 @@ class WorkState(_Data):
     artifacts: dict[str, JsonValue] = Field(
         default_factory=dict, description="Artifact name -> value (or an object-store reference).")
     findings: list[Finding] = Field(default_factory=list, description="Open findings.")
+    diffs: dict[str, str] = Field(
+        default_factory=dict, description="Artifact name -> its last revision, as a unified "
+        "diff against the version before (code artifacts).")
     test_report: TestReport | None = None
     acceptance: TestReport | None = Field(None, description="The hidden acceptance tests' run.")
     edges: dict[str, int] = Field(

@@ -211,6 +211,9 @@ class StepSpec(BaseModel):
     rerun: Literal["all", "affected"] = Field(
         "all", description="A later round of a for_each step: run every item again, or "
         "only those the open findings point at (and new or changed ones).")
+    revise: Literal["edits", "whole"] | None = Field(
+        None, description="A later round of a step whose output is code: answer with edits "
+        "(search/replace blocks, changed files only) or every file whole (default: edits).")
     join: str | None = Field(
         None, pattern=_NAME, description="A for_each step: run once all its items finished.")
     min_ok: int | None = Field(

@@ -75,9 +75,9 @@ class Seen:
         parts: list[str] = []
         if self.vendor == "openai":
             parts += [str(m.get("content") or "") for m in body.get("messages", [])]
-        elif self.vendor == "anthropic":
-            parts.append(str(body.get("system") or ""))
-            parts += [str(m.get("content") or "") for m in body.get("messages", [])]
+        elif self.vendor == "anthropic":  # a string, or content blocks
+            parts.append(_text(body.get("system")))
+            parts += [_text(m.get("content")) for m in body.get("messages", [])]
         elif self.vendor == "google":
             system = body.get("systemInstruction") or {}
             chunks = [system, *body.get("contents", [])]
@@ -101,6 +101,14 @@ class Seen:
         """What a tokenizer would count for the request: one token per 4 bytes of its
         body (prompts, schema and framing), rounded up."""
         return math.ceil(len(json.dumps(self.body).encode()) / 4)
+
+
+def _text(content: Any) -> str:
+    """An Anthropic system prompt or message content as text: a string, or the text of
+    its content blocks joined."""
+    if isinstance(content, list):
+        return "".join(str(b.get("text") or "") for b in content if isinstance(b, dict))
+    return str(content or "")
 
 
 Responder = Callable[[Seen], "Canned | dict[str, Any]"]

@@ -61,6 +61,24 @@ def _tokens(usage: Usage | None) -> str:
     return f"{usage.input_tokens}/{usage.output_tokens}"
 
 
+def _cache(usage: Usage | None) -> str:
+    """Input read from the provider's prompt cache / written to it, in tokens."""
+    if usage is None or not (usage.cached_tokens or usage.cache_write_tokens):
+        return "-"
+    return f"{usage.cached_tokens}/{usage.cache_write_tokens}"
+
+
+def diff_stat(diff: str) -> str:
+    """``N files +a -b`` of a unified diff ('' for none)."""
+    if not diff:
+        return ""
+    lines = diff.splitlines()
+    files = sum(1 for line in lines if line.startswith("+++ "))
+    added = sum(1 for line in lines if line.startswith("+") and not line.startswith("+++ "))
+    removed = sum(1 for line in lines if line.startswith("-") and not line.startswith("--- "))
+    return f"{files} file{'s' if files != 1 else ''} changed, +{added} -{removed}"
+
+
 def _model(prov: Provenance | None, fallback: str) -> str:
     if prov is None:
         return fallback
@@ -89,6 +107,9 @@ def describe(msg: Message) -> str:
     if isinstance(msg, Work):
         line = _artifact_line(msg.output, msg.state.artifacts.get(msg.output)) if msg.output \
             else "work"
+        changed = diff_stat(msg.state.diffs.get(msg.output, "")) if msg.output else ""
+        if changed:
+            line += f"; {changed}"
         r = msg.state.test_report
         if r is not None and msg.edge.endswith(".revise_code"):
             line = f"tests {r.passed} passed, {r.failed} failed, {r.errors} errors; {line}"
@@ -110,7 +131,7 @@ def render_trail(workflow_id: str, trail: list[StoredMessage]) -> str:
     """Each message: its topic, sender, model (and models tried before), tokens, cost."""
     lines = [f"trail of {workflow_id}: {len(trail)} messages"]
     lines.append(f"  {'#':>3}  {'step':<22} {'by':<10} {'model':<24} {'tokens':<13} "
-                 f"{'cost':<14} what")
+                 f"{'cache r/w':<11} {'cost':<14} what")
     for i, stored in enumerate(trail, 1):
         env = stored.try_decode()
         if env is None:
@@ -129,7 +150,7 @@ def render_trail(workflow_id: str, trail: list[StoredMessage]) -> str:
             where = f"{msg.step} -> result"
         lines.append(
             f"  {i:>3}  {_cut(where, 22):<22} {env.sender or '-':<10} {_cut(model, 24):<24} "
-            f"{_tokens(usage):<13} {cost(usage):<14} {describe(msg)}"
+            f"{_tokens(usage):<13} {_cache(usage):<11} {cost(usage):<14} {describe(msg)}"
         )
         findings = []
         if isinstance(msg, Work) and msg.edge and not msg.edge.endswith(".next"):
@@ -154,7 +175,7 @@ def _items(work: Work) -> list[str]:
         how = "reused" if r.reused else ("ok" if r.ok else f"failed: {_cut(r.reason, 40)}")
         model = r.provenance.name if r.provenance is not None else "-"
         out.append(f"{'':>8}item {_cut(r.key, 14):<14} {_cut(model, 24):<24} "
-                   f"{_tokens(r.usage):<13} {cost(r.usage):<14} {how}")
+                   f"{_tokens(r.usage):<13} {_cache(r.usage):<11} {cost(r.usage):<14} {how}")
     return out
 
 
@@ -182,6 +203,8 @@ def usage_line(u: Usage) -> str:
         notes.append(f"{u.estimated_calls} estimated (no usage reported)")
     if u.cache_hits:
         notes.append(f"{u.cache_hits} from cache")
+    if u.cached_tokens or u.cache_write_tokens:
+        notes.append(f"prompt cache: {u.cached_tokens} read, {u.cache_write_tokens} written")
     return (f"{u.calls} calls, {u.input_tokens} in / {u.output_tokens} out tokens, "
             f"{cost_text(u)}" + (f" ({'; '.join(notes)})" if notes else ""))
 

@@ -15,7 +15,15 @@ building a model reads its key but imports no SDK; ``Model.prepare()`` does.
 import importlib as _importlib
 import typing as _typing
 
-from ._base import ChatMessage, Model, ModelRequest, ModelResponse, ModelSettings
+from ._base import (
+    CACHE_BREAKPOINTS,
+    ChatMessage,
+    Model,
+    ModelRequest,
+    ModelResponse,
+    ModelSettings,
+    Part,
+)
 from ._cache import CachedModel, MemoryStore, ResponseStore
 from ._cassette import RecordingModel, ReplayModel
 from ._errors import (
@@ -66,7 +74,7 @@ from ._prices import (
     set_price,
     using_prices,
 )
-from ._provider import CHARS_PER_TOKEN
+from ._provider import CHARS_PER_TOKEN, PromptCache, merge_provenance
 from ._registry import (
     FallbackSpec,
     ModelConfig,
@@ -82,6 +90,7 @@ from ._registry import (
 __all__ = (
     "BLOCK_ENV",
     "BYTES_PER_TOKEN_BOUND",
+    "CACHE_BREAKPOINTS",
     "CHARS_PER_TOKEN",
     "MIN_OUTPUT_TOKENS",
     "OUTPUT_ERRORS",
@@ -113,8 +122,10 @@ __all__ = (
     "OpenAIModel",
     "OutputTruncatedError",
     "OutputValidationError",
+    "Part",
     "Price",
     "PriceTable",
+    "PromptCache",
     "ProviderAuthError",
     "ProviderBadRequestError",
     "ProviderEmptyReplyError",
@@ -144,6 +155,7 @@ __all__ = (
     "is_priced",
     "known_providers",
     "load_prices",
+    "merge_provenance",
     "metered",
     "price_for",
     "price_table",

@@ -6,29 +6,64 @@ import functools
 import hashlib
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from swarmbus.protocols import Provenance, Usage
 
 __all__ = [
+    "CACHE_BREAKPOINTS",
     "ChatMessage",
     "Model",
     "ModelRequest",
     "ModelResponse",
     "ModelSettings",
+    "Part",
 ]
 
 T = TypeVar("T", bound=BaseModel)
 
 
+CACHE_BREAKPOINTS = 4
+"""The most prompt-cache breakpoints one request may carry (Anthropic's limit)."""
+
+
+class Part(BaseModel):
+    """One section of a message: ``cache`` marks the end of a prefix that later requests
+    send again unchanged (a prompt-cache breakpoint)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    text: str
+    cache: bool = False
+
+
 class ChatMessage(BaseModel):
+    """One message. ``parts``, when given, are ``content`` cut into sections (their texts
+    joined are ``content``): adapters that place cache breakpoints (Anthropic) send one
+    content block per part; the others send ``content``. Build one from parts with
+    ``ChatMessage.of``. Raises ``ValueError`` when the parts do not join to ``content``."""
+
     model_config = ConfigDict(frozen=True)
 
     role: Literal["user", "assistant"]
     content: str
+    parts: tuple[Part, ...] = ()
+
+    @model_validator(mode="after")
+    def _parts_are_content(self) -> Self:
+        if self.parts and "".join(p.text for p in self.parts) != self.content:
+            raise ValueError("a message's parts must join to its content")
+        return self
+
+    @classmethod
+    def of(cls, role: Literal["user", "assistant"], parts: Sequence[Part]) -> ChatMessage:
+        """A message made of ``parts`` (empty ones dropped)."""
+        kept = tuple(p for p in parts if p.text)
+        return cls(role=role, content="".join(p.text for p in kept), parts=kept)
 
 
 class ModelSettings(BaseModel):
@@ -41,12 +76,20 @@ class ModelSettings(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class ModelRequest(Generic[T]):
-    """What a role asks of a model: prompts plus the pydantic type the answer must fit."""
+    """What a role asks of a model: prompts plus the pydantic type the answer must fit.
+
+    ``cache_key`` groups requests that share a long prefix (a run's step across its
+    rounds): sent as OpenAI's ``prompt_cache_key``. ``cache_system``: the system
+    prompt is a prefix later requests send again (an Anthropic breakpoint ends it).
+    Neither changes the answer, so neither is part of ``request_hash``.
+    """
 
     system: str
     messages: tuple[ChatMessage, ...]
     output_type: type[T]
     settings: ModelSettings = field(default_factory=ModelSettings)
+    cache_key: str | None = None
+    cache_system: bool = False
     _hashes: dict[str, str] = field(
         default_factory=dict, init=False, repr=False, compare=False, hash=False)
 
@@ -55,9 +98,12 @@ class ModelRequest(Generic[T]):
 
         SHA-256 over the model name, the system prompt, each message's role and
         content (each part length-prefixed, so no two requests frame alike), the
-        settings and the output type's JSON schema. Computed on every model call, so
-        it hashes the text itself rather than a JSON rendering of it (~5x cheaper),
-        and once per model name (the request is immutable).
+        settings that change the answer (``timeout_s`` does not) and the output type's
+        JSON schema. What only steers the provider's prompt cache (``parts``,
+        ``cache_key``, ``cache_system``) is left out: it never changes the answer.
+        Computed on every model call, so it hashes the text itself rather than a JSON
+        rendering of it (~5x cheaper), and once per model name (the request is
+        immutable).
         """
         known = self._hashes.get(model_name)
         if known is not None:
@@ -74,7 +120,7 @@ class ModelRequest(Generic[T]):
         return digest
 
 
-_HASH_VERSION = b"swarmbus.request/2\x00"
+_HASH_VERSION = b"swarmbus.request/3\x00"
 
 
 def _part(h: Any, text: str) -> None:
@@ -85,7 +131,7 @@ def _part(h: Any, text: str) -> None:
 
 @functools.lru_cache(maxsize=256)
 def _settings_digest(settings: ModelSettings) -> bytes:
-    return hashlib.sha256(settings.model_dump_json().encode()).digest()
+    return hashlib.sha256(settings.model_dump_json(exclude={"timeout_s"}).encode()).digest()
 
 
 @functools.lru_cache(maxsize=256)

@@ -24,7 +24,7 @@ _FORMAT = 1
 def _request_record(request: ModelRequest[Any]) -> dict[str, Any]:
     return {
         "system": request.system,
-        "messages": [m.model_dump() for m in request.messages],
+        "messages": [m.model_dump(include={"role", "content"}) for m in request.messages],
         "output_type": request.output_type.__name__,
         "settings": request.settings.model_dump(),
     }

@@ -15,6 +15,7 @@ from ._errors import ModelError, ProviderError, ProviderTimeoutError
 from ._prices import Price
 from ._provider import (
     DEFAULT_MAX_RETRIES,
+    PromptCache,
     ProviderModel,
     RawReply,
     Tokens,
@@ -104,8 +105,10 @@ class GoogleModel(ProviderModel):
         max_retries: int = DEFAULT_MAX_RETRIES,
         retry_delay_s: float = 1.0,
         price: Price | None = None,
+        prompt_cache: PromptCache = "5m",
     ) -> None:
-        super().__init__("google", model, price=price, timeout_s=timeout_s)
+        super().__init__("google", model, price=price, timeout_s=timeout_s,
+                         prompt_cache=prompt_cache)
         self.base_url = base_url
         self._max_retries = max_retries
         self._retry_delay_s = retry_delay_s

@@ -12,6 +12,7 @@ from ._errors import ModelError, ProviderError, ProviderTimeoutError
 from ._prices import Price
 from ._provider import (
     DEFAULT_MAX_RETRIES,
+    PromptCache,
     ProviderModel,
     RawReply,
     Tokens,
@@ -47,6 +48,11 @@ class OpenAIModel(ProviderModel):
     by ``aclose``. ``max_retries`` bounds the SDK's own retries of 429 / 5xx /
     timeouts (never of 401/403) before a ``ProviderError``.
 
+    Prompt cache: OpenAI caches prefixes of 1,024 tokens and more by itself; a
+    request's ``cache_key`` goes out as ``prompt_cache_key`` (to OpenAI only, not to
+    local servers) so that the rounds of one run's step reach the same cache, unless
+    ``prompt_cache="off"``.
+
     Usage: ``prompt_tokens`` (cached ones included) and ``completion_tokens``
     (reasoning included) as billed; a reply without ``usage`` is estimated.
     Raises ``MissingSDKError`` now if the ``openai`` package is not installed.
@@ -68,8 +74,10 @@ class OpenAIModel(ProviderModel):
         timeout_s: float | None = None,
         max_retries: int = DEFAULT_MAX_RETRIES,
         price: Price | None = None,
+        prompt_cache: PromptCache = "5m",
     ) -> None:
-        super().__init__(provider, model, price=price, timeout_s=timeout_s)
+        super().__init__(provider, model, price=price, timeout_s=timeout_s,
+                         prompt_cache=prompt_cache)
         self.base_url = base_url
         self._max_retries = max_retries
         # OpenAI rejects max_tokens on newer models; many local servers only know max_tokens.
@@ -127,6 +135,9 @@ class OpenAIModel(ProviderModel):
             extra["temperature"] = request.settings.temperature
         if self._native:
             extra["max_completion_tokens"] = request.settings.max_tokens
+            if request.cache_key and self.prompt_cache != "off":
+                # Requests with one key and one prefix are sent to the same cache.
+                extra["prompt_cache_key"] = request.cache_key
         else:
             extra["max_tokens"] = request.settings.max_tokens
         completion = await self._client.chat.completions.create(

@@ -34,6 +34,7 @@ from ._vendor import MAX_ERROR_CHARS
 __all__ = [
     "CHARS_PER_TOKEN",
     "DEFAULT_MAX_RETRIES",
+    "PromptCache",
     "ProviderModel",
     "RawReply",
     "Tokens",
@@ -53,6 +54,14 @@ CHARS_PER_TOKEN = 4
 """The estimate for a reply without usage figures: one token per 4 characters of
 text, rounded up (OpenAI's rule of thumb for English text, "What are tokens and how
 to count them", help.openai.com; Google's Gemini docs give the same ratio)."""
+
+
+PromptCache = Literal["5m", "1h", "off"]
+"""How a model uses its provider's prompt cache. ``5m`` (the default) and ``1h``:
+Anthropic's breakpoints write entries that live that long (writes bill 1.25x / 2x the
+input rate, reads 0.1x); OpenAI requests carry ``prompt_cache_key``; Gemini's implicit
+cache needs nothing sent. ``off``: no breakpoint and no key (Gemini's and OpenAI's
+automatic caches still apply on the provider's side; they cannot be switched off)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,8 +160,10 @@ class ProviderModel(Model):
         *,
         price: Price | None = None,
         timeout_s: float | None = None,
+        prompt_cache: PromptCache = "5m",
     ) -> None:
         self.provider = provider
+        self.prompt_cache: PromptCache = prompt_cache
         self.model = model
         self.name = f"{provider}:{model}"
         self._price = price

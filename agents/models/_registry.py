@@ -15,6 +15,7 @@ from ._cache import CachedModel, ResponseStore
 from ._errors import ModelError, ProviderError, UnknownModelError
 from ._fallback import OUTPUT_ERRORS, FallbackModel
 from ._prices import Price, price_for, price_table
+from ._provider import PromptCache
 
 __all__ = [
     "FallbackSpec",
@@ -55,6 +56,9 @@ class ModelSpec(BaseModel):
     structured_output: Literal["auto", "native", "tool"] = Field(
         "auto", description="Anthropic only: structured outputs or a forced tool."
     )
+    prompt_cache: PromptCache = Field(
+        "5m", description="The provider's prompt cache: '5m' or '1h' entries (Anthropic "
+        "breakpoints; OpenAI prompt_cache_key), or 'off'.")
 
     @field_validator("name")
     @classmethod
@@ -129,6 +133,7 @@ class _SdkOptions(TypedDict):
     timeout_s: float | None
     max_retries: int
     price: Price | None
+    prompt_cache: PromptCache
 
 
 def _sdk_options(spec: ModelSpec) -> _SdkOptions:
@@ -139,6 +144,7 @@ def _sdk_options(spec: ModelSpec) -> _SdkOptions:
         "timeout_s": spec.timeout_s,
         "max_retries": spec.max_retries,
         "price": spec.price,
+        "prompt_cache": spec.prompt_cache,
     }
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio
@@ -11,12 +12,15 @@ from pydantic import BaseModel
 
 from swarmbus.protocols import (
     Code,
+    CodeEdits,
     CompiledWorkflow,
     ConfigError,
+    EditsNotApplied,
     Provenance,
     StepSpec,
     WorkItem,
     WorkState,
+    apply_edits,
 )
 
 from .._agent import Context
@@ -27,15 +31,18 @@ from ..models import (
     Model,
     ModelError,
     ModelRequest,
+    ModelResponse,
     ModelSettings,
     OutputTruncatedError,
     ProviderAuthError,
     ProviderError,
     current_ledger,
+    merge_provenance,
 )
-from ._prompt import render_system, render_work
+from ._prompt import render_system, work_parts
+from ._reuse import steady_inputs
 
-__all__ = ["StepCall", "permanent"]
+__all__ = ["EDITS_ANSWER", "WHOLE_ANSWER", "StepCall", "permanent", "repair_text"]
 
 
 def permanent(e: BaseException) -> bool:
@@ -88,19 +95,39 @@ class StepCall:
             producer = self.workflow.steps.get(producer.join, producer)  # work: theirs
         return producer.role if producer is not None else ""
 
-    def request(self) -> ModelRequest[BaseModel]:
-        """The model request for this step (system prompt, the work so far, the type)."""
+    @property
+    def edits(self) -> bool:
+        """Whether this run of the step answers with ``CodeEdits``: its output is code, it
+        has code of its own from an earlier round, and its ``revise`` is not ``whole``."""
+        return (self.step.revise != "whole" and issubclass(self.output_type, Code)
+                and isinstance(self.previous, Code))
+
+    def cache_key(self) -> str:
+        """The key that keeps this step's requests of this run together in the provider's
+        prompt cache (OpenAI's ``prompt_cache_key``): a hash of the run, the step and the
+        item, so that nothing of the run reaches the provider."""
+        raw = "\0".join((self.ctx.workflow_id, self.step.id, self.item.key if self.item else ""))
+        return "swarmbus-" + hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+    def request(self, output_type: type[BaseModel] | None = None, *,
+                answer: str = "") -> ModelRequest[BaseModel]:
+        """The model request for this step: the system prompt, the work so far (in
+        sections, what later rounds send again first, with cache breakpoints), the
+        type (``output_type``, default the step's) and ``answer``: how to answer, last."""
         show_report = any(isinstance(v, Code) for v in self.inputs.values()) or (
             isinstance(self.previous, Code) or issubclass(self.output_type, Code))
-        user = render_work(self.step, self.state, self.inputs, self.previous,
+        parts = work_parts(self.step, self.state, self.inputs, self.previous,
                            show_report=show_report, all_findings=bool(self.step.routes),
-                           artifacts=self.artifacts, item=self.item)
+                           artifacts=self.artifacts, item=self.item, answer=answer,
+                           steady=steady_inputs(self.workflow, self.step))
         return ModelRequest(
             system=render_system(self.step, self.state, artifacts=self.artifacts,
                                  item=self.item),
-            messages=(ChatMessage(role="user", content=user),),
-            output_type=self.output_type,
+            messages=(ChatMessage.of("user", parts),),
+            output_type=output_type or self.output_type,
             settings=self.settings,
+            cache_key=self.cache_key(),
+            cache_system=True,
         )
 
     async def ask(self) -> BaseModel:
@@ -108,16 +135,64 @@ class StepCall:
 
         A transient failure (rate limit, 5xx, timeout, connection) is tried again
         after the provider's ``Retry-After`` (else ``retry_delay``) for as long as the
-        run's deadline allows; a cancel or the deadline cuts the wait. Raises
-        ``ModelError`` for a permanent failure, ``LimitReached`` when the deadline
-        comes first (``deadline_exceeded``) or the budget cut the answer short
-        (``budget_exceeded``).
+        run's deadline allows; a cancel or the deadline cuts the wait. A step that
+        revises its own code (``edits``) is asked for ``CodeEdits`` and gets its
+        code with them applied (see ``revise``). Raises ``ModelError`` for a permanent
+        failure, ``LimitReached`` when the deadline comes first (``deadline_exceeded``)
+        or the budget cut the answer short (``budget_exceeded``).
         """
         if self.model is None:
             raise ConfigError(
                 f"no model for step {self.step.id!r} (role {self.step.role!r}): give "
                 f"`roles.{self.step.role}.model` in swarm.yaml or `model:` in the workflow")
-        request = self.request()
+        if self.edits:
+            return await self.revise()
+        response = await self.complete(self.request())
+        self.provenance = response.provenance
+        return response.output
+
+    async def revise(self) -> BaseModel:
+        """The step's code revised by the model's ``CodeEdits``, applied to its previous
+        code. Edits that do not apply get one repair (the model is told which, why, and
+        shown those files as they are now); if that fails too, the model is asked for
+        every file whole. Every call is paid and counted."""
+        assert isinstance(self.previous, Code)
+        request = self.request(CodeEdits, answer=EDITS_ANSWER)
+        first = await self.complete(request)
+        spent = [first.provenance]
+        try:
+            return self._revised(apply_edits(self.previous, _edits(first.output)), spent)
+        except EditsNotApplied as e:
+            self.ctx.log.warning("edits did not apply, asking once more", step=self.step.id,
+                                 failures=[str(f)[:200] for f in e.failures])
+            partial = e.code
+            repair = replace(request, messages=(
+                *request.messages,
+                ChatMessage(role="assistant", content=first.output.model_dump_json()),
+                ChatMessage(role="user", content=repair_text(e))))
+        second = await self.complete(repair)
+        spent.append(second.provenance)
+        try:
+            return self._revised(apply_edits(partial, _edits(second.output)), spent)
+        except EditsNotApplied as e:
+            self.ctx.log.warning("edits did not apply after a repair, asking for whole files",
+                                 step=self.step.id,
+                                 failures=[str(f)[:200] for f in e.failures])
+        whole = await self.complete(self.request(answer=WHOLE_ANSWER))
+        spent.append(whole.provenance)
+        return self._revised(whole.output, spent)
+
+    def _revised(self, output: BaseModel, spent: list[Provenance]) -> BaseModel:
+        last = spent[-1]
+        self.provenance = last if len(spent) == 1 else merge_provenance(
+            spent, provider=last.provider, model=last.model,
+            latency_s=sum(p.latency_s or 0.0 for p in spent), request_hash=last.request_hash)
+        return output
+
+    async def complete(self, request: ModelRequest[BaseModel]) -> ModelResponse[BaseModel]:
+        """``request`` answered by the step's model, transient failures retried (see
+        ``ask``); a model that does not book its own calls has its answer booked."""
+        assert self.model is not None
         run = current_run()
         attempt = 0
         while True:
@@ -150,9 +225,37 @@ class StepCall:
                 await anyio.sleep(delay)
                 continue
             break
-        self.provenance = response.provenance
         if ledger is not None and len(ledger.records) == booked:
             # A model that does not book its calls itself (a user's own Model): book the
             # answer, so nothing it reports is left out of the spend.
             await ledger.book(response.provenance)
-        return response.output
+        return response
+
+
+EDITS_ANSWER = (
+    "Answer with what changes, not every file: `edits` replace text in a file (`search`: "
+    "whole lines copied exactly from the file as shown above, indentation included, enough "
+    "of them to occur only once; `replace`: the lines that take their place, empty to "
+    "remove them); `files`: new files, or a file rewritten entirely, whole; `delete`: paths "
+    "to remove; `rename`: a file's new path (edits then use it). Files you do not name "
+    "stay as they are.")
+WHOLE_ANSWER = ("Your edits could not be applied to the code. Answer with every file whole "
+                "(`files`: path and full content, tests included).")
+
+
+def _edits(output: BaseModel) -> CodeEdits:
+    # A user's own Model may answer with another type that has the same fields.
+    return output if isinstance(output, CodeEdits) else CodeEdits.model_validate(
+        output.model_dump())
+
+
+def repair_text(e: EditsNotApplied) -> str:
+    """The message that asks once more for the edits that did not apply: which, why, and
+    the files they touch as they are now (every other edit applied)."""
+    failed = "\n".join(f"- {f}" for f in e.failures)
+    paths = dict.fromkeys(f.path for f in e.failures)
+    now = {f.path: f.content for f in e.code.files}
+    shown = "\n\n".join(f"### {p}\n```\n{now[p]}\n```" for p in paths if p in now)
+    return (f"These parts of your answer did not apply:\n{failed}\n\nEverything else was "
+            "applied. Answer again with only what is still needed, against the files as they "
+            "are now" + (f":\n\n{shown}" if shown else "."))

@@ -22,6 +22,8 @@ from pydantic import BaseModel
 
 from swarmbus.protocols import Code, Finding, Joined, StepSpec, TestReport, WorkItem, WorkState
 
+from ..models import Part
+
 __all__ = [
     "TEMPLATE_NAMES",
     "PromptError",
@@ -31,6 +33,7 @@ __all__ = [
     "steady",
     "template_paths",
     "template_problems",
+    "work_parts",
 ]
 
 TEMPLATE_NAMES = frozenset({"inputs", "artifacts", "findings", "round", "role", "step"})
@@ -173,21 +176,49 @@ def render_work(
     """The user message: goal and inputs, the step's instructions, its item (a
     fan-out's), its input artifacts, its own previous output, the findings it must
     address, the facts."""
+    return "".join(p.text for p in work_parts(
+        step, state, inputs, previous, show_report=show_report, all_findings=all_findings,
+        artifacts=artifacts, item=item))
+
+
+def work_parts(
+    step: StepSpec,
+    state: WorkState,
+    inputs: Mapping[str, BaseModel],
+    previous: BaseModel | None,
+    *,
+    show_report: bool,
+    all_findings: bool,
+    artifacts: Mapping[str, Any] | None = None,
+    item: WorkItem | None = None,
+    steady: tuple[str, ...] | None = None,
+    answer: str = "",
+) -> list[Part]:
+    """``render_work``'s message as sections, what stays the same first: the task and
+    the step's instructions (the same every round), the ``steady`` inputs (those that
+    reach the step's next round unchanged), then what changes each round: the other
+    inputs and their last changes, the step's previous output, findings, test
+    reports, the round, and ``answer`` (how to answer). With ``steady`` given (None:
+    the step never runs twice), a cache breakpoint ends the task's sections and the
+    steady inputs."""
     task = state.task
-    parts = [_block("Goal", task.goal)]
+    fixed = [_block("Goal", task.goal)]
     if task.constraints:
-        parts.append(_block("Constraints", "\n".join(f"- {c}" for c in task.constraints)))
+        fixed.append(_block("Constraints", "\n".join(f"- {c}" for c in task.constraints)))
     if task.language:
-        parts.append(_block("Language", task.language))
+        fixed.append(_block("Language", task.language))
     for name, text in task.inputs.items():
-        parts.append(_block(f"Input: {name}", text))
+        fixed.append(_block(f"Input: {name}", text))
     if step.task:
-        parts.append(_block("Instructions", render(step.task, state, step, artifacts, item)))
+        fixed.append(_block("Instructions", render(step.task, state, step, artifacts, item)))
     if item is not None:
-        parts.append(_block(f"Your item: {item.key} ({item.index + 1} of {item.total})",
+        fixed.append(_block(f"Your item: {item.key} ({item.index + 1} of {item.total})",
                             json.dumps(item.value, indent=2)))
-    for name, value in inputs.items():
-        parts.append(_block(f"Current {name}", _show(value)))
+    kept = [n for n in inputs if steady is not None and n in steady]
+    lasting = [_block(f"Current {n}", _show(inputs[n])) for n in kept]
+    parts = [_block(f"Current {n}", _show(v)) for n, v in inputs.items() if n not in kept]
+    parts += [_block(f"Changes to {n} in its last revision", f"```diff\n{state.diffs[n]}```")
+              for n in inputs if n not in kept and state.diffs.get(n)]
     if previous is not None and step.output:
         parts.append(_block(f"Your previous {step.output}", _show(previous)))
     mine = [f for f in state.findings if all_findings or _targets(f, step)]
@@ -205,7 +236,12 @@ def render_work(
                             f"{a.failed} failed, {a.errors} errors (their code is not shown)"))
     revisions = ", ".join(f"{k} {v}" for k, v in sorted(state.edges.items())) or "none yet"
     parts.append(_block("Round", f"{state.round} (send-backs: {revisions})"))
-    return "\n".join(parts)
+    if answer:
+        parts.append(_block("How to answer", answer))
+    texts = [*fixed, *lasting, *parts]
+    ends = {len(fixed) - 1, len(fixed) + len(lasting) - 1} if steady is not None else set()
+    return [Part(text=t + ("\n" if i < len(texts) - 1 else ""), cache=i in ends)
+            for i, t in enumerate(texts)]
 
 
 def _targets(finding: Finding, step: StepSpec) -> bool:

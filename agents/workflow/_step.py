@@ -32,6 +32,7 @@ from swarmbus.bus import (
 )
 from swarmbus.protocols import (
     ArtifactRef,
+    Code,
     CompiledWorkflow,
     ConfigError,
     Deadline,
@@ -43,6 +44,7 @@ from swarmbus.protocols import (
     TaskRequest,
     Work,
     WorkState,
+    code_diff,
     route,
     step_topic,
     topics,
@@ -320,6 +322,8 @@ class StepAgent(Agent):
         usage = run.spent_here  # what this delivery spent, whoever took it into the state
         state.steps += 1
         prov = call.provenance
+        if step.output and isinstance(output, Code) and isinstance(call.previous, Code):
+            state.diffs[step.output] = _capped(code_diff(call.previous, output))
         if step.output:
             try:
                 state.artifacts[step.output] = await self._store(output)
@@ -442,6 +446,17 @@ class StepAgent(Agent):
             what = f"still failing after {ctx.deliveries} deliveries: {what}"
         ctx.log.warning("step failed for good", step=step.id, model=name, error=str(e)[:500])
         await run.end("failed", what, model=name, retryable=transient)
+
+
+MAX_DIFF_CHARS = 32 * 1024
+"""A revision's diff kept in the state (it travels on every later message) is cut here."""
+
+
+def _capped(diff: str) -> str:
+    if len(diff) <= MAX_DIFF_CHARS:
+        return diff
+    cut = diff[:MAX_DIFF_CHARS].rsplit("\n", 1)[0]
+    return f"{cut}\n... ({diff.count(chr(10)) - cut.count(chr(10))} more lines)\n"
 
 
 def max_task_bytes(bus: Bus) -> int:

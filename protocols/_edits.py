@@ -1,0 +1,189 @@
+"""Revisions of code as edits: search/replace blocks, whole files, deletions, renames.
+
+A step that revises its own ``Code`` artifact answers with ``CodeEdits`` after the
+first round instead of every file again (the output is most of a task's bill).
+``apply_edits`` turns the edits and the current code into the new code, the same
+way every time; ``code_diff`` shows what changed, as a unified diff.
+
+The format follows aider's "diff" edit format (a SEARCH block copied exactly from
+the file and its REPLACE, https://aider.chat/docs/more/edit-formats.html), carried
+in the structured output every step already uses, with aider's matching rules: the
+exact text first, then the same lines ignoring whitespace at their ends, and a
+block that matches nothing is sent back naming it, with the lines that come
+closest.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pydantic import Field
+
+from ._data import Code, SourceFile
+from ._registry import data_type
+from ._usage import _Data
+
+__all__ = ["CodeEdits", "Edit", "EditFailure", "EditsNotApplied", "Rename", "apply_edits",
+           "code_diff"]
+
+
+class Edit(_Data):
+    """Replace ``search`` with ``replace`` in the file at ``path``."""
+
+    path: str
+    search: str = Field(description="Whole lines copied exactly from the current file, "
+                        "indentation included, enough of them to occur only once.")
+    replace: str = Field(description="The lines that take their place (empty: remove them).")
+
+
+class Rename(_Data):
+    """Move the file at ``path`` to ``to``."""
+
+    path: str
+    to: str
+
+
+@data_type("swarmbus.CodeEdits")
+class CodeEdits(_Data):
+    """A revision of the current code. Applied in this order: ``rename``, ``delete``,
+    ``files`` (whole content: a new file, or one rewritten entirely), then ``edits`` in
+    order (by the files' new paths). Files it does not name stay as they are."""
+
+    edits: list[Edit] = Field(default_factory=list)
+    files: list[SourceFile] = Field(default_factory=list, description="Whole new files, or "
+                                    "files rewritten entirely.")
+    delete: list[str] = Field(default_factory=list, description="Paths of files to remove.")
+    rename: list[Rename] = Field(default_factory=list)
+    notes: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class EditFailure:
+    """Why one part of a ``CodeEdits`` did not apply. ``index``: the edit's position
+    (from 1) in ``edits``, or 0 for a rename or deletion."""
+
+    index: int
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        what = f"edit {self.index} ({self.path})" if self.index else self.path
+        return f"{what}: {self.reason}"
+
+
+class EditsNotApplied(ValueError):
+    """Some edits did not apply. ``code`` is the code with every other edit applied;
+    ``failures`` say which did not, and why."""
+
+    def __init__(self, code: Code, failures: Sequence[EditFailure]) -> None:
+        self.code = code
+        self.failures = list(failures)
+        super().__init__("; ".join(str(f) for f in self.failures))
+
+
+def apply_edits(code: Code, change: CodeEdits) -> Code:
+    """``code`` revised by ``change`` (a copy of the same type: its other fields kept;
+    ``notes`` replaced when ``change`` has some). Raises ``EditsNotApplied`` (with
+    the code as far as it could be revised) when a rename, deletion or edit cannot
+    apply: a path that is not there, a search text found nowhere or in more than one
+    place."""
+    files = {f.path: f.content for f in code.files}
+    failures: list[EditFailure] = []
+    for r in change.rename:
+        if r.path not in files:
+            failures.append(EditFailure(0, r.path, f"cannot rename to {r.to}: no such file"))
+        elif r.to in files and r.to != r.path:
+            failures.append(EditFailure(0, r.path, f"cannot rename to {r.to}: that file exists"))
+        else:
+            files[r.to] = files.pop(r.path)
+    for path in change.delete:
+        if files.pop(path, None) is None:
+            failures.append(EditFailure(0, path, "cannot delete: no such file"))
+    for f in change.files:
+        files[f.path] = f.content
+    for i, e in enumerate(change.edits, 1):
+        text = files.get(e.path)
+        if text is None:
+            failures.append(EditFailure(i, e.path, "no such file (give a new file whole, in "
+                                        "`files`)"))
+            continue
+        revised, why = _replace(text, e.search, e.replace)
+        if revised is None:
+            failures.append(EditFailure(i, e.path, why))
+        else:
+            files[e.path] = revised
+    out = code.model_copy(update={
+        "files": [SourceFile(path=p, content=c) for p, c in files.items()],
+        "notes": change.notes or code.notes})
+    if failures:
+        raise EditsNotApplied(out, failures)
+    return out
+
+
+def _replace(text: str, search: str, replace: str) -> tuple[str | None, str]:
+    """``text`` with the one place ``search`` matches replaced, or None and why not."""
+    if not search.strip():
+        return None, "its search text is empty: copy the lines to change from the file"
+    count = text.count(search)
+    if count == 1:
+        return text.replace(search, replace, 1), ""
+    if count > 1:
+        return None, (f"its search text occurs {count} times: include more of the lines "
+                      "around it, so that it occurs once")
+    # aider's next try: the same lines, ignoring whitespace at either end of each.
+    lines = text.splitlines(keepends=True)
+    want = [s.strip() for s in search.splitlines()]
+    while want and not want[-1]:
+        want.pop()
+    starts = [i for i in range(len(lines) - len(want) + 1)
+              if [s.strip() for s in lines[i:i + len(want)]] == want]
+    if len(starts) == 1:
+        i = starts[0]
+        tail = "" if replace.endswith("\n") or not replace else "\n"
+        new = "".join(lines[:i]) + replace + tail + "".join(lines[i + len(want):])
+        return new, ""
+    if len(starts) > 1:
+        return None, (f"its search lines occur {len(starts)} times: include more of the "
+                      "lines around them, so that they occur once")
+    if replace.strip() and replace in text:
+        return None, "its replace text is already in the file: leave this edit out"
+    return None, "its search text is not in the file" + _closest(lines, want)
+
+
+def _closest(lines: list[str], want: list[str]) -> str:
+    """The run of the file's lines most like ``want`` (as aider shows it), if any is."""
+    if not want or not lines:
+        return ""
+    n = len(want)
+    best, at = 0.0, 0
+    for i in range(max(1, len(lines) - n + 1)):
+        ratio = difflib.SequenceMatcher(
+            None, "\n".join(want), "".join(lines[i:i + n])).ratio()
+        if ratio > best:
+            best, at = ratio, i
+    if best < 0.5:
+        return ""
+    shown = "".join(lines[at:at + min(n, 20)]).rstrip("\n")
+    return f"; the closest lines (from line {at + 1}) are:\n{shown}"
+
+
+def code_diff(before: Code, after: Code, *, context: int = 2) -> str:
+    """What changed from ``before`` to ``after``: a unified diff per changed file (a
+    deleted file diffed against nothing, a new one from nothing), in path order; ''
+    when nothing changed."""
+    old = {f.path: f.content for f in before.files}
+    new = {f.path: f.content for f in after.files}
+    out: list[str] = []
+    for path in sorted(old.keys() | new.keys()):
+        a, b = old.get(path), new.get(path)
+        if a == b:
+            continue
+        out += difflib.unified_diff(
+            (a or "").splitlines(keepends=True), (b or "").splitlines(keepends=True),
+            fromfile=f"a/{path}" if a is not None else "/dev/null",
+            tofile=f"b/{path}" if b is not None else "/dev/null", n=context)
+        if out and not out[-1].endswith("\n"):
+            out[-1] += "\n\\ No newline at end of file\n"
+    return "".join(out)
