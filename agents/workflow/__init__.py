@@ -5,6 +5,7 @@ runtime that runs any of them (one ``StepAgent`` per role, a ``Supervisor``).
 reviewer team; ``team(workflow, models=...)`` builds the agents that run one.
 """
 
+from ._call import EDITS_ANSWER, WHOLE_ANSWER, repair_text
 from ._fanout import Fanouts
 from ._load import (
     BUILTIN_PREFIX,
@@ -19,8 +20,9 @@ from ._load import (
     resolve_type,
 )
 from ._parallel import Integrator, SandboxContract, contract_tests, integrate
-from ._prompt import PromptError, render_system, render_work, report_text
+from ._prompt import PromptError, render_system, render_work, report_text, work_parts
 from ._registry import Workflows
+from ._reuse import steady_inputs
 from ._show import mermaid, show_text
 from ._step import StepAgent, StepCall
 from ._supervisor import Supervisor
@@ -30,7 +32,9 @@ from ._tools import AcceptanceRunner, SandboxPytest, TestRunner, Tool, failing_t
 __all__ = (
     "BUILTIN_PREFIX",
     "DEFAULT_WORKFLOW",
+    "EDITS_ANSWER",
     "PRESETS",
+    "WHOLE_ANSWER",
     "AcceptanceRunner",
     "Fanouts",
     "Integrator",
@@ -56,8 +60,11 @@ __all__ = (
     "mermaid",
     "render_system",
     "render_work",
+    "repair_text",
     "report_text",
     "resolve_type",
     "show_text",
+    "steady_inputs",
     "team",
+    "work_parts",
 )
