@@ -169,10 +169,12 @@ def _closest(lines: list[str], want: list[str]) -> str:
     return f"; the closest lines (from line {at + 1}) are:\n{shown}"
 
 
-def code_diff(before: Code, after: Code, *, context: int = 2) -> str:
+def code_diff(before: Code, after: Code, *, context: int = 2,
+              max_chars: int | None = None) -> str:
     """What changed from ``before`` to ``after``: a unified diff per changed file (a
     deleted file diffed against nothing, a new one from nothing), in path order; ''
-    when nothing changed."""
+    when nothing changed. Longer than ``max_chars``, it is cut at a line's end and
+    says how many lines were left out."""
     old = {f.path: f.content for f in before.files}
     new = {f.path: f.content for f in after.files}
     out: list[str] = []
@@ -186,4 +188,8 @@ def code_diff(before: Code, after: Code, *, context: int = 2) -> str:
             tofile=f"b/{path}" if b is not None else "/dev/null", n=context)
         if out and not out[-1].endswith("\n"):
             out[-1] += "\n\\ No newline at end of file\n"
-    return "".join(out)
+    diff = "".join(out)
+    if max_chars is None or len(diff) <= max_chars:
+        return diff
+    cut = diff[:max_chars].rsplit("\n", 1)[0] + "\n"
+    return f"{cut}... ({diff.count(chr(10)) - cut.count(chr(10))} more lines)\n"

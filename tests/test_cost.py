@@ -13,27 +13,40 @@ import anyio
 import pytest
 from _run_helpers import CALL_USD, billed, flow, prompt_of, refused, run_one
 from _vendor_fakes import FakeServer, Seen, anthropic_body, openai_body
+from pydantic import BaseModel
 
-from swarmbus.agents.app import render_trail
+from swarmbus.agents.app import build_agents, load_config, render_trail
 from swarmbus.agents.models import (
     Model,
     ModelConfig,
     ModelRequest,
     ModelSpec,
+    ProviderError,
     block_real_models,
     build_model,
 )
-from swarmbus.agents.workflow import WHOLE_ANSWER, team
+from swarmbus.agents.workflow import (
+    WHOLE_ANSWER,
+    SandboxPytest,
+    StepAgent,
+    StepCall,
+    default_tools,
+    team,
+)
+from swarmbus.bus import ConsumerSettings
 from swarmbus.protocols import (
     Code,
     CodeEdits,
     CompiledWorkflow,
+    ConfigError,
     Design,
     Edit,
     Finding,
     Review,
     SourceFile,
     TaskRequest,
+    TestReport,
+    Verdict,
 )
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(90)]
@@ -167,11 +180,99 @@ async def test_revise_whole_asks_for_every_file_again(nats_url: str, namespace: 
     assert "+    return a + b" in prompt_of(t.checker_requests[1])
 
 
+async def test_a_role_set_to_whole_files_is_asked_for_every_file_unless_its_step_says(
+    nats_url: str, namespace: str
+) -> None:
+    whole = Code(files=[SourceFile(path="calc.py", content=FIXED),
+                        SourceFile(path="test_calc.py", content=TEST)])
+    t = Team(whole)
+    await run_one(team(loop(), models=t.models(), tools={}, revise={"coder": "whole"}),
+                  nats_url, namespace, TaskRequest(goal="Write add(a, b)"))
+    assert [r.output_type for r in t.coder_requests] == [Code, Code]
+    t = Team(CodeEdits(edits=[GOOD]))  # the workflow's own word wins over the role's default
+    await run_one(team(loop(revise="edits"), models=t.models(), tools={},
+                       revise={"coder": "whole"}),
+                  nats_url, f"{namespace}2", TaskRequest(goal="Write add(a, b)"))
+    assert [r.output_type for r in t.coder_requests] == [Code, CodeEdits]
+
+
+def test_swarm_yaml_sets_a_roles_revision_and_refuses_an_unknown_one() -> None:
+    agents = build_agents(load_config(None, environ={}, offline=True,
+                                      roles={"coder": {"revise": "whole"}}))
+    revise = {a.role: a.revise for a in agents if isinstance(a, StepAgent)}
+    assert revise == {"architect": "edits", "coder": "whole", "reviewer": "edits"}
+    with pytest.raises(ConfigError, match="revise"):
+        load_config(None, environ={}, roles={"coder": {"revise": "diff"}})
+
+
 def test_edits_are_refused_for_an_output_that_is_not_code(tmp_path: Path) -> None:
     file = tmp_path / "notes.yaml"
     file.write_text("artifacts: {draft: swarmbus.Text}\n"
                     "steps:\n- {id: write, role: writer, output: draft, revise: edits}\n")
     refused(file, "steps[0].revise", "Text is not swarmbus.Code")
+
+
+# -- the response cache: a redelivered review of failing code does not pay again -------------
+
+ADDRESSES = "class A:\n    pass\n\n\ndef test_a():\n    assert A() == A()\n"
+
+
+class LosesFirstAnswer(StepAgent):
+    """A reviewer whose first answer is lost after its model gave it (a transient error,
+    as a dropped connection before the hand-on would be): the message is redelivered."""
+
+    lost = False
+
+    async def perform(self, call: StepCall) -> BaseModel:
+        output = await call.ask()
+        if not LosesFirstAnswer.lost:
+            LosesFirstAnswer.lost = True
+            raise ProviderError("the answer was lost", model="t:reviewer")
+        return output
+
+
+async def test_a_redelivered_review_of_failing_code_is_served_from_the_response_cache(
+    nats_url: str, namespace: str
+) -> None:
+    wf = flow({"name": "judge", "artifacts": {"code": "swarmbus.Code",
+                                              "verdict": "swarmbus.Verdict"},
+               "steps": [{"id": "implement", "role": "coder", "output": "code"},
+                         {"id": "review", "role": "reviewer", "input": "code",
+                          "output": "verdict",
+                          "tools": [{"name": "sandbox.pytest", "on_fail": "revise_code"}],
+                          "routes": {"approve": "end", "revise_code": {"end": "failed"},
+                                     "revise_design": {"end": "failed"}}}]})
+    reports: list[TestReport] = []
+    run_tests = default_tools()["sandbox.pytest"]
+
+    async def runner(files: Any) -> TestReport:
+        assert isinstance(run_tests, SandboxPytest)
+        reports.append(await run_tests.runner(files))
+        return reports[-1]
+
+    asked: list[str] = []
+
+    def reviewer(request: ModelRequest[Any]) -> Verdict:
+        asked.append(prompt_of(request))
+        return Verdict(decision="revise_code", summary="test_a fails")
+
+    models: dict[str, Model] = {
+        "coder": billed(lambda _r: Code(files=[SourceFile(path="test_m.py",
+                                                          content=ADDRESSES)]), "t:coder"),
+        "reviewer": billed(reviewer, "t:reviewer")}
+    tools = {"sandbox.pytest": SandboxPytest(runner)}
+    fast = ConsumerSettings(retry_delay_s=0.05, ack_wait_s=30, max_deliver=3)
+    result, _ = await run_one(team(wf, models=models, tools=tools, cache_ttl_s=60,
+                                   consumers={"reviewer": fast},
+                                   classes={"reviewer": LosesFirstAnswer}),
+                              nats_url, namespace, TaskRequest(goal="Write A"), timeout_s=80)
+    assert result.status == "failed" and result.reason == "test_a fails"
+    assert len(reports) == 2 and not reports[0].ok  # the sandbox ran for each delivery,
+    assert reports[0].output != reports[1].output  # and pytest wrote other addresses
+    assert "object at 0x" in reports[0].output
+    assert len(asked) == 1  # the second delivery's request was the same: not asked again
+    spent = result.spend["reviewer"]
+    assert (spent.calls, spent.cache_hits, spent.cost_usd) == (1, 1, CALL_USD)
 
 
 # -- provider prompt caches, on the wire ----------------------------------------------------

@@ -18,7 +18,7 @@ import os
 import types
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -55,6 +55,9 @@ class RoleConfig(BaseModel):
     ack_wait_s: float = Field(60, gt=0)
     max_deliver: int = Field(5, ge=2)
     settings: ModelSettings = Field(default_factory=ModelSettings)
+    revise: Literal["edits", "whole"] = Field(
+        "edits", description="How this role's steps revise their own code when the workflow "
+        "does not say (a step's `revise`): edits, or every file whole.")
 
     def consumer(self) -> ConsumerSettings:
         return ConsumerSettings(

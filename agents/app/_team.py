@@ -98,6 +98,7 @@ def build_agents(
         settings={r: cfg.roles.get(r, RoleConfig()).settings for r in running},
         consumers={r: cfg.roles.get(r, RoleConfig()).consumer() for r in running},
         replicas={r: cfg.roles.get(r, RoleConfig()).replicas for r in running},
+        revise={r: cfg.roles.get(r, RoleConfig()).revise for r in running},
         cache_ttl_s=cache, share_cache=cfg.cache.share_across_workflows,
         make_default=make_default,
     )

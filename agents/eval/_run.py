@@ -340,7 +340,7 @@ class _Run:
         if code is not None and code.files:
             report = await run_acceptance(code.files, problem.hidden_tests(), limits=cfg.sandbox)
             outcome = AcceptanceOutcome.of(report)
-        total = result.total if result is not None else None
+        total = result.total if result is not None else await _spent(client, wf)
         solution = next((f.content for f in code.files if f.path == SOLUTION_FILE), None) \
             if code is not None else None
         return EvalRow(
@@ -356,6 +356,14 @@ class _Run:
             acceptance=outcome, solution=solution, oracle_feedback=cfg.oracle_feedback,
             namespace=self.namespaces[label], workflow_id=wf,
         )
+
+
+async def _spent(client: SwarmClient, wf: str) -> Usage | None:
+    """What a run without a result had spent by now, as its stream shows it (None: not
+    readable): never recorded as an exact $0."""
+    with suppress(SwarmbusError):
+        return (await client.status(wf)).spent
+    return None
 
 
 async def _final_code(client: SwarmClient, result: TaskResult | None, name: str) -> Code | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 from pydantic import BaseModel
@@ -86,6 +86,8 @@ class StepCall:
     retry_delay: Callable[[int], float] = field(default=_retry_delay)
     item: WorkItem | None = None
     """The item of a fan-out this call runs (a ``for_each`` step's), else None."""
+    revise: Literal["edits", "whole"] = "edits"
+    """How the step revises its own code when the workflow does not say (its role's)."""
 
     def producer_role(self, artifact: str) -> str:
         """The role of the step that produces ``artifact`` ('' if none); for a join's
@@ -98,8 +100,10 @@ class StepCall:
     @property
     def edits(self) -> bool:
         """Whether this run of the step answers with ``CodeEdits``: its output is code, it
-        has code of its own from an earlier round, and its ``revise`` is not ``whole``."""
-        return (self.step.revise != "whole" and issubclass(self.output_type, Code)
+        has code of its own from an earlier round, and its ``revise`` (else its role's) is
+        not ``whole``."""
+        return ((self.step.revise or self.revise) == "edits"
+                and issubclass(self.output_type, Code)
                 and isinstance(self.previous, Code))
 
     def cache_key(self) -> str:
@@ -137,7 +141,7 @@ class StepCall:
         after the provider's ``Retry-After`` (else ``retry_delay``) for as long as the
         run's deadline allows; a cancel or the deadline cuts the wait. A step that
         revises its own code (``edits``) is asked for ``CodeEdits`` and gets its
-        code with them applied (see ``revise``). Raises ``ModelError`` for a permanent
+        code with them applied (see ``ask_edits``). Raises ``ModelError`` for a permanent
         failure, ``LimitReached`` when the deadline comes first (``deadline_exceeded``)
         or the budget cut the answer short (``budget_exceeded``).
         """
@@ -146,12 +150,12 @@ class StepCall:
                 f"no model for step {self.step.id!r} (role {self.step.role!r}): give "
                 f"`roles.{self.step.role}.model` in swarm.yaml or `model:` in the workflow")
         if self.edits:
-            return await self.revise()
+            return await self.ask_edits()
         response = await self.complete(self.request())
         self.provenance = response.provenance
         return response.output
 
-    async def revise(self) -> BaseModel:
+    async def ask_edits(self) -> BaseModel:
         """The step's code revised by the model's ``CodeEdits``, applied to its previous
         code. Edits that do not apply get one repair (the model is told which, why, and
         shown those files as they are now); if that fails too, the model is asked for

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import structlog
@@ -80,6 +80,8 @@ INLINE_BYTES = 128 * 1024
 """Artifacts larger than this (as JSON) travel by reference (the object store)."""
 MAX_ARTIFACT_BYTES = 16 * 1024 * 1024
 """Larger outputs end the workflow (``failed``, with the best attempt)."""
+MAX_DIFF_CHARS = 32 * 1024
+"""A revision's diff kept in the state (it travels on every later message) is cut here."""
 
 
 class StepAgent(Agent):
@@ -88,7 +90,8 @@ class StepAgent(Agent):
     ``model`` answers the role's steps that name no model of their own; a step's
     own ``model`` is built with ``build`` (default ``build_model``) the first time
     it runs. ``tools`` maps tool names to tools (``sandbox.pytest``).
-    ``cache_ttl_s`` turns on the response cache (a key-value bucket; a
+    ``revise``: how the role's steps revise their own code when the workflow does not
+    say (``StepSpec.revise``). ``cache_ttl_s`` turns on the response cache (a key-value bucket; a
     redelivered message does not pay twice), scoped to the workflow unless
     ``share_cache``. Override ``perform`` to serve a step with your own code.
     The role's consumer starts at the oldest work it has not answered, not at "now".
@@ -110,6 +113,7 @@ class StepAgent(Agent):
         guards: Guards | None = None,
         inline_bytes: int = INLINE_BYTES,
         max_artifact_bytes: int = MAX_ARTIFACT_BYTES,
+        revise: Literal["edits", "whole"] = "edits",
         **kwargs: Any,
     ) -> None:
         self.role = role
@@ -122,6 +126,7 @@ class StepAgent(Agent):
         self.guards = guards or Guards(share_cache=share_cache)
         self.inline_bytes = inline_bytes
         self.max_artifact_bytes = max_artifact_bytes
+        self.revise = revise
         self._step_models: dict[str, Model] = {}
         self._cache_store: Any = None
         self._objects: ArtifactStore | None = None
@@ -304,7 +309,7 @@ class StepAgent(Agent):
                       if step.output and step.output in state.artifacts else None),
             output_type=output_type, model=self.model_for(step), settings=self.settings,
             ctx=ctx, artifacts=await self._readable(state, step),
-            retry_delay=self.consumer.retry_delay,
+            retry_delay=self.consumer.retry_delay, revise=self.revise,
         )
         tools = [self.tools[t] for t in step.tool_names if t in self.tools]
         try:
@@ -323,7 +328,7 @@ class StepAgent(Agent):
         state.steps += 1
         prov = call.provenance
         if step.output and isinstance(output, Code) and isinstance(call.previous, Code):
-            state.diffs[step.output] = _capped(code_diff(call.previous, output))
+            state.diffs[step.output] = code_diff(call.previous, output, max_chars=MAX_DIFF_CHARS)
         if step.output:
             try:
                 state.artifacts[step.output] = await self._store(output)
@@ -446,17 +451,6 @@ class StepAgent(Agent):
             what = f"still failing after {ctx.deliveries} deliveries: {what}"
         ctx.log.warning("step failed for good", step=step.id, model=name, error=str(e)[:500])
         await run.end("failed", what, model=name, retryable=transient)
-
-
-MAX_DIFF_CHARS = 32 * 1024
-"""A revision's diff kept in the state (it travels on every later message) is cut here."""
-
-
-def _capped(diff: str) -> str:
-    if len(diff) <= MAX_DIFF_CHARS:
-        return diff
-    cut = diff[:MAX_DIFF_CHARS].rsplit("\n", 1)[0]
-    return f"{cut}\n... ({diff.count(chr(10)) - cut.count(chr(10))} more lines)\n"
 
 
 def max_task_bytes(bus: Bus) -> int:

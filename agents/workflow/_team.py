@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Literal
 
 from swarmbus.bus import ConsumerSettings
 from swarmbus.protocols import CompiledWorkflow, ConfigError, SourceFile, TestReport
@@ -52,6 +53,7 @@ def team(
     supervisor: bool = True,
     make_default: bool | None = None,
     classes: Mapping[str, type[StepAgent]] | None = None,
+    revise: Mapping[str, Literal["edits", "whole"]] | None = None,
 ) -> list[Agent]:
     """A ``StepAgent`` for each role of ``workflow`` (or of ``roles``), sharing one
     ``Workflows`` and one ``Guards``, plus the ``Supervisor``.
@@ -79,7 +81,7 @@ def team(
             role, workflows=shared, model=(models or {}).get(role), build=build, tools=toolbox,
             settings=(settings or {}).get(role), cache_ttl_s=cache_ttl_s,
             share_cache=share_cache, guards=guards, consumer=(consumers or {}).get(role),
-            replicas=(replicas or {}).get(role, 1),
+            replicas=(replicas or {}).get(role, 1), revise=(revise or {}).get(role, "edits"),
         ))
     if supervisor:
         agents.append(Supervisor())

@@ -108,3 +108,28 @@ async def test_no_configured_secret_is_stored_in_the_cache() -> None:
     await model.complete(request)
     (raw,) = store.data.values()
     assert secret.encode() not in raw and MASK.encode() in raw
+
+
+def test_the_request_hash_ignores_what_does_not_change_the_answer() -> None:
+    """The response cache's key: the timeout and the prompt-cache hints (sections,
+    breakpoints, the cache key) leave it alone; the text, the output limit and the
+    temperature change it."""
+    from dataclasses import replace
+
+    from swarmbus.agents.models import ChatMessage, Part
+
+    base = plan_request("make a plan")
+    key = base.request_hash("openai:gpt-4o")
+    same = [
+        plan_request("make a plan", timeout_s=7),
+        replace(base, cache_key="swarmbus-abc", cache_system=True),
+        replace(base, messages=(ChatMessage.of("user", [Part(text="make a ", cache=True),
+                                                        Part(text="plan")]),)),
+    ]
+    assert all(r.request_hash("openai:gpt-4o") == key for r in same)
+    other = [plan_request("make a plan!"), plan_request("make a plan", max_tokens=100),
+             plan_request("make a plan", temperature=0.5)]
+    assert all(r.request_hash("openai:gpt-4o") != key for r in other)
+    assert base.request_hash("anthropic:claude-haiku-4-5") != key
+    with pytest.raises(ValueError, match="parts must join"):
+        ChatMessage(role="user", content="x", parts=(Part(text="y"),))

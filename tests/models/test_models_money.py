@@ -407,3 +407,15 @@ async def test_empty_reply_with_usage_is_booked_and_moves_down_the_chain(
     assert response.provenance.tried == ["openai:gpt-4o"]
     assert ledger.usage.cost_usd == pytest.approx(GPT4O_CALL)
     assert ProviderEmptyReplyError.permanent is False
+
+
+async def test_gemini_cached_content_is_input_at_the_cached_rate(
+    fake: FakeServer, fake_keys: str
+) -> None:
+    fake.push(Canned(gemini_body(PLAN_JSON, prompt_tokens=5000, output_tokens=200,
+                                 cached_tokens=3000)))
+    async with GoogleModel("gemini-2.5-pro", base_url=fake.url) as model:
+        p = (await model.complete(plan_request())).provenance
+    # promptTokenCount includes the cached content: 2,000 at 1.25, 3,000 at 0.125
+    assert (p.input_tokens, p.cached_tokens, p.cache_write_tokens) == (5000, 3000, 0)
+    assert p.cost_usd == pytest.approx((2000 * 1.25 + 3000 * 0.125 + 200 * 10.0) / 1e6)
