@@ -298,9 +298,11 @@ class Workflow(BaseModel):
             raise WorkflowError(source or default_name, problems) from None
 
     def canonical_json(self) -> str:
-        return json.dumps(
-            self.model_dump(mode="json", by_alias=True), sort_keys=True, separators=(",", ":")
-        )
+        """The form that is stored and hashed: sorted keys, and no key at its default, so
+        a key added in a later version changes no workflow that does not use it (its
+        hash stays, and a daemon of the version before reads it)."""
+        return json.dumps(self.model_dump(mode="json", by_alias=True, exclude_defaults=True),
+                          sort_keys=True, separators=(",", ":"))
 
 
 def workflow_json_schema() -> dict[str, Any]:

@@ -5,6 +5,7 @@ the same prefix again, and with OpenAI's prompt_cache_key, through the real SDKs
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -130,6 +131,9 @@ async def test_a_later_round_answers_with_edits_that_the_reviewer_sees_applied(
     assert result.spend["coder"].calls == 2
     assert result.spend["coder"].cost_usd == 2 * CALL_USD
     assert "1 file changed, +1 -1" in render_trail("wf1", trail)
+    shown = render_trail("wf1", trail, diffs=True)  # `swarmbus trail --diff`
+    assert "        -    return a - b\n        +    return a + b" in shown
+    assert "-    return a - b" not in render_trail("wf1", trail)
 
 
 async def test_an_edit_that_does_not_apply_gets_one_repair_naming_it(
@@ -423,3 +427,16 @@ async def test_a_local_openai_compatible_server_gets_no_prompt_cache_key(
 ) -> None:
     _, seen = await run_on(vendor, nats_url, namespace, name="vllm:qwen")
     assert all("prompt_cache_key" not in s.body for rs in seen.values() for s in rs)
+
+
+def test_a_workflow_is_stored_without_its_defaults_so_new_keys_change_no_hash() -> None:
+    """``revise`` (new here) at its default is not in the stored form: the hash of a
+    workflow that does not use it stays as it was, and a daemon of the version before,
+    which would refuse the unknown key, reads it."""
+    wf = loop()
+    stored = wf.to_json()
+    steps = json.loads(stored)["steps"]
+    assert not any("revise" in s or "for_each" in s or "on_cap" in s for s in steps)
+    assert json.loads(loop(revise="whole").to_json())["steps"][0]["revise"] == "whole"
+    again = flow(json.loads(stored))
+    assert again.hash == wf.hash and again.spec == wf.spec

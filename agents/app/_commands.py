@@ -63,6 +63,9 @@ def add_client_parsers(sub: Any, client_args: Callable[[argparse.ArgumentParser]
         p.add_argument("workflow_id")
         if name != "cancel":
             p.add_argument("--json", action="store_true")
+        if name == "trail":
+            p.add_argument("--diff", action="store_true",
+                           help="show each revision of code as a unified diff")
 
     p = sub.add_parser("retry", help="resume a run that ended on a transient cause")
     client_args(p)
@@ -227,7 +230,7 @@ async def cmd_trail(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(trail_json(trail), indent=2))
     else:
-        print(render_trail(args.workflow_id, trail))
+        print(render_trail(args.workflow_id, trail, diffs=args.diff))
     return 0
 
 

@@ -127,8 +127,9 @@ def describe(msg: Message) -> str:
     return type(msg).__name__
 
 
-def render_trail(workflow_id: str, trail: list[StoredMessage]) -> str:
-    """Each message: its topic, sender, model (and models tried before), tokens, cost."""
+def render_trail(workflow_id: str, trail: list[StoredMessage], *, diffs: bool = False) -> str:
+    """Each message: its topic, sender, model (and models tried before), tokens, prompt
+    cache reads/writes, cost; ``diffs``: under a revision of code, its unified diff."""
     lines = [f"trail of {workflow_id}: {len(trail)} messages"]
     lines.append(f"  {'#':>3}  {'step':<22} {'by':<10} {'model':<24} {'tokens':<13} "
                  f"{'cache r/w':<11} {'cost':<14} what")
@@ -157,6 +158,8 @@ def render_trail(workflow_id: str, trail: list[StoredMessage]) -> str:
             findings = msg.state.findings
         if isinstance(msg, Work) and msg.edge.endswith(".join"):
             lines += _items(msg)
+        if diffs and isinstance(msg, Work) and msg.state.diffs.get(msg.output):
+            lines += [f"{'':>8}{line}" for line in msg.state.diffs[msg.output].splitlines()]
         for f in findings:
             lines.append(f"{'':>8}- [{f.severity}] -> {f.target}: {f.location}: "
                          f"{_cut(f.explanation, 80)}")

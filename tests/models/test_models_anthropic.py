@@ -124,3 +124,47 @@ async def test_base_url_from_environment(
     async with build_model("anthropic:claude-haiku-4-5") as model:
         assert (await model.complete(plan_request())).output == PLAN
         assert SECRET not in repr(model)
+
+
+async def test_at_most_four_breakpoints_the_longest_prefixes_kept(
+    fake: FakeServer, fake_keys: str
+) -> None:
+    from dataclasses import replace
+
+    from swarmbus.agents.models import CACHE_BREAKPOINTS, ChatMessage, Part
+
+    parts = [Part(text=f"section {i}\n", cache=i < 5) for i in range(6)]
+    request = replace(plan_request(), cache_system=True,
+                      messages=(ChatMessage.of("user", parts),))
+    fake.push(Canned(anthropic_body(PLAN_JSON)))
+    async with haiku(fake) as model:
+        await model.complete(request)
+    body = fake.requests[0].body
+    assert body["system"] == [{"type": "text", "text": "You plan.",
+                               "cache_control": {"type": "ephemeral"}}]
+    (message,) = body["messages"]
+    assert [b["text"] for b in message["content"]] == [p.text for p in parts]
+    marked = [b["text"] for b in message["content"] if "cache_control" in b]
+    assert marked == ["section 2\n", "section 3\n", "section 4\n"]
+    assert 1 + len(marked) == CACHE_BREAKPOINTS
+
+
+async def test_a_repair_keeps_the_first_messages_breakpoints(
+    fake: FakeServer, fake_keys: str
+) -> None:
+    """The repair after an invalid answer sends the first message again: its prefix is
+    read from the cache, not written twice."""
+    from dataclasses import replace
+
+    from swarmbus.agents.models import ChatMessage, Part
+
+    request = replace(plan_request(), messages=(ChatMessage.of("user", [
+        Part(text="the task\n", cache=True), Part(text="this round")]),))
+    fake.push(Canned(anthropic_body("not json")), Canned(anthropic_body(PLAN_JSON)))
+    async with haiku(fake) as model:
+        await model.complete(request)
+    first, repair = (r.body["messages"] for r in fake.requests)
+    assert repair[0] == first[0]
+    assert [m["role"] for m in repair] == ["user", "assistant", "user"]
+    assert first[0]["content"][0]["cache_control"] == {"type": "ephemeral"}
+    assert isinstance(repair[2]["content"], str)  # the repair prompt: no breakpoint
