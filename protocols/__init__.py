@@ -28,6 +28,7 @@ from ._edits import (
     Rename,
     apply_edits,
     code_diff,
+    edits_type,
 )
 from ._errors import ConfigError, ControlFlow, ExternalError, SwarmbusError
 from ._fanout import (
@@ -179,6 +180,7 @@ __all__ = (
     "check_workflow_id",
     "code_diff",
     "data_type",
+    "edits_type",
     "fanout_key",
     "headers",
     "initial_state",

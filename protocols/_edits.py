@@ -16,21 +16,26 @@ closest.
 from __future__ import annotations
 
 import difflib
+import functools
+import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from pydantic import Field
+from pydantic import ConfigDict, Field, create_model
 
 from ._data import Code, SourceFile
 from ._registry import data_type
 from ._usage import _Data
 
 __all__ = ["CodeEdits", "Edit", "EditFailure", "EditsNotApplied", "Rename", "apply_edits",
-           "code_diff"]
+           "code_diff", "edits_type"]
 
 
 class Edit(_Data):
     """Replace ``search`` with ``replace`` in the file at ``path``."""
+
+    model_config = ConfigDict(extra="forbid")
 
     path: str
     search: str = Field(description="Whole lines copied exactly from the current file, "
@@ -41,6 +46,8 @@ class Edit(_Data):
 class Rename(_Data):
     """Move the file at ``path`` to ``to``."""
 
+    model_config = ConfigDict(extra="forbid")
+
     path: str
     to: str
 
@@ -49,7 +56,10 @@ class Rename(_Data):
 class CodeEdits(_Data):
     """A revision of the current code. Applied in this order: ``rename``, ``delete``,
     ``files`` (whole content: a new file, or one rewritten entirely), then ``edits`` in
-    order (by the files' new paths). Files it does not name stay as they are."""
+    order (by the files' new paths). Files it does not name stay as they are. A key it
+    does not know is an error (a misspelt ``edit`` would otherwise change nothing)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     edits: list[Edit] = Field(default_factory=list)
     files: list[SourceFile] = Field(default_factory=list, description="Whole new files, or "
@@ -57,6 +67,25 @@ class CodeEdits(_Data):
     delete: list[str] = Field(default_factory=list, description="Paths of files to remove.")
     rename: list[Rename] = Field(default_factory=list)
     notes: str = ""
+
+
+@functools.cache
+def edits_type(code_type: type[Code]) -> type[CodeEdits]:
+    """The edits a step whose output is ``code_type`` answers with: ``CodeEdits``, plus
+    each field ``code_type`` adds to ``Code``, optional (null: unchanged), so that a
+    later round can change them too."""
+    added: dict[str, Any] = {
+        name: (Any if info.annotation is None else info.annotation | None,
+               Field(None, description=(
+            f"The new {name} (null: unchanged)." + (f" {info.description}"
+                                                    if info.description else ""))))
+        for name, info in code_type.model_fields.items() if name not in Code.model_fields}
+    if not added:
+        return CodeEdits
+    made: type[CodeEdits] = create_model(
+        f"{code_type.__name__}Edits", __base__=CodeEdits, __module__=code_type.__module__,
+        **added)
+    return made
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,13 +113,18 @@ class EditsNotApplied(ValueError):
 
 
 def apply_edits(code: Code, change: CodeEdits) -> Code:
-    """``code`` revised by ``change`` (a copy of the same type: its other fields kept;
-    ``notes`` replaced when ``change`` has some). Raises ``EditsNotApplied`` (with
-    the code as far as it could be revised) when a rename, deletion or edit cannot
-    apply: a path that is not there, a search text found nowhere or in more than one
-    place."""
-    files = {f.path: f.content for f in code.files}
+    """``code`` revised by ``change`` (a copy of the same type: ``notes`` replaced when
+    ``change`` has some, a field of a type derived from ``Code`` when ``change`` (an
+    ``edits_type``) gives it, the others kept). Paths are compared normalised
+    (``./a.py`` is ``a.py``). Raises ``EditsNotApplied`` (with the code as far as it
+    could be revised) when a rename, deletion or edit cannot apply: a path that is not
+    there or leaves the working directory, a search text found nowhere or in more
+    than one place."""
+    files = {_norm(f.path) or f.path: f.content for f in code.files}
     failures: list[EditFailure] = []
+    change, outside = _normalised(change)
+    failures += [EditFailure(0, p, "a path must be relative, inside the working directory")
+                 for p in outside]
     for r in change.rename:
         if r.path not in files:
             failures.append(EditFailure(0, r.path, f"cannot rename to {r.to}: no such file"))
@@ -114,12 +148,45 @@ def apply_edits(code: Code, change: CodeEdits) -> Code:
             failures.append(EditFailure(i, e.path, why))
         else:
             files[e.path] = revised
+    fields = {k: v for k in type(change).model_fields if k not in CodeEdits.model_fields
+              and k in type(code).model_fields and (v := getattr(change, k)) is not None}
     out = code.model_copy(update={
         "files": [SourceFile(path=p, content=c) for p, c in files.items()],
-        "notes": change.notes or code.notes})
+        "notes": change.notes or code.notes, **fields})
     if failures:
         raise EditsNotApplied(out, failures)
     return out
+
+
+def _norm(path: str) -> str | None:
+    """``path`` as the working directory knows it (``./a//b.py`` is ``a/b.py``), or None
+    when it is absolute or leaves the directory."""
+    p = posixpath.normpath(path.replace("\\", "/"))
+    if p.startswith("/") or p == "." or p == ".." or p.startswith("../"):
+        return None
+    return p
+
+
+def _normalised(change: CodeEdits) -> tuple[CodeEdits, list[str]]:
+    """``change`` with its paths normalised, and the paths that are not allowed (those
+    parts are left out)."""
+    bad: list[str] = []
+
+    def ok(path: str) -> str | None:
+        p = _norm(path)
+        if p is None:
+            bad.append(path)
+        return p
+
+    return change.model_copy(update={
+        "edits": [e.model_copy(update={"path": p}) for e in change.edits
+                  if (p := ok(e.path)) is not None],
+        "files": [f.model_copy(update={"path": p}) for f in change.files
+                  if (p := ok(f.path)) is not None],
+        "delete": [p for d in change.delete if (p := ok(d)) is not None],
+        "rename": [r.model_copy(update={"path": p, "to": t}) for r in change.rename
+                   if (p := ok(r.path)) is not None and (t := ok(r.to)) is not None],
+    }), bad
 
 
 def _replace(text: str, search: str, replace: str) -> tuple[str | None, str]:
@@ -132,17 +199,24 @@ def _replace(text: str, search: str, replace: str) -> tuple[str | None, str]:
     if count > 1:
         return None, (f"its search text occurs {count} times: include more of the lines "
                       "around it, so that it occurs once")
-    # aider's next try: the same lines, ignoring whitespace at either end of each.
+    # aider's next try: the same lines, ignoring whitespace at either end of each; an
+    # indentation off by the same amount on every line is given to the replacement too.
     lines = text.splitlines(keepends=True)
-    want = [s.strip() for s in search.splitlines()]
-    while want and not want[-1]:
-        want.pop()
+    asked = search.splitlines()
+    while asked and not asked[-1].strip():
+        asked.pop()
+    want = [s.strip() for s in asked]
     starts = [i for i in range(len(lines) - len(want) + 1)
               if [s.strip() for s in lines[i:i + len(want)]] == want]
     if len(starts) == 1:
         i = starts[0]
-        tail = "" if replace.endswith("\n") or not replace else "\n"
-        new = "".join(lines[:i]) + replace + tail + "".join(lines[i + len(want):])
+        found = lines[i:i + len(want)]
+        shifted = _reindent(replace, asked, found)
+        if shifted is None:
+            return None, ("its search lines are in the file, but indented otherwise, and not "
+                          "by the same amount on every line: copy them exactly")
+        tail = "" if shifted.endswith("\n") or not shifted else "\n"
+        new = "".join(lines[:i]) + shifted + tail + "".join(lines[i + len(want):])
         return new, ""
     if len(starts) > 1:
         return None, (f"its search lines occur {len(starts)} times: include more of the "
@@ -150,6 +224,30 @@ def _replace(text: str, search: str, replace: str) -> tuple[str | None, str]:
     if replace.strip() and replace in text:
         return None, "its replace text is already in the file: leave this edit out"
     return None, "its search text is not in the file" + _closest(lines, want)
+
+
+def _indent(line: str) -> str:
+    return line[: len(line) - len(line.lstrip(" \t"))]
+
+
+def _reindent(replace: str, asked: list[str], found: list[str]) -> str | None:
+    """``replace`` with the indentation the file has where ``asked`` was found: the same
+    text added to (or taken from) the start of every line, when every non-blank line
+    of the search is off by that same text; None when they are off unevenly."""
+    pairs = [(_indent(a), _indent(f)) for a, f in zip(asked, found, strict=True) if a.strip()]
+    if all(f.endswith(a) for a, f in pairs):
+        pads = {f[: len(f) - len(a)] for a, f in pairs}
+        if len(pads) == 1:
+            pad = pads.pop()
+            return "".join(pad + line if line.strip() else line
+                           for line in replace.splitlines(keepends=True))
+    if all(a.endswith(f) for a, f in pairs):
+        extras = {a[: len(a) - len(f)] for a, f in pairs}
+        if len(extras) == 1:
+            extra = extras.pop()
+            return "".join(line.removeprefix(extra)
+                           for line in replace.splitlines(keepends=True))
+    return None
 
 
 def _closest(lines: list[str], want: list[str]) -> str:

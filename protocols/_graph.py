@@ -203,8 +203,8 @@ def check(spec: Workflow, types: Mapping[str, type[BaseModel]]) -> list[Problem]
             if name not in producers:
                 problems.append(Problem(f"{at}.input", f"no step produces {name!r}"))
         output = types.get(s.output or "")
-        if s.revise == "edits" and output is not None and not issubclass(output, Code):
-            problems.append(Problem(f"{at}.revise", f"edits revise code: {output.__name__} "
+        if s.revise is not None and output is not None and not issubclass(output, Code):
+            problems.append(Problem(f"{at}.revise", f"revise applies to code: {output.__name__} "
                                     "is not swarmbus.Code or a type derived from it"))
         if s.routes:
             problems += _check_routes(s, at, output)

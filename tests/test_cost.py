@@ -27,6 +27,8 @@ from swarmbus.agents.models import (
     build_model,
 )
 from swarmbus.agents.workflow import (
+    EDITS_ANSWER,
+    WHOLE_AGAIN,
     WHOLE_ANSWER,
     SandboxPytest,
     StepAgent,
@@ -117,11 +119,13 @@ async def test_a_later_round_answers_with_edits_that_the_reviewer_sees_applied(
 ) -> None:
     t = Team(CodeEdits(edits=[GOOD], notes="fixed add"))
     result, trail = await run_loop(t, nats_url, namespace)
-    assert [r.output_type for r in t.coder_requests] == [Code, CodeEdits]
+    # one type every round, so the requests share their prefix
+    assert [r.output_type for r in t.coder_requests] == [CodeEdits, CodeEdits]
     second = prompt_of(t.coder_requests[1])
-    assert "## Your previous code" in second and "## How to answer" in second
+    assert "## Your previous code" in second and f"## How to answer\n\n{EDITS_ANSWER}" in second
     assert "## Findings to address" in second
-    assert "## How to answer" not in prompt_of(t.coder_requests[0])
+    first = prompt_of(t.coder_requests[0])
+    assert "## Your previous code" not in first and "There is no code yet" in first
     assert files(result.artifacts["code"]) == {"calc.py": FIXED, "test_calc.py": TEST}
     assert result.artifacts["code"]["notes"] == "fixed add"
     review = prompt_of(t.checker_requests[1])  # the new files, and what changed
@@ -143,7 +147,7 @@ async def test_an_edit_that_does_not_apply_gets_one_repair_naming_it(
                 replace="def test_add() -> None:\n")
     t = Team(CodeEdits(edits=[note, BAD]), CodeEdits(edits=[GOOD]))
     result, _ = await run_loop(t, nats_url, namespace)
-    assert [r.output_type for r in t.coder_requests] == [Code, CodeEdits, CodeEdits]
+    assert [r.output_type for r in t.coder_requests] == [CodeEdits, CodeEdits, CodeEdits]
     repair = t.coder_requests[2].messages
     assert [m.role for m in repair] == ["user", "assistant", "user"]
     assert repair[1].content == CodeEdits(edits=[note, BAD]).model_dump_json()
@@ -164,11 +168,26 @@ async def test_edits_failing_twice_fall_back_to_whole_files(
                         SourceFile(path="test_calc.py", content=TEST)], notes="whole")
     t = Team(CodeEdits(edits=[BAD]), CodeEdits(edits=[BAD]), whole)
     result, _ = await run_loop(t, nats_url, namespace)
-    assert [r.output_type for r in t.coder_requests] == [Code, CodeEdits, CodeEdits, Code]
+    assert [r.output_type for r in t.coder_requests] == [CodeEdits, CodeEdits, CodeEdits, Code]
     last = t.coder_requests[3]
     assert len(last.messages) == 1 and WHOLE_ANSWER in last.messages[0].content
     assert result.artifacts["code"] == whole.model_dump(mode="json")
     assert result.spend["coder"].calls == 4
+    assert result.spend["coder"].cost_usd == 4 * CALL_USD
+
+
+async def test_a_model_that_cannot_answer_in_edits_is_asked_for_whole_files(
+    nats_url: str, namespace: str
+) -> None:
+    """Invalid twice (the model layer's own repair included) is not the end of the run:
+    the previous code was good, so the step asks for every file whole."""
+    whole = Code(files=[SourceFile(path="calc.py", content=FIXED),
+                        SourceFile(path="test_calc.py", content=TEST)])
+    t = Team("not json", "still not json", whole)  # type: ignore[arg-type]
+    result, _ = await run_loop(t, nats_url, namespace)
+    assert [r.output_type for r in t.coder_requests] == [CodeEdits, CodeEdits, CodeEdits, Code]
+    assert result.artifacts["code"] == whole.model_dump(mode="json")
+    assert result.spend["coder"].calls == 4  # the invalid answers were paid too
     assert result.spend["coder"].cost_usd == 4 * CALL_USD
 
 
@@ -178,7 +197,8 @@ async def test_revise_whole_asks_for_every_file_again(nats_url: str, namespace: 
     t = Team(whole)
     result, _ = await run_loop(t, nats_url, namespace, revise="whole")
     assert [r.output_type for r in t.coder_requests] == [Code, Code]
-    assert "## How to answer" not in prompt_of(t.coder_requests[1])
+    assert "## How to answer" not in prompt_of(t.coder_requests[0])
+    assert f"## How to answer\n\n{WHOLE_AGAIN}" in prompt_of(t.coder_requests[1])
     assert files(result.artifacts["code"])["calc.py"] == FIXED
     # the reviewer still reads what changed
     assert "+    return a + b" in prompt_of(t.checker_requests[1])
@@ -197,7 +217,7 @@ async def test_a_role_set_to_whole_files_is_asked_for_every_file_unless_its_step
     await run_one(team(loop(revise="edits"), models=t.models(), tools={},
                        revise={"coder": "whole"}),
                   nats_url, f"{namespace}2", TaskRequest(goal="Write add(a, b)"))
-    assert [r.output_type for r in t.coder_requests] == [Code, CodeEdits]
+    assert [r.output_type for r in t.coder_requests] == [CodeEdits, CodeEdits]
 
 
 def test_swarm_yaml_sets_a_roles_revision_and_refuses_an_unknown_one() -> None:
@@ -307,7 +327,8 @@ def answer(seen: Seen) -> dict[str, Any]:
     if "You are the architect" in text:
         reply = DESIGN.model_dump_json()
     elif "You are the coder" in text:
-        reply = (CodeEdits(edits=[GOOD]) if "## How to answer" in text else V1).model_dump_json()
+        reply = (CodeEdits(edits=[GOOD]) if "## Your previous code" in text
+                 else V1).model_dump_json()
     elif "return a - b" in text.split("## Current code", 1)[-1].split("\n## ", 1)[0]:
         reply = Review(decision="revise", summary="subtracts", findings=[Finding(
             severity="major", target="coder", explanation="add must add")]).model_dump_json()

@@ -14,6 +14,7 @@ from swarmbus.protocols import (
     SourceFile,
     apply_edits,
     code_diff,
+    edits_type,
 )
 
 CALC = "def add(a, b):\n    return a - b\n\n\ndef sub(a, b):\n    return a - b\n"
@@ -56,9 +57,8 @@ def test_a_search_that_matches_twice_is_refused_and_nothing_is_guessed() -> None
 
 
 def test_whitespace_at_line_ends_does_not_stop_an_edit_but_a_wrong_line_does() -> None:
-    # The model dropped the indentation of the body: the same lines, stripped, match once.
     out = apply_edits(CODE, CodeEdits(edits=[Edit(
-        path="calc.py", search="def sub(a, b):\nreturn a - b  \n",
+        path="calc.py", search="def sub(a, b):  \n    return a - b\t\n",
         replace="def sub(a, b):\n    return a - b  # checked\n")]))
     assert files(out)["calc.py"].endswith("def sub(a, b):\n    return a - b  # checked\n")
     with pytest.raises(EditsNotApplied) as caught:
@@ -68,6 +68,65 @@ def test_whitespace_at_line_ends_does_not_stop_an_edit_but_a_wrong_line_does() -
     assert reason.startswith("its search text is not in the file")
     # aider's hint: the lines that come closest, with where they are
     assert "the closest lines (from line 1) are:\ndef add(a, b):\n    return a - b" in reason
+
+
+NESTED = Code(files=[SourceFile(path="f.py", content=(
+    "def f(x):\n    if x:\n        y = 1\n        z = 2\n    return x\n"))])
+
+
+@pytest.mark.parametrize(("search", "replace", "expected"), [
+    # indented 4 spaces less than the file, every line: the replacement gets them too
+    ("    y = 1\n    z = 2\n", "    y = 10\n    if z:\n        z = 20\n",
+     "        y = 10\n        if z:\n            z = 20\n"),
+    # 4 spaces more: they are taken from the replacement
+    ("            y = 1\n            z = 2\n", "            y = 10\n",
+     "        y = 10\n"),
+])
+def test_an_indentation_off_by_the_same_amount_moves_the_replacement_too(
+    search: str, replace: str, expected: str
+) -> None:
+    out = apply_edits(NESTED, CodeEdits(edits=[Edit(path="f.py", search=search,
+                                                    replace=replace)]))
+    assert files(out)["f.py"] == "def f(x):\n    if x:\n" + expected + "    return x\n"
+
+
+def test_an_indentation_off_unevenly_is_refused_rather_than_guessed() -> None:
+    with pytest.raises(EditsNotApplied) as caught:
+        apply_edits(NESTED, CodeEdits(edits=[Edit(path="f.py", search="if x:\ny = 1\n",
+                                                  replace="if x:\ny = 2\n")]))
+    assert "indented otherwise, and not by the same amount" in caught.value.failures[0].reason
+
+
+def test_paths_are_compared_normalised_and_may_not_leave_the_directory() -> None:
+    code = Code(files=[SourceFile(path="./pkg//calc.py", content=CALC)])
+    out = apply_edits(code, CodeEdits(edits=[Edit(path="pkg/./calc.py", search="def sub",
+                                                   replace="def minus")],
+                                      files=[SourceFile(path="./pkg/new.py", content="")]))
+    assert sorted(files(out)) == ["pkg/calc.py", "pkg/new.py"]
+    with pytest.raises(EditsNotApplied) as caught:
+        apply_edits(CODE, CodeEdits(files=[SourceFile(path="../evil.py", content="x")],
+                                    rename=[Rename(path="calc.py", to="/etc/passwd")],
+                                    delete=["/tmp/x"]))
+    assert sorted(f.path for f in caught.value.failures) == ["../evil.py", "/etc/passwd",
+                                                           "/tmp/x"]
+    assert all("relative, inside the working directory" in f.reason
+               for f in caught.value.failures)
+    assert files(caught.value.code) == files(CODE)  # nothing of them was applied
+
+
+def test_a_derived_code_type_revises_its_own_fields_too() -> None:
+    class Released(Code):
+        changelog: str = ""
+        version: int = 1
+
+    kind = edits_type(Released)
+    assert kind is edits_type(Released) and issubclass(kind, CodeEdits)
+    assert {"changelog", "version"} <= set(kind.model_fields)
+    assert edits_type(Code) is CodeEdits
+    v1 = Released(files=CODE.files, changelog="v1", version=1)
+    v2 = apply_edits(v1, kind.model_validate({"delete": ["test_calc.py"], "version": 2}))
+    assert isinstance(v2, Released)
+    assert (v2.changelog, v2.version, [f.path for f in v2.files]) == ("v1", 2, ["calc.py"])
 
 
 def test_a_failing_edit_leaves_the_others_applied_and_names_itself() -> None:

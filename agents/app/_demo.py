@@ -199,7 +199,7 @@ def _architect(request: ModelRequest[Any]) -> Design | ParallelDesign:
 
 def _coder(request: ModelRequest[Any]) -> Code | CodeEdits:
     prompt = _prompt(request)
-    if issubclass(request.output_type, CodeEdits) and "fizzbuzz(n: int)" in prompt:
+    if "## Your previous code" in prompt and "fizzbuzz(n: int)" in prompt:
         # A later round: the one line that changes, as an edit of the current code.
         return CodeEdits(edits=[Edit(
             path="fizzbuzz.py", search="    for i in range(1, n):  # off by one: n itself "
@@ -335,7 +335,7 @@ async def run_demo(*, json_out: bool = False) -> int:
     else:
         for wf, _, _ in DEMO_TASKS:
             print()
-            print(render_trail(wf, trails[wf]))
+            print(render_trail(wf, trails[wf], diffs=True))
             print(render_result(wf, results[wf]))
     ok = all(r.status == "approved" for r in results.values())
     print("\ndemo " + ("passed: both tasks approved" if ok else "FAILED"), file=sys.stderr)

@@ -163,7 +163,7 @@ class AnthropicModel(ProviderModel):
             timeout=timeout_s,
             **kwargs,
         )
-        tokens = _tokens(getattr(message, "usage", None))
+        tokens = _tokens(getattr(message, "usage", None), self.prompt_cache)
         text = ""
         for block in message.content:
             if block.type == "tool_use" and block.name == _TOOL:
@@ -226,13 +226,19 @@ class AnthropicModel(ProviderModel):
         return None
 
 
-def _tokens(usage: Any) -> Tokens | None:
+def _tokens(usage: Any, ttl: str) -> Tokens | None:
+    """``usage`` as ``Tokens``. Writes come split by their entries' lifetime; a reply
+    without the split (older API versions, some proxies) wrote what the request's
+    breakpoints asked for: 1-hour entries with ``ttl`` "1h", else 5-minute ones."""
     if usage is None:
         return None
     reads = usage.cache_read_input_tokens or 0
     writes = usage.cache_creation_input_tokens or 0
     split = getattr(usage, "cache_creation", None)
-    writes_1h = (split.ephemeral_1h_input_tokens or 0) if split is not None else 0
+    if split is not None:
+        writes_1h = split.ephemeral_1h_input_tokens or 0
+    else:
+        writes_1h = writes if ttl == "1h" else 0
     details = getattr(usage, "output_tokens_details", None)
     return Tokens(
         input=(usage.input_tokens or 0) + reads + writes,

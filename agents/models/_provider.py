@@ -213,6 +213,16 @@ class ProviderModel(Model):
             self._create_client()
             self._prepared = True
 
+    def _bound_price(self) -> Price | None:
+        """The price a call's worst case is bounded with: cache writes are possible only
+        at the lifetime this model's breakpoints ask for (``prompt_cache``)."""
+        price = self.price()
+        if price is None or self.prompt_cache == "1h":
+            return price
+        if self.prompt_cache == "off":
+            return price.model_copy(update={"cache_write": None, "cache_write_1h": None})
+        return price.model_copy(update={"cache_write_1h": None})
+
     def _timeout(self, request: ModelRequest[Any]) -> float:
         return self._timeout_s if self._timeout_s is not None else request.settings.timeout_s
 
@@ -270,7 +280,7 @@ class ProviderModel(Model):
         lowered: int | None = None
         sent = request
         if ledger is not None:
-            bound = CallBound(self.price(), input_token_bound(request, history),
+            bound = CallBound(self._bound_price(), input_token_bound(request, history),
                               request.settings.max_tokens)
             lowered = ledger.before_call(self.name, bound)  # raises to stop; unchanged
             if lowered is not None:

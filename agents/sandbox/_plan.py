@@ -70,6 +70,9 @@ def child_env(home: str, tmp: str) -> dict[str, str]:
     env.setdefault("PATH", os.defpath)
     env.update(HOME=home, TMPDIR=tmp, TMP=tmp, TEMP=tmp, USER="sandbox", LOGNAME="sandbox",
                PYTHONDONTWRITEBYTECODE="1", PYTHONNOUSERSITE="1", PYTHONUNBUFFERED="1",
+               # One string hash for every run: the same code prints its sets and dicts
+               # of strings in the same order each time, so its report reads the same.
+               PYTHONHASHSEED="0",
                PYTEST_DISABLE_PLUGIN_AUTOLOAD="1", NO_COLOR="1")  # fmt: skip
     return env
 

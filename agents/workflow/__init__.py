@@ -5,7 +5,7 @@ runtime that runs any of them (one ``StepAgent`` per role, a ``Supervisor``).
 reviewer team; ``team(workflow, models=...)`` builds the agents that run one.
 """
 
-from ._call import EDITS_ANSWER, WHOLE_ANSWER, repair_text
+from ._call import EDITS_ANSWER, FIRST_ANSWER, WHOLE_AGAIN, WHOLE_ANSWER, repair_text
 from ._fanout import Fanouts
 from ._load import (
     BUILTIN_PREFIX,
@@ -33,7 +33,9 @@ __all__ = (
     "BUILTIN_PREFIX",
     "DEFAULT_WORKFLOW",
     "EDITS_ANSWER",
+    "FIRST_ANSWER",
     "PRESETS",
+    "WHOLE_AGAIN",
     "WHOLE_ANSWER",
     "AcceptanceRunner",
     "Fanouts",

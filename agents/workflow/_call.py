@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import anyio
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from swarmbus.protocols import (
     Code,
@@ -18,9 +18,11 @@ from swarmbus.protocols import (
     EditsNotApplied,
     Provenance,
     StepSpec,
+    Usage,
     WorkItem,
     WorkState,
     apply_edits,
+    edits_type,
 )
 
 from .._agent import Context
@@ -34,6 +36,7 @@ from ..models import (
     ModelResponse,
     ModelSettings,
     OutputTruncatedError,
+    OutputValidationError,
     ProviderAuthError,
     ProviderError,
     current_ledger,
@@ -42,7 +45,8 @@ from ..models import (
 from ._prompt import render_system, work_parts
 from ._reuse import steady_inputs
 
-__all__ = ["EDITS_ANSWER", "WHOLE_ANSWER", "StepCall", "permanent", "repair_text"]
+__all__ = ["EDITS_ANSWER", "FIRST_ANSWER", "WHOLE_AGAIN", "WHOLE_ANSWER", "StepCall", "permanent",
+           "repair_text"]
 
 
 def permanent(e: BaseException) -> bool:
@@ -99,12 +103,12 @@ class StepCall:
 
     @property
     def edits(self) -> bool:
-        """Whether this run of the step answers with ``CodeEdits``: its output is code, it
-        has code of its own from an earlier round, and its ``revise`` (else its role's) is
-        not ``whole``."""
+        """Whether the step answers with edits (``edits_type`` of its output type): its
+        output is code and its ``revise`` (else its role's) is not ``whole``. Its first
+        round gives every file in the same form (``files``), so every round of the step
+        asks for one type: the requests share their prefix, which providers cache."""
         return ((self.step.revise or self.revise) == "edits"
-                and issubclass(self.output_type, Code)
-                and isinstance(self.previous, Code))
+                and issubclass(self.output_type, Code))
 
     def cache_key(self) -> str:
         """The key that keeps this step's requests of this run together in the provider's
@@ -151,40 +155,60 @@ class StepCall:
                 f"`roles.{self.step.role}.model` in swarm.yaml or `model:` in the workflow")
         if self.edits:
             return await self.ask_edits()
-        response = await self.complete(self.request())
+        revising = issubclass(self.output_type, Code) and isinstance(self.previous, Code)
+        response = await self.complete(self.request(answer=WHOLE_AGAIN if revising else ""))
         self.provenance = response.provenance
         return response.output
 
     async def ask_edits(self) -> BaseModel:
-        """The step's code revised by the model's ``CodeEdits``, applied to its previous
-        code. Edits that do not apply get one repair (the model is told which, why, and
-        shown those files as they are now); if that fails too, the model is asked for
-        every file whole. Every call is paid and counted."""
-        assert isinstance(self.previous, Code)
-        request = self.request(CodeEdits, answer=EDITS_ANSWER)
-        first = await self.complete(request)
-        spent = [first.provenance]
+        """The step's code revised by the model's edits (``edits_type`` of its output
+        type), applied to its previous code. Edits that do not apply get one repair (the
+        model is told which, why, and shown those files as they are now); if that fails
+        too, or the model cannot answer in the edits' form at all, it is asked for every
+        file whole. Every call is paid and counted."""
+        kind = edits_type(self.output_type)
+        first = not isinstance(self.previous, Code)
+        request = self.request(kind, answer=FIRST_ANSWER if first else EDITS_ANSWER)
+        spent: list[Provenance] = []
+        code = self.previous if isinstance(self.previous, Code) else Code(files=[])
         try:
-            return self._revised(apply_edits(self.previous, _edits(first.output)), spent)
-        except EditsNotApplied as e:
-            self.ctx.log.warning("edits did not apply, asking once more", step=self.step.id,
-                                 failures=[str(f)[:200] for f in e.failures])
-            partial = e.code
-            repair = replace(request, messages=(
-                *request.messages,
-                ChatMessage(role="assistant", content=first.output.model_dump_json()),
-                ChatMessage(role="user", content=repair_text(e))))
-        second = await self.complete(repair)
-        spent.append(second.provenance)
-        try:
-            return self._revised(apply_edits(partial, _edits(second.output)), spent)
-        except EditsNotApplied as e:
-            self.ctx.log.warning("edits did not apply after a repair, asking for whole files",
-                                 step=self.step.id,
-                                 failures=[str(f)[:200] for f in e.failures])
+            for attempt in (1, 2):
+                response = await self.complete(request)
+                spent.append(response.provenance)
+                change = _as(kind, response.output)
+                try:
+                    return self._revised(self._typed(apply_edits(code, change), change), spent)
+                except ValidationError as e:  # a first round missing a field of the type
+                    raise OutputValidationError(
+                        f"{response.provenance.name}: the files do not make a "
+                        f"{self.output_type.__name__}: {e}", model=response.provenance.name,
+                        usage=Usage()) from None
+                except EditsNotApplied as e:
+                    self.ctx.log.warning("edits did not apply", step=self.step.id,
+                                         attempt=attempt,
+                                         failures=[str(f)[:200] for f in e.failures])
+                    code = e.code
+                    request = replace(request, messages=(
+                        *request.messages,
+                        ChatMessage(role="assistant", content=change.model_dump_json()),
+                        ChatMessage(role="user", content=repair_text(e))))
+        except OutputValidationError as e:
+            spent.append(_paid(e, self.model))
+            self.ctx.log.warning("no valid edits", step=self.step.id, error=str(e)[:300])
         whole = await self.complete(self.request(answer=WHOLE_ANSWER))
         spent.append(whole.provenance)
         return self._revised(whole.output, spent)
+
+    def _typed(self, code: Code, change: CodeEdits) -> Code:
+        """``code`` as the step's output type (a first round's, built on empty code, with
+        the fields ``change`` gives). Raises ``ValidationError`` for one it lacks."""
+        if isinstance(code, self.output_type):
+            return code
+        given = {k: v for k in type(change).model_fields if k not in CodeEdits.model_fields
+                 and (v := getattr(change, k)) is not None}
+        typed = self.output_type.model_validate({**code.model_dump(), **given})
+        assert isinstance(typed, Code)  # the step's output type is code (``edits``)
+        return typed
 
     def _revised(self, output: BaseModel, spent: list[Provenance]) -> BaseModel:
         last = spent[-1]
@@ -243,14 +267,27 @@ EDITS_ANSWER = (
     "remove them); `files`: new files, or a file rewritten entirely, whole; `delete`: paths "
     "to remove; `rename`: a file's new path (edits then use it). Files you do not name "
     "stay as they are.")
+FIRST_ANSWER = ("There is no code yet: give every file whole in `files` (path and full "
+                "content, tests included); leave `edits`, `delete` and `rename` empty.")
+WHOLE_AGAIN = ("Answer with every file whole (`files`: path and full content, tests "
+               "included), not only the ones that change.")
 WHOLE_ANSWER = ("Your edits could not be applied to the code. Answer with every file whole "
                 "(`files`: path and full content, tests included).")
 
 
-def _edits(output: BaseModel) -> CodeEdits:
+def _as(kind: type[CodeEdits], output: BaseModel) -> CodeEdits:
     # A user's own Model may answer with another type that has the same fields.
-    return output if isinstance(output, CodeEdits) else CodeEdits.model_validate(
-        output.model_dump())
+    return output if isinstance(output, kind) else kind.model_validate(output.model_dump())
+
+
+def _paid(e: OutputValidationError, model: Model | None) -> Provenance:
+    """What the failed calls cost, as a provenance (their spend is booked already)."""
+    u = e.usage
+    provider, _, name = (model.name if model else "?:?").partition(":")
+    return Provenance(provider=provider, model=name, input_tokens=u.input_tokens,
+                      output_tokens=u.output_tokens, cached_tokens=u.cached_tokens,
+                      cache_write_tokens=u.cache_write_tokens, cost_usd=u.cost_usd,
+                      calls=u.calls, estimated_calls=u.estimated_calls)
 
 
 def repair_text(e: EditsNotApplied) -> str:

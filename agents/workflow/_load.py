@@ -31,7 +31,13 @@ from swarmbus.protocols import (
 )
 
 from .._yaml import load_yaml, yaml_problem
-from ..models import ModelConfig, UnknownModelError, check_model, qualify_model_name
+from ..models import (
+    ModelConfig,
+    ModelSpec,
+    UnknownModelError,
+    check_model,
+    qualify_model_name,
+)
 from ._checks import template_path_problems, tool_problems
 from ._prompt import template_problems
 
@@ -267,6 +273,13 @@ def _model(value: Any) -> tuple[Any, str]:
         _model_config.validate_python(qualified)
     except ValidationError as e:
         first = e.errors(include_url=False)[0]
+        if isinstance(qualified, Mapping) and "fallback" not in qualified:
+            try:  # a spec: say which of its keys is wrong, not the first union branch's
+                ModelSpec.model_validate(qualified)
+            except ValidationError as spec_error:
+                first = spec_error.errors(include_url=False)[0]
+                where = ".".join(str(part) for part in first["loc"])
+                return value, f"not a valid model spec: {where}: {first['msg']}"
         return value, f"not a model name, spec or fallback chain: {first['msg']}"
     except ValueError as e:
         return value, str(e)

@@ -168,3 +168,36 @@ async def test_a_repair_keeps_the_first_messages_breakpoints(
     assert [m["role"] for m in repair] == ["user", "assistant", "user"]
     assert first[0]["content"][0]["cache_control"] == {"type": "ephemeral"}
     assert isinstance(repair[2]["content"], str)  # the repair prompt: no breakpoint
+
+
+@pytest.mark.parametrize(("prompt_cache", "rate"), [("1h", 2.0), ("5m", 1.25)])
+async def test_writes_without_their_split_are_billed_at_the_lifetime_asked_for(
+    fake: FakeServer, fake_keys: str, prompt_cache: str, rate: float
+) -> None:
+    body = anthropic_body(PLAN_JSON, input_tokens=100, output_tokens=10, cache_write_5m=1000)
+    del body["usage"]["cache_creation"]  # an older API version or a proxy: no split
+    fake.push(Canned(body))
+    async with haiku(fake, prompt_cache=prompt_cache) as model:
+        p = (await model.complete(plan_request())).provenance
+    # haiku 4.5: 1.00 in, 1.25 5m write, 2.00 1h write, 5.00 out
+    assert p.cost_usd == pytest.approx((100 * 1.0 + 1000 * rate + 10 * 5.0) / 1e6)
+
+
+@pytest.mark.parametrize(("prompt_cache", "rate"), [("off", 1.0), ("5m", 1.25), ("1h", 2.0)])
+async def test_a_budget_bounds_input_at_the_dearest_rate_the_model_can_be_billed(
+    fake: FakeServer, fake_keys: str, prompt_cache: str, rate: float
+) -> None:
+    """With the cache off no write can be billed; with 5-minute entries no 1-hour write:
+    the output a budget leaves is fitted to that, not to the dearest rate in the table."""
+    import math
+
+    from swarmbus.agents.models import Ledger, input_token_bound, metered
+
+    request = plan_request()
+    fake.push(Canned(anthropic_body(PLAN_JSON)))
+    with metered(Ledger(scope="wf", budget_usd=0.01)):
+        async with haiku(fake, prompt_cache=prompt_cache) as model:
+            await model.complete(request)
+    bound = input_token_bound(request, list(request.messages))
+    expected = math.floor((0.01 - bound * rate / 1e6) * 1e6 / 5.0)  # haiku out: 5.00
+    assert fake.requests[0].body["max_tokens"] == expected
