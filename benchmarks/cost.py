@@ -174,7 +174,7 @@ def check(o: Outcome, final: dict[str, str]) -> list[str]:
     if books != fake:
         bad.append(f"tokens (input, output, cached, written) booked {books}, billed {fake}")
     asked = [kind for r, kind in o.calls if r == "coder"]
-    want = ["Code"] * 4 if o.way == "old" else ["Code", "CodeEdits", "CodeEdits", "CodeEdits"]
+    want = ["Code"] * 4 if o.way == "old" else ["CodeEdits"] * 4  # one type every round
     if asked != want:
         bad.append(f"the coder was asked for {asked}, expected {want}")
     return bad
