@@ -164,8 +164,8 @@ class StepCall:
         """The step's code revised by the model's edits (``edits_type`` of its output
         type), applied to its previous code. Edits that do not apply get one repair (the
         model is told which, why, and shown those files as they are now); if that fails
-        too, or the model cannot answer in the edits' form at all, it is asked for every
-        file whole. Every call is paid and counted."""
+        too, or the model cannot answer in the edits' form at all in a later round, it is
+        asked for every file whole. Every call is paid and counted."""
         kind = edits_type(self.output_type)
         first = not isinstance(self.previous, Code)
         request = self.request(kind, answer=FIRST_ANSWER if first else EDITS_ANSWER)
@@ -193,6 +193,8 @@ class StepCall:
                         ChatMessage(role="assistant", content=change.model_dump_json()),
                         ChatMessage(role="user", content=repair_text(e))))
         except OutputValidationError as e:
+            if first:  # no form is simpler than whole files: the model's answer is invalid
+                raise
             spent.append(_paid(e, self.model))
             self.ctx.log.warning("no valid edits", step=self.step.id, error=str(e)[:300])
         whole = await self.complete(self.request(answer=WHOLE_ANSWER))
