@@ -124,4 +124,5 @@ async def test_primary_outage_fallback_cooldown_recovery(
     assert PRIMARY in rendered and "scripted:architect" in rendered
     # Every request the fake saw was a structured-output request for the coder's Code.
     assert all(r.path == "/v1/chat/completions" for r in fake.requests)
-    assert all(r.body["response_format"]["json_schema"]["name"] == "Code" for r in fake.requests)
+    assert all(r.body["response_format"]["json_schema"]["name"] == "CodeEdits"
+               for r in fake.requests)

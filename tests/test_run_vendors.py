@@ -62,6 +62,7 @@ from swarmbus.agents.workflow import StepAgent, StepCall
 from swarmbus.bus import ConsumerSettings, SwarmClient
 from swarmbus.protocols import (
     Code,
+    CodeEdits,
     Limits,
     SourceFile,
     TaskRequest,
@@ -288,10 +289,11 @@ MILLION_TOKENS = '{"files": [{"path": "calc.py", "content": "' + "# more\n" * 60
 
 def worst_case(seen: Seen, max_tokens: int) -> float:
     """The most the request the fake saw could cost with ``max_tokens`` of output, bounded
-    as the ledger bounds it (its prompts and the ``Code`` schema, at gpt-4o's prices)."""
+    as the ledger bounds it (its prompts and the schema of the coder's ``CodeEdits``, at
+    gpt-4o's prices)."""
     system, user = (m["content"] for m in seen.body["messages"])
     request = ModelRequest(system=system, messages=(ChatMessage(role="user", content=user),),
-                           output_type=Code)
+                           output_type=CodeEdits)
     worst = CallBound(price_for("openai:gpt-4o"), input_token_bound(request),
                       max_tokens).worst_usd()
     assert worst is not None

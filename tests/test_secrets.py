@@ -151,7 +151,8 @@ def team_answer(refused: str | None = None) -> Any:
                 status=401)
         body = seen.body if isinstance(seen.body, dict) else {}
         schema = (body.get("response_format") or {}).get("json_schema", {}).get("name")
-        reply = {"Design": DESIGN, "Code": CODE, "Verdict": VERDICT}.get(str(schema))
+        reply = {"Design": DESIGN, "Code": CODE, "CodeEdits": CODE,
+                 "Verdict": VERDICT}.get(str(schema))
         if reply is None:
             return Canned({"error": {"message": f"no reply for {schema!r}"}}, status=400)
         return openai_body(reply)

@@ -198,12 +198,28 @@ def _architect(request: ModelRequest[Any]) -> Design | ParallelDesign:
 
 
 def _coder(request: ModelRequest[Any]) -> Code | CodeEdits:
+    answer = _code(request)
+    if isinstance(answer, Code) and issubclass(request.output_type, CodeEdits):
+        # The whole new set of files as a revision: what it no longer has is deleted.
+        prompt = _prompt(request)
+        mine = prompt.split("## Your previous code", 1)[1].split("\n## ", 1)[0] \
+            if "## Your previous code" in prompt else ""
+        before = re.findall(r"^### (\S+)$", mine, flags=re.M)
+        now = {f.path for f in answer.files}
+        return CodeEdits(files=answer.files, notes=answer.notes,
+                         delete=[p for p in before if p not in now])
+    return answer
+
+
+def _code(request: ModelRequest[Any]) -> Code | CodeEdits:
     prompt = _prompt(request)
-    if "## Your previous code" in prompt and "fizzbuzz(n: int)" in prompt:
+    buggy = "    for i in range(1, n):  # off by one: n itself is missing\n"
+    if issubclass(request.output_type, CodeEdits) and "## Your previous code" in prompt \
+            and buggy in prompt:
         # A later round: the one line that changes, as an edit of the current code.
         return CodeEdits(edits=[Edit(
-            path="fizzbuzz.py", search="    for i in range(1, n):  # off by one: n itself "
-            "is missing\n", replace="    for i in range(1, n + 1):\n")], notes="fixed the range")
+            path="fizzbuzz.py", search=buggy, replace="    for i in range(1, n + 1):\n")],
+            notes="fixed the range")
     part = _component(prompt, prompt.split("## Goal", 1)[-1].split("##", 1)[0].strip())
     if part is not None:
         return part
