@@ -10,7 +10,9 @@ of, or after, a script of canned replies. ``Seen.prompt_text()`` and
 writes an answer in it, and ``cut_at_limit`` answers like a model that would write
 more than the request's output limit (``max_completion_tokens``, ``max_tokens``,
 ``maxOutputTokens``) lets it. A ``Canned`` reply with ``delay_s`` answers late, and the
-fake notes whether it ``answered`` or the client went away first (``dropped``).
+fake notes whether it ``answered`` or the client went away first (``dropped``). Gemini's
+explicit-cache create (``POST .../cachedContents``) is ``Seen.cache_create`` (no vendor's
+generate request, so ``reply_body`` refuses it); answer it with ``gemini_cache_body``.
 """
 
 from __future__ import annotations
@@ -60,7 +62,8 @@ class Seen:
 
     @property
     def vendor(self) -> Vendor:
-        """Whose wire format this request is in, from its path."""
+        """Whose generate request this is, from its path (a Gemini cache create is
+        ``unknown`` here: see ``cache_create``)."""
         if self.path.endswith("/chat/completions"):
             return "openai"
         if self.path.endswith("/messages"):
@@ -68,6 +71,18 @@ class Seen:
         if ":generateContent" in self.path:
             return "google"
         return "unknown"
+
+    @property
+    def cache_create(self) -> bool:
+        """Whether this is a Gemini explicit-cache create (``POST .../cachedContents``,
+        body ``model``, ``ttl`` like ``"300s"``, ``systemInstruction``, ``contents``)."""
+        return self.method == "POST" and self.path.partition("?")[0].endswith("/cachedContents")
+
+    @property
+    def cached_content(self) -> str | None:
+        """The explicit cache a Gemini generate request refers to (``cachedContent``)."""
+        body = self.body if isinstance(self.body, dict) else {}
+        return body.get("cachedContent") if self.vendor == "google" else None
 
     def prompt_text(self) -> str:
         """The system prompt and every message's text, in order, one per line."""
@@ -78,7 +93,7 @@ class Seen:
         elif self.vendor == "anthropic":  # a string, or content blocks
             parts.append(_text(body.get("system")))
             parts += [_text(m.get("content")) for m in body.get("messages", [])]
-        elif self.vendor == "google":
+        elif self.vendor == "google" or self.cache_create:
             system = body.get("systemInstruction") or {}
             chunks = [system, *body.get("contents", [])]
             parts += [str(p.get("text") or "") for c in chunks for p in c.get("parts", [])]
@@ -396,6 +411,26 @@ def gemini_error(
             {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": retry_delay}
         ]
     return Canned({"error": error}, status, headers=headers or {})
+
+
+def gemini_cache_body(
+    tokens: int, *, name: str = "cachedContents/fake-1", model: str = "gemini-2.5-flash",
+    lifetime_s: float = 300.0, usage: bool = True,
+) -> dict[str, Any]:
+    """A ``cachedContents`` create reply: the cache's ``name``, its ``model``,
+    ``usageMetadata.totalTokenCount`` (``tokens``; ``usage=False`` omits it) and
+    ``createTime`` / ``expireTime`` ``lifetime_s`` apart (RFC 3339, UTC, from now)."""
+    now = time.time()
+
+    def stamp(t: float) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}Z"
+
+    body: dict[str, Any] = {"name": name, "model": f"models/{model}", "displayName": "",
+                            "createTime": stamp(now), "updateTime": stamp(now),
+                            "expireTime": stamp(now + lifetime_s)}
+    if usage:
+        body["usageMetadata"] = {"totalTokenCount": tokens}
+    return body
 
 
 def reply_body(

@@ -2,16 +2,35 @@
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import re
+import time
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, SecretStr
 
-from swarmbus.protocols import ConfigError
+from swarmbus.protocols import ConfigError, Provenance
 
 from ._base import ChatMessage, ModelRequest
 from ._errors import ModelError, ProviderError, ProviderTimeoutError
+from ._gemini_cache import (
+    PLAN,
+    REGISTRY,
+    TTL_S,
+    Plan,
+    StablePrefix,
+    cache_gone,
+    create_bound,
+    create_cache,
+    explicit_min_tokens,
+    margin_s,
+    pays_at,
+    stable_prefix,
+)
+from ._guard import check_real_call_allowed
+from ._ledger import CallBound, current_ledger, input_token_bound
 from ._prices import Price
 from ._provider import (
     DEFAULT_MAX_RETRIES,
@@ -31,6 +50,8 @@ if TYPE_CHECKING:
     from google import genai
 
 __all__ = ["GoogleModel", "gemini_schema"]
+
+log = logging.getLogger("swarmbus.models")
 
 _REFUSED = frozenset(
     {
@@ -88,6 +109,18 @@ class GoogleModel(ProviderModel):
     estimated. A reply with no candidates and no block reason is an empty reply
     (``ProviderEmptyReplyError``), a block reason a refusal. Raises
     ``MissingSDKError`` now if ``google-genai`` is not installed.
+
+    Explicit context caching (``prompt_cache`` ``5m`` / ``1h``, never ``off``; the rule
+    is ``_gemini_cache``'s docstring): a stable prefix over the model's minimum that
+    missed the implicit cache on a repeat gets a cache (``caches.create``, ``ttl`` 300 s
+    or 3600 s) that the next requests refer to (``cached_content``, only the rest of the
+    contents). The create is a paid call: bounded by the current ledger first (made only
+    when the budget left covers it *and* the request's whole worst case, else the request
+    goes out without it), then booked with its ``totalTokenCount`` as input and
+    ``cache_write_tokens`` at ``Price.cache_create_cost``. A model without
+    ``cache_storage_per_hour`` in its price (unpriced ones too) gets none. A failed create
+    is not tried again for that prefix; a request whose cache is gone (403, 404, a 400
+    naming it) is sent again once without it.
     """
 
     sdk_module = "google.genai"
@@ -115,6 +148,7 @@ class GoogleModel(ProviderModel):
         self._client: genai.Client | None = client
         self._owns_client = client is None
         self._key: SecretStr | None = None
+        self._account = f"client:{id(client)}"  # whose explicit caches these are
         if client is not None:
             self._prepared = True
             return
@@ -128,6 +162,8 @@ class GoogleModel(ProviderModel):
         )
         assert key is not None
         self._key, self._key_source = key.value, key.source
+        self._account = hashlib.sha256(
+            f"{base_url}\0{key.value.get_secret_value()}".encode()).hexdigest()
 
     def __repr__(self) -> str:
         where = f", base_url={self.base_url!r}" if self.base_url else ""
@@ -159,30 +195,124 @@ class GoogleModel(ProviderModel):
             await self._client.aio.aclose()
             self._client.close()
 
+    async def _call_once(
+        self, request: ModelRequest[Any], history: list[ChatMessage], spent: list[Provenance]
+    ) -> tuple[RawReply, int | None]:
+        token = PLAN.set(await self._plan(request, history, spent))
+        try:
+            return await super()._call_once(request, history, spent)
+        finally:
+            PLAN.reset(token)
+
+    async def _plan(self, request: ModelRequest[Any], history: list[ChatMessage],
+                    spent: list[Provenance]) -> Plan | None:
+        """Whether this call refers to an explicit cache (creating it first), or None when
+        its prefix is not one explicit caching looks at (see the class docstring)."""
+        price = self.price()
+        minimum = explicit_min_tokens(self.model)
+        if self.prompt_cache == "off" or price is None or minimum is None:
+            return None
+        ttl_s = TTL_S[self.prompt_cache]
+        needed = pays_at(price, ttl_s)
+        prefix = stable_prefix(request, history, model=self.model, account=self._account)
+        if needed is None or prefix is None or prefix.tokens < minimum:
+            return None
+        decision = REGISTRY.decide(prefix.key, time.monotonic())
+        if decision.use:
+            return Plan(prefix, decision.use)
+        if not decision.create:
+            return Plan(prefix, repeat=decision.repeat)
+        try:
+            name = await self._create(request, history, prefix, price, ttl_s, needed, spent)
+        except BaseException:
+            REGISTRY.skipped(prefix.key)  # a limit stopped it (or a cancel): not a failure
+            raise
+        return Plan(prefix, name, repeat=True)
+
+    async def _create(self, request: ModelRequest[Any], history: list[ChatMessage],
+                      prefix: StablePrefix, price: Price, ttl_s: int, needed: int,
+                      spent: list[Provenance]) -> str:
+        """Create the cache of ``prefix`` and book it; its name, or "" when it was not
+        made (the budget left cannot also cover the request) or failed."""
+        assert self._client is not None
+        check_real_call_allowed(self.name)
+        bound = create_bound(price, prefix, ttl_s)
+        ledger = current_ledger()
+        if ledger is not None:
+            if ledger.left_usd is not None:
+                call = CallBound(self._bound_price(), input_token_bound(request, history),
+                                 request.settings.max_tokens)
+                worst = (bound.worst_usd() or 0.0) + (call.worst_usd() or 0.0)
+                if worst > ledger.left_usd / max(ledger.share, 1):
+                    REGISTRY.skipped(prefix.key)
+                    return ""
+            ledger.before_call(self.name, bound)  # raises to stop; unchanged
+        sent_at, started = time.monotonic(), time.perf_counter()
+        try:
+            made = await create_cache(self._client, self.model, prefix, ttl_s,
+                                      timeout_s=self._timeout(request))
+        except Exception as exc:
+            REGISTRY.failed(prefix.key)
+            log.info("%s: no explicit cache for this prefix (its create failed: %s)",
+                     self.name, getattr(exc, "code", type(exc).__name__))
+            return ""
+        tokens = made.tokens or prefix.tokens  # without usage figures: estimated
+        booked = Provenance(
+            provider=self.provider, model=self.model, input_tokens=tokens,
+            cache_write_tokens=tokens, cost_usd=price.cache_create_cost(tokens, ttl_s),
+            latency_s=time.perf_counter() - started, request_hash=request.request_hash(self.name),
+            calls=1, estimated_calls=0 if made.tokens else 1)
+        spent.append(booked)
+        if ledger is not None:
+            await ledger.book(booked)
+        if not made.name:
+            REGISTRY.failed(prefix.key)
+            return ""
+        REGISTRY.created(prefix.key, made.name, pays_at=needed,
+                         expires=sent_at + made.lifetime_s - margin_s(made.lifetime_s))
+        return made.name
+
     async def _call(
         self, request: ModelRequest[Any], history: list[ChatMessage], timeout_s: float
     ) -> RawReply:
+        from google.genai import errors as genai_errors
         from google.genai import types as genai_types
 
         assert self._client is not None
-        contents = [
-            genai_types.Content(
-                role="user" if m.role == "user" else "model",
-                parts=[genai_types.Part(text=m.content)],
+        plan = PLAN.get()
+        http = genai_types.HttpOptions(timeout=max(1, round(timeout_s * 1000)))
+
+        async def send(cached: str) -> Any:
+            assert self._client is not None
+            turns = [(m.role, m.content) for m in history]
+            if cached and plan is not None:
+                turns[0] = ("user", plan.prefix.rest)
+            contents = [genai_types.Content(role="user" if role == "user" else "model",
+                                            parts=[genai_types.Part(text=text)])
+                        for role, text in turns]
+            config = genai_types.GenerateContentConfig(
+                system_instruction=None if cached else request.system,
+                cached_content=cached or None,
+                response_mime_type="application/json",
+                response_schema=gemini_schema(request.output_type),
+                max_output_tokens=request.settings.max_tokens,
+                temperature=request.settings.temperature,
+                http_options=http,
             )
-            for m in history
-        ]
-        config = genai_types.GenerateContentConfig(
-            system_instruction=request.system,
-            response_mime_type="application/json",
-            response_schema=gemini_schema(request.output_type),
-            max_output_tokens=request.settings.max_tokens,
-            temperature=request.settings.temperature,
-            http_options=genai_types.HttpOptions(timeout=max(1, round(timeout_s * 1000))),
-        )
-        response = await self._client.aio.models.generate_content(
-            model=self.model, contents=contents, config=config
-        )
+            return await self._client.aio.models.generate_content(
+                model=self.model, contents=contents, config=config)
+
+        if plan is not None and plan.name:
+            try:
+                response = await send(plan.name)
+                REGISTRY.used(plan.prefix.key)
+            except genai_errors.APIError as exc:
+                if not cache_gone(exc):
+                    raise
+                REGISTRY.failed(plan.prefix.key)  # expired early or deleted: not again
+                response = await send("")
+        else:
+            response = await send("")
         usage = response.usage_metadata
         tokens: Tokens | None = None
         if usage is not None:
@@ -193,6 +323,9 @@ class GoogleModel(ProviderModel):
                 cached=usage.cached_content_token_count or 0,
                 reasoning=thoughts,
             )
+            if plan is not None and not plan.name:
+                REGISTRY.answered(plan.prefix.key, repeat=plan.repeat, cached=tokens.cached,
+                                  tokens=plan.prefix.tokens)
         feedback = response.prompt_feedback
         if feedback is not None and feedback.block_reason is not None:
             reason = f"prompt blocked: {_enum_name(feedback.block_reason)}"

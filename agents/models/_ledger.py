@@ -222,9 +222,10 @@ class Ledger:
             return None
         left /= max(self.share, 1)
         fits = bound.affordable(left)
-        if fits is None or fits >= bound.max_tokens:
+        if fits is None or (fits >= bound.max_tokens and bound.input_usd() <= left):
             return None
-        if fits < min(MIN_OUTPUT_TOKENS, bound.max_tokens):
+        # A call without output (an explicit cache's create, max_tokens 0) must fit too.
+        if fits < min(MIN_OUTPUT_TOKENS, bound.max_tokens) or bound.input_usd() > left:
             worst = bound.worst_usd(min(MIN_OUTPUT_TOKENS, bound.max_tokens)) or 0.0
             raise LimitReached(
                 "budget_exceeded",

@@ -54,6 +54,9 @@ class Price(BaseModel):
     the cache, Anthropic's 5-minute writes (None: billed as ``input``).
     ``cache_write_1h``: Anthropic's 1-hour writes (None: billed as
     ``cache_write``). ``output``: output, reasoning tokens included.
+    ``cache_storage_per_hour``: USD per million tokens per hour that an explicit
+    cache (Gemini's ``cachedContents``) is stored; None: unknown, so such a cache's
+    cost is unknown too (never 0, see ``cache_create_cost``).
     ``as_of`` / ``source`` / ``note``: when the entry was checked, against which
     page, and what is unsure (informational).
     """
@@ -65,6 +68,7 @@ class Price(BaseModel):
     cached_input: float | None = Field(None, ge=0)
     cache_write: float | None = Field(None, ge=0)
     cache_write_1h: float | None = Field(None, ge=0)
+    cache_storage_per_hour: float | None = Field(None, ge=0)
     as_of: str | None = None
     source: str | None = None
     note: str | None = None
@@ -100,6 +104,18 @@ class Price(BaseModel):
             + max(0, output_tokens) * self.output
         )
         return total / 1_000_000
+
+    def cache_create_cost(self, tokens: int, ttl_s: float) -> float | None:
+        """USD for creating an explicit cache of ``tokens`` tokens that lives ``ttl_s``
+        seconds (Gemini's ``cachedContents``): the tokens at the ``input`` rate, plus
+        their storage at ``cache_storage_per_hour`` for the whole lifetime (Google bills
+        the lifetime asked for, also when a cache is deleted sooner). None when the
+        storage price is unknown."""
+        if self.cache_storage_per_hour is None:
+            return None
+        tokens = max(0, tokens)
+        hours = max(0.0, ttl_s) / 3600
+        return (tokens * self.input + tokens * self.cache_storage_per_hour * hours) / 1_000_000
 
 
 class PriceTable:
@@ -233,8 +249,10 @@ def set_price(
     cached_input: float | None = None,
     cache_write: float | None = None,
     cache_write_1h: float | None = None,
+    cache_storage_per_hour: float | None = None,
 ) -> None:
-    """Add or override the price of ``provider:model`` (USD per million tokens, see ``Price``).
+    """Add or override the price of ``provider:model`` (USD per million tokens, see ``Price``;
+    ``cache_storage_per_hour``: USD per million tokens per hour).
 
     Use 0 for a local model you run yourself to make it priced and free.
     """
@@ -246,6 +264,7 @@ def set_price(
             cached_input=cached_input,
             cache_write=cache_write,
             cache_write_1h=cache_write_1h,
+            cache_storage_per_hour=cache_storage_per_hour,
         ),
     )
 

@@ -59,9 +59,11 @@ to count them", help.openai.com; Google's Gemini docs give the same ratio)."""
 PromptCache = Literal["5m", "1h", "off"]
 """How a model uses its provider's prompt cache. ``5m`` (the default) and ``1h``:
 Anthropic's breakpoints write entries that live that long (writes bill 1.25x / 2x the
-input rate, reads 0.1x); OpenAI requests carry ``prompt_cache_key``; Gemini's implicit
-cache needs nothing sent. ``off``: no breakpoint and no key (Gemini's and OpenAI's
-automatic caches still apply on the provider's side; they cannot be switched off)."""
+input rate, reads 0.1x); OpenAI requests carry ``prompt_cache_key``; Gemini relies on
+its implicit cache, and where that misses a repeated long prefix, creates explicit
+caches that live that long (see ``GoogleModel``). ``off``: no breakpoint, no key, no
+explicit cache (Gemini's and OpenAI's automatic caches still apply on the provider's
+side; they cannot be switched off)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,7 +58,7 @@ class ModelSpec(BaseModel):
     )
     prompt_cache: PromptCache = Field(
         "5m", description="The provider's prompt cache: '5m' or '1h' entries (Anthropic "
-        "breakpoints; OpenAI prompt_cache_key), or 'off'.")
+        "breakpoints; OpenAI prompt_cache_key; Gemini explicit caches), or 'off'.")
 
     @field_validator("name")
     @classmethod
