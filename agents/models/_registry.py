@@ -6,16 +6,18 @@ import difflib
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal, TypeAlias, TypedDict
+from typing import Any, Literal, TypeAlias, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ._base import Model
 from ._cache import CachedModel, ResponseStore
-from ._errors import ModelError, ProviderError, UnknownModelError
+from ._errors import MissingSDKError, ModelError, ProviderError, UnknownModelError
 from ._fallback import OUTPUT_ERRORS, FallbackModel
+from ._names import qualify_model_name
 from ._prices import Price, price_for, price_table
 from ._provider import PromptCache
+from ._routed import RouteConfig, RoutedModel
 
 __all__ = [
     "FallbackSpec",
@@ -113,8 +115,18 @@ class FallbackSpec(BaseModel):
         return kinds
 
 
-ModelConfig: TypeAlias = str | ModelSpec | FallbackSpec | list[str | ModelSpec]
-"""What a role's ``model:`` can be in config: a name, a spec, or a fallback chain."""
+class RouteSpec(BaseModel):
+    """A step whose model a router chooses per task: ``{route: {candidates: [...], ...}}``
+    (see ``RouteConfig``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    route: RouteConfig
+
+
+ModelConfig: TypeAlias = str | ModelSpec | FallbackSpec | RouteSpec | list[str | ModelSpec]
+"""What a role's ``model:`` can be in config: a name, a spec, a fallback chain, or a
+route among candidates."""
 
 ProviderFactory: TypeAlias = Callable[[ModelSpec], Model]
 
@@ -301,6 +313,46 @@ def _warning(spec: ModelSpec, factory: ProviderFactory) -> str:
             "million tokens) or in SWARMBUS_PRICES_FILE")
 
 
+def _routed(config: RouteConfig) -> RoutedModel:
+    """A ``RoutedModel`` of ``config``'s candidates, each built as any model (a name, a
+    spec or a chain), named by its first model. Raises ``UnknownModelError`` for two
+    candidates of one name, or a route inside a route."""
+    import importlib.util
+
+    from pydantic import TypeAdapter
+
+    if importlib.util.find_spec("numpy") is None:
+        raise MissingSDKError("a routed step (model: {route: ...}) needs numpy: "
+                              "pip install 'swarmbus[route]'")
+    candidates: dict[str, Model] = {}
+    adapter: TypeAdapter[Any] = TypeAdapter(str | ModelSpec | FallbackSpec | list[str | ModelSpec])
+    for raw in config.candidates:
+        spec = adapter.validate_python(raw)
+        model = build_model(spec)
+        name = _first_name(spec)
+        if name in candidates:
+            raise UnknownModelError(f"route: candidate {name!r} is given twice")
+        candidates[name] = model
+    if config.rules:
+        from swarmbus.agents.routing import parse_rules  # checks each rule and its model
+
+        parse_rules(list(config.rules), list(candidates))
+    try:
+        return RoutedModel(config, candidates)
+    except ValueError as e:
+        raise UnknownModelError(f"route: {e}") from None
+
+
+def _first_name(spec: Any) -> str:
+    if isinstance(spec, str):
+        return qualify_model_name(spec)
+    if isinstance(spec, ModelSpec):
+        return qualify_model_name(spec.name)
+    if isinstance(spec, FallbackSpec):
+        return _first_name(spec.fallback[0])
+    return _first_name(spec[0])
+
+
 def build_model(
     config: ModelConfig,
     *,
@@ -322,7 +374,9 @@ def build_model(
     (with the ``pip install`` line) when its SDK is not installed.
     """
     model: Model
-    if isinstance(config, FallbackSpec):
+    if isinstance(config, RouteSpec):
+        model = _routed(config.route)
+    elif isinstance(config, FallbackSpec):
         model = FallbackModel(
             [_build_one(s) for s in config.fallback],
             cooldown_s=config.cooldown_s,
