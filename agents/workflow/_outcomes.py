@@ -10,7 +10,6 @@ step cost and took over all its rounds.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-
 from typing import TYPE_CHECKING
 
 from swarmbus.bus import Bus, WorkflowStore

@@ -24,7 +24,6 @@ from ..models import RouteConfig, RoutedModel, price_for
 
 if TYPE_CHECKING:  # routing needs numpy (the `route` extra): imported when a step routes
     from ..routing import Candidate, Features, Router
-
     from ._call import StepCall
 
 __all__ = ["EXPECTED_OUTPUT_TOKENS", "ROUTERS_BUCKET", "Routes", "features_of"]
