@@ -67,11 +67,12 @@ def plot_frontier(report: RouteReport, path: str | Path) -> Path:
         r = report.results[name]
         if r.frontier:
             pts = sorted((c, p) for _, c, p in r.frontier)
-            ax.plot([c for c, _ in pts], [p for _, p in pts], "-", alpha=0.6,
+            ax.plot([c for c, _ in pts], [p for _, p in pts], "-", alpha=0.6, color=f"C{i}",
                     label=f"{name} (willingness-to-pay sweep)")
         err = [[r.pass_rate - r.pass_ci[0]], [r.pass_ci[1] - r.pass_rate]]
         ax.errorbar([r.cost_per_task], [r.pass_rate], yerr=err, fmt=markers[i], capsize=4,
-                    markersize=7, label=f"{name}: {r.pass_rate:.1%}, {_usd(r.cost_per_task)}")
+                    markersize=7, color=f"C{i}",
+                    label=f"{name}: {r.pass_rate:.1%}, {_usd(r.cost_per_task)}")
     ax.axhline(report.target, linestyle="--", color="grey", linewidth=1,
                label=f"95% of best ({report.target:.1%})")
     costs = [c for r in report.results.values() for c in
