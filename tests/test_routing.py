@@ -156,6 +156,10 @@ def test_json_export_and_numpy_inference_agree_with_scikit_learn() -> None:
     assert isinstance(again, KnnRouter) and again.to_json() == knn.to_json()
     assert again.score(FEATURES, CANDIDATES) == knn.score(FEATURES, CANDIDATES)
     assert train_knn(rows).version == knn.version  # the version names the content
+    capped = train_knn(rows, max_rows_per_candidate=10)
+    assert capped.body["rows"] == 30 and len(capped.to_json()) < len(knn.to_json()) / 10
+    assert capped.models[LARGE].ok.tolist() == [float(r.approved) for r in rows
+                                                if r.model == LARGE][-10:]  # the latest
 
 
 def test_stored_text_that_is_not_a_router_is_refused() -> None:

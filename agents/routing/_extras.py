@@ -8,13 +8,16 @@ from types import ModuleType
 
 __all__ = ["missing_extra", "require"]
 
+_DIST = {"sklearn": "scikit-learn"}  # import name -> the name pip knows
+
 
 def missing_extra(module: str, extra: str, purpose: str) -> Exception:
     """The ``MissingExtraError`` (a ``ConfigError``) naming the ``pip install`` line."""
     from ..eval import MissingExtraError  # only when one is missing: eval is heavier
 
+    top = module.partition(".")[0]
     return MissingExtraError(
-        f"{purpose} needs {module.partition('.')[0]}, which is not installed: "
+        f"{purpose} needs {_DIST.get(top, top)}, which is not installed: "
         f"pip install 'swarmbus[{extra}]'")
 
 

@@ -124,14 +124,18 @@ class KnnRouter(Router):
 
 
 def _sparse(v: Vector) -> tuple[list[int], list[float]]:
+    """Nonzero indices and values, 6 significant digits (the JSON's size halves; a
+    cosine moves by < 1e-5)."""
     idx = np.flatnonzero(v)
-    return [int(i) for i in idx], [float(x) for x in v[idx]]
+    return [int(i) for i in idx], [float(f"{x:.6g}") for x in v[idx]]
 
 
 def train_knn(rows: Sequence[OutcomeRow], *, k: int = 15, smoothing: float = 1.0,
-              dim: int = DIM) -> KnnRouter:
+              dim: int = DIM, max_rows_per_candidate: int | None = None) -> KnnRouter:
     """A ``KnnRouter`` over ``rows`` (numpy only: nothing is fitted, rows are stored).
-    ``k`` neighbours per candidate (>= 1), ``smoothing`` the prior's weight (> 0).
+    ``k`` neighbours per candidate (>= 1), ``smoothing`` the prior's weight (> 0),
+    ``max_rows_per_candidate`` keeps only each model's latest rows (None: all). The
+    JSON grows by about 1 KB per row (synthetic goals of ~15 words and 3 constraints).
     Raises ``ConfigError`` for no rows or bad settings."""
     if not rows:
         raise ConfigError("train: no outcome rows (export some with `swarmbus route export`)")
@@ -145,8 +149,14 @@ def train_knn(rows: Sequence[OutcomeRow], *, k: int = 15, smoothing: float = 1.0
         d["v"].append(val)
         d["ok"].append(1 if r.approved else 0)
         d["cost"].append(r.cost_usd)
+    if max_rows_per_candidate is not None:
+        if max_rows_per_candidate < 1:
+            raise ConfigError(f"train: max_rows_per_candidate {max_rows_per_candidate}: >= 1")
+        models = {m: {key: col[-max_rows_per_candidate:] for key, col in d.items()}
+                  for m, d in models.items()}
     body: dict[str, Any] = {"schema": SCHEMA, "kind": "knn", "dim": dim, "k": k,
-                            "smoothing": smoothing, "rows": len(rows),
+                            "smoothing": smoothing,
+                            "rows": sum(len(d["ok"]) for d in models.values()),
                             "models": dict(sorted(models.items()))}
     body["version"] = body_version(body)
     return KnnRouter(body)
