@@ -43,6 +43,7 @@ from swarmbus.agents.routing import (
     select_router,
     should_activate,
     synthetic_rows,
+    task_key,
     time_split,
     train_knn,
     train_logistic,
@@ -98,13 +99,34 @@ def test_a_trained_router_beats_random_and_cheapest_and_nears_best_for_less(
     assert lo < r.pass_rate < hi and hi - lo < 0.1
 
 
-def test_the_split_is_by_time_and_keeps_runs_whole() -> None:
+def test_the_split_is_by_time_and_keeps_tasks_whole() -> None:
     rows = synthetic_rows(100, seed=1)
-    shuffled = random.Random(3).sample(rows, len(rows))
+    # task 10 asked again after the cut, under another run: it stays with the first
+    again = [r.model_copy(update={"at": rows[-1].at, "workflow_id": "again"})
+             for r in rows[30:33]]
+    shuffled = random.Random(3).sample(rows + again, len(rows) + 3)
     train, test, cut = time_split(shuffled, 0.7)
-    assert cut is not None and len(train) == 210 and len(test) == 90
-    assert max(r.at for r in train) < cut <= min(r.at for r in test)
-    assert not {r.workflow_id for r in train} & {r.workflow_id for r in test}
+    assert cut is not None and len(train) == 213 and len(test) == 90
+    assert max(r.at for r in train if r.workflow_id != "again") < cut
+    assert cut <= min(r.at for r in test)
+    assert not {task_key(r) for r in train} & {task_key(r) for r in test}
+    assert {r.workflow_id for r in train} >= {"again"}
+
+
+def test_eval_runs_group_by_task_and_a_missing_counterfactual_drops_the_task() -> None:
+    # as `swarmbus eval` runs them: each model on each problem under its own run id,
+    # minutes apart; the last 9 problems lack the large model's outcome (or its price)
+    rows = []
+    for r in synthetic_rows(300, seed=6):
+        index = int(r.workflow_id.rsplit("-", 1)[1])
+        if index >= 291 and r.model == LARGE:
+            if index % 2:
+                continue
+            r = r.model_copy(update={"cost_usd": None})
+        rows.append(r.model_copy(update={"workflow_id": f"{r.workflow_id}-{r.model}"}))
+    rep = evaluate_routers(rows, rules=SYNTHETIC_RULES, seed=6)
+    assert rep.test_tasks == 90 - 9 and rep.dropped == 9
+    assert rep.rows_per_candidate == {SMALL: 210, MEDIUM: 210, LARGE: 210}
 
 
 # -- activation ----------------------------------------------------------------------------

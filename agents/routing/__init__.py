@@ -31,6 +31,7 @@ from ._eval import (
     RouterResult,
     evaluate_routers,
     should_activate,
+    task_key,
     time_split,
 )
 from ._features import DIM, Features, vectorize
@@ -87,6 +88,7 @@ __all__ = (
     "should_activate",
     "synthetic_rows",
     "synthetic_tasks",
+    "task_key",
     "time_split",
     "train_knn",
     "train_logistic",

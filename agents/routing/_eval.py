@@ -26,7 +26,7 @@ from ._router import Candidate, Router
 from ._rows import OutcomeRow
 
 __all__ = ["MIN_ROWS_PER_CANDIDATE", "MIN_TEST_TASKS", "ROW_NAMES", "RouteReport",
-           "RouterResult", "evaluate_routers", "should_activate", "time_split"]
+           "RouterResult", "evaluate_routers", "should_activate", "task_key", "time_split"]
 
 ROW_NAMES = ("learned", "knn", "rule", "random", "cheapest", "best", "oracle")
 # 50 rows per candidate: a candidate's pass rate is then known to about +-0.14 (95%)
@@ -94,30 +94,38 @@ class RouteReport:
     utility_gain: dict[str, tuple[float, float, float]]
 
 
+def task_key(row: OutcomeRow) -> tuple[str, tuple[str, ...]]:
+    """What makes two rows the same task: its goal and constraints (eval runs give one
+    problem several runs, one per model, each under its own workflow id)."""
+    return row.features.goal, tuple(row.features.constraints)
+
+
 def time_split(rows: Sequence[OutcomeRow], train_share: float = 0.7
                ) -> tuple[list[OutcomeRow], list[OutcomeRow], datetime | None]:
-    """(train, test, cut): runs ordered by their earliest ``at``, the first
-    ``train_share`` of runs (a whole run on one side) to train, the rest to test.
-    Never random: a goal asked again later must not leak its outcome backwards."""
+    """(train, test, cut): tasks (``task_key``) ordered by their earliest ``at``, the
+    first ``train_share`` of them to train, the rest to test; a task's rows, all its
+    runs and steps, stay on one side. Never random: a goal asked again later must not
+    leak its outcome from one side to the other. ``cut``: the first test task's time."""
     if not 0.0 < train_share < 1.0:
         raise ConfigError(f"--train-share {train_share}: between 0 and 1 (exclusive)")
-    first: dict[str, datetime] = {}
+    first: dict[tuple[str, tuple[str, ...]], datetime] = {}
     for r in rows:
-        first[r.workflow_id] = min(first.get(r.workflow_id, r.at), r.at)
-    runs = sorted(first, key=lambda w: (first[w], w))
-    n_train = int(len(runs) * train_share)
-    train_ids = set(runs[:n_train])
-    cut = first[runs[n_train]] if n_train < len(runs) else None
-    return ([r for r in rows if r.workflow_id in train_ids],
-            [r for r in rows if r.workflow_id not in train_ids], cut)
+        key = task_key(r)
+        first[key] = min(first.get(key, r.at), r.at)
+    tasks = sorted(first, key=lambda t: (first[t], t))
+    n_train = int(len(tasks) * train_share)
+    train_keys = set(tasks[:n_train])
+    cut = first[tasks[n_train]] if n_train < len(tasks) else None
+    return ([r for r in rows if task_key(r) in train_keys],
+            [r for r in rows if task_key(r) not in train_keys], cut)
 
 
 def _complete(test: Sequence[OutcomeRow], candidates: Sequence[str]) -> tuple[list[_Task], int]:
-    """Test tasks with a priced outcome of every candidate (the last row of each
-    model wins); and how many tasks were dropped."""
-    grouped: dict[tuple[str, str], list[OutcomeRow]] = {}
+    """Test tasks, one per (task, step), with a priced outcome of every candidate (the
+    latest row of each model wins); and how many were dropped."""
+    grouped: dict[tuple[Any, str], list[OutcomeRow]] = {}
     for r in sorted(test, key=lambda r: r.at):
-        grouped.setdefault((r.workflow_id, r.step), []).append(r)
+        grouped.setdefault((task_key(r), r.step), []).append(r)
     tasks, dropped = [], 0
     for rs in grouped.values():
         outcome = {r.model: (r.approved, r.cost_usd) for r in rs if r.cost_usd is not None}
@@ -162,11 +170,12 @@ def evaluate_routers(rows: Sequence[OutcomeRow], *, rules: Sequence[Rule | dict[
                      | None = None, willingness_to_pay_usd: float = 1.0,
                      train_share: float = 0.7, seed: int = 0,
                      candidates: Sequence[str] | None = None) -> RouteReport:
-    """Train ``learned`` (logistic) and ``knn`` on the earliest ``train_share`` of runs
+    """Train ``learned`` (logistic) and ``knn`` on the earliest ``train_share`` of tasks
     and score them, ``rule`` (``rules``; None: always best), ``random`` (at the share
     of ``learned``'s picks), ``cheapest`` (lowest mean training cost), ``best``
     (highest training pass rate) and ``oracle`` (per task the cheapest candidate that
-    passed; the cheapest one when none did) on the later runs' complete tasks.
+    passed; the cheapest one when none did) on the later tasks that have a priced
+    outcome of every candidate (``candidates``; None: every model in ``rows``).
     ``seed`` fixes the bootstrap. Needs scikit-learn; raises ``ConfigError`` when
     there are no rows, no training rows, or no complete test task."""
     train, test, cut = time_split(rows, train_share)
@@ -179,8 +188,8 @@ def evaluate_routers(rows: Sequence[OutcomeRow], *, rules: Sequence[Rule | dict[
                           f"of every candidate ({', '.join(names)}): run them on every "
                           "candidate (eval runs) to compare routers")
     per = {m: [r for r in train if r.model == m] for m in names}
-    mean_cost = {m: (sum(r.cost_usd or 0.0 for r in rs) / len(rs) if rs else None)
-                 for m, rs in per.items()}
+    priced = {m: [r.cost_usd for r in rs if r.cost_usd is not None] for m, rs in per.items()}
+    mean_cost = {m: sum(cs) / len(cs) if cs else None for m, cs in priced.items()}
     cands = [Candidate(model=m, price_hint_usd=mean_cost[m]) for m in names]
     best = max(names, key=lambda m: (smoothed_rate(sum(r.approved for r in per[m]),
                                                    len(per[m])), -(mean_cost[m] or 0.0)))
