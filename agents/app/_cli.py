@@ -105,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=".swarmbus/nats")
 
     add_eval_parser(sub)
-    add_route_parser(sub)
+    add_route_parser(sub, _client_args)
     return ap
 
 

@@ -1,10 +1,13 @@
-"""``swarmbus route eval``: the command line of ``swarmbus.agents.routing``'s evaluation.
+"""``swarmbus route export | eval | train``: the swarm's outcomes as rows, the comparison
+of routers with the baselines, and training a router that goes live only when it wins.
 Routing is imported only when the command runs (it needs the ``route`` extra)."""
 
 from __future__ import annotations
 
 import argparse
 import math
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +18,39 @@ from swarmbus.protocols import ConfigError
 __all__ = ["add_route_parser", "cmd_route"]
 
 
-def add_route_parser(sub: Any) -> Any:
-    """Add ``route`` and its ``eval`` sub-command to the ``swarmbus`` parser's
-    sub-parsers; returns ``route``'s own sub-parsers, for more sub-commands."""
+MAX_ROUTER_BYTES = 1024 * 1024
+"""The largest router JSON stored (a NATS message's default limit, 1 MiB)."""
+
+
+def add_route_parser(sub: Any, client_args: Callable[[argparse.ArgumentParser], None]) -> Any:
+    """Add ``route`` and its ``export``, ``eval`` and ``train`` sub-commands to the
+    ``swarmbus`` parser's sub-parsers (``client_args`` adds --nats, --namespace, -c);
+    returns ``route``'s own sub-parsers."""
     p = sub.add_parser("route", help="routers that pick each step's model per task")
     rsub = p.add_subparsers(dest="action", required=True)
+    x = rsub.add_parser("export", help="one row per (run, step, model) with its features and "
+                        "outcome, from the namespace's stream (JSONL)")
+    client_args(x)
+    x.add_argument("-o", "--out", default="-", help="file to write (default: stdout)")
+    x.add_argument("--k-rounds", type=int, default=3, help="a run counts as a success when "
+                   "approved within this many rounds (default 3)")
+    t = rsub.add_parser("train", help="train a router on exported rows, compare it with the "
+                        "rule router on held-out runs, and store it only when it wins")
+    client_args(t)
+    t.add_argument("rows", help="outcome rows (JSONL, from `swarmbus route export`)")
+    t.add_argument("--name", required=True, help="the router's name, as a workflow's "
+                   "`route: {router: NAME}` gives it")
+    t.add_argument("--kind", choices=["learned", "knn"], default="learned",
+                   help="learned: a calibrated classifier per candidate (default); knn")
+    t.add_argument("--rules", help="the rule router it must beat: a YAML list, as in the "
+                   "workflow (default: always the best)")
+    t.add_argument("--willingness-to-pay", type=float, default=1.0, metavar="USD")
+    t.add_argument("--train-share", type=float, default=0.7)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--max-rows-per-candidate", type=int, default=200,
+                   help="knn keeps each model's latest rows only (its JSON grows ~1 KB a row)")
+    t.add_argument("--activate", action="store_true",
+                   help="store it in the namespace (running daemons pick it up) if it wins")
     e = rsub.add_parser(
         "eval", help="compare the learned routers with the baselines and the oracle on "
         "held-out runs split by time (pass rate and cost per task, bootstrap 95% intervals)")
@@ -60,8 +91,13 @@ def _rules(path: str | None) -> list[Any] | None:
 
 
 async def cmd_route(args: argparse.Namespace) -> int:
-    """Run ``swarmbus route eval``: print the table (and write the plot). Mistakes
-    and a missing extra raise ``ConfigError`` (exit 2)."""
+    """Run ``swarmbus route export | eval | train``. Mistakes and a missing extra raise
+    ``ConfigError`` (exit 2); ``train --activate`` of a router that does not win is
+    refused (exit 1)."""
+    if args.action == "export":
+        return await _export(args)
+    if args.action == "train":
+        return await _train(args)
     from ..routing import (
         SYNTHETIC_RULES,
         evaluate_routers,
@@ -93,4 +129,63 @@ async def cmd_route(args: argparse.Namespace) -> int:
             print(f"wrote {plot_frontier(report, args.plot)}")
         except OSError as e:
             raise ConfigError(f"--plot {args.plot}: cannot write ({e.strerror})") from None
+    return 0
+
+
+async def _export(args: argparse.Namespace) -> int:
+    from ..routing import write_outcomes
+    from ..workflow import outcome_rows
+    from ._commands import client, config
+
+    if args.k_rounds < 1:
+        raise ConfigError(f"--k-rounds {args.k_rounds}: at least 1")
+    async with await client(config(args)) as c:
+        rows = await outcome_rows(c.bus, k_rounds=args.k_rounds)
+    if args.out == "-":
+        for r in rows:
+            sys.stdout.write(r.model_dump_json() + "\n")
+    else:
+        write_outcomes(rows, args.out)
+        print(f"wrote {len(rows)} rows to {args.out}", file=sys.stderr)
+    return 0
+
+
+async def _train(args: argparse.Namespace) -> int:
+    from ..routing import (
+        evaluate_routers,
+        read_outcomes,
+        report_table,
+        should_activate,
+        train_knn,
+        train_logistic,
+    )
+    from ..workflow import ROUTERS_BUCKET
+    from ._commands import client, config
+
+    rows = read_outcomes(args.rows)
+    if not rows:
+        raise ConfigError(f"{args.rows}: no outcome rows")
+    report = evaluate_routers(rows, rules=_rules(args.rules),
+                              willingness_to_pay_usd=args.willingness_to_pay,
+                              train_share=args.train_share, seed=args.seed)
+    print(report_table(report), end="")
+    ok, why = should_activate(report, args.kind)
+    print(f"{args.kind}: {why}")
+    if not args.activate:
+        return 0
+    if not ok:
+        print(f"error: {args.name!r} is not stored: {why}", file=sys.stderr)
+        return 1
+    router = (train_logistic(rows, seed=args.seed) if args.kind == "learned"
+              else train_knn(rows, max_rows_per_candidate=args.max_rows_per_candidate))
+    text = router.to_json().encode()
+    if len(text) > MAX_ROUTER_BYTES:
+        raise ConfigError(f"the router's JSON is {len(text):,} bytes, above the "
+                          f"{MAX_ROUTER_BYTES:,} a message holds: lower "
+                          "--max-rows-per-candidate, or use --kind learned")
+    async with await client(config(args)) as c:
+        store = await c.bus.key_value(ROUTERS_BUCKET)
+        await store.put(args.name, text)
+    print(f"stored router {args.name!r} ({router.name} {router.version}, {len(text):,} "
+          "bytes): running daemons use it from their next decision")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -269,10 +270,44 @@ def _build_one(config: str | ModelSpec) -> Model:
     return _factory(spec)(spec)
 
 
-def _leaves(config: ModelConfig) -> list[str | ModelSpec]:
+def _leaves(config: Any) -> list[str | ModelSpec]:
+    if isinstance(config, RouteSpec):
+        return [leaf for c in _route_candidates(config.route) for leaf in _leaves(c)]
     if isinstance(config, FallbackSpec):
         return list(config.fallback)
     return list(config) if isinstance(config, list) else [config]
+
+
+def _route_candidates(config: RouteConfig) -> list[Any]:
+    """A route's candidates as model configs (names, specs or chains), its rules checked
+    against them. Raises ``UnknownModelError`` for a candidate given twice, an
+    unknown ``best``, or a rule that names no feature, operator or candidate."""
+    from pydantic import TypeAdapter, ValidationError
+
+    adapter: TypeAdapter[Any] = TypeAdapter(str | ModelSpec | FallbackSpec | list[str | ModelSpec])
+    try:
+        specs = [adapter.validate_python(raw) for raw in config.candidates]
+    except ValidationError as e:
+        raise UnknownModelError(f"route: a candidate is not a model name, spec or chain: "
+                                f"{e.errors(include_url=False)[0]['msg']}") from None
+    names = [_first_name(s) for s in specs]
+    twice = next((n for n in names if names.count(n) > 1), None)
+    if twice is not None:
+        raise UnknownModelError(f"route: candidate {twice!r} is given twice")
+    if config.best is not None and qualify_model_name(config.best) not in names:
+        raise UnknownModelError(f"route: best {config.best!r} is not one of the candidates "
+                                f"{names}")
+    if config.rules:
+        if importlib.util.find_spec("numpy") is None:
+            raise MissingSDKError("a routed step (model: {route: ...}) needs numpy: "
+                                  "pip install 'swarmbus[route]'")
+        from swarmbus.agents.routing import parse_rules  # each rule, feature and model
+
+        try:
+            parse_rules(list(config.rules), names)
+        except ValueError as e:
+            raise UnknownModelError(str(e)) from None
+    return specs
 
 
 def check_model(config: ModelConfig) -> list[str]:
@@ -315,28 +350,14 @@ def _warning(spec: ModelSpec, factory: ProviderFactory) -> str:
 
 def _routed(config: RouteConfig) -> RoutedModel:
     """A ``RoutedModel`` of ``config``'s candidates, each built as any model (a name, a
-    spec or a chain), named by its first model. Raises ``UnknownModelError`` for two
-    candidates of one name, or a route inside a route."""
-    import importlib.util
-
-    from pydantic import TypeAdapter
-
+    spec or a chain), named by its first model. Raises ``UnknownModelError`` as
+    ``_route_candidates`` does, ``MissingSDKError`` without numpy (the ``route``
+    extra)."""
     if importlib.util.find_spec("numpy") is None:
         raise MissingSDKError("a routed step (model: {route: ...}) needs numpy: "
                               "pip install 'swarmbus[route]'")
-    candidates: dict[str, Model] = {}
-    adapter: TypeAdapter[Any] = TypeAdapter(str | ModelSpec | FallbackSpec | list[str | ModelSpec])
-    for raw in config.candidates:
-        spec = adapter.validate_python(raw)
-        model = build_model(spec)
-        name = _first_name(spec)
-        if name in candidates:
-            raise UnknownModelError(f"route: candidate {name!r} is given twice")
-        candidates[name] = model
-    if config.rules:
-        from swarmbus.agents.routing import parse_rules  # checks each rule and its model
-
-        parse_rules(list(config.rules), list(candidates))
+    specs = _route_candidates(config)
+    candidates = {_first_name(s): build_model(s) for s in specs}
     try:
         return RoutedModel(config, candidates)
     except ValueError as e:

@@ -157,7 +157,7 @@ class ItemSteps:
             output_type=output_type, model=self.agent.model_for(step), settings=self.agent.settings,
             ctx=ctx, artifacts=await self.agent._readable(state, step),
             retry_delay=self.agent.consumer.retry_delay, item=item, revise=self.agent.revise,
-            routes=self.agent.routes,
+            routes=self.agent.routers,
         )
         tools = [self.agent.tools[t] for t in step.tool_names if t in self.agent.tools]
         parallel = step.max_parallel or plan.n

@@ -133,7 +133,7 @@ class StepAgent(Agent):
         self._cache_store: Any = None
         self._objects: ArtifactStore | None = None
         self.fanouts = Fanouts()
-        self.routes = Routes()
+        self.routers = Routes()
         self.items = ItemSteps(self)
         if kwargs.setdefault("name", role) != role:
             raise ConfigError(f"a step agent's name is its role ({role!r}): its consumer, its "
@@ -187,7 +187,7 @@ class StepAgent(Agent):
         await self._warn_legacy_consumer(bus)
         self._objects = await ArtifactStore.open(bus)
         await self.fanouts.setup(bus)
-        await self.routes.setup(bus)
+        await self.routers.setup(bus)
         if self.cache_ttl_s is not None:
             self._cache_store = await bus.key_value(_CACHE_BUCKET, ttl_s=self.cache_ttl_s)
             if self.model is not None:
@@ -319,7 +319,7 @@ class StepAgent(Agent):
                       if step.output and step.output in state.artifacts else None),
             output_type=output_type, model=self.model_for(step), settings=self.settings,
             ctx=ctx, artifacts=await self._readable(state, step),
-            retry_delay=self.consumer.retry_delay, revise=self.revise, routes=self.routes,
+            retry_delay=self.consumer.retry_delay, revise=self.revise, routes=self.routers,
         )
         tools = [self.tools[t] for t in step.tool_names if t in self.tools]
         try:
