@@ -170,6 +170,10 @@ class Bus:
         """Every stored message of one workflow, oldest first."""
         return await self.streams.history(workflow_id, after_seq=after_seq)
 
+    async def on_topic(self, topic: str, *, after_seq: int = 0) -> list[StoredMessage]:
+        """Every workflow's stored messages on ``topic`` (``result``...), oldest first."""
+        return await self.streams.on_topic(topic, after_seq=after_seq)
+
     # -- consumers -----------------------------------------------------------------------------
 
     async def ensure_consumer(

@@ -321,6 +321,11 @@ class Streams:
                     return found
         return await read_one(self.js, self.name, seq=1, next=True, subject=subj)
 
+    async def on_topic(self, topic: str, *, after_seq: int = 0) -> list[StoredMessage]:
+        """Every workflow's stored messages on ``topic``, oldest first."""
+        return await read_all(self.js, self.name, topic_filter(self.namespace, topic),
+                              after_seq=after_seq)
+
     async def history(self, workflow_id: str, *, after_seq: int = 0) -> list[StoredMessage]:
         """Every stored message of one workflow, oldest first."""
         return await read_all(self.js, self.name, workflow_filter(self.namespace, workflow_id),

@@ -89,7 +89,7 @@ from ._subjects import (
     workflow_filter,
 )
 from ._topics import step_topic
-from ._usage import Provenance, Usage, UtcDatetime
+from ._usage import Provenance, RouteDecision, RouteScore, Usage, UtcDatetime
 from ._workflow import (
     END,
     SCHEMA_ID,
@@ -149,6 +149,8 @@ __all__ = (
     "Rename",
     "Resume",
     "Review",
+    "RouteDecision",
+    "RouteScore",
     "SourceFile",
     "StepSpec",
     "Subject",

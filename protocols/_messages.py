@@ -17,7 +17,7 @@ from ._data import Code, Design, Finding, SourceFile, TestReport
 from ._fanout import WorkItem
 from ._registry import Message, message_type
 from ._topics import CANCEL, DEADLINE, DEADLINE_TIMER, RESUME
-from ._usage import Provenance, Usage, UtcDatetime, _Data
+from ._usage import Provenance, RouteDecision, Usage, UtcDatetime, _Data
 
 __all__ = [
     "DEFAULT_BUDGET_USD",
@@ -176,6 +176,9 @@ class WorkState(_Data):
     round: int = 1
     steps: int = Field(0, description="Steps run so far.")
     spend: dict[str, Usage] = Field(default_factory=dict, description="Usage per role so far.")
+    choices: dict[str, RouteDecision] = Field(
+        default_factory=dict, description="Step id -> the model its router chose: kept for "
+        "the run's later rounds of the step (a switch would lose the provider's cache).")
     budget_usd: float = Field(DEFAULT_BUDGET_USD, ge=0)
     deadline: UtcDatetime | None = None
     caps: dict[str, int] = Field(

@@ -7,9 +7,9 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, model_validator
 
-__all__ = ["Provenance", "Usage", "UtcDatetime"]
+__all__ = ["Provenance", "RouteDecision", "RouteScore", "Usage", "UtcDatetime"]
 
 
 def _as_utc(value: datetime) -> datetime:
@@ -96,6 +96,40 @@ class Usage(_Data):
 _COUNTS = tuple(name for name in Usage.model_fields if name not in ("cost_usd", "priced_cost_usd"))
 
 
+class RouteScore(_Data):
+    """One candidate as the router saw it: its chance of success (0-1), its expected
+    cost (USD per call of the step; None: unknown) and the utility it was ranked by
+    (``p_success - cost_usd / willingness_to_pay_usd``)."""
+
+    model: str
+    p_success: float
+    cost_usd: float | None = None
+    utility: float
+
+
+class RouteDecision(_Data):
+    """The model a router chose for a step of a run, and why.
+
+    ``probability`` is the chance with which ``model`` was picked (exploration
+    included): the propensity that makes later estimates from logged outcomes
+    unbiased. ``decided_s``: seconds the decision took (a router makes no model call,
+    so that is its whole price). ``features`` are what the router read, kept so the
+    outcome can be learned from (``swarmbus route export``).
+    """
+
+    model: str
+    router: str = Field(description="Which router chose: best, cheapest, random, rule, or "
+                        "a trained router's name.")
+    version: str = ""
+    probability: float = Field(1.0, ge=0, le=1)
+    explored: bool = False
+    scores: list[RouteScore] = Field(default_factory=list)
+    decided_s: float = 0.0
+    features: dict[str, JsonValue] = Field(default_factory=dict)
+    note: str = Field("", description="Why the decision is not the configured router's "
+                      "(e.g. no trained router of that name yet: the rule router chose).")
+
+
 class Provenance(_Data):
     """Who produced an output: provider, model, tokens, cost (USD), latency (s), request hash.
 
@@ -123,6 +157,8 @@ class Provenance(_Data):
         None, description="On a cache hit: what the call that filled the cache used and cost."
     )
     tried: list[str] = Field(default_factory=list, description="Models that failed before.")
+    route: RouteDecision | None = Field(
+        None, description="A routed step: how its model was chosen among the candidates.")
 
     @property
     def name(self) -> str:

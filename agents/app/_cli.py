@@ -1,5 +1,5 @@
 """The ``swarmbus`` command: up, submit, status, trail, cancel, retry, artifact, agents,
-workflow, schema, demo, nats, eval. Every mistake a user can make ends in one line,
+workflow, schema, demo, nats, eval, route. Every mistake a user can make ends in one line,
 ``error: ...``, exit 2."""
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from ._commands import CLIENT_COMMANDS, add_client_parsers, config
 from ._eval import add_eval_parser, cmd_eval, interrupted_line
 from ._logging import configure_logging
 from ._nats import cmd_nats, watch_server
+from ._route import add_route_parser, cmd_route
 
 __all__ = ["main"]
 
@@ -104,6 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=".swarmbus/nats")
 
     add_eval_parser(sub)
+    add_route_parser(sub, _client_args)
     return ap
 
 
@@ -227,12 +229,12 @@ def _run(args: argparse.Namespace) -> int:
         return cmd_schema(args)
     if args.command == "workflow":
         return cmd_workflow(args)
-    if args.command not in ("up", "demo", "eval"):  # those set up their own logging
+    if args.command not in ("up", "demo", "eval", "route"):  # those set up their own logging
         # Warnings (a bucket as it is, a server taken over) on stderr: stdout is the
         # command's output (--json).
         configure_logging("console", level="WARNING")
     commands = {
-        "up": cmd_up, "demo": cmd_demo, "nats": cmd_nats, "eval": cmd_eval,
+        "up": cmd_up, "demo": cmd_demo, "nats": cmd_nats, "eval": cmd_eval, "route": cmd_route,
         **CLIENT_COMMANDS,
     }
     # uvloop when installed (the `fast` extra): named in `swarmbus up`'s first log line.

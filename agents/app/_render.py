@@ -13,6 +13,7 @@ from swarmbus.protocols import (
     Message,
     Provenance,
     Resume,
+    RouteDecision,
     TaskRequest,
     TaskResult,
     Usage,
@@ -77,6 +78,19 @@ def diff_stat(diff: str) -> str:
     added = sum(1 for line in lines if line.startswith("+") and not line.startswith("+++ "))
     removed = sum(1 for line in lines if line.startswith("-") and not line.startswith("--- "))
     return f"{files} file{'s' if files != 1 else ''} changed, +{added} -{removed}"
+
+
+def route_line(d: RouteDecision) -> str:
+    """How a routed step's model was chosen, in one line: the router, the pick and its
+    probability, then each candidate's chance of success and expected cost."""
+    how = f"explored, p={d.probability:.2f}" if d.explored else f"p={d.probability:.2f}"
+    scores = "; ".join(
+        f"{s.model} {s.p_success:.2f}" + (f" ${s.cost_usd:.4f}" if s.cost_usd is not None
+                                          else " cost ?") for s in d.scores)
+    version = f" {d.version}" if d.version else ""
+    note = f" ({d.note})" if d.note else ""
+    return f"route: {d.router}{version} chose {d.model} ({how}){note}" + (
+        f": {scores}" if scores else "")
 
 
 def _model(prov: Provenance | None, fallback: str) -> str:
@@ -158,6 +172,8 @@ def render_trail(workflow_id: str, trail: list[StoredMessage], *, diffs: bool = 
             findings = msg.state.findings
         if isinstance(msg, Work) and msg.edge.endswith(".join"):
             lines += _items(msg)
+        if prov is not None and prov.route is not None:
+            lines.append(f"{'':>8}{route_line(prov.route)}")
         if diffs and isinstance(msg, Work) and msg.state.diffs.get(msg.output):
             lines += [f"{'':>8}{line}" for line in msg.state.diffs[msg.output].splitlines()]
         for f in findings:

@@ -80,12 +80,14 @@ from ._registry import (
     ModelConfig,
     ModelSpec,
     ProviderFactory,
+    RouteSpec,
     build_model,
     check_model,
     known_providers,
     register_provider,
     unregister_provider,
 )
+from ._routed import RouteConfig, RoutedModel, answering
 
 __all__ = (
     "BLOCK_ENV",
@@ -140,10 +142,14 @@ __all__ = (
     "ReplayModel",
     "Reply",
     "ResponseStore",
+    "RouteConfig",
+    "RouteSpec",
+    "RoutedModel",
     "ScriptExhaustedError",
     "ScriptedModel",
     "UnknownModelError",
     "Unmetered",
+    "answering",
     "block_real_models",
     "build_model",
     "check_model",

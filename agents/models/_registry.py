@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal, TypeAlias, TypedDict
+from typing import Any, Literal, TypeAlias, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ._base import Model
 from ._cache import CachedModel, ResponseStore
-from ._errors import ModelError, ProviderError, UnknownModelError
+from ._errors import MissingSDKError, ModelError, ProviderError, UnknownModelError
 from ._fallback import OUTPUT_ERRORS, FallbackModel
+from ._names import qualify_model_name
 from ._prices import Price, price_for, price_table
 from ._provider import PromptCache
+from ._routed import RouteConfig, RoutedModel
 
 __all__ = [
     "FallbackSpec",
@@ -113,8 +116,18 @@ class FallbackSpec(BaseModel):
         return kinds
 
 
-ModelConfig: TypeAlias = str | ModelSpec | FallbackSpec | list[str | ModelSpec]
-"""What a role's ``model:`` can be in config: a name, a spec, or a fallback chain."""
+class RouteSpec(BaseModel):
+    """A step whose model a router chooses per task: ``{route: {candidates: [...], ...}}``
+    (see ``RouteConfig``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    route: RouteConfig
+
+
+ModelConfig: TypeAlias = str | ModelSpec | FallbackSpec | RouteSpec | list[str | ModelSpec]
+"""What a role's ``model:`` can be in config: a name, a spec, a fallback chain, or a
+route among candidates."""
 
 ProviderFactory: TypeAlias = Callable[[ModelSpec], Model]
 
@@ -257,10 +270,44 @@ def _build_one(config: str | ModelSpec) -> Model:
     return _factory(spec)(spec)
 
 
-def _leaves(config: ModelConfig) -> list[str | ModelSpec]:
+def _leaves(config: Any) -> list[str | ModelSpec]:
+    if isinstance(config, RouteSpec):
+        return [leaf for c in _route_candidates(config.route) for leaf in _leaves(c)]
     if isinstance(config, FallbackSpec):
         return list(config.fallback)
     return list(config) if isinstance(config, list) else [config]
+
+
+def _route_candidates(config: RouteConfig) -> list[Any]:
+    """A route's candidates as model configs (names, specs or chains), its rules checked
+    against them. Raises ``UnknownModelError`` for a candidate given twice, an
+    unknown ``best``, or a rule that names no feature, operator or candidate."""
+    from pydantic import TypeAdapter, ValidationError
+
+    adapter: TypeAdapter[Any] = TypeAdapter(str | ModelSpec | FallbackSpec | list[str | ModelSpec])
+    try:
+        specs = [adapter.validate_python(raw) for raw in config.candidates]
+    except ValidationError as e:
+        raise UnknownModelError(f"route: a candidate is not a model name, spec or chain: "
+                                f"{e.errors(include_url=False)[0]['msg']}") from None
+    names = [_first_name(s) for s in specs]
+    twice = next((n for n in names if names.count(n) > 1), None)
+    if twice is not None:
+        raise UnknownModelError(f"route: candidate {twice!r} is given twice")
+    if config.best is not None and qualify_model_name(config.best) not in names:
+        raise UnknownModelError(f"route: best {config.best!r} is not one of the candidates "
+                                f"{names}")
+    if config.rules:
+        if importlib.util.find_spec("numpy") is None:
+            raise MissingSDKError("a routed step (model: {route: ...}) needs numpy: "
+                                  "pip install 'swarmbus[route]'")
+        from swarmbus.agents.routing import parse_rules  # each rule, feature and model
+
+        try:
+            parse_rules(list(config.rules), names)
+        except ValueError as e:
+            raise UnknownModelError(str(e)) from None
+    return specs
 
 
 def check_model(config: ModelConfig) -> list[str]:
@@ -301,6 +348,32 @@ def _warning(spec: ModelSpec, factory: ProviderFactory) -> str:
             "million tokens) or in SWARMBUS_PRICES_FILE")
 
 
+def _routed(config: RouteConfig) -> RoutedModel:
+    """A ``RoutedModel`` of ``config``'s candidates, each built as any model (a name, a
+    spec or a chain), named by its first model. Raises ``UnknownModelError`` as
+    ``_route_candidates`` does, ``MissingSDKError`` without numpy (the ``route``
+    extra)."""
+    if importlib.util.find_spec("numpy") is None:
+        raise MissingSDKError("a routed step (model: {route: ...}) needs numpy: "
+                              "pip install 'swarmbus[route]'")
+    specs = _route_candidates(config)
+    candidates = {_first_name(s): build_model(s) for s in specs}
+    try:
+        return RoutedModel(config, candidates)
+    except ValueError as e:
+        raise UnknownModelError(f"route: {e}") from None
+
+
+def _first_name(spec: Any) -> str:
+    if isinstance(spec, str):
+        return qualify_model_name(spec)
+    if isinstance(spec, ModelSpec):
+        return qualify_model_name(spec.name)
+    if isinstance(spec, FallbackSpec):
+        return _first_name(spec.fallback[0])
+    return _first_name(spec[0])
+
+
 def build_model(
     config: ModelConfig,
     *,
@@ -322,7 +395,9 @@ def build_model(
     (with the ``pip install`` line) when its SDK is not installed.
     """
     model: Model
-    if isinstance(config, FallbackSpec):
+    if isinstance(config, RouteSpec):
+        model = _routed(config.route)
+    elif isinstance(config, FallbackSpec):
         model = FallbackModel(
             [_build_one(s) for s in config.fallback],
             cooldown_s=config.cooldown_s,

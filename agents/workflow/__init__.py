@@ -19,10 +19,12 @@ from ._load import (
     load_workflow,
     resolve_type,
 )
+from ._outcomes import outcome_rows
 from ._parallel import Integrator, SandboxContract, contract_tests, integrate
 from ._prompt import PromptError, render_system, render_work, report_text, work_parts
 from ._registry import Workflows
 from ._reuse import steady_inputs
+from ._routing import ROUTERS_BUCKET, Routes, features_of
 from ._show import mermaid, show_text
 from ._step import StepAgent, StepCall
 from ._supervisor import Supervisor
@@ -35,6 +37,7 @@ __all__ = (
     "EDITS_ANSWER",
     "FIRST_ANSWER",
     "PRESETS",
+    "ROUTERS_BUCKET",
     "WHOLE_AGAIN",
     "WHOLE_ANSWER",
     "AcceptanceRunner",
@@ -43,6 +46,7 @@ __all__ = (
     "ModelCheck",
     "PromptError",
     "RolePreset",
+    "Routes",
     "SandboxContract",
     "SandboxPytest",
     "StepAgent",
@@ -57,9 +61,11 @@ __all__ = (
     "contract_tests",
     "default_tools",
     "failing_tests_finding",
+    "features_of",
     "integrate",
     "load_workflow",
     "mermaid",
+    "outcome_rows",
     "render_system",
     "render_work",
     "repair_text",

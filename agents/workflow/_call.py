@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 from pydantic import BaseModel, ValidationError
@@ -17,6 +18,7 @@ from swarmbus.protocols import (
     ConfigError,
     EditsNotApplied,
     Provenance,
+    RouteDecision,
     StepSpec,
     Usage,
     WorkItem,
@@ -39,11 +41,16 @@ from ..models import (
     OutputValidationError,
     ProviderAuthError,
     ProviderError,
+    RoutedModel,
+    answering,
     current_ledger,
     merge_provenance,
 )
 from ._prompt import render_system, work_parts
 from ._reuse import steady_inputs
+
+if TYPE_CHECKING:
+    from ._routing import Routes
 
 __all__ = ["EDITS_ANSWER", "FIRST_ANSWER", "WHOLE_AGAIN", "WHOLE_ANSWER", "StepCall", "permanent",
            "repair_text"]
@@ -92,6 +99,11 @@ class StepCall:
     """The item of a fan-out this call runs (a ``for_each`` step's), else None."""
     revise: Literal["edits", "whole"] = "edits"
     """How the step revises its own code when the workflow does not say (its role's)."""
+    routes: Routes | None = None
+    """Where a routed step's decision is made (None: a routed model answers with its
+    always-best candidate)."""
+    decision: RouteDecision | None = None
+    """A routed step's: the candidate that answers it in this run, and why."""
 
     def producer_role(self, artifact: str) -> str:
         """The role of the step that produces ``artifact`` ('' if none); for a join's
@@ -153,12 +165,17 @@ class StepCall:
             raise ConfigError(
                 f"no model for step {self.step.id!r} (role {self.step.role!r}): give "
                 f"`roles.{self.step.role}.model` in swarm.yaml or `model:` in the workflow")
+        if isinstance(self.model, RoutedModel) and self.routes is not None:
+            self.decision = await self.routes.decide(self, self.model)
         if self.edits:
-            return await self.ask_edits()
-        revising = issubclass(self.output_type, Code) and isinstance(self.previous, Code)
-        response = await self.complete(self.request(answer=WHOLE_AGAIN if revising else ""))
-        self.provenance = response.provenance
-        return response.output
+            output = await self.ask_edits()
+        else:
+            revising = issubclass(self.output_type, Code) and isinstance(self.previous, Code)
+            response = await self.complete(self.request(answer=WHOLE_AGAIN if revising else ""))
+            self.provenance, output = response.provenance, response.output
+        if self.decision is not None and self.provenance is not None:
+            self.provenance = self.provenance.model_copy(update={"route": self.decision})
+        return output
 
     async def ask_edits(self) -> BaseModel:
         """The step's code revised by the model's edits (``edits_type`` of its output
@@ -229,7 +246,8 @@ class StepCall:
             ledger = current_ledger()
             booked = len(ledger.records) if ledger is not None else 0
             try:
-                response = await self.model.complete(request)
+                with answering(self.decision.model) if self.decision else nullcontext():
+                    response = await self.model.complete(request)
             except OutputTruncatedError as e:
                 if e.budget_tokens is not None:
                     raise LimitReached("budget_exceeded", str(e)) from None

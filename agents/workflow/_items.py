@@ -156,7 +156,8 @@ class ItemSteps:
             previous=await self.previous_item(wf, step, state, item.key),
             output_type=output_type, model=self.agent.model_for(step), settings=self.agent.settings,
             ctx=ctx, artifacts=await self.agent._readable(state, step),
-            retry_delay=self.agent.consumer.retry_delay, item=item,
+            retry_delay=self.agent.consumer.retry_delay, item=item, revise=self.agent.revise,
+            routes=self.agent.routers,
         )
         tools = [self.agent.tools[t] for t in step.tool_names if t in self.agent.tools]
         parallel = step.max_parallel or plan.n

@@ -60,6 +60,7 @@ from ..models import (
     ModelConfig,
     ModelError,
     ModelSettings,
+    RoutedModel,
     build_model,
 )
 from ._call import StepCall, permanent
@@ -67,6 +68,7 @@ from ._fanout import Fanouts
 from ._items import ItemSteps, TooLargeError, answered
 from ._prompt import PromptError, template_paths
 from ._registry import Workflows
+from ._routing import Routes
 from ._state import missing_inputs, start_state, update_findings
 from ._tools import Tool
 
@@ -131,6 +133,7 @@ class StepAgent(Agent):
         self._cache_store: Any = None
         self._objects: ArtifactStore | None = None
         self.fanouts = Fanouts()
+        self.routers = Routes()
         self.items = ItemSteps(self)
         if kwargs.setdefault("name", role) != role:
             raise ConfigError(f"a step agent's name is its role ({role!r}): its consumer, its "
@@ -184,14 +187,23 @@ class StepAgent(Agent):
         await self._warn_legacy_consumer(bus)
         self._objects = await ArtifactStore.open(bus)
         await self.fanouts.setup(bus)
+        await self.routers.setup(bus)
         if self.cache_ttl_s is not None:
             self._cache_store = await bus.key_value(_CACHE_BUCKET, ttl_s=self.cache_ttl_s)
-            if self.model is not None and not isinstance(self.model, CachedModel):
-                self.model = CachedModel(self.model, self._cache_store, ttl_s=self.cache_ttl_s)
+            if self.model is not None:
+                self.model = self._cached(self.model)
             for key, model in self._step_models.items():
-                if not isinstance(model, CachedModel):
-                    self._step_models[key] = CachedModel(model, self._cache_store,
-                                                         ttl_s=self.cache_ttl_s)
+                self._step_models[key] = self._cached(model)
+
+    def _cached(self, model: Model) -> Model:
+        """``model`` behind the response cache (a routed one: each candidate, keyed by its
+        own name); as it is when it is already, or when there is no cache."""
+        if self._cache_store is None or isinstance(model, CachedModel):
+            return model
+        if isinstance(model, RoutedModel):
+            model.wrap(self._cached)
+            return model
+        return CachedModel(model, self._cache_store, ttl_s=self.cache_ttl_s)
 
     async def aclose(self) -> None:
         await self.guards.aclose()
@@ -208,9 +220,7 @@ class StepAgent(Agent):
         model = self._step_models.get(key)
         if model is None:
             # A step's model is JSON in the file: a name, a spec or a fallback chain.
-            model = self.build(MODEL_CONFIG.validate_python(step.model))
-            if self._cache_store is not None:
-                model = CachedModel(model, self._cache_store, ttl_s=self.cache_ttl_s)
+            model = self._cached(self.build(MODEL_CONFIG.validate_python(step.model)))
             self._step_models[key] = model
         return model
 
@@ -309,7 +319,7 @@ class StepAgent(Agent):
                       if step.output and step.output in state.artifacts else None),
             output_type=output_type, model=self.model_for(step), settings=self.settings,
             ctx=ctx, artifacts=await self._readable(state, step),
-            retry_delay=self.consumer.retry_delay, revise=self.revise,
+            retry_delay=self.consumer.retry_delay, revise=self.revise, routes=self.routers,
         )
         tools = [self.tools[t] for t in step.tool_names if t in self.tools]
         try:
