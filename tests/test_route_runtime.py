@@ -197,15 +197,46 @@ async def test_a_trained_router_in_the_bucket_routes_and_a_new_version_needs_no_
 
         before = await run("none-yet")  # nothing stored: the rules (none: always-best)
         assert before.router == "best" and before.model == CHEAP
-        assert "no trained router 'coder-router' yet" in before.note
+        assert before.note == "no trained router 'coder-router' is stored yet: always-best chose"
         await put_router(client.bus, "coder-router", train_knn(rows(STRONG, CHEAP)).to_json())
         first = await run("v1")
-        assert (first.router, first.model) == ("knn", STRONG)
+        assert (first.router, first.model, first.note) == ("coder-router", STRONG, "")
+        assert first.version.startswith("knn ")
         scores = {s.model: s.p_success for s in first.scores}
         assert scores[STRONG] > scores[CHEAP]
         await put_router(client.bus, "coder-router", train_knn(rows(CHEAP, STRONG)).to_json())
         second = await run("v2")  # the same daemon, a new version
-        assert (second.router, second.model) == ("knn", CHEAP)
+        assert (second.router, second.model) == ("coder-router", CHEAP)
+        assert second.version != first.version
+        # A router that does not load, or that never saw these candidates: the rules stand
+        # in (none here: always-best), and the decision says why.
+        await put_router(client.bus, "coder-router", '{"schema": "broken')
+        broken = await run("broken")
+        assert (broken.router, broken.model) == ("best", CHEAP)
+        assert "the stored router 'coder-router' (bucket 'routers', revision" in broken.note
+        assert "does not load" in broken.note
+        other = [r.model_copy(update={"model": r.model.replace("t:", "x:")})
+                 for r in rows(STRONG, CHEAP)]
+        await put_router(client.bus, "coder-router", train_knn(other).to_json())
+        strangers = await run("strangers")
+        assert (strangers.router, strangers.model) == ("best", CHEAP)
+        assert "has no data on t:cheap, t:strong" in strangers.note
+
+
+async def test_a_run_of_one_routed_step_is_exported(nats_url: str, namespace: str) -> None:
+    calls = Calls()
+    wf = flow({"name": "solo", "artifacts": {"code": "swarmbus.Code"},
+               "steps": [{"id": "implement", "role": "coder", "output": "code",
+                          "model": {"route": {"candidates": [STRONG, CHEAP]}}}]})
+    result, _ = await run_one(team(wf, models={}, build=calls.build, tools={}), nats_url,
+                              namespace, TaskRequest(goal="Write add", constraints=["pure"]))
+    assert result.status == "approved", result.reason
+    async with await Bus.connect(nats_url, namespace=namespace) as bus:
+        (row,) = await outcome_rows(bus)
+    assert (row.step, row.model, row.approved, row.cost_usd) == (
+        "implement", STRONG, True, CALL_USD)
+    assert row.features.goal == "Write add" and row.features.constraints == ["pure"]
+    assert row.features.input_chars == len("Write add") + len("pure")
 
 
 async def test_outcomes_are_exported_one_row_per_run_step_and_model(
@@ -223,8 +254,9 @@ async def test_outcomes_are_exported_one_row_per_run_step_and_model(
     assert (coder.model, coder.approved, coder.rounds) == (STRONG, True, 2)
     assert coder.cost_usd == 2 * CALL_USD and coder.propensity == 1.0
     assert coder.features.goal == "Write add" and coder.features.workflow == "routed"
-    check = by_step["check"]
+    check = by_step["check"]  # it ended the run: its last round is in the result
     assert check.model == "t:checker" and check.propensity is None
+    assert check.cost_usd == 2 * CALL_USD and check.rounds == 2
     assert check.features.role == "checker" and check.features.workflow == "routed"
     async with await Bus.connect(nats_url, namespace=namespace) as again:
         assert await outcome_rows(again, k_rounds=1) != got  # 2 rounds > 1: not approved
@@ -262,7 +294,7 @@ async def test_train_stores_a_router_only_when_it_wins_and_export_writes_rows(
     code, out, err = await anyio.to_thread.run_sync(lambda: run_cli(
         "route", "train", str(few), "--name", "r1", "--rules", str(rules), "--activate",
         *where))
-    assert code == 1 and "not activated: too little data" in out, (out, err)
+    assert code == 1 and "learned: not activated: too little data" in out, (out, err)
     assert "'r1' is not stored" in err
     code, out, err = await anyio.to_thread.run_sync(lambda: run_cli(
         "route", "train", str(many), "--name", "r1", "--rules", str(rules), "--activate",

@@ -49,11 +49,13 @@ def add_route_parser(sub: Any, client_args: Callable[[argparse.ArgumentParser], 
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--max-rows-per-candidate", type=int, default=200,
                    help="knn keeps each model's latest rows only (its JSON grows ~1 KB a row)")
+    t.add_argument("--step", help="train on this step's rows only (rows of other steps have "
+                   "other candidates)")
     t.add_argument("--activate", action="store_true",
                    help="store it in the namespace (running daemons pick it up) if it wins")
     e = rsub.add_parser(
         "eval", help="compare the learned routers with the baselines and the oracle on "
-        "held-out runs split by time (pass rate and cost per task, bootstrap 95% intervals)")
+        "held-out runs split by time (pass rate and cost per task, bootstrap 95%% intervals)")
     src = e.add_mutually_exclusive_group(required=True)
     src.add_argument("rows", nargs="?", help="outcome rows (JSONL, as `swarmbus route export` "
                      "writes them)")
@@ -163,15 +165,24 @@ async def _train(args: argparse.Namespace) -> int:
     from ._commands import client, config
 
     rows = read_outcomes(args.rows)
+    if args.step is not None:
+        rows = [r for r in rows if r.step == args.step]
     if not rows:
-        raise ConfigError(f"{args.rows}: no outcome rows")
-    report = evaluate_routers(rows, rules=_rules(args.rules),
-                              willingness_to_pay_usd=args.willingness_to_pay,
-                              train_share=args.train_share, seed=args.seed)
-    print(report_table(report), end="")
-    ok, why = should_activate(report, args.kind)
-    print(f"{args.kind}: {why}")
+        raise ConfigError(f"{args.rows}: no outcome rows"
+                          + (f" of step {args.step!r}" if args.step else ""))
+    try:
+        report = evaluate_routers(rows, rules=_rules(args.rules),
+                                  willingness_to_pay_usd=args.willingness_to_pay,
+                                  train_share=args.train_share, seed=args.seed)
+    except ConfigError as e:  # nothing to score it on: it cannot be shown to win
+        ok, why = False, f"not activated: it cannot be compared: {e}"
+        print(f"{args.kind}: {why}")
+    else:
+        print(report_table(report), end="")  # ends with each learned router's verdict
+        ok, why = should_activate(report, args.kind)
     if not args.activate:
+        print(f"nothing stored (this was a trial): add --activate to store {args.kind!r} "
+              f"as {args.name!r} when it is activated")
         return 0
     if not ok:
         print(f"error: {args.name!r} is not stored: {why}", file=sys.stderr)

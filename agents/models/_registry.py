@@ -324,7 +324,30 @@ def check_model(config: ModelConfig) -> list[str]:
     nearest known one), an OpenAI-compatible server without ``base_url``.
     """
     specs = [_spec(c) for c in _leaves(config)]
-    return [w for spec in specs if (w := _warning(spec, _factory(spec)))]
+    found = [w for spec in specs if (w := _warning(spec, _factory(spec)))]
+    if isinstance(config, RouteSpec):
+        found += _router_warning(config.route)
+    return found
+
+
+BASELINE_ROUTERS = ("best", "cheapest", "random", "rule")
+
+
+def _router_warning(config: RouteConfig) -> list[str]:
+    """A route's ``router`` that is no baseline names a trained router: a name close to
+    a baseline's is taken for a typo (``UnknownModelError``); any other is said to
+    choose by its rules until a router of that name is stored."""
+    name = config.router
+    if name in BASELINE_ROUTERS:
+        return []
+    close = difflib.get_close_matches(name, BASELINE_ROUTERS, n=1, cutoff=0.75)
+    if close:
+        raise UnknownModelError(f"route: router {name!r} is no router: did you mean "
+                                f"{close[0]!r}? (best, cheapest, random, rule, or the name of "
+                                "a trained router)")
+    until = "its rules choose" if config.rules else "always-best chooses (it has no rules)"
+    return [f"route: router {name!r} is a trained router's name: until `swarmbus route train "
+            f"--name {name} --activate` stores one in this namespace, {until}"]
 
 
 def _warning(spec: ModelSpec, factory: ProviderFactory) -> str:

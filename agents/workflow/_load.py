@@ -34,6 +34,7 @@ from .._yaml import load_yaml, yaml_problem
 from ..models import (
     ModelConfig,
     ModelSpec,
+    RouteSpec,
     UnknownModelError,
     check_model,
     qualify_model_name,
@@ -273,7 +274,15 @@ def _model(value: Any) -> tuple[Any, str]:
         _model_config.validate_python(qualified)
     except ValidationError as e:
         first = e.errors(include_url=False)[0]
-        if isinstance(qualified, Mapping) and "fallback" not in qualified:
+        if isinstance(qualified, Mapping) and "route" in qualified:
+            try:  # a route: say which of its keys is wrong
+                RouteSpec.model_validate(qualified)
+            except ValidationError as route_error:
+                first = route_error.errors(include_url=False)[0]
+                where = ".".join(str(part) for part in first["loc"])
+                return value, f"not a valid route: {where}: {first['msg']}"
+        if isinstance(qualified, Mapping) and "fallback" not in qualified \
+                and "route" not in qualified:
             try:  # a spec: say which of its keys is wrong, not the first union branch's
                 ModelSpec.model_validate(qualified)
             except ValidationError as spec_error:

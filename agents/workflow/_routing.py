@@ -17,8 +17,10 @@ import random
 import time
 from typing import TYPE_CHECKING, Any
 
+import structlog
+
 from swarmbus.bus import Bus, KeyValueStore
-from swarmbus.protocols import RouteDecision, RouteScore
+from swarmbus.protocols import ConfigError, RouteDecision, RouteScore, TaskRequest
 
 from ..models import RouteConfig, RoutedModel, price_for
 
@@ -26,7 +28,9 @@ if TYPE_CHECKING:  # routing needs numpy (the `route` extra): imported when a st
     from ..routing import Candidate, Features, Router
     from ._call import StepCall
 
-__all__ = ["EXPECTED_OUTPUT_TOKENS", "ROUTERS_BUCKET", "Routes", "features_of"]
+__all__ = ["EXPECTED_OUTPUT_TOKENS", "ROUTERS_BUCKET", "Routes", "features_of", "task_chars"]
+
+log = structlog.get_logger("swarmbus.routing")
 
 ROUTERS_BUCKET = "routers"
 """The key-value bucket of trained routers: key = the router's name, value = its JSON."""
@@ -34,25 +38,42 @@ EXPECTED_OUTPUT_TOKENS = 1000
 """The output a baseline's cost estimate assumes for one call of a step (tokens)."""
 
 
+def task_chars(task: TaskRequest) -> int:
+    """Characters of the task a step reads: its goal, constraints and named inputs."""
+    return len(task.goal) + sum(map(len, task.constraints)) + sum(
+        len(v) for v in task.inputs.values())
+
+
 def features_of(call: StepCall) -> Features:
-    """What a router reads of a step's run: the task's text, the sizes of the step's
-    inputs (characters of their JSON), the round, the open findings, the budget left
-    (USD)."""
+    """What a router reads of a step's run: the task's text, ``input_chars`` (the
+    characters it reads: the task's goal, constraints and inputs, and its input
+    artifacts' JSON), the round, the open findings, the budget left (USD)."""
     from ..routing import Features
 
     state, task = call.state, call.state.task
+    read = sum(len(v.model_dump_json()) for v in call.inputs.values())
     return Features(
         workflow=call.workflow.name, step=call.step.id, role=call.step.role,
         goal=task.goal, constraints=list(task.constraints), language=task.language,
-        input_chars=sum(len(v.model_dump_json()) for v in call.inputs.values()),
+        input_chars=task_chars(task) + read,
         round=state.round, open_findings=len(state.findings),
         budget_left_usd=max(state.budget_usd - state.total.priced_cost_usd, 0.0))
+
+
+def _models_of(router: Router) -> set[str]:
+    """The models a trained router has data on (every model, for one that does not say)."""
+    models = getattr(router, "models", None)
+    if isinstance(models, dict):
+        return set(models)
+    body = getattr(router, "body", None)
+    found = body.get("models") if isinstance(body, dict) else None
+    return set(found) if isinstance(found, dict) else set()
 
 
 def _candidates(model: RoutedModel, f: Features) -> list[Candidate]:
     from ..routing import Candidate
 
-    tokens_in = f.input_chars // 4 + 1000  # the inputs, and a system prompt's worth
+    tokens_in = f.input_chars // 4 + 1000  # what it reads, and a system prompt's worth
     out = []
     for name in model.candidates:
         price = price_for(name)
@@ -64,32 +85,43 @@ def _candidates(model: RoutedModel, f: Features) -> list[Candidate]:
 
 class Routes:
     """The routers of one agent: baselines built from a step's ``RouteConfig``, and
-    trained routers read from the ``routers`` bucket (cached by revision)."""
+    trained routers read from the ``routers`` bucket (cached by revision; the bucket
+    is looked for, never made: ``swarmbus route train`` makes it)."""
 
     def __init__(self) -> None:
+        self._bus: Bus | None = None
         self._store: KeyValueStore | None = None
         self._loaded: dict[str, tuple[int, Router]] = {}
 
     async def setup(self, bus: Bus) -> None:
-        self._store = await bus.key_value(ROUTERS_BUCKET)
+        self._bus = bus
 
-    async def _trained(self, name: str) -> Router | None:
-        if self._store is None:
-            return None
-        entry = await self._store.entry(name)
+    async def _trained(self, name: str) -> tuple[Router | None, str]:
+        """The stored router ``name`` and, when there is none to use, why."""
+        if self._store is None and self._bus is not None:
+            self._store = await self._bus.find_key_value(ROUTERS_BUCKET)
+        entry = await self._store.entry(name) if self._store is not None else None
         if entry is None:
-            return None
+            return None, f"no trained router {name!r} is stored yet"
         value, revision = entry
         known = self._loaded.get(name)
         if known is None or known[0] != revision:
             from ..routing import load_router
 
-            known = (revision, load_router(value.decode()))
+            try:
+                known = (revision, load_router(value.decode()))
+            except (ConfigError, UnicodeDecodeError) as e:
+                log.warning("a stored router does not load: the rules choose", router=name,
+                            bucket=ROUTERS_BUCKET, error=str(e)[:300])
+                return None, (f"the stored router {name!r} (bucket {ROUTERS_BUCKET!r}, "
+                              f"revision {revision}) does not load: {str(e)[:200]}")
             self._loaded[name] = known
-        return known[1]
+        return known[1], ""
 
     async def router(self, config: RouteConfig, model: RoutedModel) -> tuple[Router, str]:
-        """The router ``config`` names, and a note when another stands in for it. Raises
+        """The router ``config`` names, and a note when another stands in for it (no
+        trained router of that name, one that does not load, or one that never saw
+        these candidates: the rules choose, always-best without rules). Raises
         ``ConfigError`` for bad rules, ``MissingExtraError`` without numpy."""
         from ..routing import BestRouter, CheapestRouter, RandomRouter, RuleRouter
 
@@ -100,14 +132,20 @@ class Routes:
             return CheapestRouter(), ""
         if kind == "random":
             return RandomRouter(None), ""
+        why = ""
         if kind != "rule":
-            trained = await self._trained(kind)
+            trained, why = await self._trained(kind)
             if trained is not None:
-                return trained, ""
-        note = "" if kind == "rule" else f"no trained router {kind!r} yet: the rules chose"
+                unknown = [m for m in model.candidates if m not in _models_of(trained)]
+                if not unknown:
+                    return trained, ""
+                why = (f"the stored router {kind!r} has no data on {', '.join(unknown)} "
+                       "(trained on other models)")
         if not config.rules:
-            return BestRouter(model.best), note or "no rules: always-best chose"
-        return RuleRouter(config.rules, list(model.candidates)), note
+            return BestRouter(model.best), (f"{why}: always-best chose" if why else
+                                            "no rules: always-best chose")
+        return RuleRouter(config.rules, list(model.candidates)), (
+            f"{why}: the rules chose" if why else "")
 
     async def decide(self, call: StepCall, model: RoutedModel) -> RouteDecision:
         """The candidate that answers ``call``'s step in this run (see the module)."""
@@ -123,8 +161,10 @@ class Routes:
         decision: Any = router.choose(
             f, _candidates(model, f), willingness_to_pay_usd=model.config.willingness_to_pay_usd,
             explore=model.config.explore, rng=random.Random(seed))
+        trained = router.name in ("learned", "knn") and not note
         out = RouteDecision(
-            model=decision.model, router=router.name, version=router.version,
+            model=decision.model, router=model.config.router if trained else router.name,
+            version=f"{router.name} {router.version}" if trained else router.version,
             probability=decision.probability, explored=decision.explored,
             scores=[RouteScore(model=m, p_success=s.p_success, cost_usd=s.cost_usd,
                                utility=s.utility) for m, s in decision.scores.items()],
