@@ -316,3 +316,13 @@ async def test_train_stores_a_router_only_when_it_wins_and_export_writes_rows(
     exported = read_outcomes(tmp_path / "rows.jsonl")
     assert {(r.step, r.model) for r in exported} == {("implement", STRONG),
                                                      ("check", "t:checker")}
+
+
+def test_workflow_show_prints_a_route_as_its_router_and_candidates(tmp_path: Path) -> None:
+    file = tmp_path / "r.yaml"
+    file.write_text("artifacts: {t: swarmbus.Text}\nsteps:\n- {id: w, role: writer, output: t, "
+                    "model: {route: {candidates: [openai:gpt-4o, {name: openai:gpt-4o-mini}], "
+                    "router: cheapest}}}\n")
+    code, out, err = run_cli("workflow", "show", str(file))
+    assert code == 0, err
+    assert "model route by cheapest among openai:gpt-4o | openai:gpt-4o-mini" in out

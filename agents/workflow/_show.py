@@ -30,7 +30,7 @@ def show_text(wf: CompiledWorkflow) -> str:
         ins = " + ".join(s.input) or "task"
         typ = wf.spec.artifacts.get(s.output or "", "")
         out = f"{s.output} ({typ})" if s.output else "-"
-        model = f", model {s.model}" if s.model is not None else ""
+        model = f", model {_model_text(s.model)}" if s.model is not None else ""
         tools = f", tools {', '.join(s.tool_names)}" if s.tools else ""
         each = ""
         if s.for_each is not None:
@@ -71,3 +71,22 @@ def mermaid(wf: CompiledWorkflow) -> str:
         arrow = f" -->|{text}| " if text else " --> "
         lines.append(f"  {node(a)}{arrow}{node(b)}")
     return "\n".join(lines)
+
+
+def _model_text(model: object) -> str:
+    """A step's model as ``show`` prints it: a name, a spec's name, a chain, or a route
+    (``route by rule among a | b``)."""
+    if isinstance(model, str):
+        return model
+    if isinstance(model, list):
+        return " -> ".join(_model_text(m) for m in model)
+    if isinstance(model, dict):
+        if isinstance(model.get("route"), dict):
+            route = model["route"]
+            among = " | ".join(_model_text(c) for c in route.get("candidates", []))
+            return f"route by {route.get('router', 'rule')} among {among}"
+        if "fallback" in model:
+            return _model_text(model["fallback"])
+        if "name" in model:
+            return str(model["name"])
+    return str(model)
