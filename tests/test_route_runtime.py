@@ -326,3 +326,22 @@ def test_workflow_show_prints_a_route_as_its_router_and_candidates(tmp_path: Pat
     code, out, err = run_cli("workflow", "show", str(file))
     assert code == 0, err
     assert "model route by cheapest among openai:gpt-4o | openai:gpt-4o-mini" in out
+
+
+async def test_a_routed_step_that_fails_names_the_model_its_router_chose(
+    nats_url: str, namespace: str
+) -> None:
+    def refuses(_r: ModelRequest[Any]) -> Code:
+        raise ProviderError("bad request", model=STRONG, permanent=True)
+
+    def build(config: ModelConfig) -> Model:
+        assert isinstance(config, RouteSpec)
+        return RoutedModel(config.route, {STRONG: billed(refuses, STRONG),
+                                          CHEAP: billed(lambda _r: CODE, CHEAP)})
+
+    wf = routed({"candidates": [STRONG, CHEAP], "router": "best"})
+    result, _ = await run_one(team(wf, models={"checker": billed(Calls().checker, "t:c")},
+                                   build=build, tools={}),
+                              nats_url, namespace, TaskRequest(goal="Write add"))
+    assert result.status == "failed"
+    assert f"step 'implement' (coder, {STRONG})" in result.reason, result.reason

@@ -182,7 +182,8 @@ class ItemSteps:
                 return self._failed(run, call, item, f"budget_exceeded: {e.reason}",
                                     limit=e.status)
             except (ModelError, ConfigError, PromptError, ValidationError, TooLargeError) as e:
-                name = call.model.name if call.model is not None else None
+                name = call.decision.model if call.decision is not None else (
+                    call.model.name if call.model is not None else None)
                 what = f"{type(e).__name__}: {e}"
                 if not permanent(e) and ctx.deliveries < self.agent.consumer.max_deliver - 1:
                     raise Retry(f"item {item.key!r} of step {step.id!r}: {what}",

@@ -447,7 +447,8 @@ class StepAgent(Agent):
     ) -> None:
         """A permanent fault ends the run now, with the best attempt; a transient one
         that reached here (a custom ``perform``'s) is retried later, within deliveries."""
-        name = call.model.name if call.model is not None else None
+        name = call.decision.model if call.decision is not None else (
+            call.model.name if call.model is not None else None)  # a routed step: its pick
         what = f"step {step.id!r} ({self.role}, {name or 'no model'}): {e}"
         transient = not permanent(e)
         if transient:
