@@ -345,3 +345,9 @@ async def test_a_routed_step_that_fails_names_the_model_its_router_chose(
                               nats_url, namespace, TaskRequest(goal="Write add"))
     assert result.status == "failed"
     assert f"step 'implement' (coder, {STRONG})" in result.reason, result.reason
+
+
+def test_a_role_routed_in_swarm_yaml_refuses_a_misspelt_router(fake_keys: str) -> None:
+    with pytest.raises(Exception, match="did you mean 'cheapest'"):
+        build_model(RouteSpec.model_validate({"route": {
+            "candidates": ["openai:gpt-4o-mini", "openai:gpt-4o"], "router": "cheapset"}}))

@@ -380,6 +380,7 @@ def _routed(config: RouteConfig) -> RoutedModel:
         raise MissingSDKError("a routed step (model: {route: ...}) needs numpy: "
                               "pip install 'swarmbus[route]'")
     specs = _route_candidates(config)
+    _router_warning(config)  # a typo of a baseline's name is refused here too
     candidates = {_first_name(s): build_model(s) for s in specs}
     try:
         return RoutedModel(config, candidates)
