@@ -145,7 +145,8 @@ class SwarmClient:
         deadline = task.limits.deadline_from(
             task.submitted_at, workflow.spec.limits.timeout_s if workflow is not None else None)
         armed = self.bus.schedules and schedulable(deadline)
-        name = task.workflow or "default"
+        # The stored workflow it follows; "default": the daemon's default, none stored yet.
+        name = workflow.name if workflow is not None else task.workflow or "default"
         try:
             # The workflow's root span: every step's span descends from it (traceparent).
             with tracer().start_as_current_span(
