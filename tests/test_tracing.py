@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -34,7 +35,13 @@ from swarmbus.agents.models import (
     metered,
 )
 from swarmbus.agents.workflow import StepAgent, StepCall
-from swarmbus.bus import COST_ATTRIBUTE, ConsumerSettings, SwarmClient, encode
+from swarmbus.bus import (
+    COST_ATTRIBUTE,
+    ConsumerSettings,
+    SwarmClient,
+    configure_tracing,
+    encode,
+)
 from swarmbus.protocols import Meta, TaskRequest, subject, topics
 
 T = TypeVar("T", bound=BaseModel)
@@ -56,6 +63,17 @@ def spans() -> Iterator[InMemorySpanExporter]:
     trace.set_tracer_provider(provider)
     yield exporter
     provider.shutdown()
+    trace._TRACER_PROVIDER = None
+    trace._TRACER_PROVIDER_SET_ONCE = Once()
+
+
+@pytest.fixture
+def spans_reset() -> Iterator[None]:
+    """Whatever provider the test installs is shut down and the global reset after it."""
+    yield
+    provider = trace.get_tracer_provider()
+    if isinstance(provider, TracerProvider):
+        provider.shutdown()
     trace._TRACER_PROVIDER = None
     trace._TRACER_PROVIDER_SET_ONCE = Once()
 
@@ -271,3 +289,31 @@ async def test_without_an_sdk_nothing_is_exported_and_nothing_breaks(
     assert out["status"] == "approved"
     assert out["provider"] == "ProxyTracerProvider"  # the API's default: a no-op
     assert out["messages"] >= 6 and out["traceparents"] == 0
+
+
+def test_up_exports_only_when_asked_and_only_with_the_extra(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for var in ("OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        monkeypatch.delenv(var, raising=False)
+    assert configure_tracing() is None  # nothing asked: nothing installed
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
+    assert configure_tracing() is None
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
+    monkeypatch.setitem(sys.modules, "opentelemetry.sdk.trace", None)  # the extra missing
+    line = configure_tracing()
+    assert line is not None and "pip install 'swarmbus[otel]'" in line
+    assert type(trace.get_tracer_provider()).__name__ == "ProxyTracerProvider"
+
+
+def test_up_installs_the_exporter_the_variables_name(
+    monkeypatch: pytest.MonkeyPatch, spans_reset: None,
+) -> None:
+    monkeypatch.delenv("OTEL_TRACES_EXPORTER", raising=False)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+    assert configure_tracing() == "traces exported with OTLPSpanExporter"
+    provider = trace.get_tracer_provider()
+    assert isinstance(provider, TracerProvider)
+    assert provider.resource.attributes["service.name"] == "swarmbus"
