@@ -19,6 +19,7 @@ from swarmbus.bus import (
     Envelope,
     PublishResult,
     Reject,
+    process_span,
 )
 from swarmbus.bus import output_msg_id as _output_msg_id
 from swarmbus.protocols import (
@@ -293,10 +294,16 @@ class Agent:
                 reason="invalid",
             )
         ctx = Context(env, self.name, bus, delivery)
-        if not self.middleware:
-            await route.method(env.message, ctx)
-            return
-        await self._through(0, route, env.message, ctx)
+        # One span per delivery, a child of the sender's (its traceparent header).
+        with process_span(f"invoke_agent {self.name}", env.headers, subject=str(env.subject),
+                          msg_id=env.msg_id, delivered=delivery.delivered,
+                          attributes={"gen_ai.operation.name": "invoke_agent",
+                                      "gen_ai.agent.name": self.name,
+                                      "swarmbus.workflow_id": env.workflow_id}):
+            if not self.middleware:
+                await route.method(env.message, ctx)
+                return
+            await self._through(0, route, env.message, ctx)
 
     async def _through(self, i: int, route: Route, msg: Message, ctx: Context[Any]) -> None:
         if i == len(self.middleware):

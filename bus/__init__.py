@@ -52,6 +52,15 @@ from ._status import (
 )
 from ._store import StoreGate, StoreUnavailableError, hold_publishes
 from ._streams import Streams
+from ._tracing import (
+    CAPTURE_CONTENT,
+    COST_ATTRIBUTE,
+    capture_content,
+    configure_tracing,
+    inject_trace,
+    process_span,
+    tracer,
+)
 from ._workflows import WORKFLOWS_BUCKET, UnknownWorkflowError, WorkflowStore
 
 __all__ = (
@@ -59,6 +68,8 @@ __all__ = (
     "AGENTS_STORAGE",
     "AGENTS_TTL_S",
     "CANCEL_BUCKET",
+    "CAPTURE_CONTENT",
+    "COST_ATTRIBUTE",
     "DEADLINE_HEADER",
     "EXPECT_FIRST",
     "MASK",
@@ -107,6 +118,8 @@ __all__ = (
     "WorkflowStore",
     "apply_event",
     "cancel_flags",
+    "capture_content",
+    "configure_tracing",
     "connect",
     "dead_letter",
     "dead_letter_worker",
@@ -116,12 +129,15 @@ __all__ = (
     "find_nats_server",
     "free_port",
     "hold_publishes",
+    "inject_trace",
     "live_agents",
     "output_msg_id",
+    "process_span",
     "register_secret",
     "registered_secrets",
     "same_task",
     "schedulable",
     "scrub",
     "scrub_bytes",
+    "tracer",
 )

@@ -16,6 +16,7 @@ import anyio
 import nats.errors
 import nats.js.errors
 from nats.js import api
+from opentelemetry.trace import SpanKind
 from pydantic import JsonValue
 
 from swarmbus.protocols import (
@@ -38,6 +39,7 @@ from swarmbus.protocols import (
     headers,
     initial_state,
     step_topic,
+    subject,
     topics,
     workflow_filter,
 )
@@ -58,6 +60,7 @@ from ._status import (
     same_task,
     schedulable,
 )
+from ._tracing import tracer
 from ._workflows import UnknownWorkflowError, WorkflowStore
 
 __all__ = [
@@ -142,10 +145,20 @@ class SwarmClient:
         deadline = task.limits.deadline_from(
             task.submitted_at, workflow.spec.limits.timeout_s if workflow is not None else None)
         armed = self.bus.schedules and schedulable(deadline)
+        # The stored workflow it follows; "default": the daemon's default, none stored yet.
+        name = workflow.name if workflow is not None else task.workflow or "default"
         try:
-            await self.bus.publish(wf, topics.TASK, task, Meta(f"task-{wf}", sender="client"),
-                                   first=True, headers={DEADLINE_HEADER: deadline.isoformat()}
-                                   if armed else None)
+            # The workflow's root span: every step's span descends from it (traceparent).
+            with tracer().start_as_current_span(
+                f"invoke_workflow {name}", kind=SpanKind.PRODUCER, attributes={
+                    "gen_ai.operation.name": "invoke_workflow", "gen_ai.agent.name": name,
+                    "messaging.system": "nats", "messaging.operation.type": "send",
+                    "messaging.destination.name": subject(self.bus.namespace, wf, topics.TASK),
+                    "messaging.message.id": f"task-{wf}", "swarmbus.workflow_id": wf}):
+                await self.bus.publish(wf, topics.TASK, task,
+                                       Meta(f"task-{wf}", sender="client"), first=True,
+                                       headers={DEADLINE_HEADER: deadline.isoformat()}
+                                       if armed else None)
         except SubjectTakenError:
             stored = await self.bus.last(wf, topics.TASK)
             env = stored.try_decode() if stored is not None else None

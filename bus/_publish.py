@@ -28,6 +28,7 @@ from ._store import (
     storage_problem,
     store_error,
 )
+from ._tracing import inject_trace
 
 if TYPE_CHECKING:
     from ._streams import Streams
@@ -143,7 +144,8 @@ SCHEDULE_TARGET = "Nats-Schedule-Target"
 
 class Publisher:
     """The one way out to the namespace's streams: every message goes through
-    ``publish_raw``, which scrubs registered secrets, checks the size against the one
+    ``publish_raw``, which adds the current trace context (``traceparent``), scrubs
+    registered secrets, checks the size against the one
     limit (the stream's ``max_msg_bytes``, or the server's ``max_payload`` when
     smaller), lets JetStream de-duplicate by ``Nats-Msg-Id``, and holds what a full
     store cannot take (``gate``)."""
@@ -195,6 +197,7 @@ class Publisher:
         subj = timer_subject(ns, workflow_id, topic)
         if confirm:
             return await self.publish_raw(subj, body, hdrs)
+        inject_trace(hdrs)
         body, hdrs = scrub_bytes(body), scrub_headers(hdrs)
         check_size(subj, body, hdrs, self.limit)
         await self.nc.publish(subj, body, headers=hdrs)  # stored by the stream, not awaited
@@ -205,8 +208,9 @@ class Publisher:
     ) -> PublishResult:
         """``Bus.publish_raw`` (which documents it)."""
         body = scrub_bytes(body)
-        if headers:
-            headers = scrub_headers(headers)
+        headers = dict(headers or {})
+        inject_trace(headers)  # the sender's trace context (W3C), unless it has one already
+        headers = scrub_headers(headers) if headers else None
         check_size(subj, body, headers, self.limit)
         return await self.gate.run(lambda: publish_once(
             self.js, subj, body, headers, stream=self.streams.name, heal=self.streams.heal))

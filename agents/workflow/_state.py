@@ -18,6 +18,7 @@ from swarmbus.protocols import (
 )
 
 from .._agent import Context
+from ._spans import verdict_event
 
 __all__ = ["missing_inputs", "start_state", "update_findings"]
 
@@ -42,6 +43,7 @@ def update_findings(state: WorkState, step: StepSpec, output: BaseModel) -> None
     findings = vars(output).get("findings")  # a field (getattr of a missing one is slow)
     if isinstance(findings, list) and all(isinstance(f, Finding) for f in findings):
         state.findings = list(findings)
+        verdict_event(vars(output).get(step.route_on) if step.route_on else None, findings)
         return
     mine = {step.role.lower(), step.id.lower()}
     state.findings = [f for f in state.findings if f.target.strip().lower() not in mine]

@@ -31,6 +31,7 @@ from swarmbus.protocols import (
 )
 
 from ._prompt import steady
+from ._spans import record_report, tool_span
 
 if TYPE_CHECKING:
     from ._step import StepCall
@@ -106,7 +107,9 @@ class SandboxPytest:
         if code is None:
             return
         state = call.state
-        state.test_report = report = await self.runner(code.files)
+        with tool_span(self.name) as span:
+            state.test_report = report = await self.runner(code.files)
+            record_report(span, report)
         target = call.producer_role(name)
         if not report.ok:
             # If a limit ends the workflow before the answer, the facts are its findings.
