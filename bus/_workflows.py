@@ -96,7 +96,8 @@ class WorkflowStore:
         if raw is None:
             return None
         try:
-            wf = CompiledWorkflow(Workflow.model_validate_json(raw))
+            # Its identity is the key it is stored under, whichever version wrote it.
+            wf = CompiledWorkflow(Workflow.model_validate_json(raw), stored_as=workflow_hash)
         except ValidationError:
             return None  # written by a newer version we cannot read
         self._cache[workflow_hash] = wf

@@ -374,14 +374,19 @@ class CompiledWorkflow:
 
     ``hash`` names it on the wire (header ``Swarm-Workflow``) and in the
     key-value bucket where it is stored, so a run always follows the graph it
-    started with. ``types`` maps artifact names to their pydantic models.
+    started with: the hash of its canonical JSON, or ``stored_as``, the key an
+    earlier version stored it under (its canonical form may have been another
+    text). ``types`` maps artifact names to their pydantic models.
     """
 
     spec: Workflow
     types: Mapping[str, type[BaseModel]] = field(default_factory=dict)
+    stored_as: str = field(default="", compare=False)
 
     @cached_property
     def hash(self) -> str:
+        if self.stored_as:
+            return self.stored_as
         return hashlib.sha256(self.spec.canonical_json().encode()).hexdigest()[:16]
 
     @property

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import structlog
 
 from swarmbus.bus import Bus, Reject, WorkflowStore
@@ -69,7 +71,8 @@ class Workflows:
         if stored is None:
             raise Reject(f"workflow {ref!r} is not stored in this namespace")
         try:
-            compiled = compile_workflow(stored.spec, source=f"stored workflow {stored.label}")
+            compiled = replace(compile_workflow(stored.spec, source=f"stored workflow "
+                                                f"{stored.label}"), stored_as=stored.hash)
         except WorkflowError as e:
             raise Reject(f"stored workflow {stored.label} does not load here: {e}") from None
         self._known[ref] = compiled
