@@ -278,6 +278,14 @@ def _leaves(config: Any) -> list[str | ModelSpec]:
     return list(config) if isinstance(config, list) else [config]
 
 
+def _need_numpy() -> None:
+    """Raises ``MissingSDKError`` (with the pip line) where numpy, which runs a router,
+    is not installed."""
+    if importlib.util.find_spec("numpy") is None:
+        raise MissingSDKError("a routed step (model: {route: ...}) needs numpy: "
+                              "pip install 'swarmbus[route]'")
+
+
 def _route_candidates(config: RouteConfig) -> list[Any]:
     """A route's candidates as model configs (names, specs or chains), its rules checked
     against them. Raises ``UnknownModelError`` for a candidate given twice, an
@@ -298,9 +306,7 @@ def _route_candidates(config: RouteConfig) -> list[Any]:
         raise UnknownModelError(f"route: best {config.best!r} is not one of the candidates "
                                 f"{names}")
     if config.rules:
-        if importlib.util.find_spec("numpy") is None:
-            raise MissingSDKError("a routed step (model: {route: ...}) needs numpy: "
-                                  "pip install 'swarmbus[route]'")
+        _need_numpy()
         from swarmbus.agents.routing import parse_rules  # each rule, feature and model
 
         try:
@@ -376,9 +382,7 @@ def _routed(config: RouteConfig) -> RoutedModel:
     spec or a chain), named by its first model. Raises ``UnknownModelError`` as
     ``_route_candidates`` does, ``MissingSDKError`` without numpy (the ``route``
     extra)."""
-    if importlib.util.find_spec("numpy") is None:
-        raise MissingSDKError("a routed step (model: {route: ...}) needs numpy: "
-                              "pip install 'swarmbus[route]'")
+    _need_numpy()
     specs = _route_candidates(config)
     _router_warning(config)  # a typo of a baseline's name is refused here too
     candidates = {_first_name(s): build_model(s) for s in specs}
