@@ -19,6 +19,7 @@ from swarmbus.bus import (
     Envelope,
     PublishResult,
     Reject,
+    metric_scope,
     process_span,
 )
 from swarmbus.bus import output_msg_id as _output_msg_id
@@ -299,7 +300,8 @@ class Agent:
                           msg_id=env.msg_id, delivered=delivery.delivered,
                           attributes={"gen_ai.operation.name": "invoke_agent",
                                       "gen_ai.agent.name": self.name,
-                                      "swarmbus.workflow_id": env.workflow_id}):
+                                      "swarmbus.workflow_id": env.workflow_id}), \
+                metric_scope(agent=self.name, workflow=self.workflow_name):
             if not self.middleware:
                 await route.method(env.message, ctx)
                 return

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from swarmbus.bus import ArtifactStore, PayloadTooLargeError, SubjectTakenError
+from swarmbus.bus import ArtifactStore, PayloadTooLargeError, SubjectTakenError, workflow_outcome
 from swarmbus.protocols import (
     ArtifactRef,
     Code,
@@ -137,9 +137,9 @@ async def end_workflow(
     model = result.provenance.name if result.provenance else model
     try:
         try:
-            await ctx.publish(result, topic=topics.RESULT, round=result.rounds,
-                              expect_last_seq=after, model=model,
-                              workflow=result.workflow or None)
+            sent = await ctx.publish(result, topic=topics.RESULT, round=result.rounds,
+                                     expect_last_seq=after, model=model,
+                                     workflow=result.workflow or None)
         except PayloadTooLargeError as e:
             slim = result.model_copy(update={"artifacts": dict(result.artifacts),
                                              "design": None, "code": None})
@@ -150,12 +150,14 @@ async def end_workflow(
                 slim = slim.model_copy(update={
                     "artifacts": {},
                     "reason": f"{result.reason} (artifacts left out of the result: {e})"})
-            await ctx.publish(slim, topic=topics.RESULT, round=result.rounds,
-                              expect_last_seq=after, model=model,
-                              workflow=result.workflow or None)
+            sent = await ctx.publish(slim, topic=topics.RESULT, round=result.rounds,
+                                     expect_last_seq=after, model=model,
+                                     workflow=result.workflow or None)
     except SubjectTakenError:
         ctx.log.info("workflow had ended already; result dropped", status=result.status)
         return False
+    if not sent.duplicate:  # a redelivered ending stored it once: count it once
+        workflow_outcome(result.status)
     cost = result.total.cost_usd
     ctx.log.info("workflow ended", status=result.status, reason=result.reason[:300],
                  cost_usd=None if cost is None else round(cost, 6),

@@ -31,6 +31,7 @@ from ._control import Reject, Retry
 from ._deadletter import reject
 from ._delivery import ConsumerStats, Delivery, Handler, PullStatus
 from ._held import Held
+from ._metrics import DeliveryAttributes, handling, redelivered
 from ._settings import ConsumerSettings, ConsumerStart
 from ._store import hold_publishes
 
@@ -119,6 +120,7 @@ class PullConsumer:
         self._sub: Subscription | None = None
         self._seen_reconnects = 0
         self._consumer_gone = False
+        self._meter = DeliveryAttributes(group=durable, agent=self.sender)
 
     def _decoding(self, handler: Handler) -> _RawHandler:
         fallback = f"{self.bus.stream_name}-"
@@ -348,11 +350,17 @@ class PullConsumer:
         return await self.bus.consumers.answered(msg.subject, msg_id, self.sender, seq)
 
     async def _handle(self, msg: Msg) -> None:
+        attrs = self._meter.attributes(msg.subject)
+        with handling(attrs) as outcome:
+            await self._settle(msg, attrs, outcome)
+
+    async def _settle(self, msg: Msg, attrs: dict[str, str], outcome: dict[str, str]) -> None:
         try:
             delivery = Delivery.of(msg)
             delivered = delivery.delivered
             if delivered > 1:
                 self.stats.redelivered += 1
+                redelivered(attrs)
             if self.bus.stalled is not None:
                 await self.bus.store_available()  # its answer could not be published now
             if delivery.stream_seq and delivery.stream_seq <= self._replay_until:
@@ -364,11 +372,14 @@ class PullConsumer:
             try:
                 await self._dispatch(msg, delivery)
             except Reject as e:
+                outcome["error.type"] = type(e).__qualname__
                 await self._reject(msg, e, delivery)
             except Retry as e:
+                outcome["error.type"] = type(e).__qualname__
                 self.stats.retried += 1
                 await msg.nak(delay=e.delay_s if e.delay_s is not None else self._delay(delivered))
             except Exception as e:
+                outcome["error.type"] = type(e).__qualname__
                 self.stats.retried += 1
                 log.error("handler failed, will retry", consumer=self.durable, error=repr(e),
                           delivered=delivered, exc_info=True)

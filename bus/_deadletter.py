@@ -19,6 +19,8 @@ from swarmbus.protocols import (
 )
 
 from ._control import Reject
+from ._metrics import dead_lettered
+from ._tracing import on_behalf_of
 
 if TYPE_CHECKING:
     from ._bus import Bus
@@ -81,9 +83,12 @@ async def dead_letter(
     )
     ident = f"dl-{bus.stream_name}-{stream_seq}-{agent}" if stream_seq else None
     msg_id = ident or f"dl-{hdrs.get(headers.MSG_ID, '')}-{agent}"
-    await bus.publish(workflow, DEADLETTER_TOPIC, letter, Meta(
-        msg_id, causation_id=hdrs.get(headers.MSG_ID), sender=agent or "swarmbus",
-        workflow=hdrs.get(headers.WORKFLOW)))
+    with on_behalf_of(hdrs):  # in the message's trace, a child of its sender's span
+        sent = await bus.publish(workflow, DEADLETTER_TOPIC, letter, Meta(
+            msg_id, causation_id=hdrs.get(headers.MSG_ID), sender=agent or "swarmbus",
+            workflow=hdrs.get(headers.WORKFLOW)))
+    if not sent.duplicate:  # a replica racing to dead-letter it stored it already
+        dead_lettered(original_subject, group=agent, reason=reason)
     return True
 
 

@@ -28,7 +28,7 @@ from ._store import (
     storage_problem,
     store_error,
 )
-from ._tracing import inject_trace
+from ._tracing import inject_trace, send_span
 
 if TYPE_CHECKING:
     from ._streams import Streams
@@ -181,7 +181,8 @@ class Publisher:
             hdrs.update(headers)
         if first or expect_last_seq is not None:
             hdrs[EXPECT_FIRST] = str(expect_last_seq or 0)
-        return await self.publish_raw(subj, body, hdrs)
+        with send_span(subj, meta.msg_id, hdrs):  # a handler's output: its PRODUCER span
+            return await self.publish_raw(subj, body, hdrs)
 
     async def schedule(
         self, workflow_id: str, topic: str, message: Message, meta: Meta, *, at: datetime,

@@ -7,12 +7,15 @@ nothing is injected (an invalid context has no ``traceparent``)."""
 
 from __future__ import annotations
 
+import contextvars
 import os
 from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 
-from opentelemetry import propagate, trace
+from opentelemetry import context, propagate, trace
 from opentelemetry.trace import Span, SpanKind
+
+from ._metrics import destination_template
 
 __all__ = [
     "CAPTURE_CONTENT",
@@ -20,7 +23,9 @@ __all__ = [
     "capture_content",
     "configure_tracing",
     "inject_trace",
+    "on_behalf_of",
     "process_span",
+    "send_span",
     "tracer",
 ]
 
@@ -32,6 +37,10 @@ CAPTURE_CONTENT = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
 """The conventions' switch: ``true`` puts prompts and outputs on ``chat`` spans."""
 
 _TRACE_HEADERS = ("traceparent", "tracestate")
+
+_handling: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "swarmbus_handling", default=False)
+"""True while a message is handled: what is published then gets a ``send`` span."""
 
 
 def tracer() -> trace.Tracer:
@@ -66,13 +75,52 @@ def process_span(
         "messaging.operation.type": "process",
         "messaging.operation.name": "process",
         "messaging.destination.name": subject,
+        "messaging.destination.template": destination_template(subject),
         "messaging.message.id": msg_id,
         "messaging.message.delivery_count": delivered,
         **(attributes or {}),
     }
-    with tracer().start_as_current_span(name, context=parent, kind=SpanKind.CONSUMER,
-                                        attributes=attrs) as span:
-        yield span
+    token = _handling.set(True)
+    try:
+        with tracer().start_as_current_span(name, context=parent, kind=SpanKind.CONSUMER,
+                                            attributes=attrs) as span:
+            yield span
+    finally:
+        _handling.reset(token)
+
+
+@contextmanager
+def on_behalf_of(headers: Mapping[str, str] | None) -> Iterator[None]:
+    """Inside, publishes are made for the message with ``headers`` (a dead letter
+    published after its handler gave up): in its trace, each with a ``send`` span."""
+    token = context.attach(propagate.extract(dict(headers or {})))
+    handling = _handling.set(True)
+    try:
+        yield
+    finally:
+        _handling.reset(handling)
+        context.detach(token)
+
+
+@contextmanager
+def send_span(subject: str, msg_id: str, headers: Mapping[str, str]) -> Iterator[None]:
+    """While a message is handled (``process_span``, ``on_behalf_of``), the span of
+    publishing one output (kind PRODUCER, ``send {template}``): the ``traceparent``
+    injected is this span's, so the consumer's span is its child. Nothing elsewhere (a
+    submit has its own span), nor for ``headers`` that carry a trace context already."""
+    if not _handling.get() or any(h in headers for h in _TRACE_HEADERS):
+        yield
+        return
+    template = destination_template(subject)
+    with tracer().start_as_current_span(f"send {template}", kind=SpanKind.PRODUCER, attributes={
+        "messaging.system": "nats",
+        "messaging.operation.type": "send",
+        "messaging.operation.name": "send",
+        "messaging.destination.name": subject,
+        "messaging.destination.template": template,
+        "messaging.message.id": msg_id,
+    }):
+        yield
 
 
 def configure_tracing() -> str | None:

@@ -150,10 +150,26 @@ async def test_one_trace_across_role_processes(
         "invoke_agent architect", "invoke_agent coder", "invoke_agent reviewer",
         "invoke_agent coder", "invoke_agent reviewer"]
     assert all(s["kind"] == "CONSUMER" for s in agents)
-    # the parent chain: task -> architect -> coder -> reviewer -> (send-back) coder -> reviewer
+    # the parent chain: task -> architect -> coder -> reviewer -> (send-back) coder ->
+    # reviewer, each hop through the PRODUCER span of the output that carried the work
     assert agents[0]["parent_id"] == root["span_id"]
+    ids = {s["span_id"]: s for s in every}
     for parent, child in itertools.pairwise(agents):
-        assert child["parent_id"] == parent["span_id"]
+        send = ids[child["parent_id"]]
+        assert send["kind"] == "PRODUCER" and send["parent_id"] == parent["span_id"]
+        a = send["attributes"]
+        assert send["name"] == f"send {a['messaging.destination.template']}"
+        assert a["messaging.operation.type"] == "send" and a["messaging.system"] == "nats"
+        assert a["messaging.message.id"] == child["attributes"]["messaging.message.id"]
+        assert a["messaging.destination.name"] == child["attributes"][
+            "messaging.destination.name"]
+        assert a["messaging.destination.template"] == (
+            f"swarm.{namespace}.{{workflow_id}}." + a["messaging.destination.name"].split(
+                ".", 3)[3])
+    # the result too has its PRODUCER span, under the last reviewer's
+    (result_send,) = [s for s in named(every, "send ") if s["name"].endswith(".result")]
+    assert result_send["parent_id"] == agents[-1]["span_id"]
+    assert result_send["attributes"]["messaging.message.id"] == trail[-1].headers["Nats-Msg-Id"]
     assert agents[1]["attributes"]["messaging.destination.name"].endswith(".step.implement")
     assert agents[0]["attributes"]["messaging.system"] == "nats"
     # the first review sends the code back: its verdict event names the finding
@@ -246,13 +262,16 @@ async def test_redelivery_is_a_sibling_span(
                            key=lambda s: s["attributes"]["messaging.message.delivery_count"])
     assert first["attributes"]["messaging.message.delivery_count"] == 1
     assert second["attributes"]["messaging.message.delivery_count"] == 2
-    assert first["parent_id"] == second["parent_id"]  # siblings under the architect's step
+    assert first["parent_id"] == second["parent_id"]  # siblings under the architect's send
     (architect,) = named(got, "invoke_agent architect")
-    assert first["parent_id"] == architect["span_id"]
+    ids = {s["span_id"]: s for s in got}
+    assert ids[first["parent_id"]]["kind"] == "PRODUCER"
+    assert ids[first["parent_id"]]["parent_id"] == architect["span_id"]
     assert first["attributes"]["messaging.message.id"] == (
         second["attributes"]["messaging.message.id"])
     (reviewer,) = named(got, "invoke_agent reviewer")
-    assert reviewer["parent_id"] == second["span_id"]  # the answer came from the second
+    # the answer came from the second delivery: through its PRODUCER span
+    assert ids[reviewer["parent_id"]]["parent_id"] == second["span_id"]
 
 
 async def test_raw_task_with_traceparent_joins_the_callers_trace(

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from swarmbus.bus import (
     EmbeddedServer,
     PortTakenError,
+    configure_metrics,
     configure_tracing,
 )
 from swarmbus.protocols import (
@@ -119,9 +120,9 @@ async def cmd_up(args: argparse.Namespace) -> int:
     configure_logging(args.log_format)
     cfg = config(args, offline=True if args.offline else None, data_dir=args.data_dir or None,
                   workflow=args.workflow, port=args.port)
-    traced = configure_tracing()  # only when the OTEL_* variables ask for it
-    if traced:
-        print(traced, file=sys.stderr)
+    for said in (configure_tracing(), configure_metrics()):  # when OTEL_* variables ask
+        if said:
+            print(said, file=sys.stderr)
     agents = build_agents(cfg, make_default=True if args.make_default else None)
     server: EmbeddedServer | None = None
     died: list[str] = []

@@ -176,9 +176,10 @@ class AnthropicModel(ProviderModel):
             details = message.stop_details
             reason = (details.explanation or details.category or "") if details else ""
             return RawReply("", tokens, stop="refusal", refusal=reason or text)
-        if message.stop_reason in ("max_tokens", "model_context_window_exceeded"):
-            return RawReply(text, tokens, stop="length")
-        return RawReply(text, tokens)
+        finish = message.stop_reason or ""
+        if finish in ("max_tokens", "model_context_window_exceeded"):
+            return RawReply(text, tokens, stop="length", finish=finish)
+        return RawReply(text, tokens, finish=finish)
 
     def _prompt(self, request: ModelRequest[Any], history: list[ChatMessage],
                 ) -> tuple[Any, list[Any]]:

@@ -148,10 +148,16 @@ def _schema_digest(output_type: type[BaseModel]) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class ModelResponse(Generic[T]):
-    """A validated output plus its provenance (provider, model, tokens, cost, latency, hash)."""
+    """A validated output plus its provenance (provider, model, tokens, cost, latency, hash).
+
+    ``finish_reasons``: why the model stopped, in the vendor's words (OpenAI's
+    ``finish_reason``, Anthropic's ``stop_reason``, Gemini's candidate ``finish_reason``),
+    for the answer used; empty when unknown (offline models, a cache hit). Not part of
+    the request hash nor of what the response cache stores."""
 
     output: T
     provenance: Provenance
+    finish_reasons: tuple[str, ...] = ()
 
     @property
     def usage(self) -> Usage:

@@ -339,8 +339,8 @@ class GoogleModel(ProviderModel):
         if finish in _REFUSED:
             return RawReply("", tokens, stop="refusal", refusal=f"finish reason {finish}")
         if finish == "MAX_TOKENS":
-            return RawReply(text, tokens, stop="length")
-        return RawReply(text, tokens)
+            return RawReply(text, tokens, stop="length", finish=finish)
+        return RawReply(text, tokens, finish=finish)
 
     def _map_error(self, exc: Exception) -> ModelError | None:
         import httpx2

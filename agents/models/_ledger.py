@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from swarmbus.bus import model_call
 from swarmbus.protocols import ControlFlow, Provenance, TaskStatus, Usage
 
 from ._prices import Price
@@ -237,7 +238,12 @@ class Ledger:
         return fits
 
     def record(self, provenance: Provenance) -> None:
-        """Book one provider answer (or one cache hit)."""
+        """Book one provider answer (or one cache hit), and count it in the metrics
+        (``model_call``: tokens, duration, cost; a cache hit counts nothing)."""
+        self._add(provenance)
+        model_call(provenance)
+
+    def _add(self, provenance: Provenance) -> None:
         if provenance.from_cache and self.redelivery and provenance.original_usage is not None:
             cost = provenance.original_usage + _ONE_HIT
         else:
@@ -352,13 +358,17 @@ class _Tap(Ledger):
 
     def record(self, provenance: Provenance) -> None:
         if self.parent is not None:
-            self.parent.record(provenance)
-        super().record(provenance)
+            self.parent.record(provenance)  # counted there
+        else:
+            model_call(provenance)
+        self._add(provenance)
 
     async def book(self, provenance: Provenance) -> None:
         if self.parent is not None:
             await self.parent.book(provenance)
-        Ledger.record(self, provenance)
+        else:
+            model_call(provenance)
+        self._add(provenance)
 
 
 @contextmanager

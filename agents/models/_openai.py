@@ -174,9 +174,10 @@ class OpenAIModel(ProviderModel):
             return RawReply("", tokens, stop="refusal", refusal=message.refusal)
         if choice.finish_reason == "content_filter":
             return RawReply("", tokens, stop="refusal", refusal="content filter")
-        if choice.finish_reason == "length":
-            return RawReply(message.content or "", tokens, stop="length")
-        return RawReply(message.content or "", tokens)
+        finish = choice.finish_reason or ""
+        if finish == "length":
+            return RawReply(message.content or "", tokens, stop="length", finish=finish)
+        return RawReply(message.content or "", tokens, finish=finish)
 
     def _map_error(self, exc: Exception) -> ModelError | None:
         import openai

@@ -13,6 +13,7 @@ from typing import Any, Literal
 import anyio
 from pydantic import BaseModel, ValidationError
 
+from swarmbus.bus import model_call_failed
 from swarmbus.protocols import Provenance, Usage
 
 from ._base import ChatMessage, Model, ModelRequest, ModelResponse, T
@@ -84,13 +85,15 @@ class RawReply:
     """One provider answer, normalised. ``tokens`` None: the reply carried no usage.
 
     ``stop``: ``ok``; ``length`` (cut at the token limit); ``refusal`` (with
-    ``refusal``, the reason); ``empty`` (a 200 with nothing in it).
+    ``refusal``, the reason); ``empty`` (a 200 with nothing in it). ``finish``: the
+    vendor's own word for why it stopped (``stop``, ``end_turn``, ``STOP``...; '' unknown).
     """
 
     text: str
     tokens: Tokens | None = None
     stop: Literal["ok", "length", "refusal", "empty"] = "ok"
     refusal: str = ""
+    finish: str = ""
 
 
 def estimate_tokens(
@@ -293,6 +296,8 @@ class ProviderModel(Model):
             raw = await self._call(sent, history, self._timeout(request))
         except ModelError as exc:
             exc.usage = usage_of(spent) + exc.usage
+            model_call_failed(self.provider, self.model, time.perf_counter() - started,
+                              type(exc).__name__)
             raise
         except Exception as exc:
             mapped = self._map_error(exc)
@@ -307,6 +312,8 @@ class ProviderModel(Model):
             if mapped is None:
                 raise
             mapped.usage = usage_of(spent)
+            model_call_failed(self.provider, self.model, time.perf_counter() - started,
+                              type(mapped).__name__)
             # Not chained: SDK errors hold the request (and its key header) and the raw body.
             raise mapped from None
         booked = self._booked(request, history, raw, time.perf_counter() - started)
@@ -370,6 +377,7 @@ class ProviderModel(Model):
         assert output is not None
         return ModelResponse(
             output=output,
+            finish_reasons=(raw.finish,) if raw.finish else (),
             provenance=merge_provenance(
                 spent,
                 provider=self.provider,

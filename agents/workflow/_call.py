@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import anyio
 from pydantic import BaseModel, ValidationError
 
+from swarmbus.bus import metric_scope
 from swarmbus.protocols import (
     Code,
     CodeEdits,
@@ -248,6 +249,7 @@ class StepCall:
             booked = len(ledger.records) if ledger is not None else 0
             try:
                 with answering(self.decision.model) if self.decision else nullcontext(), \
+                        metric_scope(step=self.step.id), \
                         chat_span(self.model.name, request) as span:
                     response = await self.model.complete(request)
                     record_response(span, response, self.step.id)

@@ -14,19 +14,14 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind
 from pydantic import BaseModel
 
-from swarmbus.bus import COST_ATTRIBUTE, capture_content, tracer
+from swarmbus.bus import COST_ATTRIBUTE, capture_content, gen_ai_provider, tracer
 from swarmbus.protocols import Finding, TestReport
 
 from ..models import ModelRequest, ModelResponse
 
 __all__ = ["chat_span", "record_report", "record_response", "tool_span", "verdict_event"]
 
-_PROVIDERS = {"google": "gcp.gen_ai", "gemini": "gcp.gemini"}
-"""Our provider prefixes whose name in the conventions differs."""
-
-
-def _provider(name: str) -> str:
-    return _PROVIDERS.get(name, name)
+_provider = gen_ai_provider
 
 
 @contextmanager
@@ -55,7 +50,8 @@ def chat_span(model_name: str, request: ModelRequest[Any]) -> Iterator[Span]:
 
 def record_response(span: Span, response: ModelResponse[Any], step: str) -> None:
     """Put what the call used on ``span``: the answering model, tokens (input includes
-    cache reads and writes), the cost in ``swarmbus.cost_usd`` (USD; absent when unpriced)."""
+    cache reads and writes), the cost in ``swarmbus.cost_usd`` (USD; absent when unpriced),
+    the vendor's finish reasons (``gen_ai.response.finish_reasons``) when known."""
     if not span.is_recording():
         return
     p = response.provenance
@@ -71,6 +67,8 @@ def record_response(span: Span, response: ModelResponse[Any], step: str) -> None
     })
     if p.cost_usd is not None:
         span.set_attribute(COST_ATTRIBUTE, p.cost_usd)
+    if response.finish_reasons:
+        span.set_attribute("gen_ai.response.finish_reasons", list(response.finish_reasons))
     if capture_content():
         out = response.output
         text = out.model_dump_json() if isinstance(out, BaseModel) else str(out)

@@ -33,6 +33,7 @@ from swarmbus.bus import (
     WorkflowStore,
     cancel_flags,
     deadline_msg_id,
+    metric_scope,
     schedulable,
 )
 from swarmbus.protocols import (
@@ -249,7 +250,8 @@ class Supervisor(Agent):
             run.also_spent = lambda: others
         run.step = topics.step_of_topic(latest.topic) or (
             latest.workflow.entry.id if latest.workflow else "")
-        await run.end(status, reason, retryable=retryable)
+        with metric_scope(workflow=latest.workflow.name if latest.workflow else ""):
+            await run.end(status, reason, retryable=retryable)
 
 
 def _parse_time(text: str | None) -> datetime | None:
