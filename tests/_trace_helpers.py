@@ -8,8 +8,8 @@ As a script::
 ``role`` installs the OpenTelemetry SDK with an exporter appending every finished span
 to ``SPANS`` as a JSON line, then serves one scripted role (``_team_helpers``) until
 SIGTERM. ``noop`` configures no SDK, runs the whole team in this process on one task
-and prints a JSON line: the result's status, the tracer provider's type and how many
-stored messages carry a ``traceparent``.
+and prints a JSON line: the result's status, the tracer and meter providers' types,
+whether any SDK module was loaded and how many stored messages carry a ``traceparent``.
 """
 
 from __future__ import annotations
@@ -93,12 +93,14 @@ def run_noop(nats_url: str, namespace: str) -> dict[str, Any]:
 
 async def _noop(nats_url: str, namespace: str) -> None:
     from _team_helpers import Script, run_task, team
-    from opentelemetry import trace
+    from opentelemetry import metrics, trace
 
     result, trail = await run_task(nats_url, namespace, team(Script(buggy_first=True).models()))
     print(json.dumps({
         "status": result.status,
         "provider": type(trace.get_tracer_provider()).__name__,
+        "meter_provider": type(metrics.get_meter_provider()).__name__,
+        "sdk_loaded": "opentelemetry.sdk" in sys.modules,
         "traceparents": sum("traceparent" in s.headers for s in trail),
         "messages": len(trail),
     }))

@@ -300,6 +300,34 @@ async def test_raw_task_with_traceparent_joins_the_callers_trace(
     assert {s["trace_id"] for s in got if s["name"] != "unrelated"} == {TRACE_ID}
 
 
+async def test_a_dead_letter_is_sent_in_its_messages_trace(
+    nats_url: str, namespace: str, spans: InMemorySpanExporter,
+) -> None:
+    """A message no agent can read is dead-lettered after its handler gave up (outside
+    any span): the dead letter's PRODUCER span is still a child of the message's sender,
+    and the supervisor's span handling the dead letter a child of that."""
+    traceparent = f"00-{TRACE_ID}-{CALLER_SPAN}-01"
+    async with await SwarmClient.connect(nats_url, namespace=namespace) as client:
+        with anyio.fail_after(20):
+            from swarmbus.agents import Swarm
+
+            async with Swarm(team(Script().models()), nats=nats_url, namespace=namespace,
+                             grace_s=3):
+                await client.bus.publish_raw(subject(namespace, "bad1", topics.TASK),
+                                             b"not json", {"traceparent": traceparent})
+                result = await client.result("bad1")
+                trail = await client.trail("bad1")
+    assert result.status == "failed", result.reason
+    got = records(spans)
+    (send,) = [s for s in named(got, "send ") if s["name"].endswith(".deadletter")]
+    assert send["kind"] == "PRODUCER"
+    assert send["trace_id"] == TRACE_ID and send["parent_id"] == CALLER_SPAN
+    (letter,) = [m for m in trail if m.subject.endswith(".deadletter")]
+    assert letter.headers["traceparent"].split("-")[2] == send["span_id"]
+    (supervisor,) = named(got, "invoke_agent supervisor")
+    assert supervisor["parent_id"] == send["span_id"]
+
+
 async def test_without_an_sdk_nothing_is_exported_and_nothing_breaks(
     nats_url: str, namespace: str,
 ) -> None:
@@ -307,6 +335,8 @@ async def test_without_an_sdk_nothing_is_exported_and_nothing_breaks(
         out = await anyio.to_thread.run_sync(run_noop, nats_url, namespace)
     assert out["status"] == "approved"
     assert out["provider"] == "ProxyTracerProvider"  # the API's default: a no-op
+    assert out["meter_provider"] == "_ProxyMeterProvider"  # metrics too: recorded, to nowhere
+    assert out["sdk_loaded"] is False
     assert out["messages"] >= 6 and out["traceparents"] == 0
 
 
