@@ -17,8 +17,9 @@ from typing import Any, TypeVar
 
 import anyio
 import pytest
-from _team_helpers import GOAL, Script, run_task, team
+from _team_helpers import ADD_OK, ADD_TEST, DESIGN_V1, GOAL, Script, run_task, team
 from _trace_helpers import read_spans, run_noop, span_record, spawn_traced_role
+from _vendor_fakes import FakeServer, Seen, anthropic_body, gemini_body, openai_body
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -31,6 +32,9 @@ from swarmbus.agents.models import (
     Model,
     ModelRequest,
     ModelResponse,
+    ModelSpec,
+    block_real_models,
+    build_model,
     current_ledger,
     metered,
 )
@@ -42,7 +46,17 @@ from swarmbus.bus import (
     configure_tracing,
     encode,
 )
-from swarmbus.protocols import Meta, TaskRequest, subject, topics
+from swarmbus.protocols import (
+    Code,
+    Component,
+    Design,
+    Meta,
+    SourceFile,
+    TaskRequest,
+    Verdict,
+    subject,
+    topics,
+)
 
 T = TypeVar("T", bound=BaseModel)
 Span = dict[str, Any]
@@ -326,6 +340,41 @@ async def test_a_dead_letter_is_sent_in_its_messages_trace(
     assert letter.headers["traceparent"].split("-")[2] == send["span_id"]
     (supervisor,) = named(got, "invoke_agent supervisor")
     assert supervisor["parent_id"] == send["span_id"]
+
+
+def vendor_answer(seen: Seen) -> dict[str, Any]:
+    """The team behind three vendors (Gemini designs, GPT codes, Claude reviews), each
+    stopping with a reason in its own words."""
+    if seen.vendor == "google":
+        design = Design(summary=DESIGN_V1, components=[
+            Component(name="add", responsibility="sums two numbers")], files=["calc.py"])
+        return gemini_body(design.model_dump_json(), finish_reason="STOP")
+    if seen.vendor == "openai":
+        code = Code(files=[SourceFile(path="calc.py", content=ADD_OK),
+                           SourceFile(path="test_calc.py", content=ADD_TEST)])
+        return openai_body(code.model_dump_json(), finish_reason="stop")
+    return anthropic_body(Verdict(decision="approve", summary="fine").model_dump_json(),
+                          stop_reason="end_turn")
+
+
+async def test_chat_spans_carry_each_vendors_finish_reasons(
+    nats_url: str, namespace: str, spans: InMemorySpanExporter, fake_keys: str,
+) -> None:
+    with FakeServer(responder=vendor_answer) as fake, block_real_models(False):
+        models = {role: build_model(ModelSpec(name=name, base_url=fake.url + suffix,
+                                              max_retries=0))
+                  for role, name, suffix in (("architect", "google:gemini-2.5-pro", ""),
+                                             ("coder", "openai:gpt-4o", "/v1"),
+                                             ("reviewer", "anthropic:claude-haiku-4-5", ""))}
+        with anyio.fail_after(30):
+            result, _ = await run_task(nats_url, namespace, team(models))
+    assert result.status == "approved", result.reason
+    assert [s.vendor for s in fake.requests] == ["google", "openai", "anthropic"]
+    reasons = {s["attributes"]["gen_ai.provider.name"]:
+               s["attributes"]["gen_ai.response.finish_reasons"]
+               for s in named(records(spans), "chat ")}
+    assert reasons == {"gcp.gen_ai": ("STOP",), "openai": ("stop",),
+                       "anthropic": ("end_turn",)}
 
 
 async def test_without_an_sdk_nothing_is_exported_and_nothing_breaks(
