@@ -69,8 +69,8 @@ def total(reader: InMemoryMetricReader, name: str, **match: Any) -> float:
     """The sum (or, for a histogram, the sum of values) of ``name``'s points whose
     attributes include ``match`` (``_`` in a key stands for ``.``)."""
     want = {k.replace("__", "."): v for k, v in match.items()}
-    return sum(p.sum if hasattr(p, "sum") else p.value for a, p in points(reader, name)
-               if all(a.get(k) == v for k, v in want.items()))
+    return float(sum(p.sum if hasattr(p, "sum") else p.value for a, p in points(reader, name)
+                     if all(a.get(k) == v for k, v in want.items())))
 
 
 def count(reader: InMemoryMetricReader, name: str, **match: Any) -> int:
