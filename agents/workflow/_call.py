@@ -281,7 +281,8 @@ class StepCall:
         if ledger is not None and len(ledger.records) == booked:
             # A model that does not book its calls itself (a user's own Model): book the
             # answer, so nothing it reports is left out of the spend.
-            await ledger.book(response.provenance)
+            with metric_scope(step=self.step.id):
+                await ledger.book(response.provenance)
         return response
 
 
