@@ -16,6 +16,7 @@ from _ui_helpers import TRACE_ID, agents, finish, served, submit_traced
 from swarmbus.agents import Swarm
 from swarmbus.agents.app import main as cli_main
 from swarmbus.bus import SwarmClient
+from swarmbus.protocols import subject
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(90)]
 
@@ -132,6 +133,23 @@ async def test_markup_in_a_goal_is_shown_as_text(nats_url: str, namespace: str) 
         listed, page = await http.get("/"), await http.get("/runs/xss1")
     for body in (listed.text, page.text):
         assert "<img" not in body and "&lt;img src=x" in body
+
+
+async def test_garbage_in_the_stream_is_shown_as_undecodable_not_a_crash(
+    nats_url: str, namespace: str
+) -> None:
+    async with await SwarmClient.connect(nats_url, namespace=namespace) as client:
+        await submit_traced(client, "junk1")
+        await client.bus.publish_raw(subject(namespace, "junk1", "step.design"),
+                                     b"\xff{not json", {})
+        await client.bus.publish_raw(subject(namespace, "junk1", "step.design"),
+                                     b'{"state": 3}', {"Swarm-Type": "swarmbus.Work"})
+    async with served(nats_url, namespace) as url, \
+            httpx.AsyncClient(base_url=url, timeout=10) as http:
+        listed, page = await http.get("/"), await http.get("/runs/junk1")
+    assert listed.status_code == 200 and "junk1" in listed.text
+    assert page.status_code == 200
+    assert text(page.text).count("(undecodable message)") == 2
 
 
 def test_ui_mistakes_are_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:

@@ -36,6 +36,8 @@ UI_PORT = 8470
 """``swarmbus ui``'s default port (on 127.0.0.1)."""
 
 _HERE = Path(__file__).resolve().parent / "ui"
+LIST_LIMIT = 200
+"""The list shows the newest runs up to this many (and says how many there are)."""
 THROTTLE_S = 0.25
 """At most one live update per page in this many seconds (a burst of messages is one)."""
 
@@ -132,9 +134,10 @@ class Viewer:
         return self._workflows[workflow_hash]
 
     async def listed(self) -> list[tuple[RunRow, str]]:
-        """Every run, newest first, with its workflow's name ('' when not stored)."""
+        """The newest ``LIST_LIMIT`` runs, newest first, with their workflow's name (''
+        when not stored)."""
         rows = sorted(self.rows.values(), key=lambda r: (r.started, r.status.workflow_id),
-                      reverse=True)
+                      reverse=True)[:LIST_LIMIT]
         out = []
         for row in rows:
             wf = await self.workflow(row.status.workflow)
@@ -177,26 +180,41 @@ def ui_app(viewer: Viewer) -> Starlette:
     def fragment(name: str, **context: Any) -> str:
         return templates.get_template(name).render(**base, **context)
 
+    def listing() -> dict[str, Any]:
+        return {"total": len(viewer.rows), "limit": LIST_LIMIT}
+
+    def after(request: Request) -> int:
+        """The version a page was rendered at (``?after=``): its stream sends only what
+        is newer; -1 (none given) sends the state at once."""
+        try:
+            return int(request.query_params.get("after", "-1"))
+        except ValueError:
+            return -1
+
     async def index(request: Request) -> Response:
         with anyio.move_on_after(5):
             await viewer.caught_up.wait()
+        version = viewer.version
         return templates.TemplateResponse(request, "index.html", {
-            **base, "runs": await viewer.listed()})
+            **base, **listing(), "runs": await viewer.listed(), "version": version})
 
     async def run_page(request: Request) -> Response:
         wf = request.path_params["workflow_id"]
+        row = viewer.rows.get(wf)
+        version = row.version if row is not None else 0
         view = await viewer.view(wf)
         if view is None:
             raise HTTPException(404, f"no run {wf!r} in namespace {ns!r}")
-        return templates.TemplateResponse(request, "run.html", {**base, "run": view})
+        return templates.TemplateResponse(request, "run.html", {
+            **base, "run": view, "version": version})
 
     async def runs_events(request: Request) -> Response:
         async def updates() -> AsyncIterator[dict[str, str]]:
-            seen = -1
+            seen = after(request)
             while True:
                 seen = await viewer.changed(seen)
-                yield {"event": "runs", "data": fragment("_runs.html",
-                                                         runs=await viewer.listed())}
+                yield {"event": "runs", "data": fragment(
+                    "_runs.html", **listing(), runs=await viewer.listed())}
                 await anyio.sleep(THROTTLE_S)
         return EventSourceResponse(updates(), ping=15)
 
@@ -204,7 +222,7 @@ def ui_app(viewer: Viewer) -> Starlette:
         wf = request.path_params["workflow_id"]
 
         async def updates() -> AsyncIterator[dict[str, str]]:
-            seen = -1
+            seen = after(request)
             while True:
                 while (row := viewer.rows.get(wf)) is None or row.version <= seen:
                     await viewer.changed(viewer.version)
