@@ -4,6 +4,7 @@ stored messages and the workflow it follows)."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -145,6 +146,16 @@ def _seconds(a: str | None, b: str | None) -> float | None:
     return max(0.0, (datetime.fromisoformat(b) - datetime.fromisoformat(a)).total_seconds())
 
 
+def _findings(value: Any) -> list[Finding]:
+    """A verdict's own findings (the output's ``findings``), however it routed."""
+    raw = value.get("findings") if isinstance(value, dict) else None
+    out = []
+    for f in raw if isinstance(raw, list) else []:
+        with contextlib.suppress(ValueError):
+            out.append(Finding.model_validate(f))
+    return out
+
+
 def _summary(value: Any) -> str:
     if isinstance(value, dict):
         for key in ("summary", "notes"):
@@ -167,6 +178,11 @@ def _finish_edge(wf: CompiledWorkflow | None, result: TaskResult) -> set[str]:
     key = route_key(value[step.route_on])
     edge = step.routes.get(key)
     return {f"{step.id}.{key}"} if edge is not None and edge.to == END else set()
+
+
+def _output(wf: CompiledWorkflow | None, step: str) -> str:
+    found = wf.steps.get(step) if wf is not None else None
+    return found.output or "" if found is not None else ""
 
 
 def run_view(workflow_id: str, trail: list[StoredMessage],
@@ -217,7 +233,8 @@ def run_view(workflow_id: str, trail: list[StoredMessage],
                     step_s=_seconds(arrived.get(src_key) or arrived.get(msg.source), time),
                     edge=msg.edge, send_back=back,
                     summary=_summary(msg.state.artifacts.get(msg.output)) or describe(msg),
-                    findings=list(msg.state.findings) if back else [],
+                    findings=_findings(msg.state.artifacts.get(msg.output))
+                    or (list(msg.state.findings) if back else []),
                     diff=msg.state.diffs.get(msg.output, ""), report=new_report))
             arrived[key] = time
         elif isinstance(msg, TaskResult):
@@ -230,7 +247,8 @@ def run_view(workflow_id: str, trail: list[StoredMessage],
                 agent=env.sender or "", model=prov.name if prov is not None else "",
                 usage=msg.usage, model_s=prov.latency_s if prov is not None else None,
                 step_s=_seconds(arrived.get(msg.step), time), summary=msg.reason,
-                findings=list(msg.findings),
+                findings=_findings(msg.artifacts.get(_output(workflow, msg.step)))
+                or list(msg.findings),
                 report=msg.test_report if msg.test_report != last_report else None))
         elif isinstance(msg, DeadLetter | Cancel | Resume):
             entries.append(Entry(stored.seq, time, type(msg).__name__.lower(), describe(msg),
