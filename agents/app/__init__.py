@@ -1,5 +1,5 @@
 """The swarmbus application: the ``swarmbus`` command, ``swarm.yaml``, building the
-configured swarm, the offline demo, and how workflows are shown.
+configured swarm, the offline demo, how workflows are shown, and ``swarmbus ui``.
 
 It sits on the kernel (``swarmbus.agents``) and uses only its public surface.
 """
@@ -11,10 +11,12 @@ from ._eval import interrupted_line
 from ._logging import configure_logging
 from ._render import progress_line, render_result, render_status, render_trail, trail_json
 from ._team import build_agents
+from ._ui import UI_PORT, serve_ui, ui_socket
 
 __all__ = (
     "DEMO_TASKS",
     "ENV_PREFIX",
+    "UI_PORT",
     "RoleConfig",
     "SwarmConfig",
     "build_agents",
@@ -27,5 +29,7 @@ __all__ = (
     "render_result",
     "render_status",
     "render_trail",
+    "serve_ui",
     "trail_json",
+    "ui_socket",
 )

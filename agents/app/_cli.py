@@ -38,11 +38,12 @@ from swarmbus.protocols import (
 
 from .._swarm import Swarm
 from ..workflow import check_models, load_workflow, mermaid, show_text
-from ._commands import CLIENT_COMMANDS, add_client_parsers, config
+from ._commands import CLIENT_COMMANDS, add_client_parsers, client, config
 from ._eval import add_eval_parser, cmd_eval, interrupted_line
 from ._logging import configure_logging
 from ._nats import cmd_nats, watch_server
 from ._route import add_route_parser, cmd_route
+from ._ui import UI_PORT, serve_ui, ui_socket
 
 __all__ = ["main"]
 
@@ -106,6 +107,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=4222)
     p.add_argument("--data-dir", default=".swarmbus/nats")
 
+    p = sub.add_parser("ui", help="a local read-only page of the namespace's runs, live "
+                       "(needs the ui extra)")
+    _client_args(p)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=UI_PORT, help=f"default {UI_PORT}; 0: any free")
+    p.add_argument("--trace-url", default="", metavar="URL",
+                   help="link each run's trace id to a tracing backend: a URL with "
+                   "{trace_id}, e.g. http://localhost:16686/trace/{trace_id} (Jaeger)")
+
     add_eval_parser(sub)
     add_route_parser(sub, _client_args)
     return ap
@@ -158,6 +169,24 @@ async def cmd_up(args: argparse.Namespace) -> int:
             await server.stop()
     if died:
         raise ExternalError(died[0])
+    return 0
+
+
+async def cmd_ui(args: argparse.Namespace) -> int:
+    if args.trace_url and "{trace_id}" not in args.trace_url:
+        raise ConfigError(f"--trace-url {args.trace_url!r} has no {{trace_id}} to fill in")
+    try:
+        sock = ui_socket(args.host, args.port)
+    except OSError as e:
+        raise ConfigError(f"cannot listen on {args.host}:{args.port} ({e.strerror or e}): "
+                          "pass --port for another (0: any free one)") from None
+    with sock:  # closed however it ends (NATS unreachable, a signal)
+        cfg = config(args)
+        async with await client(cfg) as c, anyio.create_task_group() as tg:
+            url = await tg.start(lambda task_status: serve_ui(
+                c, sock, trace_url=args.trace_url, task_status=task_status))
+            print(f"swarmbus ui: {url} (namespace {cfg.namespace}; Ctrl-C to stop)",
+                  file=sys.stderr, flush=True)
     return 0
 
 
@@ -240,6 +269,7 @@ def _run(args: argparse.Namespace) -> int:
         configure_logging("console", level="WARNING")
     commands = {
         "up": cmd_up, "demo": cmd_demo, "nats": cmd_nats, "eval": cmd_eval, "route": cmd_route,
+        "ui": cmd_ui,
         **CLIENT_COMMANDS,
     }
     # uvloop when installed (the `fast` extra): named in `swarmbus up`'s first log line.

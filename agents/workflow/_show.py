@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from swarmbus.protocols import END, CompiledWorkflow
 
 __all__ = ["mermaid", "show_text"]
 
 
-def _edges(wf: CompiledWorkflow) -> list[tuple[str, str, str, int | None]]:
-    """(from, to, label, cap) for every edge."""
-    out: list[tuple[str, str, str, int | None]] = []
+def _edges(wf: CompiledWorkflow) -> list[tuple[str, str, str, int | None, str]]:
+    """(from, to, label, cap, key) for every edge; ``key`` names it as a run counts it
+    (``'<step>.<route>'``: ``.next`` without routes, ``.join`` after a fan-out)."""
+    out: list[tuple[str, str, str, int | None, str]] = []
     for s in wf.spec.steps:
         if not s.routes:
             join = wf.steps.get(wf.joins.get(s.id, ""))
             label = (f"join (min_ok {join.min_ok})" if join is not None and join.min_ok
                      is not None else "join") if s.for_each is not None else ""
-            out.append((s.id, wf.successor(s.id), label, None))
+            out.append((s.id, wf.successor(s.id), label, None,
+                        f"{s.id}.join" if s.for_each is not None else f"{s.id}.next"))
         for key, edge in s.routes.items():
-            out.append((s.id, edge.to, f"{s.route_on}={key}", edge.max))
+            out.append((s.id, edge.to, f"{s.route_on}={key}", edge.max, f"{s.id}.{key}"))
     return out
 
 
@@ -42,14 +46,18 @@ def show_text(wf: CompiledWorkflow) -> str:
                 f" ({', '.join(limits)})" if limits else "")
         lines.append(f"  {s.id:<14} role {s.role}{model}: {ins} -> {out}{tools}{each}")
     lines.append("edges:")
-    for a, b, label, cap in _edges(wf):
+    for a, b, label, cap, _key in _edges(wf):
         capped = f" (max {cap})" if cap is not None else ""
         lines.append(f"  {a} -> {b}" + (f" [{label}]" if label else "") + capped)
     return "\n".join(lines)
 
 
-def mermaid(wf: CompiledWorkflow) -> str:
-    """A Mermaid flowchart of the workflow."""
+def mermaid(wf: CompiledWorkflow, *, taken: Collection[str] = (), ran: Collection[str] = (),
+            now: str = "") -> str:
+    """A Mermaid flowchart of the workflow. For a run (``swarmbus ui``): ``taken`` edges
+    (``'<step>.<route>'``, as ``WorkState.edges`` counts them; ``'<step>.next'`` for a step
+    without routes, ``'<step>.join'`` for a fan-out's) are drawn thick, ``ran`` steps
+    filled, and the step ``now`` waiting or running outlined."""
     def node(step: str) -> str:  # Mermaid reserves `end`; prefixing keeps every id legal
         if step == END:
             return "finish"
@@ -66,10 +74,23 @@ def mermaid(wf: CompiledWorkflow) -> str:
         else:
             lines.append(f'  {node(s.id)}["{s.id}<br/><small>{s.role}</small>"]')
     lines.append(f"  {node(END)}([end])")
-    for a, b, label, cap in _edges(wf):
+    thick = [0] if ran or taken else []  # link 0: the task to the entry step
+    for i, (a, b, label, cap, key) in enumerate(_edges(wf), start=1):
         text = label + (f" max {cap}" if cap is not None else "")
         arrow = f" -->|{text}| " if text else " --> "
         lines.append(f"  {node(a)}{arrow}{node(b)}")
+        if key in taken:
+            thick.append(i)
+    if thick:
+        lines.append(f"  linkStyle {','.join(map(str, thick))} stroke:#1a7f37,stroke-width:3px")
+    if ran or now:
+        lines += ["  classDef ran fill:#dafbe1,stroke:#1a7f37",
+                  "  classDef now stroke:#bf8700,stroke-width:3px,stroke-dasharray:4 2"]
+        done = [node(s) for s in wf.steps if s in ran]
+        if done:
+            lines.append(f"  class {','.join(done)} ran")
+        if now in wf.steps:
+            lines.append(f"  class {node(now)} now")
     return "\n".join(lines)
 
 
