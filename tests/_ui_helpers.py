@@ -14,9 +14,19 @@ from _team_helpers import GOAL, Priced, Script, team
 
 from swarmbus.agents import Swarm
 from swarmbus.agents.app import serve_ui, ui_socket
+from swarmbus.agents.models import ModelRequest
 from swarmbus.agents.workflow import SandboxPytest
-from swarmbus.bus import SwarmClient, encode
-from swarmbus.protocols import Meta, SourceFile, TaskRequest, TestReport, subject, topics
+from swarmbus.bus import Bus, SwarmClient, encode
+from swarmbus.protocols import (
+    Finding,
+    Meta,
+    SourceFile,
+    TaskRequest,
+    TestReport,
+    Verdict,
+    subject,
+    topics,
+)
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALL_USD = 0.125
@@ -32,10 +42,25 @@ async def judged_by_content(files: Sequence[SourceFile]) -> TestReport:
     return TestReport(passed=1, exit_code=0, output="1 passed")
 
 
+NIT = Finding(severity="minor", location="calc.py:1", target="coder",
+              explanation="name the parameters")
+
+
+class NitScript(Script):
+    """The scripted team whose reviewer approves with a minor finding."""
+
+    def reviewer(self, request: ModelRequest[Any]) -> Verdict:
+        verdict = super().reviewer(request)
+        if verdict.decision == "approve":
+            verdict = verdict.model_copy(update={"findings": [NIT]})
+        return verdict
+
+
 def agents(roles: Sequence[str] | None = None) -> list[Any]:
-    """The built-in team (coder buggy at first, reviewer honest), each call $0.125."""
+    """The built-in team (coder buggy at first, reviewer honest and approving with a
+    minor finding), each call $0.125."""
     models = {role: Priced(m, CALL_USD)
-              for role, m in Script(buggy_first=True).models().items()}
+              for role, m in NitScript(buggy_first=True).models().items()}
     return team(models, roles=roles, tools={"sandbox.pytest": SandboxPytest(judged_by_content)})
 
 
@@ -59,9 +84,10 @@ async def finish(nats_url: str, namespace: str, workflow_id: str) -> None:
 @asynccontextmanager
 async def served(nats_url: str, namespace: str, *,
                  trace_url: str = "") -> AsyncIterator[str]:
-    """``swarmbus ui`` over ``namespace`` on a free loopback port; yields its URL."""
-    async with (await SwarmClient.connect(nats_url, namespace=namespace) as client,
-                anyio.create_task_group() as tg):
+    """``swarmbus ui`` over ``namespace`` (which must exist) on a free loopback port,
+    connected as the command connects: without setting up streams. Yields its URL."""
+    bus = await Bus.connect(nats_url, namespace=namespace, setup=False)
+    async with SwarmClient(bus) as client, anyio.create_task_group() as tg:
         url = await tg.start(lambda task_status: serve_ui(
             client, ui_socket("127.0.0.1", 0), trace_url=trace_url, task_status=task_status))
         yield url

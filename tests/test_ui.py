@@ -7,16 +7,21 @@ from __future__ import annotations
 import html
 import re
 import socket
+from urllib.parse import quote
 
 import anyio
 import httpx
 import pytest
 from _ui_helpers import TRACE_ID, agents, finish, served, submit_traced
+from pydantic import BaseModel
 
 from swarmbus.agents import Swarm
 from swarmbus.agents.app import main as cli_main
+from swarmbus.agents.models import FunctionModel
+from swarmbus.agents.workflow import compile_workflow
+from swarmbus.agents.workflow import team as workflow_team
 from swarmbus.bus import SwarmClient
-from swarmbus.protocols import subject
+from swarmbus.protocols import TaskRequest, Text, Workflow, data_type, subject
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(90)]
 
@@ -52,6 +57,8 @@ async def test_a_run_that_ended_before_the_page_started_is_listed_and_shown(
     assert "sent back to implement" in shown
     assert "[critical] → coder · calc.py : add(2, 3) must be 5" in shown
     assert "by architect t:architect 100 in / 20 out $0.1250" in shown
+    # the approving verdict's own finding, on the step that ended the run
+    assert "looks right [minor] → coder · calc.py:1 : name the parameters" in shown
     assert "tests: 0 passed, 1 failed, 0 errors" in shown
     assert "tests: 1 passed, 0 failed, 0 errors" in shown
     assert "- return a - b" in shown and "+ return a + b" in shown
@@ -82,18 +89,25 @@ async def test_the_pages_follow_a_running_run_live(nats_url: str, namespace: str
             assert run_events.headers["content-type"].startswith("text/event-stream")
             run_lines, list_lines = run_events.aiter_lines(), list_events.aiter_lines()
             first = await next_event(run_lines)
-            assert first[0] == "run" and "running" in text(first[1])
+            assert first[0] == "head" and "live1 waiting" in text(first[1])
             assert "step now: review (waiting for reviewer)" in text(first[1])
-            rows = await next_event(list_lines)
-            assert rows[0] == "runs" and "running" in text(rows[1])
+            timeline = await next_event(run_lines)
+            assert timeline[0] == "timeline" and "implement -> review" in text(timeline[1])
+            graph = await next_event(run_lines)  # no graph hash given: it is sent
+            assert graph[0] == "graph" and graph[1].startswith("flowchart TD")
+            assert "class s_review now" in graph[1]
+            rows = await next_event(list_lines)  # no version given: the whole list
+            assert rows[0] == "runs" and "waiting review (no reviewer running)" in text(rows[1])
             async with Swarm(agents(roles=["reviewer"]), nats=nats_url, namespace=namespace,
                              grace_s=3):
                 with anyio.fail_after(30):
-                    while "approved" not in text((event := await next_event(run_lines))[1]):
+                    while (event := await next_event(run_lines))[0] != "head" or \
+                            "approved" not in text(event[1]):
                         pass
-                    while "approved" not in text((await next_event(list_lines))[1]):
+                    while (row := await next_event(list_lines))[0] != "rows" or \
+                            "approved" not in text(row[1]):
                         pass
-    assert "review -> result: approved" in text(event[1])
+    assert 'hx-swap-oob="outerHTML"' in row[1] and 'id="run-live1"' in row[1]
 
 
 async def next_event(lines: object) -> tuple[str, str]:
@@ -110,17 +124,62 @@ async def next_event(lines: object) -> tuple[str, str]:
             return name, "\n".join(data)
 
 
+class Part(BaseModel):
+    name: str
+
+
+@data_type("tests.UiPlan")
+class UiPlan(BaseModel):
+    parts: list[Part]
+
+
+async def test_a_fan_out_is_one_entry_and_its_join_lists_each_item(
+    nats_url: str, namespace: str
+) -> None:
+    wf = compile_workflow(Workflow.parse({
+        "name": "fan", "artifacts": {"plan": "tests.UiPlan", "piece": "swarmbus.Text",
+                                     "whole": "swarmbus.Text"},
+        "steps": [{"id": "plan", "role": "planner", "output": "plan"},
+                  {"id": "build", "role": "builder", "output": "piece", "max_parallel": 2,
+                   "for_each": "plan.parts", "as": "part", "task": "Build {{ part.name }}"},
+                  {"id": "merge", "role": "merger", "join": "build", "input": "piece",
+                   "output": "whole"}]}))
+    models = {
+        "planner": FunctionModel(lambda r: UiPlan(parts=[Part(name=n) for n in "abcd"]),
+                                 name="t:planner"),
+        "builder": FunctionModel(lambda r: Text(text="built"), name="t:builder"),
+        "merger": FunctionModel(lambda r: Text(text="merged"), name="t:merger")}
+    async with (Swarm(workflow_team(wf, models=models, tools={}), nats=nats_url,
+                      namespace=namespace, grace_s=3),
+                await SwarmClient.connect(nats_url, namespace=namespace) as client):
+        await client.submit(TaskRequest(goal="build it", workflow="fan"), workflow_id="fan1")
+        with anyio.fail_after(30):
+            assert (await client.result("fan1")).status == "approved"
+    async with served(nats_url, namespace) as url, \
+            httpx.AsyncClient(base_url=url, timeout=10) as http:
+        page = await http.get("/runs/fan1")
+    steps = [html.unescape(t) for t in re.findall(r'class="title">([^<]+)<', page.text)]
+    assert steps == ["task submitted", "plan -> build", "build -> merge",
+                     "merge -> result: approved"]
+    shown = text(page.text)
+    assert "4 of 4 items: a, b, c, d" in shown  # the items published, two at a time
+    assert all(f" {k} ok t:builder $0.0000 " in shown for k in "abcd")
+
+
 async def test_the_page_is_read_only_and_an_unknown_run_is_404(
     nats_url: str, namespace: str
 ) -> None:
+    await (await SwarmClient.connect(nats_url, namespace=namespace)).aclose()  # its streams
     async with served(nats_url, namespace) as url, \
             httpx.AsyncClient(base_url=url, timeout=10) as http:
         empty = await http.get("/")
         missing = await http.get("/runs/nope")
+        odd = [await http.get(f"/runs/{quote(bad)}") for bad in ("a b", "a.b", "a*", ">")]
         posted = await http.post("/", content=b"{}")
         deleted = await http.delete("/runs/nope")
     assert "No runs in namespace" in text(empty.text) and namespace in empty.text
     assert missing.status_code == 404 and "no run 'nope'" in missing.text
+    assert [r.status_code for r in odd] == [404] * 4
     assert posted.status_code == 405 and deleted.status_code == 405
 
 
@@ -144,12 +203,36 @@ async def test_garbage_in_the_stream_is_shown_as_undecodable_not_a_crash(
                                      b"\xff{not json", {})
         await client.bus.publish_raw(subject(namespace, "junk1", "step.design"),
                                      b'{"state": 3}', {"Swarm-Type": "swarmbus.Work"})
+        # your own agent's message on its own topic, with no run behind it: no run
+        await client.bus.publish_raw(subject(namespace, "wf1", "audit.request"),
+                                     b'{"text": "hello"}', {})
     async with served(nats_url, namespace) as url, \
             httpx.AsyncClient(base_url=url, timeout=10) as http:
         listed, page = await http.get("/"), await http.get("/runs/junk1")
     assert listed.status_code == 200 and "junk1" in listed.text
+    assert "wf1" not in listed.text
     assert page.status_code == 200
     assert text(page.text).count("(undecodable message)") == 2
+
+
+def test_ui_reads_and_never_creates_a_namespace(
+    nats_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def streams() -> set[str]:
+        import nats
+
+        nc = await nats.connect(nats_url)
+        try:
+            return {s.config.name for s in await nc.jetstream().streams_info()}
+        finally:
+            await nc.close()
+
+    before = anyio.run(streams)
+    assert cli_main(["ui", "--port", "0", "--nats", nats_url, "--namespace", "nosuchns"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: namespace 'nosuchns' has no stream on this NATS server")
+    assert err.count("\n") == 1
+    assert anyio.run(streams) == before  # nothing made
 
 
 def test_ui_mistakes_are_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
@@ -162,6 +245,12 @@ def test_ui_mistakes_are_one_line_and_exit_2(capsys: pytest.CaptureFixture[str])
     assert err.startswith(f"error: cannot listen on 127.0.0.1:{port}") and err.count("\n") == 1
     assert cli_main(["ui", "--trace-url", "http://jaeger/trace/"]) == 2
     assert "has no {trace_id} to fill in" in capsys.readouterr().err
+    assert cli_main(["ui", "--port", "70000"]) == 2
+    port_err = "error: --port 70000 is not a port (0-65535; 0: any free one)\n"
+    assert capsys.readouterr().err == port_err
+    assert cli_main(["ui", "--host", "999.1.1.1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --host '999.1.1.1' is not an address of this machine")
 
 
 def test_ui_without_a_nats_server_says_so(capsys: pytest.CaptureFixture[str]) -> None:

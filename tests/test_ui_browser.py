@@ -76,23 +76,25 @@ def wait_for(browser: Any, what: Callable[[Any], Any], timeout_s: float = 30) ->
     return WebDriverWait(browser, timeout_s, poll_frequency=0.1).until(what)
 
 
-def seen(browser: Any, css: str) -> str:
-    from selenium.webdriver.common.by import By
-
-    return str(browser.find_element(By.CSS_SELECTOR, css).text)
-
-
 def all_seen(browser: Any, css: str) -> list[str]:
-    from selenium.webdriver.common.by import By
+    """The visible text of every element ``css`` selects, read in one script (a live
+    update may replace an element between two reads)."""
+    found = browser.execute_script(
+        "return [...document.querySelectorAll(arguments[0])].map((e) => e.innerText.trim());",
+        css)
+    return [str(t) for t in found]
 
-    return [str(e.text) for e in browser.find_elements(By.CSS_SELECTOR, css)]
+
+def seen(browser: Any, css: str) -> str:
+    found = all_seen(browser, css)
+    return found[0] if found else ""
 
 
 def graph_drawn(browser: Any) -> bool:
     """Mermaid replaced the graph's text with an SVG naming the workflow's steps (read in
     one script: a live update may replace the element between two reads)."""
     words = browser.execute_script(
-        "const svg = document.querySelector('pre.mermaid svg');"
+        "const svg = document.querySelector('#graph svg');"
         "return svg ? svg.textContent : '';")
     return all(s in str(words) for s in ("design", "implement", "review"))
 
@@ -120,7 +122,8 @@ async def test_a_person_sees_a_finished_and_a_running_run(
             rows = await in_browser(listed)
             assert rows["done1"][:3] == ["done1", "code-review", "approved"]
             assert rows["done1"][6] == "$0.6250"
-            assert rows["live1"][:4] == ["live1", "code-review", "running", "review"]
+            assert rows["live1"][:4] == ["live1", "code-review", "waiting",
+                                         "review (no reviewer running)"]
 
             # the finished run: status, steps, the send-back, cost, trace id, the graph
             def finished() -> dict[str, Any]:
@@ -150,8 +153,9 @@ async def test_a_person_sees_a_finished_and_a_running_run(
                 driver.execute_script("window.notReloaded = true")
                 return seen(driver, "#run-status")
 
-            assert await in_browser(running) == "running"
-            assert "waiting for reviewer" in await in_browser(lambda: seen(driver, ".run-head"))
+            assert await in_browser(running) == "waiting"
+            assert "step now: review (waiting for reviewer)" in await in_browser(
+                lambda: seen(driver, ".run-head"))
             async with Swarm(agents(roles=["reviewer"]), nats=nats_url, namespace=namespace,
                              grace_s=3):
 

@@ -11,7 +11,7 @@ from ._eval import interrupted_line
 from ._logging import configure_logging
 from ._render import progress_line, render_result, render_status, render_trail, trail_json
 from ._team import build_agents
-from ._ui import UI_PORT, serve_ui, ui_socket
+from ._ui_app import UI_PORT, serve_ui, ui_socket
 
 __all__ = (
     "DEMO_TASKS",

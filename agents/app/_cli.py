@@ -10,6 +10,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -21,8 +22,10 @@ import structlog
 from pydantic import ValidationError
 
 from swarmbus.bus import (
+    Bus,
     EmbeddedServer,
     PortTakenError,
+    SwarmClient,
     configure_metrics,
     configure_tracing,
 )
@@ -38,12 +41,12 @@ from swarmbus.protocols import (
 
 from .._swarm import Swarm
 from ..workflow import check_models, load_workflow, mermaid, show_text
-from ._commands import CLIENT_COMMANDS, add_client_parsers, client, config
+from ._commands import CLIENT_COMMANDS, add_client_parsers, config
 from ._eval import add_eval_parser, cmd_eval, interrupted_line
 from ._logging import configure_logging
 from ._nats import cmd_nats, watch_server
 from ._route import add_route_parser, cmd_route
-from ._ui import UI_PORT, serve_ui, ui_socket
+from ._ui_app import UI_PORT, serve_ui, ui_socket
 
 __all__ = ["main"]
 
@@ -175,14 +178,22 @@ async def cmd_up(args: argparse.Namespace) -> int:
 async def cmd_ui(args: argparse.Namespace) -> int:
     if args.trace_url and "{trace_id}" not in args.trace_url:
         raise ConfigError(f"--trace-url {args.trace_url!r} has no {{trace_id}} to fill in")
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port {args.port} is not a port (0-65535; 0: any free one)")
     try:
         sock = ui_socket(args.host, args.port)
+    except socket.gaierror as e:
+        raise ConfigError(f"--host {args.host!r} is not an address of this machine "
+                          f"({e.strerror}): pass 127.0.0.1 (default), ::1 or 0.0.0.0") from None
     except OSError as e:
         raise ConfigError(f"cannot listen on {args.host}:{args.port} ({e.strerror or e}): "
                           "pass --port for another (0: any free one)") from None
     with sock:  # closed however it ends (NATS unreachable, a signal)
         cfg = config(args)
-        async with await client(cfg) as c, anyio.create_task_group() as tg:
+        # Read-only: connected without setting up streams (a namespace is never made).
+        bus = await Bus.connect(cfg.client_nats(), namespace=cfg.namespace, stream=cfg.stream,
+                                setup=False)
+        async with SwarmClient(bus) as c, anyio.create_task_group() as tg:
             url = await tg.start(lambda task_status: serve_ui(
                 c, sock, trace_url=args.trace_url, task_status=task_status))
             print(f"swarmbus ui: {url} (namespace {cfg.namespace}; Ctrl-C to stop)",

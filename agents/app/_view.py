@@ -9,13 +9,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from swarmbus.bus import StoredMessage, WorkflowStatus, apply_event
+from swarmbus.bus import Envelope, StoredMessage, WorkflowStatus, apply_event
 from swarmbus.protocols import (
     END,
     Cancel,
     CompiledWorkflow,
     DeadLetter,
     Finding,
+    ItemResult,
+    Message,
     Resume,
     TaskRequest,
     TaskResult,
@@ -29,14 +31,17 @@ from swarmbus.protocols import (
 from ..workflow import mermaid
 from ._render import cost, describe
 
-__all__ = ["Entry", "RunRow", "RunView", "run_view", "status_word", "trace_id"]
+__all__ = ["Entry", "ItemRow", "RunRow", "RunView", "run_view", "status_word", "trace_id"]
 
 
 def status_word(st: WorkflowStatus) -> str:
-    """``running``, ``stalled``, or how it ended (``approved``, ``failed``, ...)."""
+    """``running``; ``waiting`` when no live agent serves its step (``st.live`` False);
+    ``stalled`` (storage full); or how it ended (``approved``, ``failed``, ...)."""
     if st.result is not None:
         return st.result.status
-    return "stalled" if st.stalled else "running"
+    if st.stalled:
+        return "stalled"
+    return "waiting" if st.live is False else "running"
 
 
 def trace_id(headers: dict[str, str]) -> str:
@@ -55,6 +60,8 @@ class RunRow:
     updated: str = ""
     goal: str = ""
     trace_id: str = ""
+    asked: str | None = None
+    """The workflow its task names (a name or hash; None: the namespace's default)."""
     version: int = 0
     """Bumped by every message of the run (what a live page waits on)."""
 
@@ -66,19 +73,44 @@ class RunRow:
     def cost(self) -> str:
         return cost(self.status.spent)
 
-    def apply(self, stored: StoredMessage) -> None:
-        """Fold one of the run's messages in (undecodable ones only move ``updated``)."""
+    def apply(self, stored: StoredMessage, env: Envelope[Message] | None) -> None:
+        """Fold one of the run's messages in, decoded as ``env`` (None: undecodable,
+        which only counts and moves ``updated``)."""
         self.version += 1
+        self.status.steps += 1
         if stored.time:
             self.started = self.started or stored.time
             self.updated = stored.time
         self.trace_id = self.trace_id or trace_id(stored.headers)
-        env = stored.try_decode()
         if env is None:
             return
         if isinstance(env.message, TaskRequest) and not self.goal:
-            self.goal = env.message.goal
+            self.goal, self.asked = env.message.goal, env.message.workflow
         apply_event(self.status, env)
+
+
+@dataclass(frozen=True, slots=True)
+class ItemRow:
+    """One item of a join: its name, how it came out (``ok``, ``reused``, ``failed:
+    ...``), its model and cost."""
+
+    key: str
+    outcome: str
+    model: str
+    cost: str
+
+
+def _joined(value: Any) -> list[ItemRow]:
+    items = value.get("items") if isinstance(value, dict) else None
+    out = []
+    for raw in items if isinstance(items, list) else []:
+        with contextlib.suppress(ValueError):
+            r = ItemResult[Any].model_validate(raw)
+            how = "reused" if r.reused else ("ok" if r.ok else f"failed: {r.reason}")
+            out.append(ItemRow(r.key or str(r.index), how,
+                               r.provenance.name if r.provenance is not None else "",
+                               cost(r.usage)))
+    return out
 
 
 @dataclass(slots=True)
@@ -104,10 +136,19 @@ class Entry:
     findings: list[Finding] = field(default_factory=list)
     diff: str = ""
     report: TestReport | None = None
+    items: list[str] = field(default_factory=list)
+    """A fan-out's items published so far (their names), of ``total``."""
+    total: int = 0
+    joined: list[ItemRow] = field(default_factory=list)
+    """A join's items: how each came out."""
 
     @property
     def cost(self) -> str:
         return cost(self.usage) if self.usage is not None else ""
+
+    @property
+    def title_items(self) -> str:
+        return f"{len(self.items)} of {self.total} items" if self.total else ""
 
     @property
     def tokens(self) -> str:
@@ -190,7 +231,8 @@ def run_view(workflow_id: str, trail: list[StoredMessage],
     """The run as the page shows it, from its stored messages (oldest first)."""
     st = WorkflowStatus(workflow_id, known=bool(trail), steps=len(trail))
     entries: list[Entry] = []
-    arrived: dict[str, str] = {}  # step (and item) -> when its latest work was stored
+    arrived: dict[str, str] = {}  # step -> when its latest work was stored
+    fanouts: dict[str, Entry] = {}  # a fan-out's key -> its entry (one for all its items)
     ran: set[str] = set()
     taken: set[str] = set()
     goal, trace = "", ""
@@ -212,31 +254,41 @@ def run_view(workflow_id: str, trail: list[StoredMessage],
                                  agent=env.sender or "", summary=msg.goal))
         elif isinstance(msg, Work):
             target = topics.step_of_topic(env.topic) or ""
-            key = f"{target}[{msg.item.key}]" if msg.item is not None else target
             if msg.source:
                 ran.add(msg.source)
                 if msg.edge:
                     taken.add(msg.edge)
                 taken.update(msg.state.edges)
-                src_key = f"{msg.source}[{msg.item.key}]" if (
-                    msg.item is not None and msg.edge != f"{msg.source}.join") else msg.source
-                report = msg.state.test_report
-                new_report = report if report is not None and report != last_report else None
-                last_report = report or last_report
-                back = target if target in ran and not msg.edge.endswith((".next", ".join")) \
-                    else ""
-                prov = msg.provenance
-                entries.append(Entry(
-                    stored.seq, time, "step", f"{src_key} -> {key}", agent=env.sender or "",
-                    model=prov.name if prov is not None else "", usage=msg.usage,
-                    model_s=prov.latency_s if prov is not None else None,
-                    step_s=_seconds(arrived.get(src_key) or arrived.get(msg.source), time),
-                    edge=msg.edge, send_back=back,
-                    summary=_summary(msg.state.artifacts.get(msg.output)) or describe(msg),
-                    findings=_findings(msg.state.artifacts.get(msg.output))
-                    or (list(msg.state.findings) if back else []),
-                    diff=msg.state.diffs.get(msg.output, ""), report=new_report))
-            arrived[key] = time
+            fanned = fanouts.get(msg.item.fanout) if msg.item is not None else None
+            if fanned is not None and msg.item is not None:  # a later item of a fan-out
+                fanned.items.append(msg.item.key or str(msg.item.index))
+                fanned.usage = fanned.usage or msg.usage
+                continue
+            if not msg.source or env.sender == "client":  # `retry` re-sent it: a new start
+                arrived[target] = time
+                continue
+            report = msg.state.test_report
+            new_report = report if report is not None and report != last_report else None
+            last_report = report or last_report
+            back = target if target in ran and not msg.edge.endswith((".next", ".join")) \
+                else ""
+            prov = msg.provenance
+            value = msg.state.artifacts.get(msg.output)
+            entry = Entry(
+                stored.seq, time, "step", f"{msg.source} -> {target}", agent=env.sender or "",
+                model=prov.name if prov is not None else "", usage=msg.usage,
+                model_s=prov.latency_s if prov is not None else None,
+                step_s=_seconds(arrived.get(msg.source), time), edge=msg.edge, send_back=back,
+                summary=_summary(value) or describe(msg),
+                findings=_findings(value) or (list(msg.state.findings) if back else []),
+                diff=msg.state.diffs.get(msg.output, ""), report=new_report,
+                joined=_joined(value) if msg.edge.endswith(".join") else [])
+            if msg.item is not None:
+                entry.total = msg.item.total
+                entry.items.append(msg.item.key or str(msg.item.index))
+                fanouts[msg.item.fanout] = entry
+            entries.append(entry)
+            arrived[target] = time
         elif isinstance(msg, TaskResult):
             if msg.step:
                 ran.add(msg.step)
@@ -251,8 +303,11 @@ def run_view(workflow_id: str, trail: list[StoredMessage],
                 or list(msg.findings),
                 report=msg.test_report if msg.test_report != last_report else None))
         elif isinstance(msg, DeadLetter | Cancel | Resume):
+            if isinstance(msg, Resume):
+                arrived[msg.step] = time
             entries.append(Entry(stored.seq, time, type(msg).__name__.lower(), describe(msg),
                                  agent=env.sender or ""))
-    now = st.step if st.result is None else ""
+    now = (st.step or (workflow.entry.id if workflow is not None else "")) \
+        if st.result is None else ""
     graph = mermaid(workflow, taken=taken, ran=ran, now=now) if workflow is not None else ""
     return RunView(workflow_id, st, workflow, graph, entries, goal, trace)
