@@ -7,6 +7,7 @@ billed, no content unless opted in, a redelivery as a sibling span, a raw task's
 from __future__ import annotations
 
 import itertools
+import os
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from typing import Any, TypeVar
 
 import anyio
 import pytest
+from _run_helpers import swarmbus_cmd
 from _team_helpers import ADD_OK, ADD_TEST, DESIGN_V1, GOAL, Script, run_task, team
 from _trace_helpers import read_spans, run_noop, span_record, spawn_traced_role
 from _vendor_fakes import FakeServer, Seen, anthropic_body, gemini_body, openai_body
@@ -415,3 +417,22 @@ def test_up_installs_the_exporter_the_variables_name(
     provider = trace.get_tracer_provider()
     assert isinstance(provider, TracerProvider)
     assert provider.resource.attributes["service.name"] == "swarmbus"
+
+
+async def test_swarmbus_submit_starts_the_trace_when_the_variables_ask(
+    nats_url: str, namespace: str
+) -> None:
+    """The command line's submit installs the SDK as `up` does: its task carries the
+    `invoke_workflow` span's context, which the console exporter printed."""
+    env = {**os.environ, "OTEL_TRACES_EXPORTER": "console"}
+    async with await SwarmClient.connect(nats_url, namespace=namespace) as client:
+        done = await anyio.run_process(
+            [*swarmbus_cmd(), "submit", GOAL, "--no-wait", "--id", "cli1", "--nats", nats_url,
+             "--namespace", namespace], env=env, check=False)
+        task = await client.bus.last("cli1", topics.TASK)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert "traces exported with ConsoleSpanExporter" in done.stderr.decode()
+    assert task is not None
+    trace_id = task.headers["traceparent"].split("-")[1]
+    printed = done.stdout.decode()
+    assert '"name": "invoke_workflow' in printed and f'"trace_id": "0x{trace_id}"' in printed

@@ -19,6 +19,7 @@ from swarmbus.bus import (
     UnknownWorkflowIdError,
     WorkflowStatus,
     apply_event,
+    configure_tracing,
 )
 from swarmbus.protocols import (
     ConfigError,
@@ -155,6 +156,9 @@ async def cmd_submit(args: argparse.Namespace) -> int:
     }.items() if v is not None})
     if args.goal and not args.goal.strip():
         raise ConfigError("the goal is only whitespace: say what to build")
+    traced = configure_tracing()  # the OTEL_* variables: the run's trace starts here
+    if traced:
+        print(traced, file=sys.stderr)
     task = TaskRequest(goal=args.goal, constraints=args.constraint, limits=limits,
                        inputs=_inputs(args.input), workflow=args.workflow,
                        submitted_at=datetime.now(UTC))

@@ -21,7 +21,9 @@ def _edges(wf: CompiledWorkflow) -> list[tuple[str, str, str, int | None, str]]:
             out.append((s.id, wf.successor(s.id), label, None,
                         f"{s.id}.join" if s.for_each is not None else f"{s.id}.next"))
         for key, edge in s.routes.items():
-            out.append((s.id, edge.to, f"{s.route_on}={key}", edge.max, f"{s.id}.{key}"))
+            ends = f" (ends {edge.status})" if edge.to == END and edge.status != "approved" \
+                else ""
+            out.append((s.id, edge.to, f"{s.route_on}={key}{ends}", edge.max, f"{s.id}.{key}"))
     return out
 
 
