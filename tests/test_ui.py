@@ -223,7 +223,7 @@ def test_ui_reads_and_never_creates_a_namespace(
 
         nc = await nats.connect(nats_url)
         try:
-            return {s.config.name for s in await nc.jetstream().streams_info()}
+            return {str(s.config.name) for s in await nc.jetstream().streams_info()}
         finally:
             await nc.close()
 
