@@ -64,9 +64,12 @@ def agents(roles: Sequence[str] | None = None) -> list[Any]:
     return team(models, roles=roles, tools={"sandbox.pytest": SandboxPytest(judged_by_content)})
 
 
-async def submit_traced(client: SwarmClient, workflow_id: str, goal: str = GOAL) -> None:
-    """Publish a task as another service would, with its own ``traceparent``."""
-    body, hdrs = encode(TaskRequest(goal=goal), Meta(f"task-{workflow_id}", sender="caller"))
+async def submit_traced(client: SwarmClient, workflow_id: str, goal: str = GOAL,
+                        workflow: str | None = None) -> None:
+    """Publish a task as another service would, with its own ``traceparent`` (and no
+    workflow hash: the task names its workflow, or none for the default)."""
+    body, hdrs = encode(TaskRequest(goal=goal, workflow=workflow),
+                        Meta(f"task-{workflow_id}", sender="caller"))
     hdrs["traceparent"] = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
     await client.bus.publish_raw(subject(client.bus.namespace, workflow_id, topics.TASK),
                                  body, hdrs)

@@ -155,9 +155,16 @@ async def test_a_fan_out_is_one_entry_and_its_join_lists_each_item(
         await client.submit(TaskRequest(goal="build it", workflow="fan"), workflow_id="fan1")
         with anyio.fail_after(30):
             assert (await client.result("fan1")).status == "approved"
+    async with await SwarmClient.connect(nats_url, namespace=namespace) as client:
+        # no agent runs now: this task waits at the entry step of the workflow it names
+        await submit_traced(client, "fan2", workflow="fan")
     async with served(nats_url, namespace) as url, \
             httpx.AsyncClient(base_url=url, timeout=10) as http:
         page = await http.get("/runs/fan1")
+        waiting = await http.get("/runs/fan2")
+    shown_waiting = text(waiting.text)
+    assert "fan2 waiting step now: plan (waiting for planner) workflow: fan" in shown_waiting
+    assert "class s_plan now" in html.unescape(waiting.text)
     steps = [html.unescape(t) for t in re.findall(r'class="title">([^<]+)<', page.text)]
     assert steps == ["task submitted", "plan -> build", "build -> merge",
                      "merge -> result: approved"]
