@@ -148,6 +148,10 @@ async def test_a_person_sees_a_finished_and_a_running_run(
 
             # the running run: waiting for a reviewer, then approved, with no reload
             def running() -> str:
+                driver.get(url)  # the list in one tab, kept open
+                wait_for(driver, lambda d: len(all_seen(d, "#runs tr[data-run]")) == 2)
+                driver.execute_script("window.notReloaded = true")
+                driver.switch_to.new_window("tab")
                 driver.get(url + "runs/live1")
                 wait_for(driver, graph_drawn)
                 driver.execute_script("window.notReloaded = true")
@@ -163,11 +167,18 @@ async def test_a_person_sees_a_finished_and_a_running_run(
                     wait_for(driver, lambda d: seen(d, "#run-status") == "approved")
                     wait_for(driver, graph_drawn)
                     driver.save_screenshot(str(shots / "ui-live.png"))
-                    return {"same page": driver.execute_script("return window.notReloaded"),
+                    page = {"same page": driver.execute_script("return window.notReloaded"),
                             "steps": all_seen(driver, ".entry .title")}
+                    driver.switch_to.window(driver.window_handles[0])  # the list's tab
+                    wait_for(driver, lambda d: all_seen(
+                        d, 'tr[data-run="live1"] td')[2:4] == ["approved", ""])
+                    page["list same page"] = driver.execute_script("return window.notReloaded")
+                    page["rows"] = all_seen(driver, "#runs tr[data-run] td.id")
+                    return page
 
                 live = await in_browser(turned_approved)
-    assert live["same page"] is True
+    assert live["same page"] is True and live["list same page"] is True
+    assert live["rows"] == ["live1", "done1"]  # replaced in place, not added
     assert live["steps"][-1] == "review -> result: approved"
     for name in ("ui-runs.png", "ui-run.png", "ui-live.png"):
         assert (shots / name).stat().st_size > 10_000, name
