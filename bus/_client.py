@@ -181,8 +181,7 @@ class SwarmClient:
         (``submitted_at``, else now) plus its ``timeout_s``, else its workflow's, else
         ``DEFAULT_TIMEOUT_S``."""
         store = await self._stored_workflows()
-        ref = await store.resolve(task.workflow) if store is not None else None
-        wf = await store.get(ref) if store is not None and ref else None
+        wf = await store.of_run(None, task.workflow) if store is not None else None
         return task.limits.deadline_from(task.submitted_at or datetime.now(UTC),
                                          wf.spec.limits.timeout_s if wf else None)
 
