@@ -181,8 +181,7 @@ class SwarmClient:
         (``submitted_at``, else now) plus its ``timeout_s``, else its workflow's, else
         ``DEFAULT_TIMEOUT_S``."""
         store = await self._stored_workflows()
-        ref = await store.resolve(task.workflow) if store is not None else None
-        wf = await store.get(ref) if store is not None and ref else None
+        wf = await store.of_run(None, task.workflow) if store is not None else None
         return task.limits.deadline_from(task.submitted_at or datetime.now(UTC),
                                          wf.spec.limits.timeout_s if wf else None)
 
@@ -341,8 +340,7 @@ class SwarmClient:
                 return env.message, env.topic, msg_id
             if isinstance(env.message, TaskRequest):
                 task = env.message
-                ref = env.workflow or await store.resolve(task.workflow)
-                wf = await store.get(ref) if ref else None
+                wf = await store.of_run(env.workflow, task.workflow)
                 if wf is None:
                     return None
                 stamped = datetime.fromisoformat(stored.time) if stored.time else None
@@ -375,10 +373,12 @@ class SwarmClient:
         store = await self._stored_workflows()
         if store is None:
             return
-        ref = st.workflow or await store.resolve(None)
-        wf = await store.get(ref) if ref else None
+        wf = await store.of_run(st.workflow, st.task_workflow)
         if wf is None:
             return
+        st.workflow = wf.hash
+        if st.last_topic == topics.TASK:  # no work yet: it waits at its entry step
+            st.step = wf.entry.id
         st.role = wf.role_of_topic(st.last_topic) or ""
         if st.role:
             # Working means a live agent pulls from the consumer that holds this step's

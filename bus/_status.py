@@ -96,6 +96,11 @@ class WorkflowStatus:
     steps: int = 0
     spent: Usage = field(default_factory=Usage)
     workflow: str = ""
+    """The hash of the workflow it follows (its messages' ``Swarm-Workflow``; ``describe``
+    fills it for a run that has only its task)."""
+    task_workflow: str = ""
+    """The workflow its task names (``TaskRequest.workflow``: a name or hash; empty: the
+    namespace's default), which a run with no work yet follows."""
     consumer: str = ""
     """The durable consumer that holds the waiting step's work (``<role>@<workflow>``)."""
     result: TaskResult | None = None
@@ -153,6 +158,8 @@ def apply_event(st: WorkflowStatus, env: Envelope[Message]) -> None:
         st.last_topic = env.topic
         st.step = topics.step_of_topic(env.topic) or ""
         st.workflow = env.workflow or st.workflow
+        if isinstance(msg, TaskRequest):
+            st.task_workflow = msg.workflow or ""
         if isinstance(msg, Work):
             st.spent = _more(st.spent, msg.state.total)
     if isinstance(msg, TaskResult):

@@ -119,6 +119,16 @@ class WorkflowStore:
         self._resolved[key] = (found, time.monotonic())
         return found
 
+    async def of_run(self, ref: str | None, named: str | None = None) -> CompiledWorkflow | None:
+        """The workflow a run follows, read from one of its messages: ``ref``, the hash
+        that message carries (its ``Swarm-Workflow`` header, a work state's ``workflow``),
+        when it has one; else the workflow its task names (``named``: the task's
+        ``workflow``, a name or hash); else the namespace's default. A run that has only
+        its task (no work yet) follows what the task names, as its entry agent does.
+        None when the namespace does not hold that workflow."""
+        found = ref or await self.resolve(named or None)
+        return await self.get(found) if found else None
+
     async def names(self) -> dict[str, str]:
         """Stored workflow names -> their latest hash."""
         out: dict[str, str] = {}

@@ -28,6 +28,7 @@ from typing import Any
 import anyio
 
 from swarmbus.bus import (
+    DEADLINE_HEADER,
     Bus,
     StoredMessage,
     WorkflowStore,
@@ -113,16 +114,21 @@ class Supervisor(Agent):
             return
         if topic != topics.TASK and topics.step_of_topic(topic) is None:
             return
-        assert self._store is not None and self._bus is not None
-        ref = letter.headers.get(headers.WORKFLOW) or await self._store.resolve(None)
-        wf = await self._store.get(ref) if ref else None
+        assert self._bus is not None
+        # The letter's message as stored (or, gone from the stream, as the letter carries
+        # it), so the run is read, and its workflow found, as from any of its messages.
+        stored = await self._bus.get(letter.stream_seq) if letter.stream_seq else None
+        if stored is None and letter.body and not letter.body_truncated:
+            stored = StoredMessage(letter.stream_seq or 0, letter.subject,
+                                   letter.body.encode(), dict(letter.headers))
+        latest = await self._read(stored) if stored is not None else None
+        wf = latest.workflow if latest is not None else await self._workflow(
+            letter.headers.get(headers.WORKFLOW))
         role = wf.role_of_topic(topic) if wf is not None else None
         if role is None and topic != topics.TASK:
             return  # not a step of a workflow we know
         if role is not None and wf is not None and letter.agent not in (role, wf.consumer(role)):
             return  # a custom agent gave up on its copy: the workflow goes on
-        stored = await self._bus.get(letter.stream_seq) if letter.stream_seq else None
-        latest = await self._read(stored, wf) if stored is not None else None
         if latest is None:
             latest = _Latest(WorkState(task=TaskRequest(goal="(the task could not be read)")),
                              topic, letter.headers.get(headers.MSG_ID, ""), wf)
@@ -184,39 +190,47 @@ class Supervisor(Agent):
             if topic == topics.RESULT:
                 return None
             if topic == topics.TASK or topics.step_of_topic(topic) is not None:
-                ref = stored.headers.get(headers.WORKFLOW)
-                wf = await self._workflow(ref)
-                latest = await self._read(stored, wf)
+                latest = await self._read(stored)
                 if latest is not None:
                     return latest
         return None
 
-    async def _workflow(self, ref: str | None) -> CompiledWorkflow | None:
+    async def _workflow(self, ref: str | None, named: str | None = None) -> CompiledWorkflow | None:
+        """The workflow a run follows (see ``WorkflowStore.of_run``)."""
         assert self._store is not None
-        ref = ref or await self._store.resolve(None)
-        return await self._store.get(ref) if ref else None
+        return await self._store.of_run(ref, named)
 
-    async def _read(self, stored: StoredMessage, wf: CompiledWorkflow | None) -> _Latest | None:
-        """The state ``stored`` carries: decoded, or, when it does not decode, read field by
-        field (its task, artifacts and spend), so a malformed message still ends with
-        its best attempt and its spend."""
+    async def _read(self, stored: StoredMessage) -> _Latest | None:
+        """The state ``stored`` carries and the workflow the run follows: decoded, or, when
+        it does not decode, read field by field (its task, artifacts and spend), so a
+        malformed message still ends with its best attempt and its spend."""
         assert self._bus is not None
         try:
             topic = Subject.parse(stored.subject).topic
         except SubjectError:
             return None
         msg_id = stored.headers.get(headers.MSG_ID) or f"{self._bus.stream_name}-{stored.seq}"
+        ref = stored.headers.get(headers.WORKFLOW)
         env = stored.try_decode()
         if env is not None and isinstance(env.message, Work):
-            return _Latest(env.message.state, topic, msg_id, wf, env.message.item)
+            state = env.message.state
+            wf = await self._workflow(ref or state.workflow, state.task.workflow)
+            return _Latest(state, topic, msg_id, wf, env.message.item)
         if env is not None and isinstance(env.message, TaskRequest):
-            submitted = _parse_time(stored.time)
-            if wf is None and env.message.workflow:
-                assert self._store is not None
-                wf = await self._workflow(await self._store.resolve(env.message.workflow))
-            return _Latest(initial_state(env.message, wf, submitted), topic, msg_id, wf)
-        state = _tolerant_state(stored.data)
-        return None if state is None else _Latest(state, topic, msg_id, wf)
+            # A task, no work yet: the run follows what the task names, not the default.
+            wf = await self._workflow(ref, env.message.workflow)
+            state = initial_state(env.message, wf, _parse_time(stored.time))
+            armed = _parse_time(stored.headers.get(DEADLINE_HEADER))
+            if wf is None and armed is not None:
+                # Its workflow is gone from the store: the deadline its submitter counted
+                # from that workflow (and armed) stands, not the default timeout.
+                state.deadline = armed
+            return _Latest(state, topic, msg_id, wf)
+        read = _tolerant_state(stored.data)
+        if read is None:
+            return None
+        wf = await self._workflow(ref or read.workflow, read.task.workflow)
+        return _Latest(read, topic, msg_id, wf)
 
     def _role(self, latest: _Latest) -> str:
         return latest.workflow.role_of_topic(latest.topic) or "" if latest.workflow else ""
