@@ -190,9 +190,9 @@ class Viewer:
         return any(a.agent == role and a.workflow in ("", workflow) for a in self.live)
 
     async def workflow(self, run: RunRow | WorkflowStatus) -> CompiledWorkflow | None:
-        """The stored workflow a run follows: the hash its messages carry, else its
-        result's, else what its task names (a run that has only its task). None when
-        none is stored (the graph is then left out)."""
+        """The stored workflow a run follows (``WorkflowStore.of_run``: the hash its
+        messages or its result carry, else what its task names). None when none is
+        stored (the graph is then left out)."""
         st = run.status if isinstance(run, RunRow) else run
         ref = st.workflow or (st.result.workflow if st.result is not None else "")
         if ref in self._workflows:
@@ -201,13 +201,8 @@ class Viewer:
             self._store = await WorkflowStore.find(self.bus)
             if self._store is None:
                 return None  # no daemon stored any yet: asked again later
-        if not ref:
-            asked = run.asked if isinstance(run, RunRow) else None
-            ref = await self._store.resolve(asked) or ""
-            if not ref:
-                return None
-        found = await self._store.get(ref)
-        if found is not None:
+        found = await self._store.of_run(ref or None, st.task_workflow)
+        if found is not None and ref:
             self._workflows[ref] = found
         return found
 

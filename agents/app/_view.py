@@ -60,8 +60,6 @@ class RunRow:
     updated: str = ""
     goal: str = ""
     trace_id: str = ""
-    asked: str | None = None
-    """The workflow its task names (a name or hash; None: the namespace's default)."""
     version: int = 0
     """Bumped by every message of the run (what a live page waits on)."""
 
@@ -85,7 +83,7 @@ class RunRow:
         if env is None:
             return
         if isinstance(env.message, TaskRequest) and not self.goal:
-            self.goal, self.asked = env.message.goal, env.message.workflow
+            self.goal = env.message.goal
         apply_event(self.status, env)
 
 
