@@ -85,6 +85,21 @@ async def finish(nats_url: str, namespace: str, workflow_id: str) -> None:
 
 
 @asynccontextmanager
+async def waiting_at_review(nats_url: str, namespace: str,
+                            workflow_id: str) -> AsyncIterator[SwarmClient]:
+    """A run served by an architect and a coder only: it waits at its review step while
+    this is open. Yields a client of the namespace."""
+    async with await SwarmClient.connect(nats_url, namespace=namespace) as client, \
+            Swarm(agents(roles=["architect", "coder"]), nats=nats_url, namespace=namespace,
+                  grace_s=3):
+        await submit_traced(client, workflow_id)
+        with anyio.fail_after(20):
+            while (await client.status(workflow_id)).step != "review":
+                await anyio.sleep(0.1)
+        yield client
+
+
+@asynccontextmanager
 async def served(nats_url: str, namespace: str, *,
                  trace_url: str = "") -> AsyncIterator[str]:
     """``swarmbus ui`` over ``namespace`` (which must exist) on a free loopback port,

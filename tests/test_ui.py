@@ -12,7 +12,14 @@ from urllib.parse import quote
 import anyio
 import httpx
 import pytest
-from _ui_helpers import TRACE_ID, agents, finish, served, submit_traced
+from _ui_helpers import (
+    TRACE_ID,
+    agents,
+    finish,
+    served,
+    submit_traced,
+    waiting_at_review,
+)
 from pydantic import BaseModel
 
 from swarmbus.agents import Swarm
@@ -75,38 +82,32 @@ async def test_a_run_that_ended_before_the_page_started_is_listed_and_shown(
 async def test_the_pages_follow_a_running_run_live(nats_url: str, namespace: str) -> None:
     """The run waits for a reviewer; the list and the run's event streams say so, then
     say it is approved once a reviewer starts, with no request but the streams'."""
-    async with await SwarmClient.connect(nats_url, namespace=namespace) as client, \
-            Swarm(agents(roles=["architect", "coder"]), nats=nats_url, namespace=namespace,
-                  grace_s=3):
-        await submit_traced(client, "live1")
-        with anyio.fail_after(20):
-            while (await client.status("live1")).step != "review":
-                await anyio.sleep(0.1)
-        async with served(nats_url, namespace) as url, \
-                httpx.AsyncClient(base_url=url, timeout=30) as http, \
-                http.stream("GET", "/runs/live1/events") as run_events, \
-                http.stream("GET", "/events") as list_events:
-            assert run_events.headers["content-type"].startswith("text/event-stream")
-            run_lines, list_lines = run_events.aiter_lines(), list_events.aiter_lines()
-            first = await next_event(run_lines)
-            assert first[0] == "head" and "live1 waiting" in text(first[1])
-            assert "step now: review (waiting for reviewer)" in text(first[1])
-            timeline = await next_event(run_lines)
-            assert timeline[0] == "timeline" and "implement -> review" in text(timeline[1])
-            graph = await next_event(run_lines)  # no graph hash given: it is sent
-            assert graph[0] == "graph" and graph[1].startswith("flowchart TD")
-            assert "class s_review now" in graph[1]
-            rows = await next_event(list_lines)  # no version given: the whole list
-            assert rows[0] == "runs" and "waiting review (no reviewer running)" in text(rows[1])
-            async with Swarm(agents(roles=["reviewer"]), nats=nats_url, namespace=namespace,
-                             grace_s=3):
-                with anyio.fail_after(30):
-                    while (event := await next_event(run_lines))[0] != "head" or \
-                            "approved" not in text(event[1]):
-                        pass
-                    while (row := await next_event(list_lines))[0] != "rows" or \
-                            "approved" not in text(row[1]):
-                        pass
+    async with waiting_at_review(nats_url, namespace, "live1"), \
+            served(nats_url, namespace) as url, \
+            httpx.AsyncClient(base_url=url, timeout=30) as http, \
+            http.stream("GET", "/runs/live1/events") as run_events, \
+            http.stream("GET", "/events") as list_events:
+        assert run_events.headers["content-type"].startswith("text/event-stream")
+        run_lines, list_lines = run_events.aiter_lines(), list_events.aiter_lines()
+        first = await next_event(run_lines)
+        assert first[0] == "head" and "live1 waiting" in text(first[1])
+        assert "step now: review (waiting for reviewer)" in text(first[1])
+        timeline = await next_event(run_lines)
+        assert timeline[0] == "timeline" and "implement -> review" in text(timeline[1])
+        graph = await next_event(run_lines)  # no graph hash given: it is sent
+        assert graph[0] == "graph" and graph[1].startswith("flowchart TD")
+        assert "class s_review now" in graph[1]
+        rows = await next_event(list_lines)  # no version given: the whole list
+        assert rows[0] == "runs" and "waiting review (no reviewer running)" in text(rows[1])
+        async with Swarm(agents(roles=["reviewer"]), nats=nats_url, namespace=namespace,
+                         grace_s=3):
+            with anyio.fail_after(30):
+                while (event := await next_event(run_lines))[0] != "head" or \
+                        "approved" not in text(event[1]):
+                    pass
+                while (row := await next_event(list_lines))[0] != "rows" or \
+                        "approved" not in text(row[1]):
+                    pass
     assert 'hx-swap-oob="outerHTML"' in row[1] and 'id="run-live1"' in row[1]
 
 

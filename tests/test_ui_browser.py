@@ -17,10 +17,15 @@ from typing import Any, TypeVar
 
 import anyio
 import pytest
-from _ui_helpers import TRACE_ID, agents, finish, served, submit_traced
+from _ui_helpers import (
+    TRACE_ID,
+    agents,
+    finish,
+    served,
+    waiting_at_review,
+)
 
 from swarmbus.agents import Swarm
-from swarmbus.bus import SwarmClient
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
 
@@ -103,80 +108,74 @@ async def test_a_person_sees_a_finished_and_a_running_run(
     nats_url: str, namespace: str, driver: Any, shots: Path
 ) -> None:
     await finish(nats_url, namespace, "done1")
-    async with await SwarmClient.connect(nats_url, namespace=namespace) as client, \
-            Swarm(agents(roles=["architect", "coder"]), nats=nats_url, namespace=namespace,
-                  grace_s=3):
-        await submit_traced(client, "live1")
-        with anyio.fail_after(20):
-            while (await client.status("live1")).step != "review":
-                await anyio.sleep(0.1)
-        async with served(nats_url, namespace) as url:
-            # the list: both runs, how each stands
-            def listed() -> dict[str, list[str]]:
-                driver.get(url)
-                wait_for(driver, lambda d: len(all_seen(d, "#runs tr[data-run]")) == 2)
-                driver.save_screenshot(str(shots / "ui-runs.png"))
-                return {run: all_seen(driver, f'tr[data-run="{run}"] td')
-                        for run in ("done1", "live1")}
+    async with waiting_at_review(nats_url, namespace, "live1"), \
+            served(nats_url, namespace) as url:
+        # the list: both runs, how each stands
+        def listed() -> dict[str, list[str]]:
+            driver.get(url)
+            wait_for(driver, lambda d: len(all_seen(d, "#runs tr[data-run]")) == 2)
+            driver.save_screenshot(str(shots / "ui-runs.png"))
+            return {run: all_seen(driver, f'tr[data-run="{run}"] td')
+                    for run in ("done1", "live1")}
 
-            rows = await in_browser(listed)
-            assert rows["done1"][:3] == ["done1", "code-review", "approved"]
-            assert rows["done1"][6] == "$0.6250"
-            assert rows["live1"][:4] == ["live1", "code-review", "waiting",
-                                         "review (no reviewer running)"]
+        rows = await in_browser(listed)
+        assert rows["done1"][:3] == ["done1", "code-review", "approved"]
+        assert rows["done1"][6] == "$0.6250"
+        assert rows["live1"][:4] == ["live1", "code-review", "waiting",
+                                     "review (no reviewer running)"]
 
-            # the finished run: status, steps, the send-back, cost, trace id, the graph
-            def finished() -> dict[str, Any]:
-                driver.get(url + "runs/done1")
+        # the finished run: status, steps, the send-back, cost, trace id, the graph
+        def finished() -> dict[str, Any]:
+            driver.get(url + "runs/done1")
+            wait_for(driver, graph_drawn)
+            driver.save_screenshot(str(shots / "ui-run.png"))
+            return {"status": seen(driver, "#run-status"),
+                    "cost": seen(driver, "#run-cost"),
+                    "trace": seen(driver, "#run-trace"),
+                    "steps": all_seen(driver, ".entry .title"),
+                    "back": all_seen(driver, ".entry.send-back .badge"),
+                    "findings": all_seen(driver, ".entry.send-back .findings li")}
+
+        done = await in_browser(finished)
+        assert done["status"] == "approved" and done["cost"] == "$0.6250"
+        assert done["trace"] == TRACE_ID
+        assert done["steps"] == [
+            "task submitted", "design -> implement", "implement -> review",
+            "review -> implement", "implement -> review", "review -> result: approved"]
+        assert done["back"] == ["sent back to implement"]
+        assert done["findings"] == ["[critical] → coder · calc.py: add(2, 3) must be 5"]
+
+        # the running run: waiting for a reviewer, then approved, with no reload
+        def running() -> str:
+            driver.get(url)  # the list in one tab, kept open
+            wait_for(driver, lambda d: len(all_seen(d, "#runs tr[data-run]")) == 2)
+            driver.execute_script("window.notReloaded = true")
+            driver.switch_to.new_window("tab")
+            driver.get(url + "runs/live1")
+            wait_for(driver, graph_drawn)
+            driver.execute_script("window.notReloaded = true")
+            return seen(driver, "#run-status")
+
+        assert await in_browser(running) == "waiting"
+        assert "step now: review (waiting for reviewer)" in await in_browser(
+            lambda: seen(driver, ".run-head"))
+        async with Swarm(agents(roles=["reviewer"]), nats=nats_url, namespace=namespace,
+                         grace_s=3):
+
+            def turned_approved() -> dict[str, Any]:
+                wait_for(driver, lambda d: seen(d, "#run-status") == "approved")
                 wait_for(driver, graph_drawn)
-                driver.save_screenshot(str(shots / "ui-run.png"))
-                return {"status": seen(driver, "#run-status"),
-                        "cost": seen(driver, "#run-cost"),
-                        "trace": seen(driver, "#run-trace"),
-                        "steps": all_seen(driver, ".entry .title"),
-                        "back": all_seen(driver, ".entry.send-back .badge"),
-                        "findings": all_seen(driver, ".entry.send-back .findings li")}
+                driver.save_screenshot(str(shots / "ui-live.png"))
+                page = {"same page": driver.execute_script("return window.notReloaded"),
+                        "steps": all_seen(driver, ".entry .title")}
+                driver.switch_to.window(driver.window_handles[0])  # the list's tab
+                wait_for(driver, lambda d: all_seen(
+                    d, 'tr[data-run="live1"] td')[2:4] == ["approved", ""])
+                page["list same page"] = driver.execute_script("return window.notReloaded")
+                page["rows"] = all_seen(driver, "#runs tr[data-run] td.id")
+                return page
 
-            done = await in_browser(finished)
-            assert done["status"] == "approved" and done["cost"] == "$0.6250"
-            assert done["trace"] == TRACE_ID
-            assert done["steps"] == [
-                "task submitted", "design -> implement", "implement -> review",
-                "review -> implement", "implement -> review", "review -> result: approved"]
-            assert done["back"] == ["sent back to implement"]
-            assert done["findings"] == ["[critical] → coder · calc.py: add(2, 3) must be 5"]
-
-            # the running run: waiting for a reviewer, then approved, with no reload
-            def running() -> str:
-                driver.get(url)  # the list in one tab, kept open
-                wait_for(driver, lambda d: len(all_seen(d, "#runs tr[data-run]")) == 2)
-                driver.execute_script("window.notReloaded = true")
-                driver.switch_to.new_window("tab")
-                driver.get(url + "runs/live1")
-                wait_for(driver, graph_drawn)
-                driver.execute_script("window.notReloaded = true")
-                return seen(driver, "#run-status")
-
-            assert await in_browser(running) == "waiting"
-            assert "step now: review (waiting for reviewer)" in await in_browser(
-                lambda: seen(driver, ".run-head"))
-            async with Swarm(agents(roles=["reviewer"]), nats=nats_url, namespace=namespace,
-                             grace_s=3):
-
-                def turned_approved() -> dict[str, Any]:
-                    wait_for(driver, lambda d: seen(d, "#run-status") == "approved")
-                    wait_for(driver, graph_drawn)
-                    driver.save_screenshot(str(shots / "ui-live.png"))
-                    page = {"same page": driver.execute_script("return window.notReloaded"),
-                            "steps": all_seen(driver, ".entry .title")}
-                    driver.switch_to.window(driver.window_handles[0])  # the list's tab
-                    wait_for(driver, lambda d: all_seen(
-                        d, 'tr[data-run="live1"] td')[2:4] == ["approved", ""])
-                    page["list same page"] = driver.execute_script("return window.notReloaded")
-                    page["rows"] = all_seen(driver, "#runs tr[data-run] td.id")
-                    return page
-
-                live = await in_browser(turned_approved)
+            live = await in_browser(turned_approved)
     assert live["same page"] is True and live["list same page"] is True
     assert live["rows"] == ["live1", "done1"]  # replaced in place, not added
     assert live["steps"][-1] == "review -> result: approved"

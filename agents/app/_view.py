@@ -50,8 +50,22 @@ def trace_id(headers: dict[str, str]) -> str:
     return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else ""
 
 
+class _Standing:
+    """What a row and a run's page both say of a run: its status word and spend."""
+
+    status: WorkflowStatus
+
+    @property
+    def word(self) -> str:
+        return status_word(self.status)
+
+    @property
+    def cost(self) -> str:
+        return cost(self.status.spent)
+
+
 @dataclass(slots=True)
-class RunRow:
+class RunRow(_Standing):
     """One run in the list: where it stands (``status``), when it started and last moved
     (ISO 8601, UTC, the stream's times), its goal and its trace id."""
 
@@ -62,14 +76,6 @@ class RunRow:
     trace_id: str = ""
     version: int = 0
     """Bumped by every message of the run (what a live page waits on)."""
-
-    @property
-    def word(self) -> str:
-        return status_word(self.status)
-
-    @property
-    def cost(self) -> str:
-        return cost(self.status.spent)
 
     def apply(self, stored: StoredMessage, env: Envelope[Message] | None) -> None:
         """Fold one of the run's messages in, decoded as ``env`` (None: undecodable,
@@ -158,7 +164,7 @@ class Entry:
 
 
 @dataclass(slots=True)
-class RunView:
+class RunView(_Standing):
     """One run: its status, workflow (None when no stored workflow has its hash), graph
     (Mermaid, the edges taken highlighted), timeline and trace id."""
 
@@ -169,14 +175,6 @@ class RunView:
     entries: list[Entry]
     goal: str
     trace_id: str
-
-    @property
-    def word(self) -> str:
-        return status_word(self.status)
-
-    @property
-    def cost(self) -> str:
-        return cost(self.status.spent)
 
 
 def _seconds(a: str | None, b: str | None) -> float | None:
