@@ -61,6 +61,7 @@ from ._status import (
     live_agents,
     same_task,
     schedulable,
+    serves,
 )
 from ._store import StoreGate, StoreUnavailableError, hold_publishes
 from ._streams import Streams
@@ -160,6 +161,7 @@ __all__ = (
     "schedulable",
     "scrub",
     "scrub_bytes",
+    "serves",
     "tracer",
     "workflow_outcome",
 )

@@ -59,6 +59,7 @@ from ._status import (
     live_agents,
     same_task,
     schedulable,
+    serves,
 )
 from ._tracing import tracer
 from ._workflows import UnknownWorkflowError, WorkflowStore
@@ -384,8 +385,7 @@ class SwarmClient:
             # Working means a live agent pulls from the consumer that holds this step's
             # work; an announcement of the role for another workflow does not count.
             durable = st.consumer = wf.consumer(st.role)
-            st.live = any(a.consumer == durable or (not a.consumer and a.agent == st.role)
-                          for a in agents) and await self._consumer_exists(durable)
+            st.live = serves(agents, st.role, durable) and await self._consumer_exists(durable)
 
     async def _consumer_exists(self, durable: str) -> bool:
         try:

@@ -29,6 +29,7 @@ __all__ = [
     "configure_metrics",
     "dead_lettered",
     "destination_template",
+    "export_asked",
     "gen_ai_provider",
     "handling",
     "metric_scope",
@@ -250,6 +251,19 @@ def workflow_outcome(status: str, workflow: str = "") -> None:
 
 # -- export -----------------------------------------------------------------------------
 
+def export_asked(signal: str) -> str | None:
+    """What the standard variables ask for ``signal`` (``traces``, ``metrics``): its
+    ``OTEL_<SIGNAL>_EXPORTER`` (lower case; '' for OTLP by default when only an endpoint,
+    ``OTEL_EXPORTER_OTLP_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_<SIGNAL>_ENDPOINT``, is set), or
+    None when nothing is asked or the exporter is ``none``."""
+    env = os.environ
+    asked = env.get(f"OTEL_{signal.upper()}_EXPORTER", "").strip().lower()
+    if asked == "none" or not (asked or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+                               or env.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT")):
+        return None
+    return asked
+
+
 def configure_metrics() -> str | None:
     """Install the SDK's meter provider with a ``PeriodicExportingMetricReader`` when the
     ``OTEL_*`` variables ask for export (``OTEL_EXPORTER_OTLP_ENDPOINT``,
@@ -259,9 +273,8 @@ def configure_metrics() -> str | None:
     log (what was done, or why not), or None when nothing was asked. Never raises for a
     missing extra."""
     env = os.environ
-    asked = env.get("OTEL_METRICS_EXPORTER", "").strip().lower()
-    if asked == "none" or not (asked or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-                               or env.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")):
+    asked = export_asked("metrics")
+    if asked is None:
         return None
     try:
         from opentelemetry.sdk.metrics import MeterProvider

@@ -5,6 +5,7 @@ where a run stands, folded from its messages (``apply_event``)."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal
@@ -40,6 +41,7 @@ __all__ = [
     "live_agents",
     "same_task",
     "schedulable",
+    "serves",
 ]
 
 CANCEL_BUCKET = "cancel"
@@ -132,8 +134,11 @@ async def cancel_flags(bus: Bus) -> KeyValueStore:
 
 
 async def live_agents(bus: Bus) -> list[AgentAnnouncement]:
-    """Every agent replica announced in the namespace, by agent then instance."""
-    store = await bus.key_value(AGENTS_BUCKET, ttl_s=AGENTS_TTL_S, storage=AGENTS_STORAGE)
+    """Every agent replica announced in the namespace, by agent then instance (none
+    when no agent ever ran there: a reader never makes the bucket)."""
+    store = await bus.find_key_value(AGENTS_BUCKET)
+    if store is None:
+        return []
     out = []
     for key in await store.keys():
         raw = await store.get(key)
@@ -141,6 +146,13 @@ async def live_agents(bus: Bus) -> list[AgentAnnouncement]:
             with contextlib.suppress(ValueError):
                 out.append(AgentAnnouncement.model_validate_json(raw))
     return sorted(out, key=lambda a: (a.agent, a.instance))
+
+
+def serves(agents: Iterable[AgentAnnouncement], role: str, durable: str) -> bool:
+    """Whether one of ``agents`` pulls ``role``'s work from consumer ``durable``
+    (``<role>@<workflow>``); an announcement of the role for another workflow does not
+    count, one that names no consumer does."""
+    return any(a.consumer == durable or (not a.consumer and a.agent == role) for a in agents)
 
 
 def _more(a: Usage, b: Usage) -> Usage:

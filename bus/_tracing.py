@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from opentelemetry import context, propagate, trace
 from opentelemetry.trace import Span, SpanKind
 
-from ._metrics import destination_template
+from ._metrics import destination_template, export_asked
 
 __all__ = [
     "CAPTURE_CONTENT",
@@ -130,9 +130,8 @@ def configure_tracing() -> str | None:
     ``none``) and the ``otel`` extra is installed. Returns a line to log (what was
     done, or why not), or None when nothing was asked. Never raises for a missing extra."""
     env = os.environ
-    asked = env.get("OTEL_TRACES_EXPORTER", "").strip().lower()
-    if asked == "none" or not (asked or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-                               or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")):
+    asked = export_asked("traces")
+    if asked is None:
         return None
     try:
         from opentelemetry.sdk.resources import Resource

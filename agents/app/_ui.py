@@ -17,12 +17,13 @@ import nats.js.errors
 from nats.js import api
 
 from swarmbus.bus import (
-    AGENTS_BUCKET,
     Bus,
     StoredMessage,
     SwarmClient,
     WorkflowStatus,
     WorkflowStore,
+    live_agents,
+    serves,
 )
 from swarmbus.protocols import (
     AgentAnnouncement,
@@ -171,23 +172,17 @@ class Viewer:
                     self._bump()
 
     async def _read_live(self) -> list[AgentAnnouncement]:
-        store = await self.bus.find_key_value(AGENTS_BUCKET)  # never made here
-        if store is None:
-            return []
-        out = []
-        for key in await store.keys():
-            raw = await store.get(key)
-            with contextlib.suppress(ValueError):
-                if raw:
-                    ann = AgentAnnouncement.model_validate_json(raw)
-                    out.append(ann.model_copy(update={"in_flight": 0, "handled": 0}))
-        return sorted(out, key=lambda a: (a.agent, a.instance))
+        """The live agents, without the counts that change with every message."""
+        return [a.model_copy(update={"in_flight": 0, "handled": 0})
+                for a in await live_agents(self.bus)]
 
-    def serves(self, role: str, workflow: str) -> bool | None:
-        """Whether a live agent serves ``role`` of workflow ``workflow`` (None: unknown)."""
-        if self.live is None:
-            return None
-        return any(a.agent == role and a.workflow in ("", workflow) for a in self.live)
+    def waiting_for(self, st: WorkflowStatus, wf: CompiledWorkflow | None) -> str:
+        """The role a running run waits for when no live agent serves its step (as
+        ``SwarmClient.describe`` reads it, from the last poll), else ''."""
+        step = wf.steps.get(st.step or wf.entry.id) if wf is not None else None
+        if step is None or st.result is not None or self.live is None or wf is None:
+            return ""
+        return "" if serves(self.live, step.role, wf.consumer(step.role)) else step.role
 
     async def workflow(self, run: RunRow | WorkflowStatus) -> CompiledWorkflow | None:
         """The stored workflow a run follows (``WorkflowStore.of_run``: the hash its
@@ -206,21 +201,6 @@ class Viewer:
             self._workflows[ref] = found
         return found
 
-    async def stand(self, st: WorkflowStatus, wf: CompiledWorkflow | None) -> None:
-        """Fill where a running run stands: its step (the entry step for a task not taken
-        yet), the role that serves it, whether one is live, and ``stalled`` when the
-        stream is full or an agent says it is stalled."""
-        if st.result is not None or wf is None:
-            return
-        st.step = st.step or wf.entry.id
-        step = wf.steps.get(st.step)
-        st.role = step.role if step is not None else ""
-        st.live = self.serves(st.role, wf.name) if st.role else None
-        st.stalled = next((a.stalled for a in self.live or [] if a.stalled), "")
-        if not st.stalled:
-            with contextlib.suppress(nats.errors.Error):
-                st.stalled = "storage full" if await self.bus.stream_full() else ""
-
     async def listed(self, *, q: str = "", status: str = "") -> list[Listed]:
         """The newest ``LIST_LIMIT`` runs whose id or goal holds ``q`` and whose status is
         ``status`` (both optional), newest first."""
@@ -234,12 +214,9 @@ class Viewer:
                 continue
             wf = await self.workflow(row)
             st = row.status
-            step = st.step or (wf.entry.id if wf is not None and st.result is None else "")
-            role = wf.steps[step].role if wf is not None and step in wf.steps else ""
-            waiting = role if role and st.result is None and \
-                self.serves(role, wf.name if wf is not None else "") is False else ""
+            step = st.step or (wf.entry.id if wf is not None else "")
             item = Listed(row, wf.name if wf is not None else "",
-                          step if st.result is None else "", waiting)
+                          step if st.result is None else "", self.waiting_for(st, wf))
             if status and item.word != status:
                 continue
             out.append(item)
@@ -261,6 +238,7 @@ class Viewer:
         wf = await self.workflow(row if row is not None else view.status)
         if wf is not None:
             view = run_view(workflow_id, trail, wf)
-        await self.stand(view.status, wf)
+        with contextlib.suppress(nats.errors.Error):
+            await self.client.describe(view.status)  # who serves its step, stalled
         return view
 

@@ -11,12 +11,13 @@ import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 import anyio
 import anyio.abc
 
 from swarmbus.bus import SwarmClient
+from swarmbus.protocols import TaskStatus
 
 from ._ui import LIST_LIMIT, LIVE_POLL_S, Listed, Viewer, open_namespace
 
@@ -31,9 +32,8 @@ UI_PORT = 8470
 _HERE = Path(__file__).resolve().parent / "ui"
 THROTTLE_S = 0.5
 """At most one live update per page in this many seconds (a burst of messages is one)."""
-STATUSES = ("running", "waiting", "stalled", "approved", "failed", "rounds_exhausted",
-            "budget_exceeded", "deadline_exceeded", "cancelled")
-"""What the list's status filter offers."""
+STATUSES = ("running", "waiting", "stalled", *get_args(TaskStatus))
+"""What the list's status filter offers: where a run stands, or how it ended."""
 
 
 def _require() -> None:
@@ -80,11 +80,11 @@ def ui_app(viewer: Viewer) -> Starlette:
     def fragment(name: str, **context: Any) -> str:
         return templates.get_template(name).render(**base, **context)
 
-    def after(request: Request) -> int:
-        """The version a page was rendered at (``?after=``): its stream sends only what
-        is newer; -1 (none given) sends the state at once."""
+    def number(request: Request, name: str) -> int:
+        """A version the page was rendered at (``?after=``, ``?live=``): its stream sends
+        only what is newer; -1 (none given, or not a number) sends the state at once."""
         try:
-            return int(request.query_params.get("after", "-1"))
+            return int(request.query_params.get(name, "-1"))
         except ValueError:
             return -1
 
@@ -112,7 +112,7 @@ def ui_app(viewer: Viewer) -> Starlette:
             return item.row.version, item.word, item.step, item.waiting_for
 
         async def updates() -> AsyncIterator[dict[str, str]]:
-            seen = after(request)
+            seen = number(request, "after")
             shown: dict[str, tuple[int, str, str, str]] | None = None
             if seen == viewer.version:  # nothing happened since the page was rendered
                 shown = {i.row.status.workflow_id: stamp(i)
@@ -156,7 +156,7 @@ def ui_app(viewer: Viewer) -> Starlette:
 
         async def updates() -> AsyncIterator[dict[str, str]]:
             nonlocal graph
-            seen, live = after(request), int(request.query_params.get("live", "-1") or -1)
+            seen, live = number(request, "after"), number(request, "live")
             while True:
                 row = viewer.rows.get(wf)
                 if row is None or (row.version <= seen and viewer.live_version == live):
