@@ -361,13 +361,16 @@ class SwarmClient:
         await self.describe(st)
         return st
 
-    async def describe(self, st: WorkflowStatus) -> None:
+    async def describe(self, st: WorkflowStatus, *,
+                       agents: list[AgentAnnouncement] | None = None) -> None:
         """Fill ``role``, ``live`` and ``stalled`` from the stored workflow, the live
-        agents (one stalled on storage stalls every workflow: the store is shared)
-        and the stream's own limit."""
+        agents (``agents``, as ``live_agents`` read them; read now when None; one
+        stalled on storage stalls every workflow: the store is shared) and the stream's
+        own limit."""
         if st.result is not None or not st.last_topic:
             return
-        agents = await live_agents(self.bus)
+        if agents is None:
+            agents = await live_agents(self.bus)
         st.stalled = next((a.stalled for a in agents if a.stalled), "")
         if not st.stalled and await self.bus.stream_full():
             st.stalled = "storage full"

@@ -133,10 +133,12 @@ async def cancel_flags(bus: Bus) -> KeyValueStore:
     return await bus.key_value(CANCEL_BUCKET, ttl_s=CANCEL_TTL_S)
 
 
-async def live_agents(bus: Bus) -> list[AgentAnnouncement]:
-    """Every agent replica announced in the namespace, by agent then instance (none
-    when no agent ever ran there: a reader never makes the bucket)."""
-    store = await bus.find_key_value(AGENTS_BUCKET)
+async def live_agents(bus: Bus, *, make: bool = True) -> list[AgentAnnouncement]:
+    """Every agent replica announced in the namespace, by agent then instance. With
+    ``make=False`` (a reader that writes nothing) the bucket is not made where no agent
+    ever ran: none are announced there."""
+    store = await (bus.key_value(AGENTS_BUCKET, ttl_s=AGENTS_TTL_S, storage=AGENTS_STORAGE)
+                   if make else bus.find_key_value(AGENTS_BUCKET))
     if store is None:
         return []
     out = []

@@ -174,7 +174,7 @@ class Viewer:
     async def _read_live(self) -> list[AgentAnnouncement]:
         """The live agents, without the counts that change with every message."""
         return [a.model_copy(update={"in_flight": 0, "handled": 0})
-                for a in await live_agents(self.bus)]
+                for a in await live_agents(self.bus, make=False)]
 
     def waiting_for(self, st: WorkflowStatus, wf: CompiledWorkflow | None) -> str:
         """The role a running run waits for when no live agent serves its step (as
@@ -239,6 +239,8 @@ class Viewer:
         if wf is not None:
             view = run_view(workflow_id, trail, wf)
         with contextlib.suppress(nats.errors.Error):
-            await self.client.describe(view.status)  # who serves its step, stalled
+            await self.client.describe(  # who serves its step, stalled
+                view.status, agents=self.live if self.live is not None else
+                await live_agents(self.bus, make=False))
         return view
 
